@@ -1,0 +1,299 @@
+//! The simulator's in-memory world: merchants, tokens, orders, images, faults,
+//! counters and the request log. One `State` behind one mutex is shared by all
+//! workers, so every worker sees the same upstream.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::image::ImageFormat;
+use super::model::OrderCategory;
+use super::{SimMerchant, SimulatorSettings};
+
+/// How many requests the log keeps (the oldest are dropped first).
+pub const REQUEST_LOG_CAPACITY: usize = 10_000;
+
+/// The upstream endpoints, by the names the control API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Image,
+    Category,
+    Receipt,
+    Order,
+    V1OrderPut,
+    V1OrderGet,
+    V1ReceiptGet,
+    V1ReceiptPost,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 9] = [
+        Endpoint::Token,
+        Endpoint::Image,
+        Endpoint::Category,
+        Endpoint::Receipt,
+        Endpoint::Order,
+        Endpoint::V1OrderPut,
+        Endpoint::V1OrderGet,
+        Endpoint::V1ReceiptGet,
+        Endpoint::V1ReceiptPost,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::Image => "image",
+            Endpoint::Category => "category",
+            Endpoint::Receipt => "receipt",
+            Endpoint::Order => "order",
+            Endpoint::V1OrderPut => "v1-order-put",
+            Endpoint::V1OrderGet => "v1-order-get",
+            Endpoint::V1ReceiptGet => "v1-receipt-get",
+            Endpoint::V1ReceiptPost => "v1-receipt-post",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// A token this simulator issued.
+pub struct IssuedToken {
+    pub msn: String,
+    pub expires_at: Instant,
+}
+
+/// Category and receipt of one (msn, paymentType, orderId).
+#[derive(Default)]
+pub struct OrderRecord {
+    pub category: Option<OrderCategory>,
+    /// Kept exactly as received.
+    pub receipt: Option<Value>,
+}
+
+pub struct ImageRecord {
+    pub format: ImageFormat,
+    pub bytes: usize,
+    pub height: u32,
+}
+
+/// A fault rule as the control API receives it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub msn: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body: Option<Value>,
+    #[serde(default)]
+    pub retry_after: Option<String>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub drop: bool,
+    #[serde(default)]
+    pub after_store: bool,
+    #[serde(default)]
+    pub times: Option<u64>,
+}
+
+impl FaultSpec {
+    /// Whether the fault replaces the answer (rather than only delaying it).
+    pub fn answers(&self) -> bool {
+        self.drop || self.status.is_some()
+    }
+}
+
+/// A fault rule with its id and how many more requests it applies to.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultRule {
+    pub id: u64,
+    #[serde(flatten)]
+    pub spec: FaultSpec,
+    /// `None`: every matching request until the rules are cleared.
+    pub remaining: Option<u64>,
+}
+
+/// One request as the upstream endpoints saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoggedRequest {
+    pub endpoint: &'static str,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+    pub status: u16,
+}
+
+#[derive(Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub token_fetches: BTreeMap<String, u64>,
+    pub token_rejections: BTreeMap<String, u64>,
+    pub calls: BTreeMap<&'static str, u64>,
+}
+
+pub struct State {
+    pub merchants: Vec<SimMerchant>,
+    pub token_ttl: Duration,
+    pub tokens: HashMap<String, IssuedToken>,
+    /// Keyed by (msn, paymentType, orderId).
+    pub orders: BTreeMap<(String, String, String), OrderRecord>,
+    /// Keyed by (msn, imageId).
+    pub images: BTreeMap<(String, String), ImageRecord>,
+    pub faults: Vec<FaultRule>,
+    pub next_fault_id: u64,
+    pub counters: Counters,
+    pub log: VecDeque<LoggedRequest>,
+}
+
+impl State {
+    pub fn new(settings: &SimulatorSettings) -> Self {
+        let mut state = State {
+            merchants: Vec::new(),
+            token_ttl: settings.token_ttl,
+            tokens: HashMap::new(),
+            orders: BTreeMap::new(),
+            images: BTreeMap::new(),
+            faults: Vec::new(),
+            next_fault_id: 1,
+            counters: Counters::default(),
+            log: VecDeque::new(),
+        };
+        for merchant in &settings.merchants {
+            state.upsert_merchant(merchant.clone());
+        }
+        state.reset_counters();
+        state
+    }
+
+    /// Adds a merchant, replacing the one with the same MSN.
+    pub fn upsert_merchant(&mut self, merchant: SimMerchant) {
+        self.counters
+            .token_fetches
+            .entry(merchant.msn.clone())
+            .or_insert(0);
+        match self.merchants.iter_mut().find(|m| m.msn == merchant.msn) {
+            Some(existing) => *existing = merchant,
+            None => self.merchants.push(merchant),
+        }
+    }
+
+    pub fn merchant_by_msn(&self, msn: &str) -> Option<&SimMerchant> {
+        self.merchants.iter().find(|m| m.msn == msn)
+    }
+
+    pub fn merchant_by_client_id(&self, client_id: &str) -> Option<&SimMerchant> {
+        self.merchants.iter().find(|m| m.client_id == client_id)
+    }
+
+    /// Counters start at zero for every endpoint and merchant, so a reader
+    /// never has to tell "absent" from "zero".
+    fn reset_counters(&mut self) {
+        self.counters = Counters::default();
+        for e in Endpoint::ALL {
+            self.counters.calls.insert(e.name(), 0);
+        }
+        for m in &self.merchants {
+            self.counters.token_fetches.insert(m.msn.clone(), 0);
+        }
+    }
+
+    pub fn count_call(&mut self, endpoint: Endpoint) {
+        *self.counters.calls.entry(endpoint.name()).or_insert(0) += 1;
+    }
+
+    /// Counts a 401, under the MSN when it names a configured merchant (so the
+    /// label set stays bounded) and under `unknown` otherwise.
+    pub fn count_rejection(&mut self, msn: Option<&str>) {
+        let key = match msn {
+            Some(msn) if self.merchant_by_msn(msn).is_some() => msn.to_owned(),
+            _ => "unknown".to_owned(),
+        };
+        *self.counters.token_rejections.entry(key).or_insert(0) += 1;
+    }
+
+    /// The first rule (in creation order) that matches and has uses left; its
+    /// count goes down by one.
+    pub fn take_fault(&mut self, endpoint: Endpoint, msn: Option<&str>) -> Option<FaultSpec> {
+        let rule = self.faults.iter_mut().find(|rule| {
+            rule.remaining != Some(0)
+                && rule
+                    .spec
+                    .endpoint
+                    .as_deref()
+                    .map_or(true, |e| e == endpoint.name())
+                && rule.spec.msn.as_deref().map_or(true, |m| Some(m) == msn)
+        })?;
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+        }
+        Some(rule.spec.clone())
+    }
+
+    pub fn add_fault(&mut self, spec: FaultSpec) -> u64 {
+        let id = self.next_fault_id;
+        self.next_fault_id += 1;
+        self.faults.push(FaultRule {
+            id,
+            remaining: spec.times,
+            spec,
+        });
+        id
+    }
+
+    pub fn log_request(&mut self, entry: LoggedRequest) {
+        if self.log.len() >= REQUEST_LOG_CAPACITY {
+            self.log.pop_front();
+        }
+        self.log.push_back(entry);
+    }
+
+    /// Expires every token issued so far; returns how many there were.
+    pub fn expire_tokens(&mut self) -> usize {
+        let now = Instant::now();
+        for token in self.tokens.values_mut() {
+            token.expires_at = token.expires_at.min(now);
+        }
+        self.tokens.len()
+    }
+
+    /// Forgets everything but the merchants and the token lifetime.
+    pub fn reset(&mut self) {
+        self.tokens.clear();
+        self.orders.clear();
+        self.images.clear();
+        self.faults.clear();
+        self.log.clear();
+        self.reset_counters();
+    }
+}
+
+/// The state shared by every worker.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<State>>);
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        Shared(Arc::new(Mutex::new(state)))
+    }
+
+    /// A panic while holding the lock cannot leave `State` half-updated in a
+    /// way that matters to a test double, so a poisoned lock is still used.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

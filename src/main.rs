@@ -1,1 +1,170 @@
-fn main() {}
+//! Thin entry point: parse the command line, set up logging, load the
+//! config, run.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+use clap::Parser;
+use secrecy::SecretString;
+use vipps_order_gateway::cli::{Cli, Command};
+use vipps_order_gateway::config::{InlineSecrets, LogFormat, MerchantSettings, Settings};
+use vipps_order_gateway::domain::Msn;
+use vipps_order_gateway::simulator::{self, Simulator, SimulatorSettings};
+use vipps_order_gateway::{telemetry, Application};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = actix_web::rt::System::new().block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve {
+            config,
+            simulator,
+            listen,
+        } => serve(config, simulator, listen).await,
+        Command::Simulate { listen } => {
+            init_logging(LogFormat::Text, "info");
+            let listener = TcpListener::bind(&listen)
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let sim =
+                Simulator::build(listener, SimulatorSettings::demo()).map_err(|e| e.to_string())?;
+            tracing::info!(
+                port = sim.port(),
+                "simulator listening; demo merchant {}",
+                simulator::DEMO_MSN
+            );
+            let server = sim.run();
+            spawn_shutdown(server.handle());
+            server.await.map_err(|e| e.to_string())
+        }
+        Command::CheckConfig { config, connect } => {
+            vipps_order_gateway::ops::check_config(&config, connect).await
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    telemetry::init_subscriber(telemetry::get_subscriber(format, level, std::io::stdout));
+}
+
+async fn serve(
+    config: Option<std::path::PathBuf>,
+    with_simulator: bool,
+    listen: Option<String>,
+) -> Result<(), String> {
+    let mut settings = match &config {
+        Some(path) => Settings::load(path, std::env::vars()).map_err(|e| e.to_string())?,
+        None if with_simulator => {
+            Settings::from_toml("", std::env::vars()).map_err(|e| e.to_string())?
+        }
+        None => {
+            return Err(
+                "give --config FILE, or --simulator to run against the built-in simulator".into(),
+            )
+        }
+    };
+    if let Some(listen) = listen {
+        settings.listen = listen;
+    }
+    let mut sim_server = None;
+    if with_simulator {
+        if config.is_none() {
+            settings.log.format = LogFormat::Text;
+            if std::env::var_os("VOG_LISTEN").is_none() {
+                settings.listen = settings.listen.replace("0.0.0.0", "127.0.0.1");
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let sim =
+            Simulator::build(listener, SimulatorSettings::demo()).map_err(|e| e.to_string())?;
+        settings.upstream.base_url = format!("http://127.0.0.1:{}", sim.port());
+        settings.merchants = vec![demo_merchant()?];
+        sim_server = Some(sim.run());
+    }
+    init_logging(settings.log.format, &settings.log.level);
+    if let Some(url) = with_simulator.then(|| settings.upstream.base_url.clone()) {
+        tracing::info!(upstream = %url, msn = simulator::DEMO_MSN, "running against the built-in simulator");
+    }
+    let app = Application::build(settings).map_err(|e| e.to_string())?;
+    tracing::info!(port = app.port(), "gateway listening");
+    let reloader = app.reloader();
+    let server = app.server();
+    spawn_shutdown(server.handle());
+    spawn_reload_on_hangup(reloader);
+    if let Some(sim) = sim_server {
+        let handle = sim.handle();
+        actix_web::rt::spawn(sim);
+        let result = server.await;
+        handle.stop(true).await;
+        result.map_err(|e| e.to_string())
+    } else {
+        server.await.map_err(|e| e.to_string())
+    }
+}
+
+fn demo_merchant() -> Result<MerchantSettings, String> {
+    Ok(MerchantSettings {
+        msn: Msn::parse(simulator::DEMO_MSN).map_err(|e| e.to_string())?,
+        client_id: simulator::DEMO_CLIENT_ID.into(),
+        client_secret_file: None,
+        client_secret_env: None,
+        subscription_key_file: None,
+        subscription_key_env: None,
+        inline: Some(InlineSecrets {
+            client_secret: SecretString::from(simulator::DEMO_CLIENT_SECRET),
+            subscription_key: SecretString::from(simulator::DEMO_SUBSCRIPTION_KEY),
+        }),
+    })
+}
+
+/// SIGTERM and Ctrl-C stop the server gracefully: no new connections,
+/// in-flight requests finish.
+fn spawn_shutdown(handle: actix_web::dev::ServerHandle) {
+    actix_web::rt::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        handle.stop(true).await;
+    });
+}
+
+/// SIGHUP re-reads merchants' secrets; a failed reload keeps the old ones.
+fn spawn_reload_on_hangup(reloader: vipps_order_gateway::Reloader) {
+    #[cfg(unix)]
+    actix_web::rt::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reloader.reload(&|k| std::env::var(k).ok()) {
+                Ok(n) => tracing::info!(merchants = n, "secrets reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "secret reload failed; keeping the previous secrets")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(reloader);
+}

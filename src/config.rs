@@ -1,0 +1,652 @@
+//! Typed settings: a TOML file, then `VOG_*` environment variables on top,
+//! then secrets read from the files or variables each merchant names.
+//! The settings value is passed into [`crate::Application::build`]; nothing
+//! here is global.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::Msn;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "VOG_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("merchant {msn}: cannot read {what} from file {path}: {reason}")]
+    SecretFile {
+        msn: String,
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("merchant {msn}: environment variable {var} for {what} is not set or empty")]
+    SecretEnv {
+        msn: String,
+        what: &'static str,
+        var: String,
+    },
+}
+
+/// Everything the gateway is configured with (secrets still unread).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// A second listener serving only operational endpoints (metrics).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// HTTP worker threads; the number of CPUs when unset.
+    #[serde(default, deserialize_with = "lenient::opt_usize")]
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub upstream: UpstreamSettings,
+    #[serde(default)]
+    pub system: SystemSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub merchants: Vec<MerchantSettings>,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` (production) or `text` (a terminal).
+    #[serde(default = "defaults::log_format")]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `vipps_order_gateway=debug`;
+    /// `RUST_LOG` wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: defaults::log_format(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    #[serde(default = "defaults::base_url")]
+    pub base_url: String,
+    /// Total time allowed for one upstream call.
+    #[serde(default = "defaults::timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// A token is used only while more than this much of its life remains
+    /// (capped at a fifth of its lifetime, for short-lived tokens).
+    #[serde(default = "defaults::token_margin", deserialize_with = "duration")]
+    pub token_margin: Duration,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            base_url: defaults::base_url(),
+            timeout: defaults::timeout(),
+            token_margin: defaults::token_margin(),
+        }
+    }
+}
+
+/// The `Vipps-System-*` header values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSettings {
+    #[serde(default = "defaults::system_name")]
+    pub name: String,
+    #[serde(default = "defaults::version")]
+    pub version: String,
+    #[serde(default = "defaults::system_name")]
+    pub plugin_name: String,
+    #[serde(default = "defaults::version")]
+    pub plugin_version: String,
+}
+
+impl Default for SystemSettings {
+    fn default() -> Self {
+        Self {
+            name: defaults::system_name(),
+            version: defaults::version(),
+            plugin_name: defaults::system_name(),
+            plugin_version: defaults::version(),
+        }
+    }
+}
+
+/// Body size limits, in bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// JSON bodies without images (receipts).
+    #[serde(default = "defaults::json_body", deserialize_with = "lenient::usize")]
+    pub json_body: usize,
+    /// Bodies that may carry an image: 2,000,000 bytes of image, base64
+    /// encoded (4/3), plus room for the JSON around it.
+    #[serde(default = "defaults::image_body", deserialize_with = "lenient::usize")]
+    pub image_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            json_body: defaults::json_body(),
+            image_body: defaults::image_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default)]
+    pub mode: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every caller may act for every configured merchant.
+    #[default]
+    None,
+}
+
+/// One merchant: its MSN, client id, and where its two secrets are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantSettings {
+    pub msn: Msn,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub subscription_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub subscription_key_env: Option<String>,
+    /// Secrets given in code (the built-in simulator's demo merchant);
+    /// never read from a file.
+    #[serde(skip)]
+    pub inline: Option<InlineSecrets>,
+}
+
+#[derive(Clone)]
+pub struct InlineSecrets {
+    pub client_secret: SecretString,
+    pub subscription_key: SecretString,
+}
+
+impl std::fmt::Debug for InlineSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InlineSecrets([redacted])")
+    }
+}
+
+/// A merchant with its secrets read. `Debug` redacts them.
+pub struct Merchant {
+    pub msn: Msn,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub subscription_key: SecretString,
+}
+
+impl std::fmt::Debug for Merchant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Merchant")
+            .field("msn", &self.msn)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured merchants by MSN.
+pub type Merchants = HashMap<Msn, Arc<Merchant>>;
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn listen() -> String {
+        "0.0.0.0:8080".into()
+    }
+    pub fn log_format() -> super::LogFormat {
+        super::LogFormat::Json
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn base_url() -> String {
+        "https://apitest.vipps.no".into()
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn token_margin() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn system_name() -> String {
+        "vipps-order-gateway".into()
+    }
+    pub fn version() -> String {
+        env!("CARGO_PKG_VERSION").into()
+    }
+    pub fn json_body() -> usize {
+        256 * 1024
+    }
+    pub fn image_body() -> usize {
+        2_000_000 / 3 * 4 + 64 * 1024
+    }
+}
+
+/// Numbers from the environment arrive as strings; accept both.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        N(usize),
+        S(String),
+    }
+
+    pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        match Num::deserialize(d)? {
+            Num::N(n) => Ok(n),
+            Num::S(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
+        }
+    }
+
+    pub fn opt_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        usize(d).map(Some)
+    }
+}
+
+/// Parses `"10s"`, `"1500ms"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!(
+            "duration {s:?} has an unknown unit (use ms, s, m or h)"
+        )),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl Settings {
+    /// Reads the file, applies `VOG_*` variables from `env`, and checks the result.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, env)
+    }
+
+    /// Parses TOML text with `VOG_*` overrides, then validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        apply_env(&mut table, env)?;
+        let settings: Settings = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let s = &self.system;
+        for (key, value) in [
+            ("system.name", &s.name),
+            ("system.version", &s.version),
+            ("system.plugin_name", &s.plugin_name),
+            ("system.plugin_version", &s.plugin_version),
+        ] {
+            if value.chars().count() > 30 {
+                return bad(format!("{key} must be at most 30 characters"));
+            }
+            if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return bad(format!("{key} must be printable ASCII"));
+            }
+        }
+        let url = self.upstream.base_url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            return bad("upstream.base_url must be an http or https URL".into());
+        }
+        if self.upstream.timeout.is_zero() {
+            return bad("upstream.timeout must be greater than zero".into());
+        }
+        if self.workers == Some(0) {
+            return bad("workers must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.merchants {
+            if !seen.insert(m.msn.clone()) {
+                return bad(format!("merchant {} is configured twice", m.msn));
+            }
+            if m.client_id.trim().is_empty() {
+                return bad(format!("merchant {}: client_id must not be empty", m.msn));
+            }
+            if m.inline.is_none() {
+                for (what, file, env) in [
+                    ("client_secret", &m.client_secret_file, &m.client_secret_env),
+                    (
+                        "subscription_key",
+                        &m.subscription_key_file,
+                        &m.subscription_key_env,
+                    ),
+                ] {
+                    if file.is_some() == env.is_some() {
+                        return bad(format!(
+                            "merchant {}: set exactly one of {what}_file and {what}_env",
+                            m.msn
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every merchant's secrets. `env` looks up a variable.
+    pub fn load_merchants(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Merchants, ConfigError> {
+        let mut out = HashMap::with_capacity(self.merchants.len());
+        for m in &self.merchants {
+            let (client_secret, subscription_key) = match &m.inline {
+                Some(i) => (i.client_secret.clone(), i.subscription_key.clone()),
+                None => (
+                    read_secret(
+                        m,
+                        "client_secret",
+                        &m.client_secret_file,
+                        &m.client_secret_env,
+                        env,
+                    )?,
+                    read_secret(
+                        m,
+                        "subscription_key",
+                        &m.subscription_key_file,
+                        &m.subscription_key_env,
+                        env,
+                    )?,
+                ),
+            };
+            out.insert(
+                m.msn.clone(),
+                Arc::new(Merchant {
+                    msn: m.msn.clone(),
+                    client_id: m.client_id.clone(),
+                    client_secret,
+                    subscription_key,
+                }),
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn read_secret(
+    m: &MerchantSettings,
+    what: &'static str,
+    file: &Option<PathBuf>,
+    var: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SecretString, ConfigError> {
+    let value = match (file, var) {
+        (Some(path), _) => {
+            // The file's content never enters an error: only its path and the I/O reason.
+            let raw = std::fs::read(path).map_err(|e| ConfigError::SecretFile {
+                msn: m.msn.to_string(),
+                what,
+                path: path.clone(),
+                reason: e.kind().to_string(),
+            })?;
+            String::from_utf8(raw).map_err(|_| ConfigError::SecretFile {
+                msn: m.msn.to_string(),
+                what,
+                path: path.clone(),
+                reason: "not UTF-8".into(),
+            })?
+        }
+        (None, Some(var)) => env(var).unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    let trimmed = value.trim();
+    let invalid = trimmed.is_empty() || trimmed.bytes().any(|b| !(0x21..0x7f).contains(&b));
+    if invalid {
+        return Err(match (file, var) {
+            (Some(path), _) => ConfigError::SecretFile {
+                msn: m.msn.to_string(),
+                what,
+                path: path.clone(),
+                reason: "empty, or not printable ASCII without spaces".into(),
+            },
+            (None, var) => ConfigError::SecretEnv {
+                msn: m.msn.to_string(),
+                what,
+                var: var.clone().unwrap_or_default(),
+            },
+        });
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+/// Applies `VOG_A__B=value` as `a.b = "value"`. A numeric segment indexes an
+/// array (`VOG_MERCHANTS__0__CLIENT_ID`), creating entries as needed.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let path: Vec<String> = key[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Invalid(format!(
+                "environment variable {key} has an empty segment"
+            )));
+        }
+        set_path(table, &path, value).map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: String) -> Result<(), String> {
+    let (first, rest) = path.split_first().ok_or("empty path")?;
+    if rest.is_empty() {
+        table.insert(first.clone(), toml::Value::String(value));
+        return Ok(());
+    }
+    let next = table
+        .entry(first.clone())
+        .or_insert_with(|| empty_for(&rest[0]));
+    set_in_value(next, rest, value)
+}
+
+fn empty_for(segment: &str) -> toml::Value {
+    if segment.parse::<usize>().is_ok() {
+        toml::Value::Array(Vec::new())
+    } else {
+        toml::Value::Table(toml::Table::new())
+    }
+}
+
+fn set_in_value(target: &mut toml::Value, path: &[String], value: String) -> Result<(), String> {
+    match target {
+        toml::Value::Table(t) => set_path(t, path, value),
+        toml::Value::Array(items) => {
+            let (first, rest) = path.split_first().ok_or("empty path")?;
+            let index: usize = first
+                .parse()
+                .map_err(|_| format!("{first:?} is not an array index"))?;
+            if index > items.len() {
+                return Err(format!(
+                    "index {index} skips entries (the array has {})",
+                    items.len()
+                ));
+            }
+            if index == items.len() {
+                items.push(match rest.first() {
+                    Some(seg) => empty_for(seg),
+                    None => toml::Value::String(String::new()),
+                });
+            }
+            if rest.is_empty() {
+                items[index] = toml::Value::String(value);
+                Ok(())
+            } else {
+                set_in_value(&mut items[index], rest, value)
+            }
+        }
+        _ => Err("cannot set a field inside a plain value".into()),
+    }
+}
+
+/// Exposes a secret for a header value. Kept in one place so every use is easy to find.
+pub fn expose(secret: &SecretString) -> &str {
+    secret.expose_secret()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "http://127.0.0.1:1"
+timeout = "1500ms"
+[[merchants]]
+msn = "123456"
+client_id = "id"
+client_secret_env = "SECRET"
+subscription_key_env = "KEY"
+"#;
+
+    #[test]
+    fn env_overrides_file_values_and_array_entries() {
+        let s = Settings::from_toml(
+            BASE,
+            [
+                ("VOG_UPSTREAM__TIMEOUT".to_owned(), "2s".to_owned()),
+                ("VOG_MERCHANTS__0__CLIENT_ID".to_owned(), "other".to_owned()),
+                ("VOG_WORKERS".to_owned(), "3".to_owned()),
+                ("UNRELATED".to_owned(), "x".to_owned()),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(2));
+        assert_eq!(s.merchants[0].client_id, "other");
+        assert_eq!(s.workers, Some(3));
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10 days").is_err());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let long = BASE.replace(
+            "[upstream]",
+            "[system]\nname = \"0123456789012345678901234567890\"\n[upstream]",
+        );
+        let err = Settings::from_toml(&long, [])
+            .expect_err("too long")
+            .to_string();
+        assert!(err.contains("system.name"), "{err}");
+        let unknown = format!("{BASE}\nsurprise = 1\n");
+        let err = Settings::from_toml(&unknown, [])
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("surprise"), "{err}");
+        let bad_msn = BASE.replace("123456", "12");
+        assert!(Settings::from_toml(&bad_msn, []).is_err());
+    }
+
+    #[test]
+    fn missing_secret_names_the_variable_not_a_value() {
+        let s = Settings::from_toml(BASE, []).expect("valid");
+        let err = s
+            .load_merchants(&|name| (name == "SECRET").then(|| "s3cr3t-value\n".to_owned()))
+            .expect_err("KEY is missing")
+            .to_string();
+        assert!(err.contains("KEY") && err.contains("123456"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let ok = s
+            .load_merchants(&|name| Some(format!("  value-of-{name}\n")))
+            .expect("both set");
+        let m = &ok[&Msn::parse("123456").expect("msn")];
+        assert_eq!(expose(&m.client_secret), "value-of-SECRET");
+        assert!(!format!("{m:?}").contains("value-of"));
+    }
+}

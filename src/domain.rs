@@ -1,0 +1,206 @@
+//! Domain newtypes: input becomes one of these at the edge, so invalid
+//! identifiers never reach the translation or the upstream client.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused, in words a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Merchant serial number: 4 to 6 digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Msn(String);
+
+impl Msn {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if (4..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid("must be 4 to 6 digits".into()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Msn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Msn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Msn::parse(&s).map_err(|e| serde::de::Error::custom(format!("msn {s:?} {e}")))
+    }
+}
+
+/// Characters the upstream allows in order and image ids: `^[0-9A-Za-z-_\.]+$`.
+fn is_id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+/// Checks an upstream path identifier. The pattern alone admits `.` and `..`,
+/// which would be dot segments once placed in an upstream path, so they are refused.
+fn check_id(s: &str, max_len: usize) -> Result<(), Invalid> {
+    if s.is_empty() {
+        return Err(Invalid("must not be empty".into()));
+    }
+    if s.len() > max_len {
+        return Err(Invalid(format!("must be at most {max_len} characters")));
+    }
+    if !s.bytes().all(is_id_char) {
+        return Err(Invalid(
+            "may contain only letters, digits, '-', '_' and '.'".into(),
+        ));
+    }
+    if s.bytes().all(|b| b == b'.') {
+        return Err(Invalid("must not consist of dots only".into()));
+    }
+    Ok(())
+}
+
+/// An order id as the upstream path accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrderId(String);
+
+impl OrderId {
+    /// Upstream documents no maximum; 256 keeps upstream URLs bounded.
+    pub const MAX_LEN: usize = 256;
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_id(s, Self::MAX_LEN).map(|()| Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An image id: the order id pattern, at most 128 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ImageId(String);
+
+impl ImageId {
+    pub const MAX_LEN: usize = 128;
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_id(s, Self::MAX_LEN).map(|()| Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The upstream's `paymentType` path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PaymentType {
+    #[default]
+    Ecom,
+    Recurring,
+}
+
+impl PaymentType {
+    /// Callers may write it in any case; upstream gets lower case.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.eq_ignore_ascii_case("ecom") {
+            Ok(Self::Ecom)
+        } else if s.eq_ignore_ascii_case("recurring") {
+            Ok(Self::Recurring)
+        } else {
+            Err(Invalid("must be 'ecom' or 'recurring'".into()))
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ecom => "ecom",
+            Self::Recurring => "recurring",
+        }
+    }
+}
+
+impl Serialize for PaymentType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The category of an order link, as the upstream names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Category {
+    General,
+    Receipt,
+    OrderConfirmation,
+    Delivery,
+    Ticket,
+    Booking,
+}
+
+/// An absolute `http`/`https` URL, as the upstream's `orderDetailsUrl` expects.
+pub fn check_url(s: &str) -> Result<(), Invalid> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| Invalid("must be an absolute http or https URL".into()))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(Invalid("must name a host".into()));
+    }
+    if s.len() > 2048 {
+        return Err(Invalid("must be at most 2048 characters".into()));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Invalid(
+            "must not contain whitespace or control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msn_is_four_to_six_digits() {
+        assert!(Msn::parse("1234").is_ok());
+        assert!(Msn::parse("123456").is_ok());
+        assert!(Msn::parse("123").is_err());
+        assert!(Msn::parse("1234567").is_err());
+        assert!(Msn::parse("12a4").is_err());
+    }
+
+    #[test]
+    fn ids_refuse_dot_segments_and_separators() {
+        assert!(OrderId::parse("order-1_a.b").is_ok());
+        for bad in ["", ".", "..", "a/b", "a%2Fb", "a b", "ø"] {
+            assert!(OrderId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ImageId::parse(&"a".repeat(128)).is_ok());
+        assert!(ImageId::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn payment_type_is_case_insensitive() {
+        assert_eq!(PaymentType::parse("ECOM"), Ok(PaymentType::Ecom));
+        assert_eq!(PaymentType::parse("Recurring"), Ok(PaymentType::Recurring));
+        assert!(PaymentType::parse("pos").is_err());
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http() {
+        assert!(check_url("https://shop.example/o/1").is_ok());
+        assert!(check_url("ftp://x").is_err());
+        assert!(check_url("https://").is_err());
+        assert!(check_url("https://a b").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! One error type for the whole gateway, serialized as RFC 9457
+//! `application/problem+json`. Every kind has one row in [`Kind::row`]:
+//! status, slug (the end of the `type` URI) and title. `docs/problems.md`
+//! documents the same table for callers.
+
+use std::fmt;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::request_id;
+
+/// Prefix of every problem `type` URI.
+pub const PROBLEM_TYPE_BASE: &str = "https://vipps-order-gateway.dev/problems/";
+
+/// The kinds of error the gateway answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Malformed JSON, a missing or mistyped field, a bad path or query parameter.
+    InvalidRequest,
+    /// Well-formed, but the gateway cannot compute a valid Vipps request from it.
+    Unprocessable,
+    /// The body is larger than the route accepts.
+    PayloadTooLarge,
+    /// The body's media type (or an image's real format) is not accepted.
+    UnsupportedMediaType,
+    /// Missing or invalid caller credentials.
+    Unauthorized,
+    /// The caller may not act for this merchant.
+    Forbidden,
+    /// The merchant is not configured on this gateway.
+    MerchantNotFound,
+    /// Vipps has neither a category nor a receipt for the order.
+    OrderNotFound,
+    /// No such route.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// A receipt different from the one sent is already stored.
+    ReceiptConflict,
+    /// A caller-named image id already exists upstream.
+    ImageIdTaken,
+    /// Vipps reported a conflict the gateway cannot resolve.
+    UpstreamConflict,
+    /// Vipps rejected the request as invalid.
+    UpstreamRejected,
+    /// Vipps refused the gateway's own credentials; the caller cannot fix it.
+    UpstreamAuth,
+    /// Vipps failed, or answered something the gateway could not read.
+    UpstreamFailed,
+    /// Vipps did not answer in time.
+    UpstreamTimeout,
+    /// Vipps asked the gateway to slow down.
+    UpstreamBusy,
+    /// A fault inside the gateway; details are in its log, never in the body.
+    Internal,
+}
+
+impl Kind {
+    /// The one table of error kinds: status, slug, title.
+    pub const fn row(self) -> (StatusCode, &'static str, &'static str) {
+        use Kind::*;
+        match self {
+            InvalidRequest => (
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+            ),
+            Unprocessable => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                "Request cannot be translated",
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Merchant not granted"),
+            MerchantNotFound => (
+                StatusCode::NOT_FOUND,
+                "merchant-not-found",
+                "Merchant not found",
+            ),
+            OrderNotFound => (StatusCode::NOT_FOUND, "order-not-found", "Order not found"),
+            NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ReceiptConflict => (
+                StatusCode::CONFLICT,
+                "receipt-conflict",
+                "A different receipt is already stored",
+            ),
+            ImageIdTaken => (
+                StatusCode::CONFLICT,
+                "image-id-taken",
+                "Image id already exists",
+            ),
+            UpstreamConflict => (
+                StatusCode::CONFLICT,
+                "upstream-conflict",
+                "Conflict reported by Vipps",
+            ),
+            UpstreamRejected => (
+                StatusCode::BAD_REQUEST,
+                "upstream-rejected",
+                "Rejected by Vipps",
+            ),
+            UpstreamAuth => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-auth",
+                "Vipps refused the gateway's credentials",
+            ),
+            UpstreamFailed => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-failed",
+                "Vipps request failed",
+            ),
+            UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Vipps did not answer in time",
+            ),
+            UpstreamBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-busy",
+                "Vipps is rate limiting",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.row().0
+    }
+}
+
+/// One bad field, named in the caller's terms (`lines[1].taxPercent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct InvalidParam {
+    pub name: String,
+    pub reason: String,
+}
+
+impl InvalidParam {
+    pub fn new(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The gateway's error: a kind, a detail for the caller, and the bad fields.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub kind: Kind,
+    pub detail: String,
+    pub invalid_params: Vec<InvalidParam>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            invalid_params: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// A request error naming the fields at fault.
+    pub fn invalid(kind: Kind, detail: impl Into<String>, params: Vec<InvalidParam>) -> Self {
+        Self {
+            invalid_params: params,
+            ..Self::new(kind, detail)
+        }
+    }
+
+    /// One bad field.
+    pub fn field(kind: Kind, name: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::invalid(
+            kind,
+            format!("{name}: {reason}"),
+            vec![InvalidParam::new(name, reason)],
+        )
+    }
+
+    /// An internal fault: the cause goes to the log, never to the caller.
+    pub fn internal(cause: &dyn fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            Kind::Internal,
+            "The gateway failed to handle the request; see its log.",
+        )
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.row().1, self.detail)
+    }
+}
+
+/// The RFC 9457 body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    invalid_params: &'a [InvalidParam],
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, slug, title) = self.kind.row();
+        let ctx = request_id::current();
+        let problem = Problem {
+            type_: format!("{PROBLEM_TYPE_BASE}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: &self.detail,
+            instance: ctx
+                .as_ref()
+                .map_or_else(|| "/".to_owned(), |c| c.path.clone()),
+            request_id: ctx.map(|c| c.id),
+            invalid_params: &self.invalid_params,
+        };
+        let mut resp = HttpResponse::build(status);
+        resp.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.kind == Kind::Unauthorized {
+            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        match serde_json::to_vec(&problem) {
+            Ok(body) => resp.body(body),
+            Err(_) => resp.finish(),
+        }
+    }
+}

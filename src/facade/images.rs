@@ -1,0 +1,139 @@
+//! `POST /v1/merchants/{msn}/images`: raw PNG/JPEG or JSON with base64.
+
+use actix_web::http::StatusCode;
+use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    json_response, media_type, parse_json, read_body, upstream_problem, AppState, Operation,
+};
+use crate::auth::Grant;
+use crate::config::Merchant;
+use crate::domain::ImageId;
+use crate::error::{ApiError, Kind};
+use crate::translate::image::{check_base64, check_bytes, CheckedImage, ImageError};
+use crate::vipps::{UpstreamError, VippsClient};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageJson {
+    pub data: String,
+    #[serde(default)]
+    pub image_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImageQuery {
+    #[serde(rename = "imageId")]
+    pub image_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ImageResponse<'a> {
+    image_id: &'a str,
+}
+
+pub async fn post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ImageQuery>,
+    payload: web::Payload,
+    grant: Grant,
+    state: web::Data<AppState>,
+    client: web::Data<VippsClient>,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = state.merchant(&grant, &path)?;
+    let media = media_type(&req).unwrap_or_default();
+    let (image, named) = match media.as_str() {
+        "image/png" | "image/jpeg" | "image/jpg" => {
+            let body = read_body(&req, payload, state.limits.image_body).await?;
+            (
+                check_bytes(body.to_vec()).map_err(|e| image_problem(e, "body"))?,
+                query.image_id.clone(),
+            )
+        }
+        _ => {
+            let body = read_body(&req, payload, state.limits.image_body).await?;
+            let json: ImageJson = parse_json(&req, &body).map_err(|e| {
+                if e.kind == Kind::UnsupportedMediaType {
+                    ApiError::new(
+                        Kind::UnsupportedMediaType,
+                        "Send image/png, image/jpeg or application/json.",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            if query.image_id.is_some() && json.image_id.is_some() {
+                return Err(ApiError::field(
+                    Kind::InvalidRequest,
+                    "imageId",
+                    "give imageId in the body or the query, not both",
+                ));
+            }
+            (
+                check_base64(&json.data).map_err(|e| image_problem(e, "data"))?,
+                json.image_id.or_else(|| query.image_id.clone()),
+            )
+        }
+    };
+    let named = named.map(|id| parse_image_id(&id, "imageId")).transpose()?;
+    let (id, created) = upload(&client, &merchant, image, named).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json_response(
+        status,
+        &ImageResponse {
+            image_id: id.as_str(),
+        },
+    )
+}
+
+pub fn parse_image_id(raw: &str, field: &str) -> Result<ImageId, ApiError> {
+    ImageId::parse(raw).map_err(|e| ApiError::field(Kind::InvalidRequest, field, e.0))
+}
+
+/// The problem for an image refused before any upstream call.
+pub fn image_problem(e: ImageError, field: &str) -> ApiError {
+    let kind = match e {
+        ImageError::NotBase64 => Kind::InvalidRequest,
+        ImageError::TooLarge(_) => Kind::PayloadTooLarge,
+        ImageError::UnsupportedFormat => Kind::UnsupportedMediaType,
+        ImageError::Unreadable(_) | ImageError::TooShort(_) => Kind::Unprocessable,
+    };
+    ApiError::field(kind, field, e.reason())
+}
+
+/// Uploads a checked image. Returns its id and whether it was new. A
+/// content-derived id that already exists upstream is the same image, so
+/// that is success; a caller-named id that exists is a conflict, because
+/// the upstream offers no way to read an image back and compare.
+pub async fn upload(
+    client: &VippsClient,
+    merchant: &Merchant,
+    image: CheckedImage,
+    named: Option<ImageId>,
+) -> Result<(ImageId, bool), ApiError> {
+    let content_derived = named.is_none();
+    let id = named.unwrap_or_else(|| image.content_id());
+    match client.upload_image(merchant, &id, image.to_base64()).await {
+        Ok(()) => Ok((id, true)),
+        Err(UpstreamError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+            if content_derived {
+                Ok((id, false))
+            } else {
+                Err(ApiError::field(
+                    Kind::ImageIdTaken,
+                    "imageId",
+                    "an image with this id already exists; image ids cannot be overwritten",
+                ))
+            }
+        }
+        Err(e) => Err(upstream_problem(e, Operation::Image)),
+    }
+}

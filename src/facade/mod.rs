@@ -1,0 +1,437 @@
+//! The REST façade: thin handlers that parse input into domain types, call
+//! `translate` and the upstream client, and map results to responses.
+
+pub mod category;
+pub mod images;
+pub mod order;
+pub mod receipt;
+
+use std::sync::{Arc, RwLock};
+
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::auth::Grant;
+use crate::config::{Limits, Merchant, Merchants};
+use crate::domain::{Msn, OrderId, PaymentType};
+use crate::error::{ApiError, InvalidParam, Kind};
+use crate::vipps::UpstreamError;
+
+/// The configured merchants, replaceable at run time (secrets reloaded).
+#[derive(Default)]
+pub struct MerchantRegistry(RwLock<Arc<Merchants>>);
+
+impl MerchantRegistry {
+    pub fn new(merchants: Merchants) -> Self {
+        Self(RwLock::new(Arc::new(merchants)))
+    }
+
+    pub fn get(&self, msn: &Msn) -> Option<Arc<Merchant>> {
+        self.snapshot().get(msn).cloned()
+    }
+
+    pub fn snapshot(&self) -> Arc<Merchants> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, merchants: Merchants) {
+        let mut g = match self.0.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Arc::new(merchants);
+    }
+}
+
+/// State shared by every worker.
+pub struct AppState {
+    pub merchants: MerchantRegistry,
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// The merchant a request acts for: the caller's grant first (403), then
+    /// that it is configured (404).
+    pub fn merchant(&self, grant: &Grant, msn: &str) -> Result<Arc<Merchant>, ApiError> {
+        grant.check(msn)?;
+        Msn::parse(msn)
+            .ok()
+            .and_then(|m| self.merchants.get(&m))
+            .ok_or_else(|| {
+                ApiError::new(
+                    Kind::MerchantNotFound,
+                    "No merchant with this MSN is configured.",
+                )
+            })
+    }
+}
+
+/// Registers the façade's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/v1/merchants/{msn}/orders/{orderId}/category")
+            .route(web::put().to(category::put)),
+    )
+    .service(
+        resource("/v1/merchants/{msn}/orders/{orderId}/receipt")
+            .route(web::post().to(receipt::post)),
+    )
+    .service(resource("/v1/merchants/{msn}/orders/{orderId}").route(web::get().to(order::get)))
+    .service(resource("/v1/merchants/{msn}/images").route(web::post().to(images::post)));
+}
+
+/// A resource whose other methods get a 405 problem.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        Kind::MethodNotAllowed,
+        format!("{} is not allowed on this resource.", req.method()),
+    ))
+}
+
+/// The `paymentType` query parameter.
+#[derive(Debug, Deserialize)]
+pub struct PaymentQuery {
+    #[serde(rename = "paymentType")]
+    pub payment_type: Option<String>,
+}
+
+impl PaymentQuery {
+    pub fn parse(&self) -> Result<PaymentType, ApiError> {
+        match &self.payment_type {
+            None => Ok(PaymentType::default()),
+            Some(s) => PaymentType::parse(s)
+                .map_err(|e| ApiError::field(Kind::InvalidRequest, "paymentType", e.0)),
+        }
+    }
+}
+
+pub fn order_id(raw: &str) -> Result<OrderId, ApiError> {
+    OrderId::parse(raw).map_err(|e| ApiError::field(Kind::InvalidRequest, "orderId", e.0))
+}
+
+/// Reads a body up to `limit` bytes; a larger one is a 413 before it is read whole.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            Kind::PayloadTooLarge,
+            format!("The body may be at most {limit} bytes."),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                Kind::InvalidRequest,
+                format!("The body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The media type of the request without parameters, lower case.
+pub fn media_type(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
+fn is_json(media: &str) -> bool {
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// Parses a JSON body into `T`, naming the field at fault in the caller's
+/// terms (`lines[1].taxPercent`). A body without a content type is read as JSON.
+pub fn parse_json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
+    if let Some(media) = media_type(req) {
+        if !is_json(&media) {
+            return Err(ApiError::new(
+                Kind::UnsupportedMediaType,
+                format!("Expected application/json, got {media}."),
+            ));
+        }
+    }
+    json_from_slice(body)
+}
+
+/// Deserializes JSON with the path of the first error.
+pub fn json_from_slice<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut *de).map_err(json_error)?;
+    // Trailing data after the value is malformed JSON too.
+    de.end().map_err(|e| {
+        ApiError::field(Kind::InvalidRequest, "body", format!("malformed JSON: {e}"))
+    })?;
+    Ok(parsed)
+}
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = e.inner();
+    let message = inner.to_string();
+    // serde_json appends " at line L column C"; the path says where instead.
+    let reason = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m)
+        .to_owned();
+    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+        return ApiError::field(
+            Kind::InvalidRequest,
+            "body",
+            format!("malformed JSON: {reason}"),
+        );
+    }
+    let path = e.path().to_string();
+    let mut name = if path == "." { String::new() } else { path };
+    if let Some(missing) = reason
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(missing);
+    }
+    if name.is_empty() {
+        name.push_str("body");
+    }
+    ApiError::field(Kind::InvalidRequest, &name, reason)
+}
+
+/// Which façade operation an upstream answer belongs to, for naming fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Image,
+    Category,
+    Receipt,
+    Order,
+}
+
+/// Maps an upstream failure to the caller's problem (SPEC §3, Errors).
+pub fn upstream_problem(e: UpstreamError, op: Operation) -> ApiError {
+    use actix_web::http::StatusCode as S;
+    match e {
+        UpstreamError::Status {
+            status,
+            problem,
+            retry_after,
+        } => match status {
+            S::BAD_REQUEST => {
+                let problem = problem.map(|p| *p).unwrap_or_default();
+                let params = problem
+                    .invalid_params
+                    .iter()
+                    .map(|p| InvalidParam::new(facade_field(op, &p.name), p.reason.clone()))
+                    .collect();
+                let detail = problem
+                    .detail
+                    .or(problem.title)
+                    .unwrap_or_else(|| "Vipps rejected the request.".into());
+                ApiError::invalid(Kind::UpstreamRejected, format!("Vipps: {detail}"), params)
+            }
+            S::NOT_FOUND => ApiError::new(Kind::OrderNotFound, "Vipps has no such order."),
+            S::CONFLICT => ApiError::new(
+                Kind::UpstreamConflict,
+                problem
+                    .and_then(|p| p.detail)
+                    .map_or_else(|| "Vipps reported a conflict.".into(), |d| format!("Vipps: {d}")),
+            ),
+            S::UNAUTHORIZED | S::FORBIDDEN => ApiError::new(
+                Kind::UpstreamAuth,
+                "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
+            ),
+            S::TOO_MANY_REQUESTS => ApiError::new(Kind::UpstreamBusy, "Vipps is rate limiting this merchant; retry later.")
+                .with_retry_after(retry_after.unwrap_or(1)),
+            _ => ApiError::new(Kind::UpstreamFailed, format!("Vipps answered {}.", status.as_u16())),
+        },
+        UpstreamError::TokenRejected(_) => ApiError::new(
+            Kind::UpstreamAuth,
+            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
+        ),
+        UpstreamError::TokenFailed(_) => ApiError::new(Kind::UpstreamFailed, "No Vipps access token could be obtained."),
+        UpstreamError::Timeout => ApiError::new(Kind::UpstreamTimeout, "Vipps did not answer in time."),
+        UpstreamError::Connect(_) => ApiError::new(Kind::UpstreamFailed, "Vipps could not be reached."),
+        UpstreamError::Broken(_) => ApiError::new(
+            Kind::UpstreamFailed,
+            "The exchange with Vipps broke off; the outcome is unknown, retry the request.",
+        ),
+        UpstreamError::BadResponse(_) => ApiError::new(Kind::UpstreamFailed, "Vipps answered something the gateway could not read."),
+    }
+}
+
+/// Translates an upstream field name into the façade's, where there is one.
+pub fn facade_field(op: Operation, upstream: &str) -> String {
+    let lower = upstream.to_ascii_lowercase();
+    let rename = |table: &[(&str, &str)], name: &str| {
+        table
+            .iter()
+            .find(|(u, _)| u.eq_ignore_ascii_case(name))
+            .map(|(_, f)| (*f).to_owned())
+    };
+    match op {
+        Operation::Receipt => {
+            if let Some(rest) = lower.strip_prefix("orderlines[") {
+                if let Some((index, field)) = rest.split_once("].") {
+                    let line_fields = [
+                        ("name", "name"),
+                        ("id", "id"),
+                        ("totalAmount", "totalAmount"),
+                        ("taxPercentage", "taxPercent"),
+                        ("discount", "discount"),
+                        ("productUrl", "productUrl"),
+                        ("isReturn", "isReturn"),
+                        ("isShipping", "isShipping"),
+                        ("unitInfo.unitPrice", "unitPrice"),
+                        ("unitInfo.quantity", "quantity"),
+                        ("unitInfo.quantityUnit", "unit"),
+                    ];
+                    if let Some(f) = rename(&line_fields, field) {
+                        return format!("lines[{index}].{f}");
+                    }
+                }
+            }
+            if let Some(field) = lower.strip_prefix("bottomline.") {
+                let bottom = [
+                    ("currency", "currency"),
+                    ("tipAmount", "tip"),
+                    ("posId", "posId"),
+                    ("receiptNumber", "receiptNumber"),
+                    ("barcode.format", "barcode.format"),
+                    ("barcode.data", "barcode.data"),
+                    ("paymentSources.giftCard", "paymentSources.giftCard"),
+                    ("paymentSources.card", "paymentSources.card"),
+                    ("paymentSources.voucher", "paymentSources.voucher"),
+                    ("paymentSources.cash", "paymentSources.cash"),
+                ];
+                if let Some(f) = rename(&bottom, field) {
+                    return f;
+                }
+            }
+        }
+        Operation::Category => {
+            let fields = [
+                ("category", "category"),
+                ("orderDetailsUrl", "url"),
+                ("imageId", "imageId"),
+            ];
+            if let Some(f) = rename(&fields, upstream) {
+                return f;
+            }
+        }
+        Operation::Image => {
+            let fields = [("src", "data"), ("imageId", "imageId")];
+            if let Some(f) = rename(&fields, upstream) {
+                return f;
+            }
+        }
+        Operation::Order => {}
+    }
+    if upstream.eq_ignore_ascii_case("orderId") {
+        return "orderId".into();
+    }
+    upstream.to_owned()
+}
+
+/// A JSON response.
+pub fn json_response(
+    status: actix_web::http::StatusCode,
+    body: &impl serde::Serialize,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| ApiError::internal(&e))?;
+    Ok(HttpResponse::build(status)
+        .content_type("application/json")
+        .body(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_field_names_become_facade_names() {
+        assert_eq!(
+            facade_field(Operation::Receipt, "orderLines[2].taxPercentage"),
+            "lines[2].taxPercent"
+        );
+        assert_eq!(
+            facade_field(Operation::Receipt, "OrderLines[0].UnitInfo.Quantity"),
+            "lines[0].quantity"
+        );
+        assert_eq!(
+            facade_field(Operation::Receipt, "bottomLine.tipAmount"),
+            "tip"
+        );
+        assert_eq!(
+            facade_field(Operation::Receipt, "orderLines[0].totalAmountExcludingTax"),
+            "orderLines[0].totalAmountExcludingTax"
+        );
+        assert_eq!(facade_field(Operation::Category, "orderDetailsUrl"), "url");
+        assert_eq!(facade_field(Operation::Image, "src"), "data");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        lines: Vec<Inner>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        name: String,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let name = |body: &str| {
+            json_from_slice::<Outer>(body.as_bytes())
+                .expect_err("invalid")
+                .invalid_params[0]
+                .name
+                .clone()
+        };
+        assert_eq!(
+            name(r#"{"lines":[{"name":"a"},{"name":"b","x":1}]}"#),
+            "lines[1].x"
+        );
+        assert_eq!(name(r#"{"lines":[{}]}"#), "lines[0].name");
+        assert_eq!(name(r#"{"lines":[{"name":5}]}"#), "lines[0].name");
+        assert_eq!(name(r#"{"lines":"#), "body");
+        assert_eq!(name(r#"{"lines":[]} x"#), "body");
+        assert_eq!(name(r#"{}"#), "lines");
+    }
+}

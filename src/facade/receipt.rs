@@ -1,0 +1,108 @@
+//! `POST /v1/merchants/{msn}/orders/{orderId}/receipt`.
+
+use actix_web::http::StatusCode;
+use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::{
+    json_response, order_id, parse_json, read_body, upstream_problem, AppState, Operation,
+    PaymentQuery,
+};
+use crate::auth::Grant;
+use crate::config::Merchant;
+use crate::domain::{OrderId, PaymentType};
+use crate::error::{ApiError, Kind};
+use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
+use crate::vipps::model::Receipt;
+use crate::vipps::{UpstreamError, VippsClient};
+
+#[derive(Serialize)]
+pub struct ReceiptResponse<'a> {
+    pub receipt: &'a Receipt,
+    pub totals: Totals,
+    pub replayed: bool,
+}
+
+pub async fn post(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PaymentQuery>,
+    payload: web::Payload,
+    grant: Grant,
+    state: web::Data<AppState>,
+    client: web::Data<VippsClient>,
+) -> Result<HttpResponse, ApiError> {
+    let (msn, order) = path.into_inner();
+    let merchant = state.merchant(&grant, &msn)?;
+    let order = order_id(&order)?;
+    let payment_type = query.parse()?;
+    let body = read_body(&req, payload, state.limits.json_body).await?;
+    let request: ReceiptRequest = parse_json(&req, &body)?;
+    let receipt = build_receipt(&request).map_err(|r| {
+        let kind = if r.syntax {
+            Kind::InvalidRequest
+        } else {
+            Kind::Unprocessable
+        };
+        let names: Vec<&str> = r.params.iter().map(|p| p.name.as_str()).collect();
+        ApiError::invalid(
+            kind,
+            format!("The receipt cannot be built: {}.", names.join(", ")),
+            r.params,
+        )
+    })?;
+
+    let replayed = match client
+        .post_receipt(&merchant, payment_type, &order, &receipt)
+        .await
+    {
+        Ok(()) => false,
+        Err(UpstreamError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+            resolve_conflict(&client, &merchant, payment_type, &order, &receipt).await?
+        }
+        Err(e) => return Err(upstream_problem(e, Operation::Receipt)),
+    };
+    json_response(
+        StatusCode::CREATED,
+        &ReceiptResponse {
+            totals: totals(&receipt),
+            receipt: &receipt,
+            replayed,
+        },
+    )
+}
+
+/// A receipt is immutable upstream. On a 409 the stored receipt is read
+/// back: the same as the one sent means an earlier attempt succeeded (a
+/// replay, `true`); a different one is a conflict.
+async fn resolve_conflict(
+    client: &VippsClient,
+    merchant: &Merchant,
+    payment_type: PaymentType,
+    order: &OrderId,
+    receipt: &Receipt,
+) -> Result<bool, ApiError> {
+    let stored = client
+        .get_order(merchant, payment_type, order)
+        .await
+        .map_err(|e| upstream_problem(e, Operation::Order))?
+        .and_then(|o| o.receipt);
+    match stored {
+        Some(s) if s.canonical() == receipt.canonical() => {
+            tracing::info!(
+                order = order.as_str(),
+                "receipt already stored and identical: replayed"
+            );
+            Ok(true)
+        }
+        Some(_) => Err(ApiError::new(
+            Kind::ReceiptConflict,
+            "This order already has a different receipt; receipts cannot be changed.",
+        )),
+        None => Err(ApiError::new(
+            Kind::UpstreamConflict,
+            "Vipps reported a conflict but holds no receipt for this order.",
+        )),
+    }
+}

@@ -1,0 +1,104 @@
+//! Request ids: taken from the caller's `X-Request-Id` when it is sane,
+//! generated otherwise, returned on every response and put on the request's
+//! tracing span. The id and path are also kept in a task-local so an error
+//! body can name them without threading the request through every function.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+use tracing::Instrument;
+
+pub const HEADER: &str = "x-request-id";
+
+/// What an error body needs to know about the request being served.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub id: String,
+    pub path: String,
+}
+
+/// The request id, as handlers read it from the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+tokio::task_local! {
+    static CONTEXT: RequestContext;
+}
+
+/// The context of the request being served, if any.
+pub fn current() -> Option<RequestContext> {
+    CONTEXT.try_with(Clone::clone).ok()
+}
+
+/// A caller's id is kept when it is short and printable, so it can go into
+/// a header and a log line unchanged.
+fn usable(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
+}
+
+/// Middleware: assigns the id, opens the request span, logs one line per request.
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| usable(v))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let ctx = RequestContext {
+        id: id.clone(),
+        path: req.path().to_owned(),
+    };
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        route = %route,
+        msn = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let result = CONTEXT
+        .scope(ctx, next.call(req).instrument(span.clone()))
+        .await;
+    let mut res = result?;
+    let status = res.status().as_u16();
+    span.record("status", status);
+    span.in_scope(|| {
+        tracing::info!(
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(HEADER), value);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable;
+
+    #[test]
+    fn caller_ids_must_be_short_and_printable() {
+        assert!(usable("req-123"));
+        assert!(usable("00-abc-01"));
+        assert!(!usable(""));
+        assert!(!usable("a\r\nb"));
+        assert!(!usable(&"x".repeat(129)));
+    }
+}

@@ -1,0 +1,528 @@
+//! Façade receipt → Vipps receipt: minor units, VAT per line, totals.
+//!
+//! Per line, in integer minor units:
+//! `gross = round(quantity × unitPrice) − discount` (or the given
+//! `totalAmount`), `tax = round(gross × p / (100 + p))`, `excl = gross − tax`,
+//! all rounded half away from zero, so `excl + tax == gross` always.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::money::{
+    div_round_half_away, format_minor, format_plain, parse_decimal, parse_non_negative, to_minor,
+    Currency, DecimalError, DecimalText,
+};
+use crate::error::InvalidParam;
+use crate::vipps::model::{
+    Barcode, BarcodeFormat, BottomLine, OrderLine, PaymentSources, QuantityUnit, Receipt, UnitInfo,
+};
+
+/// The façade's receipt request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReceiptRequest {
+    pub currency: Currency,
+    pub lines: Vec<LineRequest>,
+    #[serde(default)]
+    pub tip: Option<DecimalText>,
+    #[serde(default)]
+    pub pos_id: Option<String>,
+    #[serde(default)]
+    pub receipt_number: Option<String>,
+    #[serde(default)]
+    pub barcode: Option<BarcodeRequest>,
+    #[serde(default)]
+    pub payment_sources: Option<PaymentSourcesRequest>,
+    #[serde(default)]
+    pub expected_total: Option<DecimalText>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LineRequest {
+    pub id: String,
+    pub name: String,
+    pub tax_percent: DecimalText,
+    #[serde(default)]
+    pub quantity: Option<DecimalText>,
+    #[serde(default)]
+    pub unit: Option<QuantityUnit>,
+    #[serde(default)]
+    pub unit_price: Option<DecimalText>,
+    #[serde(default)]
+    pub total_amount: Option<DecimalText>,
+    #[serde(default)]
+    pub discount: Option<DecimalText>,
+    #[serde(default)]
+    pub product_url: Option<String>,
+    #[serde(default)]
+    pub is_return: bool,
+    #[serde(default)]
+    pub is_shipping: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BarcodeRequest {
+    pub format: BarcodeFormat,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PaymentSourcesRequest {
+    #[serde(default)]
+    pub gift_card: Option<DecimalText>,
+    #[serde(default)]
+    pub card: Option<DecimalText>,
+    #[serde(default)]
+    pub voucher: Option<DecimalText>,
+    #[serde(default)]
+    pub cash: Option<DecimalText>,
+}
+
+/// Sums of a receipt, as decimal strings in major units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub total: String,
+    pub tax: String,
+    pub by_tax_percent: Vec<RateTotals>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateTotals {
+    pub tax_percent: String,
+    pub gross: String,
+    pub tax: String,
+    pub excluding_tax: String,
+}
+
+/// What a receipt request is refused for: each field at fault. A syntax
+/// error is a 400; everything else (a well-formed value the gateway cannot
+/// turn into a valid upstream receipt) is a 422.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub syntax: bool,
+    pub params: Vec<InvalidParam>,
+}
+
+/// Most decimals `unitPrice` may carry (fuel, electricity).
+const UNIT_PRICE_DECIMALS: u32 = 6;
+/// Most decimals and characters of a quantity, as the upstream's `unitInfo.quantity`.
+const QUANTITY_DECIMALS: u32 = 8;
+const QUANTITY_MAX_CHARS: usize = 10;
+/// Free-text fields are bounded so a receipt stays a receipt.
+const TEXT_MAX_CHARS: usize = 256;
+/// Most lines in one receipt.
+pub const MAX_LINES: usize = 1000;
+
+struct Collector {
+    syntax: bool,
+    params: Vec<InvalidParam>,
+}
+
+impl Collector {
+    fn fail(&mut self, name: String, reason: impl Into<String>) {
+        self.params.push(InvalidParam::new(name, reason));
+    }
+
+    fn decimal(&mut self, name: String, err: DecimalError) {
+        if err == DecimalError::Syntax {
+            self.syntax = true;
+        }
+        self.fail(name, err.reason());
+    }
+
+    /// A non-negative amount in minor units of `currency`.
+    fn amount(&mut self, name: String, text: &DecimalText, currency: Currency) -> Option<i64> {
+        match parse_non_negative(&text.0, currency.decimals()) {
+            Ok(v) => to_minor(v, currency.decimals()).or_else(|| {
+                self.fail(name, "is too large");
+                None
+            }),
+            Err(e) => {
+                self.decimal(name, e);
+                None
+            }
+        }
+    }
+
+    fn text(&mut self, name: String, value: &str, required: bool) {
+        if required && value.trim().is_empty() {
+            self.fail(name, "must not be empty");
+        } else if value.chars().count() > TEXT_MAX_CHARS {
+            self.fail(name, format!("must be at most {TEXT_MAX_CHARS} characters"));
+        } else if value.chars().any(char::is_control) {
+            self.fail(name, "must not contain control characters");
+        }
+    }
+}
+
+/// Builds the upstream receipt from the façade request, or names every
+/// field that prevents it.
+pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
+    let mut c = Collector {
+        syntax: false,
+        params: Vec::new(),
+    };
+    let cur = req.currency;
+    if req.lines.is_empty() {
+        c.fail("lines".into(), "must hold at least one line");
+    }
+    if req.lines.len() > MAX_LINES {
+        c.fail(
+            "lines".into(),
+            format!("must hold at most {MAX_LINES} lines"),
+        );
+    }
+    let mut order_lines = Vec::with_capacity(req.lines.len());
+    let mut signed_sum: i128 = 0;
+    for (i, line) in req.lines.iter().enumerate() {
+        if let Some(built) = build_line(&mut c, i, line, cur) {
+            let sign = if line.is_return { -1 } else { 1 };
+            signed_sum += sign * i128::from(built.total_amount);
+            order_lines.push(built);
+        }
+    }
+    let tip = req
+        .tip
+        .as_ref()
+        .and_then(|t| c.amount("tip".into(), t, cur))
+        .unwrap_or(0);
+    if let Some(expected) = &req.expected_total {
+        // The expected total may be negative: a receipt of returns only.
+        match parse_decimal(&expected.0, cur.decimals()) {
+            Ok(v) => {
+                let want = to_minor(v, cur.decimals());
+                let got = signed_sum + i128::from(tip);
+                if c.params.is_empty() && want.map(i128::from) != Some(got) {
+                    let got = i64::try_from(got)
+                        .map_or_else(|_| got.to_string(), |g| format_minor(g, cur.decimals()));
+                    c.fail(
+                        "expectedTotal".into(),
+                        format!("is {expected} but the lines and tip add up to {got}"),
+                    );
+                }
+            }
+            Err(e) => c.decimal("expectedTotal".into(), e),
+        }
+    }
+    if let Some(pos) = &req.pos_id {
+        c.text("posId".into(), pos, false);
+    }
+    if let Some(n) = &req.receipt_number {
+        c.text("receiptNumber".into(), n, false);
+    }
+    if let Some(b) = &req.barcode {
+        c.text("barcode.data".into(), &b.data, true);
+    }
+    let payment_sources = req.payment_sources.as_ref().map(|p| {
+        let mut one = |name: &str, v: &Option<DecimalText>| {
+            v.as_ref()
+                .and_then(|t| c.amount(format!("paymentSources.{name}"), t, cur))
+        };
+        PaymentSources {
+            gift_card: one("giftCard", &p.gift_card),
+            card: one("card", &p.card),
+            voucher: one("voucher", &p.voucher),
+            cash: one("cash", &p.cash),
+        }
+    });
+    if !c.params.is_empty() {
+        return Err(Rejected {
+            syntax: c.syntax,
+            params: c.params,
+        });
+    }
+    Ok(Receipt {
+        order_lines,
+        bottom_line: BottomLine {
+            currency: cur,
+            tip_amount: Some(tip),
+            pos_id: req.pos_id.clone(),
+            payment_sources,
+            barcode: req.barcode.as_ref().map(|b| Barcode {
+                format: b.format,
+                data: b.data.clone(),
+            }),
+            receipt_number: req.receipt_number.clone(),
+        },
+    })
+}
+
+fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) -> Option<OrderLine> {
+    let at = |field: &str| format!("lines[{i}].{field}");
+    let errors_before = c.params.len();
+    c.text(at("id"), &line.id, true);
+    c.text(at("name"), &line.name, true);
+    if let Some(url) = &line.product_url {
+        if let Err(e) = crate::domain::check_url(url) {
+            c.fail(at("productUrl"), e.0);
+        }
+    }
+
+    // v2.0 carries whole percents only; a rate it cannot express is refused
+    // rather than rounded.
+    let rate = match parse_non_negative(&line.tax_percent.0, 28) {
+        Ok(p) if p > Decimal::ONE_HUNDRED => {
+            c.fail(at("taxPercent"), "must be between 0 and 100");
+            None
+        }
+        Ok(p) if !p.fract().is_zero() => {
+            c.fail(
+                at("taxPercent"),
+                format!("{p} % cannot be sent: Order Management 2.0 takes whole percents only"),
+            );
+            None
+        }
+        Ok(p) => rust_decimal::prelude::ToPrimitive::to_u8(&p),
+        Err(e) => {
+            c.decimal(at("taxPercent"), e);
+            None
+        }
+    };
+
+    let quantity = match &line.quantity {
+        None => Some(Decimal::ONE),
+        Some(q) => match parse_non_negative(&q.0, QUANTITY_DECIMALS) {
+            Ok(q) if q.is_zero() => {
+                c.fail(at("quantity"), "must be greater than zero");
+                None
+            }
+            Ok(q) if format_plain(q).len() > QUANTITY_MAX_CHARS => {
+                c.fail(
+                    at("quantity"),
+                    format!("must be at most {QUANTITY_MAX_CHARS} characters"),
+                );
+                None
+            }
+            Ok(q) => Some(q),
+            Err(e) => {
+                c.decimal(at("quantity"), e);
+                None
+            }
+        },
+    };
+    let unit_price = line.unit_price.as_ref().and_then(|p| {
+        match parse_non_negative(&p.0, UNIT_PRICE_DECIMALS) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                c.decimal(at("unitPrice"), e);
+                None
+            }
+        }
+    });
+    let total = line
+        .total_amount
+        .as_ref()
+        .and_then(|t| c.amount(at("totalAmount"), t, cur));
+    let discount = match &line.discount {
+        Some(d) => c.amount(at("discount"), d, cur),
+        None => Some(0),
+    };
+    if line.unit_price.is_none() && line.total_amount.is_none() {
+        c.fail(at("unitPrice"), "unitPrice or totalAmount is required");
+    }
+    if c.params.len() > errors_before {
+        return None;
+    }
+    let (rate, quantity, discount) = (rate?, quantity?, discount?);
+
+    let mut unit_info = None;
+    let gross = match unit_price {
+        Some(price) => {
+            let Some(before) = quantity
+                .checked_mul(price)
+                .and_then(|v| to_minor(v, cur.decimals()))
+            else {
+                c.fail(at("unitPrice"), "quantity × unitPrice is too large");
+                return None;
+            };
+            if discount > before {
+                c.fail(
+                    at("discount"),
+                    format!(
+                        "{} is larger than the line before discount ({})",
+                        format_minor(discount, cur.decimals()),
+                        format_minor(before, cur.decimals())
+                    ),
+                );
+                return None;
+            }
+            let gross = before - discount;
+            if let Some(total) = total {
+                if total != gross {
+                    c.fail(
+                        at("totalAmount"),
+                        format!(
+                            "is {} but quantity × unitPrice − discount is {}",
+                            format_minor(total, cur.decimals()),
+                            format_minor(gross, cur.decimals())
+                        ),
+                    );
+                    return None;
+                }
+            }
+            unit_info = Some(UnitInfo {
+                unit_price: to_minor(price, cur.decimals())?,
+                quantity: format_plain(quantity),
+                quantity_unit: Some(line.unit.unwrap_or_default()),
+            });
+            gross
+        }
+        None => total?,
+    };
+    let tax = div_round_half_away(i128::from(gross) * i128::from(rate), 100 + i128::from(rate));
+    let tax = i64::try_from(tax).ok()?;
+    Some(OrderLine {
+        name: line.name.clone(),
+        id: line.id.clone(),
+        total_amount: gross,
+        total_amount_excluding_tax: gross - tax,
+        total_tax_amount: tax,
+        tax_percentage: rate,
+        unit_info,
+        discount: Some(discount),
+        product_url: line.product_url.clone(),
+        is_return: Some(line.is_return),
+        is_shipping: Some(line.is_shipping),
+    })
+}
+
+/// Totals of an upstream receipt: returns count negative, the tip is in
+/// `total`, rates are listed in ascending order.
+pub fn totals(receipt: &Receipt) -> Totals {
+    let dp = receipt.bottom_line.currency.decimals();
+    let mut by_rate: BTreeMap<u8, (i64, i64, i64)> = BTreeMap::new();
+    let (mut total, mut tax) = (0i64, 0i64);
+    for line in &receipt.order_lines {
+        let sign = if line.is_return == Some(true) { -1 } else { 1 };
+        let entry = by_rate.entry(line.tax_percentage).or_default();
+        entry.0 = entry.0.saturating_add(sign * line.total_amount);
+        entry.1 = entry.1.saturating_add(sign * line.total_tax_amount);
+        entry.2 = entry
+            .2
+            .saturating_add(sign * line.total_amount_excluding_tax);
+        total = total.saturating_add(sign * line.total_amount);
+        tax = tax.saturating_add(sign * line.total_tax_amount);
+    }
+    total = total.saturating_add(receipt.bottom_line.tip_amount.unwrap_or(0));
+    Totals {
+        total: format_minor(total, dp),
+        tax: format_minor(tax, dp),
+        by_tax_percent: by_rate
+            .into_iter()
+            .map(|(rate, (gross, tax, excl))| RateTotals {
+                tax_percent: rate.to_string(),
+                gross: format_minor(gross, dp),
+                tax: format_minor(tax, dp),
+                excluding_tax: format_minor(excl, dp),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> ReceiptRequest {
+        serde_json::from_value(json).expect("valid request")
+    }
+
+    /// (quantity, unitPrice, discount, totalAmount, taxPercent) → (gross, tax, excl).
+    fn line(
+        q: Option<&str>,
+        price: Option<&str>,
+        discount: Option<&str>,
+        total: Option<&str>,
+        rate: &str,
+    ) -> Result<(i64, i64, i64), Rejected> {
+        let mut l = serde_json::json!({"id": "l", "name": "n", "taxPercent": rate});
+        for (k, v) in [
+            ("quantity", q),
+            ("unitPrice", price),
+            ("discount", discount),
+            ("totalAmount", total),
+        ] {
+            if let Some(v) = v {
+                l[k] = serde_json::Value::String(v.into());
+            }
+        }
+        let r = build_receipt(&request(
+            serde_json::json!({"currency": "NOK", "lines": [l]}),
+        ))?;
+        let o = &r.order_lines[0];
+        Ok((
+            o.total_amount,
+            o.total_tax_amount,
+            o.total_amount_excluding_tax,
+        ))
+    }
+
+    #[test]
+    fn spec_worked_examples() {
+        assert_eq!(
+            line(Some("2"), Some("199.00"), None, None, "25"),
+            Ok((39800, 7960, 31840))
+        );
+        assert_eq!(
+            line(Some("0.822"), Some("149.90"), None, None, "15"),
+            Ok((12322, 1607, 10715))
+        );
+        assert_eq!(
+            line(Some("1.5"), Some("0.35"), None, None, "25"),
+            Ok((53, 11, 42))
+        );
+        assert_eq!(
+            line(Some("1"), Some("0.12"), None, None, "60"),
+            Ok((12, 5, 7))
+        );
+        assert_eq!(
+            line(Some("3"), Some("0.10"), None, None, "25"),
+            Ok((30, 6, 24))
+        );
+        assert_eq!(
+            line(None, None, None, Some("49"), "25"),
+            Ok((4900, 980, 3920))
+        );
+        assert_eq!(
+            line(Some("2"), Some("100.00"), Some("50.00"), None, "12"),
+            Ok((15000, 1607, 13393))
+        );
+    }
+
+    #[test]
+    fn unexpressible_rate_is_refused_not_rounded() {
+        let err = line(None, None, None, Some("10"), "12.5").unwrap_err();
+        assert!(!err.syntax);
+        assert_eq!(err.params[0].name, "lines[0].taxPercent");
+        assert_eq!(
+            line(None, None, None, Some("10"), "25.00"),
+            Ok((1000, 200, 800))
+        );
+    }
+
+    #[test]
+    fn totals_count_returns_negative_and_include_tip() {
+        let r = build_receipt(&request(serde_json::json!({
+            "currency": "NOK", "tip": "10",
+            "lines": [
+                {"id": "a", "name": "A", "unitPrice": "100", "taxPercent": "25"},
+                {"id": "b", "name": "B", "totalAmount": "20", "taxPercent": "15", "isReturn": true}
+            ],
+            "expectedTotal": "90.00"
+        })))
+        .expect("valid");
+        let t = totals(&r);
+        assert_eq!(t.total, "90.00");
+        assert_eq!(t.tax, "17.39");
+        assert_eq!(t.by_tax_percent[0].tax_percent, "15");
+        assert_eq!(t.by_tax_percent[0].gross, "-20.00");
+        assert_eq!(t.by_tax_percent[1].excluding_tax, "80.00");
+    }
+}

@@ -1,0 +1,7 @@
+//! The upstream: the typed model of the Vipps API, the client and the token cache.
+
+pub mod client;
+pub mod model;
+pub mod token;
+
+pub use client::{RawResponse, Upstream, UpstreamError, VippsClient};

@@ -1,0 +1,193 @@
+//! The gateway's typed model of the Vipps Order Management 2.0 and Access
+//! Token APIs: what it sends and what it reads back. Amounts are integers
+//! of minor units, as the upstream defines them.
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Category;
+use crate::translate::money::Currency;
+
+/// `POST /order-management/v2/{paymentType}/receipts/{orderId}` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub order_lines: Vec<OrderLine>,
+    pub bottom_line: BottomLine,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLine {
+    pub name: String,
+    pub id: String,
+    pub total_amount: i64,
+    pub total_amount_excluding_tax: i64,
+    pub total_tax_amount: i64,
+    /// Whole percent: the 2.0 API cannot express fractional rates.
+    pub tax_percentage: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_info: Option<UnitInfo>,
+    #[serde(default)]
+    pub discount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_url: Option<String>,
+    #[serde(default)]
+    pub is_return: Option<bool>,
+    #[serde(default)]
+    pub is_shipping: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitInfo {
+    pub unit_price: i64,
+    pub quantity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity_unit: Option<QuantityUnit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QuantityUnit {
+    #[default]
+    Pcs,
+    Kg,
+    Km,
+    Minute,
+    Litre,
+    Kwh,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BottomLine {
+    pub currency: Currency,
+    #[serde(default)]
+    pub tip_amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_sources: Option<PaymentSources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barcode: Option<Barcode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentSources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gift_card: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voucher: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cash: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BarcodeFormat {
+    #[serde(rename = "EAN-13")]
+    Ean13,
+    #[serde(rename = "CODE 39")]
+    Code39,
+    #[serde(rename = "CODE 128")]
+    Code128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Barcode {
+    pub format: BarcodeFormat,
+    pub data: String,
+}
+
+impl Receipt {
+    /// The receipt with the upstream's defaults made explicit, so one read
+    /// back from Vipps (which may return `null` or omit optional fields) and
+    /// one about to be sent compare equal when they mean the same.
+    pub fn canonical(&self) -> Receipt {
+        let mut r = self.clone();
+        for line in &mut r.order_lines {
+            line.discount = Some(line.discount.unwrap_or(0));
+            line.is_return = Some(line.is_return.unwrap_or(false));
+            line.is_shipping = Some(line.is_shipping.unwrap_or(false));
+            if let Some(info) = &mut line.unit_info {
+                info.quantity_unit = Some(info.quantity_unit.unwrap_or_default());
+            }
+        }
+        r.bottom_line.tip_amount = Some(r.bottom_line.tip_amount.unwrap_or(0));
+        if r.bottom_line.payment_sources == Some(PaymentSources::default()) {
+            r.bottom_line.payment_sources = None;
+        }
+        r
+    }
+}
+
+/// `PUT /order-management/v2/{paymentType}/categories/{orderId}` body, and
+/// the category part of an order read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCategory {
+    pub category: Category,
+    pub order_details_url: String,
+    #[serde(default)]
+    pub image_id: Option<String>,
+}
+
+/// `POST /order-management/v1/images` body.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageUpload<'a> {
+    pub image_id: &'a str,
+    /// Base64 of the image bytes.
+    pub src: String,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+}
+
+/// `GET /order-management/v2/{paymentType}/{orderId}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderResponse {
+    #[serde(default)]
+    pub category: Option<OrderCategory>,
+    #[serde(default)]
+    pub receipt: Option<Receipt>,
+}
+
+/// `POST /accesstoken/get` answer. Times are strings of seconds.
+#[derive(Deserialize)]
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    pub expires_in: String,
+    #[serde(default)]
+    pub expires_on: Option<String>,
+}
+
+/// The upstream's error body. Every field is optional when reading: an
+/// upstream error that does not follow its own schema is still mapped.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VippsProblem {
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub invalid_params: Vec<VippsInvalidParam>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VippsInvalidParam {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub reason: String,
+}

@@ -1,1 +1,9 @@
+//! The one integration-test binary: gateway and simulator over real HTTP
+//! on loopback.
+
+// A failed expectation in a test should stop it with its message.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod health;
+mod helpers;
 mod simulator;

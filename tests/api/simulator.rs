@@ -1,7 +1,6 @@
 //! The simulator over real HTTP: what the gateway's tests rely on it for.
 
 // A failed expectation in a test should stop it with its message.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -1,0 +1,367 @@
+//! `spawn_app()`: the gateway and its simulator, each on a loopback port 0,
+//! and helpers to call the façade and read what the simulator saw.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use secrecy::SecretString;
+use serde_json::Value;
+use vipps_order_gateway::config::{InlineSecrets, MerchantSettings, Settings};
+use vipps_order_gateway::domain::Msn;
+use vipps_order_gateway::simulator::{
+    SimMerchant, Simulator, SimulatorSettings, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_MSN,
+    DEMO_SUBSCRIPTION_KEY,
+};
+use vipps_order_gateway::{telemetry, Application};
+
+/// The demo merchant, configured on both sides.
+pub const MSN: &str = DEMO_MSN;
+/// A second merchant, configured on both sides.
+pub const MSN2: &str = "654321";
+/// A well-formed MSN configured nowhere.
+pub const UNKNOWN_MSN: &str = "999999";
+
+/// What a test may change before the app starts.
+pub struct Options {
+    /// Lifetime of the simulator's tokens.
+    pub token_ttl: Duration,
+    /// Extra TOML appended to the gateway's config.
+    pub extra_toml: String,
+    pub gateway_workers: usize,
+    /// The second merchant's secret as the gateway knows it (tests of
+    /// refused credentials set a wrong one).
+    pub msn2_secret: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(3600),
+            extra_toml: String::new(),
+            gateway_workers: 1,
+            msn2_secret: "second-secret".into(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub sim_address: String,
+    pub client: awc::Client,
+}
+
+/// A parsed answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub request_id: Option<String>,
+    pub retry_after: Option<String>,
+    pub body: Value,
+}
+
+fn merchant(msn: &str, client_id: &str, secret: &str, key: &str) -> MerchantSettings {
+    MerchantSettings {
+        msn: Msn::parse(msn).expect("test MSN"),
+        client_id: client_id.into(),
+        client_secret_file: None,
+        client_secret_env: None,
+        subscription_key_file: None,
+        subscription_key_env: None,
+        inline: Some(InlineSecrets {
+            client_secret: SecretString::from(secret.to_owned()),
+            subscription_key: SecretString::from(key.to_owned()),
+        }),
+    }
+}
+
+fn init_test_log() {
+    // TEST_LOG=1 shows the gateway's log while debugging a test.
+    if std::env::var_os("TEST_LOG").is_some() {
+        telemetry::init_subscriber(telemetry::get_subscriber(
+            vipps_order_gateway::config::LogFormat::Text,
+            "debug",
+            std::io::stdout,
+        ));
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(opts: Options) -> TestApp {
+    init_test_log();
+    let sim_listener = TcpListener::bind("127.0.0.1:0").expect("bind simulator");
+    let sim = Simulator::build(
+        sim_listener,
+        SimulatorSettings {
+            merchants: vec![
+                SimMerchant::demo(),
+                SimMerchant {
+                    msn: MSN2.into(),
+                    client_id: "second-client".into(),
+                    client_secret: "second-secret".into(),
+                    subscription_key: "second-key".into(),
+                },
+            ],
+            token_ttl: opts.token_ttl,
+            workers: 2,
+        },
+    )
+    .expect("build simulator");
+    let sim_address = format!("http://127.0.0.1:{}", sim.port());
+    actix_rt::spawn(sim.run());
+
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = {}\n{}\n[upstream]\nbase_url = \"{sim_address}\"\ntimeout = \"5s\"\n",
+        opts.gateway_workers, opts.extra_toml
+    );
+    let mut settings = Settings::from_toml(&toml, []).expect("test settings");
+    settings.merchants = vec![
+        merchant(
+            MSN,
+            DEMO_CLIENT_ID,
+            DEMO_CLIENT_SECRET,
+            DEMO_SUBSCRIPTION_KEY,
+        ),
+        merchant(MSN2, "second-client", &opts.msn2_secret, "second-key"),
+    ];
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway");
+    let app =
+        Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_rt::spawn(app.server());
+    TestApp {
+        address,
+        sim_address,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+    }
+}
+
+async fn answer(
+    resp: Result<
+        awc::ClientResponse<
+            impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>
+                + Unpin,
+        >,
+        awc::error::SendRequestError,
+    >,
+) -> Answer {
+    let mut resp = resp.expect("gateway answers");
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let request_id = header("x-request-id");
+    let retry_after = header("retry-after");
+    let status = resp.status();
+    let bytes = resp.body().limit(16 * 1024 * 1024).await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Answer {
+        status,
+        content_type,
+        request_id,
+        retry_after,
+        body,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        answer(self.client.get(self.url(path)).send().await).await
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> Answer {
+        answer(self.client.put(self.url(path)).send_json(body).await).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        answer(self.client.post(self.url(path)).send_json(body).await).await
+    }
+
+    /// Sends raw bytes with the given content type.
+    pub async fn send_raw(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        answer(
+            self.client
+                .request(method, self.url(path))
+                .insert_header(("content-type", content_type))
+                .send_body(body)
+                .await,
+        )
+        .await
+    }
+
+    pub async fn post_receipt(&self, msn: &str, order: &str, body: &Value) -> Answer {
+        self.post_json(&format!("/v1/merchants/{msn}/orders/{order}/receipt"), body)
+            .await
+    }
+
+    async fn sim(&self, method: awc::http::Method, path: &str, body: Option<&Value>) -> Value {
+        let req = self
+            .client
+            .request(method, format!("{}{path}", self.sim_address));
+        let resp = match body {
+            Some(b) => req.send_json(b).await,
+            None => req.send().await,
+        };
+        let a = answer(resp).await;
+        assert!(
+            a.status.is_success(),
+            "simulator control {path}: {} {}",
+            a.status,
+            a.body
+        );
+        a.body
+    }
+
+    /// Every request the simulator received, oldest first.
+    pub async fn sim_requests(&self) -> Vec<Value> {
+        match self
+            .sim(awc::http::Method::GET, "/_simulator/requests", None)
+            .await
+        {
+            Value::Array(v) => v,
+            other => panic!("request log is not an array: {other}"),
+        }
+    }
+
+    /// Requests the simulator received at one endpoint (`receipt`, `token`, …).
+    pub async fn sim_requests_to(&self, endpoint: &str) -> Vec<Value> {
+        self.sim_requests()
+            .await
+            .into_iter()
+            .filter(|r| r["endpoint"] == endpoint)
+            .collect()
+    }
+
+    pub async fn sim_counters(&self) -> Value {
+        self.sim(awc::http::Method::GET, "/_simulator/counters", None)
+            .await
+    }
+
+    /// Tokens issued for `msn`.
+    pub async fn token_fetches(&self, msn: &str) -> u64 {
+        self.sim_counters().await["tokenFetches"][msn]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Every request that reached the simulator, token calls included.
+    pub async fn upstream_call_count(&self) -> usize {
+        self.sim_requests().await.len()
+    }
+
+    pub async fn sim_state(&self) -> Value {
+        self.sim(awc::http::Method::GET, "/_simulator/state", None)
+            .await
+    }
+
+    pub async fn add_fault(&self, fault: Value) {
+        self.sim(awc::http::Method::POST, "/_simulator/faults", Some(&fault))
+            .await;
+    }
+
+    pub async fn expire_tokens(&self) {
+        self.sim(awc::http::Method::POST, "/_simulator/tokens/expire", None)
+            .await;
+    }
+}
+
+impl Answer {
+    /// Asserts an RFC 9457 problem with the given status, and returns it.
+    #[track_caller]
+    pub fn problem(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "body: {}",
+            self.body
+        );
+        for field in ["type", "title", "detail", "instance"] {
+            assert!(
+                self.body[field].is_string(),
+                "problem without {field}: {}",
+                self.body
+            );
+        }
+        assert_eq!(self.body["status"], status);
+        &self.body
+    }
+
+    /// The names in `invalidParams`.
+    pub fn invalid_names(&self) -> Vec<String> {
+        self.body["invalidParams"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A PNG header of the given height (the gateway reads only the IHDR).
+pub fn png(height: u32) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    v.extend_from_slice(&13u32.to_be_bytes());
+    v.extend_from_slice(b"IHDR");
+    v.extend_from_slice(&300u32.to_be_bytes());
+    v.extend_from_slice(&height.to_be_bytes());
+    v.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+    v
+}
+
+/// A JPEG with an APP0 segment before its SOF0.
+pub fn jpeg(height: u16) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x4A, 0x46];
+    v.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 0x08]);
+    v.extend_from_slice(&height.to_be_bytes());
+    v.extend_from_slice(&300u16.to_be_bytes());
+    v.extend_from_slice(&[0x01, 0x01, 0x11, 0x00, 0xFF, 0xD9]);
+    v
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The receipt of SPEC §3: two socks and home delivery, 447.00 NOK.
+pub fn spec_receipt() -> Value {
+    serde_json::json!({
+        "currency": "NOK",
+        "lines": [
+            {"id": "sku-1", "name": "Socks", "quantity": "2", "unit": "PCS",
+             "unitPrice": "199.00", "discount": "0", "taxPercent": "25",
+             "productUrl": "https://shop.example/socks"},
+            {"id": "ship", "name": "Home delivery", "totalAmount": "49", "taxPercent": "25",
+             "isShipping": true}
+        ],
+        "tip": "0", "posId": "pos-7", "receiptNumber": "0527013501",
+        "barcode": {"format": "EAN-13", "data": "7040512345678"},
+        "paymentSources": {"card": "447.00"},
+        "expectedTotal": "447.00"
+    })
+}

@@ -32,6 +32,8 @@ pub struct Options {
     /// The second merchant's secret as the gateway knows it (tests of
     /// refused credentials set a wrong one).
     pub msn2_secret: String,
+    /// The gateway's `[upstream] timeout`.
+    pub upstream_timeout: &'static str,
 }
 
 impl Default for Options {
@@ -41,6 +43,7 @@ impl Default for Options {
             extra_toml: String::new(),
             gateway_workers: 1,
             msn2_secret: "second-secret".into(),
+            upstream_timeout: "5s",
         }
     }
 }
@@ -114,8 +117,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     actix_rt::spawn(sim.run());
 
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\nworkers = {}\n{}\n[upstream]\nbase_url = \"{sim_address}\"\ntimeout = \"5s\"\n",
-        opts.gateway_workers, opts.extra_toml
+        "listen = \"127.0.0.1:0\"\nworkers = {}\n{}\n[upstream]\nbase_url = \"{sim_address}\"\ntimeout = \"{}\"\n",
+        opts.gateway_workers, opts.extra_toml, opts.upstream_timeout
     );
     let mut settings = Settings::from_toml(&toml, []).expect("test settings");
     settings.merchants = vec![

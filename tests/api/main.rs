@@ -4,6 +4,9 @@
 // A failed expectation in a test should stop it with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod facade;
 mod health;
 mod helpers;
 mod simulator;
+mod tokens;
+mod upstream_errors;

@@ -1,6 +1,8 @@
 //! The tracing subscriber: JSON lines in production, readable lines in a
 //! terminal. `RUST_LOG` overrides the configured level.
 
+use std::io::IsTerminal;
+
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -29,7 +31,13 @@ where
                 .flatten_event(true)
                 .finish(),
         ),
-        LogFormat::Text => Box::new(builder.with_target(false).finish()),
+        // Colours only on a terminal: piped logs stay plain text.
+        LogFormat::Text => Box::new(
+            builder
+                .with_target(false)
+                .with_ansi(std::io::stdout().is_terminal())
+                .finish(),
+        ),
     }
 }
 

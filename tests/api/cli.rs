@@ -1,0 +1,163 @@
+//! The command line as an operator uses it: the real binary, real files.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::spawn_app;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vipps-order-gateway");
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vog-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_config(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+    let secret = dir.join("client_secret");
+    std::fs::write(&secret, "demo-client-secret\n").unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+[upstream]
+base_url = "{base_url}"
+[[merchants]]
+msn = "123456"
+client_id = "demo-client-id"
+client_secret_file = "{}"
+subscription_key_env = "TEST_DEMO_KEY"
+"#,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[actix_web::test]
+async fn check_config_reads_secrets_and_connects() {
+    let app = spawn_app().await;
+    let dir = temp_dir("check");
+    let config = write_config(&dir, &app.sim_address);
+    // The child runs on a blocking thread so this test's runtime keeps
+    // serving the simulator meanwhile.
+    let run = |connect: bool, key: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check-config").arg("--config").arg(&config);
+        if connect {
+            cmd.arg("--connect");
+        }
+        cmd.env_remove("TEST_DEMO_KEY");
+        if let Some(k) = key {
+            cmd.env("TEST_DEMO_KEY", k);
+        }
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let ok = run(false, Some("demo-subscription-key")).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("1 merchant"));
+
+    let missing = run(false, None).await;
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("TEST_DEMO_KEY") && err.contains("123456"),
+        "{err}"
+    );
+    assert!(!err.contains("demo-client-secret"), "{err}");
+
+    let connected = run(true, Some("demo-subscription-key")).await;
+    assert!(
+        connected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&connected.stdout)
+    );
+    assert!(String::from_utf8_lossy(&connected.stdout).contains("merchant 123456: token ok"));
+    assert_eq!(app.token_fetches("123456").await, 1);
+
+    let refused = run(true, Some("wrong-key")).await;
+    assert!(!refused.status.success());
+    let out = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        out.contains("token failed") && !out.contains("wrong-key"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_missing_secret_file_is_named_at_start() {
+    let dir = temp_dir("missing");
+    let config = write_config(&dir, "http://127.0.0.1:9");
+    std::fs::remove_file(dir.join("client_secret")).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TEST_DEMO_KEY", "k")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client_secret") && err.contains(&dir.display().to_string()),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn serve_with_simulator_adds_a_receipt_out_of_the_box() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--simulator", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The log names the port it listens on.
+    let stdout = child.stdout.take().unwrap();
+    let port = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.contains("gateway listening")
+                .then(|| {
+                    line.rsplit("port=").next().and_then(|p| {
+                        p.trim()
+                            .trim_matches(|c: char| !c.is_ascii_digit())
+                            .parse::<u16>()
+                            .ok()
+                    })
+                })
+                .flatten()
+        })
+        .expect("listening line with port");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let mut resp = client
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/merchants/123456/orders/demo-1/receipt"
+        ))
+        .send_json(&crate::helpers::spec_receipt())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["totals"]["total"], "447.00");
+}

@@ -6,4 +6,5 @@
 
 mod health;
 mod helpers;
+mod receipts;
 mod simulator;

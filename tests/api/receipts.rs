@@ -571,10 +571,57 @@ async fn receipts_that_cannot_be_translated_are_422_naming_the_field() {
             ]}),
             "expectedTotal",
         ),
+        ("no lines", json!({"currency": "NOK", "lines": []}), "lines"),
+        (
+            "more than 1000 lines",
+            json!({"currency": "NOK",
+                   "lines": vec![line(json!({"totalAmount": "1", "taxPercent": "25"})); 1001]}),
+            "lines",
+        ),
+        (
+            "empty line name",
+            json!({"currency": "NOK", "lines": [
+                {"id": "a", "name": " ", "totalAmount": "1", "taxPercent": "25"}
+            ]}),
+            "lines[0].name",
+        ),
+        (
+            "neither unitPrice nor totalAmount",
+            one_line(json!({"quantity": "2", "taxPercent": "25"})),
+            "lines[0].unitPrice",
+        ),
+        (
+            "negative tip",
+            json!({"currency": "NOK", "tip": "-1.00",
+                   "lines": [line(json!({"totalAmount": "10", "taxPercent": "25"}))]}),
+            "tip",
+        ),
+        (
+            "negative payment source",
+            json!({"currency": "NOK", "paymentSources": {"card": "-10.00"},
+                   "lines": [line(json!({"totalAmount": "10", "taxPercent": "25"}))]}),
+            "paymentSources.card",
+        ),
     ];
     for (label, body, field) in &cases {
         assert_unprocessable(&app, label, body, field).await;
     }
+}
+
+#[actix_web::test]
+async fn every_untranslatable_field_is_named_in_one_answer() {
+    let app = spawn_app().await;
+    let body = json!({"currency": "NOK", "tip": "0.001", "lines": [
+        {"id": "a", "name": "A", "totalAmount": "10", "taxPercent": "12.5"},
+        {"id": "b", "name": "B", "unitPrice": "10.00", "discount": "10.01", "taxPercent": "25"}
+    ]});
+    let resp = app.post_receipt(MSN, "many-faults", &body).await;
+    resp.problem(422);
+    assert_eq!(
+        resp.invalid_names(),
+        ["lines[0].taxPercent", "lines[1].discount", "tip"]
+    );
+    assert_eq!(app.upstream_call_count().await, 0);
 }
 
 #[actix_web::test]

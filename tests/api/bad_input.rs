@@ -1,6 +1,7 @@
 //! Bad input is refused with a problem+json 4xx before anything is sent to
 //! Vipps: no upstream call, not even a token fetch.
 
+use actix_web::web;
 use awc::http::Method;
 use serde_json::{json, Value};
 
@@ -201,8 +202,17 @@ async fn malformed_receipt_bodies_are_400_naming_the_field() {
     bad_currency["currency"] = json!("SEK");
     let mut exponent = spec_receipt();
     exponent["lines"][0]["unitPrice"] = json!("1.99e2");
+    let mut barcode = spec_receipt();
+    barcode["barcode"]["format"] = json!("QR");
+    let mut bool_quantity = spec_receipt();
+    bool_quantity["lines"][0]["quantity"] = json!(true);
+    let mut comma = spec_receipt();
+    comma["lines"][0]["unitPrice"] = json!("199,00");
     let cases = [
         ("unknown field in a line", line_colour, "lines[0].colour"),
+        ("unknown barcode format", barcode, "barcode.format"),
+        ("boolean quantity", bool_quantity, "lines[0].quantity"),
+        ("decimal comma", comma, "lines[0].unitPrice"),
         (
             "unknown field in the second line",
             second_line,
@@ -246,6 +256,21 @@ async fn receipts_must_be_json_and_at_most_256_kib() {
         .await;
     assert_problem(&resp, 413, "payload-too-large", &[]);
     assert_no_upstream_call(&app, "oversize receipt").await;
+
+    // The same without a Content-Length: a chunked body is cut off too.
+    let chunk = web::Bytes::from(vec![b' '; 64 * 1024]);
+    let chunks = std::iter::once(web::Bytes::from(spec_receipt().to_string()))
+        .chain(std::iter::repeat_n(chunk, 5))
+        .map(Ok::<_, actix_web::Error>);
+    let resp = app
+        .client
+        .post(app.url(&path))
+        .insert_header(("content-type", "application/json"))
+        .send_stream(futures_util::stream::iter(chunks))
+        .await
+        .expect("gateway answers");
+    assert_eq!(resp.status(), 413);
+    assert_no_upstream_call(&app, "oversize chunked receipt").await;
 }
 
 fn gif() -> Vec<u8> {
@@ -338,4 +363,23 @@ async fn images_are_checked_before_upload() {
     let resp = raw("image/gif", gif()).await;
     assert_problem(&resp, 415, "unsupported-media-type", &[]);
     assert_no_upstream_call(&app, "image/gif").await;
+}
+
+#[actix_web::test]
+async fn the_size_and_height_limits_are_inclusive() {
+    let app = spawn_app().await;
+    let path = format!("/v1/merchants/{MSN}/images");
+    let mut exact = png(167);
+    exact.resize(2_000_000, 0);
+    let resp = app.send_raw(Method::POST, &path, "image/png", exact).await;
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    let resp = app
+        .post_json(
+            &path,
+            &json!({"data": b64(&jpeg(167)), "imageId": "jpeg-167"}),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.body);
+    assert_eq!(resp.body["imageId"], "jpeg-167");
+    assert_eq!(app.sim_requests_to("image").await.len(), 2);
 }

@@ -4,10 +4,12 @@
 // A failed expectation in a test should stop it with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod bad_input;
 mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod receipts;
 mod simulator;
 mod tokens;
 mod upstream_errors;

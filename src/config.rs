@@ -263,7 +263,7 @@ mod defaults {
         256 * 1024
     }
     pub fn image_body() -> usize {
-        2_000_000 / 3 * 4 + 64 * 1024
+        2_000_000_usize.div_ceil(3) * 4 + 64 * 1024
     }
 }
 
@@ -648,5 +648,22 @@ subscription_key_env = "KEY"
         let m = &ok[&Msn::parse("123456").expect("msn")];
         assert_eq!(expose(&m.client_secret), "value-of-SECRET");
         assert!(!format!("{m:?}").contains("value-of"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped in the repository stays a valid configuration.
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.toml");
+        let s = Settings::load(&path, []).expect("example parses");
+        assert_eq!(s.merchants.len(), 2);
+        assert_eq!(s.limits.image_body, defaults::image_body());
+        assert_eq!(s.limits.json_body, defaults::json_body());
+        assert_eq!(s.upstream.timeout, defaults::timeout());
+        assert_eq!(s.upstream.token_margin, defaults::token_margin());
     }
 }

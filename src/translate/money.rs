@@ -73,7 +73,11 @@ pub fn parse_decimal(text: &str, max_decimals: u32) -> Result<Decimal, DecimalEr
     if int.trim_start_matches('0').len() > 13 {
         return Err(DecimalError::Range(format!("must be at most {MAX_MAJOR}")));
     }
-    let value = Decimal::from_str_exact(text).map_err(|_| DecimalError::Syntax)?;
+    // Plain notation that still does not fit: more significant digits
+    // than exact decimal arithmetic carries (28).
+    let value = Decimal::from_str_exact(text).map_err(|_| {
+        DecimalError::Range("has more significant digits than can be computed exactly".into())
+    })?;
     if value.abs() > Decimal::from(MAX_MAJOR) {
         return Err(DecimalError::Range(format!("must be at most {MAX_MAJOR}")));
     }
@@ -160,6 +164,10 @@ mod tests {
             Err(DecimalError::Range(_))
         ));
         assert_eq!(parse_non_negative("-0", 2), Ok(Decimal::ZERO));
+        assert!(matches!(
+            parse_decimal("10.0000000000000000000000000001", 30),
+            Err(DecimalError::Range(_))
+        ));
     }
 
     #[test]

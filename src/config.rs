@@ -52,6 +52,9 @@ pub struct Settings {
     /// HTTP worker threads; the number of CPUs when unset.
     #[serde(default, deserialize_with = "lenient::opt_usize")]
     pub workers: Option<usize>,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "defaults::shutdown_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
@@ -237,6 +240,9 @@ mod defaults {
 
     pub fn listen() -> String {
         "0.0.0.0:8080".into()
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(25)
     }
     pub fn log_format() -> super::LogFormat {
         super::LogFormat::Json

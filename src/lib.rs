@@ -130,7 +130,8 @@ impl Application {
             addr: "listener".into(),
             source,
         })?
-        .disable_signals();
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_grace.as_secs().max(1));
         if let Some(w) = settings.workers {
             server = server.workers(w);
         }

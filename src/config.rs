@@ -64,6 +64,8 @@ pub struct Settings {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub resilience: Resilience,
+    #[serde(default)]
     pub merchants: Vec<MerchantSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -105,10 +107,14 @@ pub struct UpstreamSettings {
     /// Total time allowed for one upstream call.
     #[serde(default = "defaults::timeout", deserialize_with = "duration")]
     pub timeout: Duration,
-    /// A token is used only while more than this much of its life remains
-    /// (capped at a fifth of its lifetime, for short-lived tokens).
+    /// A token is replaced (in the background) once less than this much of
+    /// its life remains (capped at a fifth of its lifetime, for short-lived
+    /// tokens).
     #[serde(default = "defaults::token_margin", deserialize_with = "duration")]
     pub token_margin: Duration,
+    /// Time allowed to open a connection.
+    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -117,6 +123,7 @@ impl Default for UpstreamSettings {
             base_url: defaults::base_url(),
             timeout: defaults::timeout(),
             token_margin: defaults::token_margin(),
+            connect_timeout: defaults::connect_timeout(),
         }
     }
 }
@@ -164,6 +171,96 @@ impl Default for Limits {
         Self {
             json_body: defaults::json_body(),
             image_body: defaults::image_body(),
+        }
+    }
+}
+
+/// Retries, limits and the circuit breaker, per merchant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resilience {
+    /// Most time one façade or proxy request may take, retries included.
+    #[serde(default = "defaults::request_deadline", deserialize_with = "duration")]
+    pub request_deadline: Duration,
+    /// Attempts per upstream call, the first included (1 = no retries).
+    #[serde(
+        default = "defaults::max_attempts",
+        deserialize_with = "lenient::usize"
+    )]
+    pub max_attempts: usize,
+    /// Backoff before retry n is random in [0, min(max, base × 2^(n−1))].
+    #[serde(default = "defaults::backoff_base", deserialize_with = "duration")]
+    pub backoff_base: Duration,
+    #[serde(default = "defaults::backoff_max", deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// Retries in flight may be at most this percentage of a merchant's
+    /// upstream calls in flight (but `retry_budget_min` are always allowed).
+    #[serde(
+        default = "defaults::retry_budget_percent",
+        deserialize_with = "lenient::usize"
+    )]
+    pub retry_budget_percent: usize,
+    #[serde(
+        default = "defaults::retry_budget_min",
+        deserialize_with = "lenient::usize"
+    )]
+    pub retry_budget_min: usize,
+    /// Most upstream calls in flight per merchant; a call waits up to
+    /// `queue_timeout` for a slot, then is answered 503.
+    #[serde(
+        default = "defaults::max_concurrent",
+        deserialize_with = "lenient::usize"
+    )]
+    pub max_concurrent: usize,
+    #[serde(default = "defaults::queue_timeout", deserialize_with = "duration")]
+    pub queue_timeout: Duration,
+    /// Requests per second per merchant (token bucket; 0 = no limit), with
+    /// bursts up to `rate_burst`; beyond: 429.
+    #[serde(
+        default = "defaults::rate_per_second",
+        deserialize_with = "lenient::usize"
+    )]
+    pub rate_per_second: usize,
+    #[serde(default = "defaults::rate_burst", deserialize_with = "lenient::usize")]
+    pub rate_burst: usize,
+    /// Consecutive upstream failures that open a merchant's circuit (0 = never).
+    #[serde(
+        default = "defaults::breaker_failures",
+        deserialize_with = "lenient::usize"
+    )]
+    pub breaker_failures: usize,
+    /// How long an open circuit refuses calls before one probe is let through.
+    #[serde(default = "defaults::breaker_open", deserialize_with = "duration")]
+    pub breaker_open: Duration,
+    /// After a failed token fetch, fetches for that merchant wait this long,
+    /// doubling per failure up to `token_backoff_max`.
+    #[serde(default = "defaults::token_backoff", deserialize_with = "duration")]
+    pub token_backoff: Duration,
+    #[serde(default = "defaults::token_backoff_max", deserialize_with = "duration")]
+    pub token_backoff_max: Duration,
+    /// How often mounted secret files are checked for changes (0s = never).
+    #[serde(default = "defaults::secret_poll", deserialize_with = "duration")]
+    pub secret_poll: Duration,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Self {
+            request_deadline: defaults::request_deadline(),
+            max_attempts: defaults::max_attempts(),
+            backoff_base: defaults::backoff_base(),
+            backoff_max: defaults::backoff_max(),
+            retry_budget_percent: defaults::retry_budget_percent(),
+            retry_budget_min: defaults::retry_budget_min(),
+            max_concurrent: defaults::max_concurrent(),
+            queue_timeout: defaults::queue_timeout(),
+            rate_per_second: defaults::rate_per_second(),
+            rate_burst: defaults::rate_burst(),
+            breaker_failures: defaults::breaker_failures(),
+            breaker_open: defaults::breaker_open(),
+            token_backoff: defaults::token_backoff(),
+            token_backoff_max: defaults::token_backoff_max(),
+            secret_poll: defaults::secret_poll(),
         }
     }
 }
@@ -216,11 +313,22 @@ impl std::fmt::Debug for InlineSecrets {
 }
 
 /// A merchant with its secrets read. `Debug` redacts them.
+#[derive(Clone)]
 pub struct Merchant {
     pub msn: Msn,
     pub client_id: String,
     pub client_secret: SecretString,
     pub subscription_key: SecretString,
+}
+
+impl Merchant {
+    /// Whether both hold the same credentials (a reload keeps the tokens
+    /// of merchants whose credentials did not change).
+    pub fn same_credentials(&self, other: &Merchant) -> bool {
+        self.client_id == other.client_id
+            && expose(&self.client_secret) == expose(&other.client_secret)
+            && expose(&self.subscription_key) == expose(&other.subscription_key)
+    }
 }
 
 impl std::fmt::Debug for Merchant {
@@ -264,6 +372,54 @@ mod defaults {
     }
     pub fn version() -> String {
         env!("CARGO_PKG_VERSION").into()
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn request_deadline() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn max_attempts() -> usize {
+        3
+    }
+    pub fn backoff_base() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn retry_budget_percent() -> usize {
+        20
+    }
+    pub fn retry_budget_min() -> usize {
+        3
+    }
+    pub fn max_concurrent() -> usize {
+        64
+    }
+    pub fn queue_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn rate_per_second() -> usize {
+        200
+    }
+    pub fn rate_burst() -> usize {
+        400
+    }
+    pub fn breaker_failures() -> usize {
+        10
+    }
+    pub fn breaker_open() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn token_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn token_backoff_max() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn secret_poll() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn json_body() -> usize {
         256 * 1024
@@ -378,6 +534,24 @@ impl Settings {
         }
         if self.upstream.timeout.is_zero() {
             return bad("upstream.timeout must be greater than zero".into());
+        }
+        let r = &self.resilience;
+        if r.max_attempts == 0 {
+            return bad("resilience.max_attempts must be at least 1".into());
+        }
+        if r.max_concurrent == 0 {
+            return bad("resilience.max_concurrent must be at least 1".into());
+        }
+        if r.retry_budget_percent > 100 {
+            return bad("resilience.retry_budget_percent must be at most 100".into());
+        }
+        if r.rate_per_second > 0 && r.rate_burst == 0 {
+            return bad(
+                "resilience.rate_burst must be at least 1 when rate_per_second is set".into(),
+            );
+        }
+        if r.request_deadline.is_zero() || self.upstream.connect_timeout.is_zero() {
+            return bad("resilience.request_deadline and upstream.connect_timeout must be greater than zero".into());
         }
         if self.workers == Some(0) {
             return bad("workers must be at least 1".into());

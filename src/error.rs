@@ -53,6 +53,16 @@ pub enum Kind {
     UpstreamTimeout,
     /// Vipps asked the gateway to slow down.
     UpstreamBusy,
+    /// Token fetches for the merchant are failing and backing off.
+    TokenUnavailable,
+    /// The merchant's circuit is open after consecutive Vipps failures.
+    CircuitOpen,
+    /// Every upstream call slot of the merchant is busy.
+    Overloaded,
+    /// The caller sent more requests for the merchant than its rate allows.
+    RateLimited,
+    /// The request took longer than the gateway's deadline.
+    DeadlineExceeded,
     /// A fault inside the gateway; details are in its log, never in the body.
     Internal,
 }
@@ -139,6 +149,31 @@ impl Kind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream-busy",
                 "Vipps is rate limiting",
+            ),
+            TokenUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token-unavailable",
+                "No Vipps access token can be obtained",
+            ),
+            CircuitOpen => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit-open",
+                "Vipps calls for this merchant are paused",
+            ),
+            Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Too many Vipps calls in flight for this merchant",
+            ),
+            RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests for this merchant",
+            ),
+            DeadlineExceeded => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline-exceeded",
+                "The request took too long",
             ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -28,6 +28,7 @@ use actix_web::{web, App, HttpServer};
 use crate::config::{ConfigError, Settings};
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
+use crate::vipps::resilience::Guards;
 use crate::vipps::{Upstream, VippsClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +99,15 @@ impl Application {
                 source,
             })?
             .port();
-        let upstream = Arc::new(Upstream::new(&settings).map_err(StartupError::Invalid)?);
+        let guards = Arc::new(Guards::new(settings.resilience.clone()));
+        let upstream =
+            Arc::new(Upstream::new(&settings, guards.clone()).map_err(StartupError::Invalid)?);
         let state = web::Data::new(AppState {
             merchants: MerchantRegistry::new(merchants),
             limits: settings.limits.clone(),
+            guards,
         });
+        let deadline = request_id::RequestDeadline(settings.resilience.request_deadline);
         let reloader = Reloader {
             settings: Arc::new(settings.clone()),
             state: state.clone(),
@@ -114,6 +119,7 @@ impl Application {
             App::new()
                 .wrap(from_fn(request_id::middleware))
                 .app_data(app_state.clone())
+                .app_data(deadline)
                 .app_data(web::Data::new(VippsClient::new(up.clone())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::field(Kind::InvalidRequest, "query", e.to_string()).into()

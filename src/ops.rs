@@ -42,7 +42,10 @@ pub async fn check_config(path: &std::path::Path, connect: bool) -> Result<(), S
         return Ok(());
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let upstream = std::sync::Arc::new(crate::vipps::Upstream::new(&settings)?);
+    let guards = std::sync::Arc::new(crate::vipps::resilience::Guards::new(
+        settings.resilience.clone(),
+    ));
+    let upstream = std::sync::Arc::new(crate::vipps::Upstream::new(&settings, guards)?);
     let client = crate::vipps::VippsClient::new(upstream);
     let mut msns: Vec<_> = merchants.keys().cloned().collect();
     msns.sort();

@@ -5,12 +5,14 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 use tracing::Instrument;
+
+use crate::error::{ApiError, Kind};
 
 pub const HEADER: &str = "x-request-id";
 
@@ -19,7 +21,14 @@ pub const HEADER: &str = "x-request-id";
 pub struct RequestContext {
     pub id: String,
     pub path: String,
+    /// When the request must be answered; upstream calls and retries stop
+    /// before it.
+    pub deadline: Option<Instant>,
 }
+
+/// The most time a request may take, as app data (`resilience.request_deadline`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub std::time::Duration);
 
 /// The request id, as handlers read it from the request extensions.
 #[derive(Debug, Clone)]
@@ -34,6 +43,28 @@ pub fn current() -> Option<RequestContext> {
     CONTEXT.try_with(Clone::clone).ok()
 }
 
+/// The deadline of the request being served, if any.
+pub fn deadline() -> Option<Instant> {
+    CONTEXT.try_with(|c| c.deadline).ok().flatten()
+}
+
+/// Runs a handler's work within the request's deadline: past it the caller
+/// gets a 504 and the work is dropped (a receipt that reached Vipps is found
+/// by the caller's retry, which is answered `replayed`).
+pub async fn within_deadline<T>(
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match deadline() {
+        Some(at) => tokio::time::timeout_at(at.into(), work).await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                Kind::DeadlineExceeded,
+                "The request took longer than the gateway's deadline; its outcome at Vipps is unknown, retry it.",
+            ))
+        }),
+        None => work.await,
+    }
+}
+
 /// A caller's id is kept when it is short and printable, so it can go into
 /// a header and a log line unchanged.
 fn usable(id: &str) -> bool {
@@ -44,11 +75,12 @@ fn usable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
-/// Middleware: assigns the id, opens the request span, logs one line per request.
+/// Middleware: assigns the id and the deadline, opens the request span, and
+/// logs one line per request.
 pub async fn middleware(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let id = req
         .headers()
         .get(HEADER)
@@ -56,9 +88,12 @@ pub async fn middleware(
         .filter(|v| usable(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     req.extensions_mut().insert(RequestId(id.clone()));
+    let limit = req.app_data::<RequestDeadline>().map(|d| d.0);
+    let started = Instant::now();
     let ctx = RequestContext {
         id: id.clone(),
         path: req.path().to_owned(),
+        deadline: limit.map(|l| started + l),
     };
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let span = tracing::info_span!(
@@ -69,11 +104,10 @@ pub async fn middleware(
         msn = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let started = Instant::now();
     let result = CONTEXT
         .scope(ctx, next.call(req).instrument(span.clone()))
         .await;
-    let mut res = result?;
+    let mut res = result?.map_into_boxed_body();
     let status = res.status().as_u16();
     span.record("status", status);
     span.in_scope(|| {

@@ -13,6 +13,7 @@ use super::{
 use crate::auth::Grant;
 use crate::domain::{check_url, Category, PaymentType};
 use crate::error::{ApiError, Kind};
+use crate::request_id::within_deadline;
 use crate::translate::image::check_base64;
 use crate::vipps::model::OrderCategory;
 use crate::vipps::VippsClient;
@@ -54,50 +55,54 @@ pub async fn put(
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
-    let (msn, order) = path.into_inner();
-    let merchant = state.merchant(&grant, &msn)?;
-    let order = order_id(&order)?;
-    let payment_type = query.parse()?;
-    let body = read_body(&req, payload, state.limits.image_body).await?;
-    let request: CategoryRequest = parse_json(&req, &body)?;
-    check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
+    within_deadline(async move {
+        let (msn, order) = path.into_inner();
+        let merchant = state.merchant(&grant, &msn)?;
+        let order = order_id(&order)?;
+        let payment_type = query.parse()?;
+        let body = read_body(&req, payload, state.limits.image_body).await?;
+        let request: CategoryRequest = parse_json(&req, &body)?;
+        check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
 
-    let image_id = match (request.image_id, request.image) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::field(
-                Kind::InvalidRequest,
-                "image",
-                "give imageId or image, not both",
-            ));
-        }
-        (Some(id), None) => Some(parse_image_id(&id, "imageId")?),
-        (None, Some(inline)) => {
-            let named = inline
-                .image_id
-                .map(|id| parse_image_id(&id, "image.imageId"))
-                .transpose()?;
-            let image = check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?;
-            Some(upload(&client, &merchant, image, named).await?.0)
-        }
-        (None, None) => None,
-    };
+        let image_id = match (request.image_id, request.image) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    Kind::InvalidRequest,
+                    "image",
+                    "give imageId or image, not both",
+                ));
+            }
+            (Some(id), None) => Some(parse_image_id(&id, "imageId")?),
+            (None, Some(inline)) => {
+                let named = inline
+                    .image_id
+                    .map(|id| parse_image_id(&id, "image.imageId"))
+                    .transpose()?;
+                let image =
+                    check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?;
+                Some(upload(&client, &merchant, image, named).await?.0)
+            }
+            (None, None) => None,
+        };
 
-    let upstream = OrderCategory {
-        category: request.category,
-        order_details_url: request.url,
-        image_id: image_id.as_ref().map(|i| i.as_str().to_owned()),
-    };
-    client
-        .put_category(&merchant, payment_type, &order, &upstream)
-        .await
-        .map_err(|e| upstream_problem(e, Operation::Category))?;
-    json_response(
-        StatusCode::OK,
-        &CategoryResponse {
-            category: upstream.category,
-            url: &upstream.order_details_url,
-            image_id: upstream.image_id.as_deref(),
-            payment_type,
-        },
-    )
+        let upstream = OrderCategory {
+            category: request.category,
+            order_details_url: request.url,
+            image_id: image_id.as_ref().map(|i| i.as_str().to_owned()),
+        };
+        client
+            .put_category(&merchant, payment_type, &order, &upstream)
+            .await
+            .map_err(|e| upstream_problem(e, Operation::Category))?;
+        json_response(
+            StatusCode::OK,
+            &CategoryResponse {
+                category: upstream.category,
+                url: &upstream.order_details_url,
+                image_id: upstream.image_id.as_deref(),
+                payment_type,
+            },
+        )
+    })
+    .await
 }

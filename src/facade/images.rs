@@ -12,7 +12,9 @@ use crate::auth::Grant;
 use crate::config::Merchant;
 use crate::domain::ImageId;
 use crate::error::{ApiError, Kind};
+use crate::request_id::within_deadline;
 use crate::translate::image::{check_base64, check_bytes, CheckedImage, ImageError};
+use crate::vipps::client::Retry;
 use crate::vipps::{UpstreamError, VippsClient};
 
 #[derive(Debug, Deserialize)]
@@ -44,54 +46,57 @@ pub async fn post(
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
-    let merchant = state.merchant(&grant, &path)?;
-    let media = media_type(&req).unwrap_or_default();
-    let (image, named) = match media.as_str() {
-        "image/png" | "image/jpeg" | "image/jpg" => {
-            let body = read_body(&req, payload, state.limits.image_body).await?;
-            (
-                check_bytes(body.to_vec()).map_err(|e| image_problem(e, "body"))?,
-                query.image_id.clone(),
-            )
-        }
-        _ => {
-            let body = read_body(&req, payload, state.limits.image_body).await?;
-            let json: ImageJson = parse_json(&req, &body).map_err(|e| {
-                if e.kind == Kind::UnsupportedMediaType {
-                    ApiError::new(
-                        Kind::UnsupportedMediaType,
-                        "Send image/png, image/jpeg or application/json.",
-                    )
-                } else {
-                    e
-                }
-            })?;
-            if query.image_id.is_some() && json.image_id.is_some() {
-                return Err(ApiError::field(
-                    Kind::InvalidRequest,
-                    "imageId",
-                    "give imageId in the body or the query, not both",
-                ));
+    within_deadline(async move {
+        let merchant = state.merchant(&grant, &path)?;
+        let media = media_type(&req).unwrap_or_default();
+        let (image, named) = match media.as_str() {
+            "image/png" | "image/jpeg" | "image/jpg" => {
+                let body = read_body(&req, payload, state.limits.image_body).await?;
+                (
+                    check_bytes(body.to_vec()).map_err(|e| image_problem(e, "body"))?,
+                    query.image_id.clone(),
+                )
             }
-            (
-                check_base64(&json.data).map_err(|e| image_problem(e, "data"))?,
-                json.image_id.or_else(|| query.image_id.clone()),
-            )
-        }
-    };
-    let named = named.map(|id| parse_image_id(&id, "imageId")).transpose()?;
-    let (id, created) = upload(&client, &merchant, image, named).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    json_response(
-        status,
-        &ImageResponse {
-            image_id: id.as_str(),
-        },
-    )
+            _ => {
+                let body = read_body(&req, payload, state.limits.image_body).await?;
+                let json: ImageJson = parse_json(&req, &body).map_err(|e| {
+                    if e.kind == Kind::UnsupportedMediaType {
+                        ApiError::new(
+                            Kind::UnsupportedMediaType,
+                            "Send image/png, image/jpeg or application/json.",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+                if query.image_id.is_some() && json.image_id.is_some() {
+                    return Err(ApiError::field(
+                        Kind::InvalidRequest,
+                        "imageId",
+                        "give imageId in the body or the query, not both",
+                    ));
+                }
+                (
+                    check_base64(&json.data).map_err(|e| image_problem(e, "data"))?,
+                    json.image_id.or_else(|| query.image_id.clone()),
+                )
+            }
+        };
+        let named = named.map(|id| parse_image_id(&id, "imageId")).transpose()?;
+        let (id, created) = upload(&client, &merchant, image, named).await?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        json_response(
+            status,
+            &ImageResponse {
+                image_id: id.as_str(),
+            },
+        )
+    })
+    .await
 }
 
 pub fn parse_image_id(raw: &str, field: &str) -> Result<ImageId, ApiError> {
@@ -121,7 +126,15 @@ pub async fn upload(
 ) -> Result<(ImageId, bool), ApiError> {
     let content_derived = named.is_none();
     let id = named.unwrap_or_else(|| image.content_id());
-    match client.upload_image(merchant, &id, image.to_base64()).await {
+    let retry = if content_derived {
+        Retry::Safe
+    } else {
+        Retry::IfNotProcessed
+    };
+    match client
+        .upload_image(merchant, &id, image.to_base64(), retry)
+        .await
+    {
         Ok(()) => Ok((id, true)),
         Err(UpstreamError::Status { status, .. }) if status == StatusCode::CONFLICT => {
             if content_derived {

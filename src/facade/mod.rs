@@ -19,6 +19,7 @@ use crate::auth::Grant;
 use crate::config::{Limits, Merchant, Merchants};
 use crate::domain::{Msn, OrderId, PaymentType};
 use crate::error::{ApiError, InvalidParam, Kind};
+use crate::vipps::resilience::{retry_after_secs, Guards};
 use crate::vipps::UpstreamError;
 
 /// The configured merchants, replaceable at run time (secrets reloaded).
@@ -54,6 +55,7 @@ impl MerchantRegistry {
 pub struct AppState {
     pub merchants: MerchantRegistry,
     pub limits: Limits,
+    pub guards: Arc<Guards>,
 }
 
 impl AppState {
@@ -281,7 +283,24 @@ pub fn upstream_problem(e: UpstreamError, op: Operation) -> ApiError {
             Kind::UpstreamAuth,
             "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
         ),
-        UpstreamError::TokenFailed(_) => ApiError::new(Kind::UpstreamFailed, "No Vipps access token could be obtained."),
+        UpstreamError::TokenFailed(_) => {
+            ApiError::new(Kind::TokenUnavailable, "No Vipps access token could be obtained; retry later.").with_retry_after(1)
+        }
+        UpstreamError::TokenUnavailable(wait) => ApiError::new(
+            Kind::TokenUnavailable,
+            "Fetching a Vipps access token for this merchant failed recently; the gateway is backing off.",
+        )
+        .with_retry_after(retry_after_secs(wait)),
+        UpstreamError::CircuitOpen(wait) => ApiError::new(
+            Kind::CircuitOpen,
+            "Vipps failed repeatedly for this merchant; calls are paused.",
+        )
+        .with_retry_after(retry_after_secs(wait)),
+        UpstreamError::Overloaded(wait) => ApiError::new(
+            Kind::Overloaded,
+            "Too many Vipps calls are in flight for this merchant.",
+        )
+        .with_retry_after(retry_after_secs(wait)),
         UpstreamError::Timeout => ApiError::new(Kind::UpstreamTimeout, "Vipps did not answer in time."),
         UpstreamError::Connect(_) => ApiError::new(Kind::UpstreamFailed, "Vipps could not be reached."),
         UpstreamError::Broken(_) => ApiError::new(

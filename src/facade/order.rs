@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{json_response, order_id, upstream_problem, AppState, Operation, PaymentQuery};
 use crate::auth::Grant;
 use crate::error::{ApiError, Kind};
+use crate::request_id::within_deadline;
 use crate::translate::receipt::{totals, Totals};
 use crate::vipps::model::{OrderCategory, Receipt};
 use crate::vipps::VippsClient;
@@ -27,26 +28,29 @@ pub async fn get(
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
-    let (msn, order) = path.into_inner();
-    let merchant = state.merchant(&grant, &msn)?;
-    let order = order_id(&order)?;
-    let payment_type = query.parse()?;
-    let found = client
-        .get_order(&merchant, payment_type, &order)
-        .await
-        .map_err(|e| upstream_problem(e, Operation::Order))?;
-    match found {
-        Some(o) if o.category.is_some() || o.receipt.is_some() => json_response(
-            StatusCode::OK,
-            &OrderView {
-                totals: o.receipt.as_ref().map(totals),
-                category: o.category,
-                receipt: o.receipt,
-            },
-        ),
-        _ => Err(ApiError::new(
-            Kind::OrderNotFound,
-            "Vipps has neither a category nor a receipt for this order.",
-        )),
-    }
+    within_deadline(async move {
+        let (msn, order) = path.into_inner();
+        let merchant = state.merchant(&grant, &msn)?;
+        let order = order_id(&order)?;
+        let payment_type = query.parse()?;
+        let found = client
+            .get_order(&merchant, payment_type, &order)
+            .await
+            .map_err(|e| upstream_problem(e, Operation::Order))?;
+        match found {
+            Some(o) if o.category.is_some() || o.receipt.is_some() => json_response(
+                StatusCode::OK,
+                &OrderView {
+                    totals: o.receipt.as_ref().map(totals),
+                    category: o.category,
+                    receipt: o.receipt,
+                },
+            ),
+            _ => Err(ApiError::new(
+                Kind::OrderNotFound,
+                "Vipps has neither a category nor a receipt for this order.",
+            )),
+        }
+    })
+    .await
 }

@@ -13,6 +13,7 @@ use crate::auth::Grant;
 use crate::config::Merchant;
 use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
+use crate::request_id::within_deadline;
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::vipps::model::Receipt;
 use crate::vipps::{UpstreamError, VippsClient};
@@ -33,44 +34,47 @@ pub async fn post(
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
-    let (msn, order) = path.into_inner();
-    let merchant = state.merchant(&grant, &msn)?;
-    let order = order_id(&order)?;
-    let payment_type = query.parse()?;
-    let body = read_body(&req, payload, state.limits.json_body).await?;
-    let request: ReceiptRequest = parse_json(&req, &body)?;
-    let receipt = build_receipt(&request).map_err(|r| {
-        let kind = if r.syntax {
-            Kind::InvalidRequest
-        } else {
-            Kind::Unprocessable
-        };
-        let names: Vec<&str> = r.params.iter().map(|p| p.name.as_str()).collect();
-        ApiError::invalid(
-            kind,
-            format!("The receipt cannot be built: {}.", names.join(", ")),
-            r.params,
-        )
-    })?;
+    within_deadline(async move {
+        let (msn, order) = path.into_inner();
+        let merchant = state.merchant(&grant, &msn)?;
+        let order = order_id(&order)?;
+        let payment_type = query.parse()?;
+        let body = read_body(&req, payload, state.limits.json_body).await?;
+        let request: ReceiptRequest = parse_json(&req, &body)?;
+        let receipt = build_receipt(&request).map_err(|r| {
+            let kind = if r.syntax {
+                Kind::InvalidRequest
+            } else {
+                Kind::Unprocessable
+            };
+            let names: Vec<&str> = r.params.iter().map(|p| p.name.as_str()).collect();
+            ApiError::invalid(
+                kind,
+                format!("The receipt cannot be built: {}.", names.join(", ")),
+                r.params,
+            )
+        })?;
 
-    let replayed = match client
-        .post_receipt(&merchant, payment_type, &order, &receipt)
-        .await
-    {
-        Ok(()) => false,
-        Err(UpstreamError::Status { status, .. }) if status == StatusCode::CONFLICT => {
-            resolve_conflict(&client, &merchant, payment_type, &order, &receipt).await?
-        }
-        Err(e) => return Err(upstream_problem(e, Operation::Receipt)),
-    };
-    json_response(
-        StatusCode::CREATED,
-        &ReceiptResponse {
-            totals: totals(&receipt),
-            receipt: &receipt,
-            replayed,
-        },
-    )
+        let replayed = match client
+            .post_receipt(&merchant, payment_type, &order, &receipt)
+            .await
+        {
+            Ok(()) => false,
+            Err(UpstreamError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+                resolve_conflict(&client, &merchant, payment_type, &order, &receipt).await?
+            }
+            Err(e) => return Err(upstream_problem(e, Operation::Receipt)),
+        };
+        json_response(
+            StatusCode::CREATED,
+            &ReceiptResponse {
+                totals: totals(&receipt),
+                receipt: &receipt,
+                replayed,
+            },
+        )
+    })
+    .await
 }
 
 /// A receipt is immutable upstream. On a 409 the stored receipt is read

@@ -117,6 +117,9 @@ fn check_fault(spec: &FaultSpec) -> Result<(), String> {
     if !spec.answers() && spec.delay_ms.is_none() {
         return Err("a fault needs a status, drop or delayMs".to_owned());
     }
+    if spec.percent.is_some_and(|p| p > 100) {
+        return Err("percent must be between 0 and 100".to_owned());
+    }
     if spec.times == Some(0) {
         return Err("times must be at least 1 (or absent for every request)".to_owned());
     }

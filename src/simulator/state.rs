@@ -104,6 +104,10 @@ pub struct FaultSpec {
     pub after_store: bool,
     #[serde(default)]
     pub times: Option<u64>,
+    /// Applies to this percentage of matching requests (drawn from the
+    /// simulator's seeded generator, so a run is repeatable); all when absent.
+    #[serde(default)]
+    pub percent: Option<u8>,
 }
 
 impl FaultSpec {
@@ -154,6 +158,8 @@ pub struct State {
     pub images: BTreeMap<(String, String), ImageRecord>,
     pub faults: Vec<FaultRule>,
     pub next_fault_id: u64,
+    /// State of the generator behind `percent` faults.
+    pub rng: u64,
     pub counters: Counters,
     pub log: VecDeque<LoggedRequest>,
 }
@@ -168,6 +174,7 @@ impl State {
             images: BTreeMap::new(),
             faults: Vec::new(),
             next_fault_id: 1,
+            rng: DEFAULT_SEED,
             counters: Counters::default(),
             log: VecDeque::new(),
         };
@@ -227,6 +234,7 @@ impl State {
     /// The first rule (in creation order) that matches and has uses left; its
     /// count goes down by one.
     pub fn take_fault(&mut self, endpoint: Endpoint, msn: Option<&str>) -> Option<FaultSpec> {
+        let rng = &mut self.rng;
         let rule = self.faults.iter_mut().find(|rule| {
             rule.remaining != Some(0)
                 && rule
@@ -235,6 +243,10 @@ impl State {
                     .as_deref()
                     .map_or(true, |e| e == endpoint.name())
                 && rule.spec.msn.as_deref().map_or(true, |m| Some(m) == msn)
+                && rule
+                    .spec
+                    .percent
+                    .map_or(true, |p| next_random(rng) % 100 < u64::from(p))
         })?;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
@@ -271,6 +283,7 @@ impl State {
 
     /// Forgets everything but the merchants and the token lifetime.
     pub fn reset(&mut self) {
+        self.rng = DEFAULT_SEED;
         self.tokens.clear();
         self.orders.clear();
         self.images.clear();
@@ -278,6 +291,19 @@ impl State {
         self.log.clear();
         self.reset_counters();
     }
+}
+
+/// Seed of the `percent` fault generator (after start and every reset).
+pub const DEFAULT_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// xorshift64*: small, fast and repeatable; fault injection needs no more.
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// The state shared by every worker.

@@ -2,6 +2,7 @@
 //! and a cached token, and retries once with a new token on a 401.
 //! It knows nothing of the façade.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use serde::de::DeserializeOwned;
 use super::model::{
     ImageUpload, OrderCategory, OrderResponse, Receipt, TokenResponse, VippsProblem,
 };
-use super::token::{AccessToken, TokenCache};
+use super::resilience::{backoff_delay, Guards};
+use super::token::{AccessToken, Lookup, TokenCache};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType};
 
@@ -48,6 +50,77 @@ pub enum UpstreamError {
     /// The upstream answered 2xx with a body the gateway cannot read.
     #[error("unreadable upstream answer: {0}")]
     BadResponse(String),
+    /// Token fetches for this merchant are backing off after failures.
+    #[error("token fetches are backing off")]
+    TokenUnavailable(Duration),
+    /// The merchant's circuit is open after consecutive upstream failures.
+    #[error("circuit open")]
+    CircuitOpen(Duration),
+    /// Every upstream call slot of the merchant stayed busy.
+    #[error("too many upstream calls in flight")]
+    Overloaded(Duration),
+}
+
+impl UpstreamError {
+    /// Whether this says the upstream is unwell (for the circuit breaker).
+    fn upstream_unhealthy(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::Timeout | Self::Broken(_) | Self::BadResponse(_)
+        )
+    }
+}
+
+/// The upstream operations, by the names used in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Image,
+    Category,
+    Receipt,
+    Order,
+    V1OrderPut,
+    V1OrderGet,
+    V1ReceiptGet,
+    V1ReceiptPost,
+}
+
+impl Endpoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Image => "image",
+            Self::Category => "category",
+            Self::Receipt => "receipt",
+            Self::Order => "order",
+            Self::V1OrderPut => "v1-order-put",
+            Self::V1OrderGet => "v1-order-get",
+            Self::V1ReceiptGet => "v1-receipt-get",
+            Self::V1ReceiptPost => "v1-receipt-post",
+        }
+    }
+}
+
+/// When a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Repeating is harmless whatever happened (reads, overwriting PUTs,
+    /// receipts — a repeat that meets the stored receipt is resolved by
+    /// reading it back): retry on connection errors, timeouts, broken
+    /// exchanges, 429, 502, 503 and 504.
+    Safe,
+    /// Only when the upstream cannot have acted on it: connection errors
+    /// before sending, 429, 502, 503 and 504.
+    IfNotProcessed,
+}
+
+/// One upstream call.
+pub struct Call<'a> {
+    pub endpoint: Endpoint,
+    pub method: Method,
+    pub path: &'a str,
+    pub body: Option<Bytes>,
+    pub retry: Retry,
 }
 
 /// A complete upstream answer.
@@ -62,12 +135,14 @@ pub struct RawResponse {
 pub struct Upstream {
     base_url: String,
     timeout: Duration,
+    connect_timeout: Duration,
     system_headers: Vec<(HeaderName, HeaderValue)>,
     pub tokens: TokenCache,
+    pub guards: Arc<Guards>,
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings) -> Result<Self, String> {
+    pub fn new(settings: &Settings, guards: Arc<Guards>) -> Result<Self, String> {
         let s = &settings.system;
         let mut system_headers = Vec::with_capacity(4);
         for (name, value) in [
@@ -83,8 +158,10 @@ impl Upstream {
         Ok(Self {
             base_url: settings.upstream.base_url.trim_end_matches('/').to_owned(),
             timeout: settings.upstream.timeout,
+            connect_timeout: settings.upstream.connect_timeout,
             system_headers,
             tokens: TokenCache::new(settings.upstream.token_margin),
+            guards,
         })
     }
 }
@@ -112,6 +189,7 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 impl VippsClient {
     pub fn new(up: Arc<Upstream>) -> Self {
         let http = awc::Client::builder()
+            .connector(awc::Connector::new().timeout(up.connect_timeout))
             .timeout(up.timeout)
             .disable_redirects()
             .finish();
@@ -122,104 +200,176 @@ impl VippsClient {
         &self.up
     }
 
-    /// A fresh token for the merchant, fetched once for concurrent callers.
+    /// A usable token for the merchant, fetched once for concurrent
+    /// callers; when its refresh is due, a new one is fetched in the
+    /// background while this one is still used.
     pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
-        self.up
+        let lookup = self
+            .up
             .tokens
-            .get(&merchant.msn, || self.fetch_token(merchant))
+            .get(&merchant.msn, || {
+                fetch_token(&self.http, &self.up, merchant)
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        if let Lookup::RefreshDue(old) = &lookup {
+            let (http, up, m, old) = (
+                self.http.clone(),
+                self.up.clone(),
+                merchant.clone(),
+                old.clone(),
+            );
+            actix_web::rt::spawn(async move {
+                match fetch_token(&http, &up, &m).await {
+                    Ok(new) => up.tokens.insert(m.msn.clone(), new).await,
+                    Err(e) => {
+                        // The old token stays in use while it is valid; the
+                        // next request may try again once the backoff allows.
+                        old.refreshing.store(false, Ordering::SeqCst);
+                        tracing::warn!(msn = %m.msn, error = %e, "background token refresh failed; still using the current token");
+                    }
+                }
+            });
+        }
+        Ok(lookup.token().clone())
     }
 
-    async fn fetch_token(&self, m: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
-        let started = Instant::now();
-        let mut req = self
-            .http
-            .post(format!("{}/accesstoken/get", self.up.base_url))
-            .insert_header(("client_id", m.client_id.as_str()))
-            .insert_header(("client_secret", secret_header(expose(&m.client_secret))?))
-            .insert_header((
-                "ocp-apim-subscription-key",
-                secret_header(expose(&m.subscription_key))?,
-            ))
-            .insert_header(("merchant-serial-number", m.msn.as_str()));
-        for (name, value) in &self.up.system_headers {
-            req = req.insert_header((name.clone(), value.clone()));
-        }
-        let mut resp = req.send_body("").await.map_err(|e| {
-            tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
-            UpstreamError::TokenFailed(send_error_kind(&e))
-        })?;
-        let status = resp.status();
-        let body = resp
-            .body()
-            .limit(64 * 1024)
-            .await
-            .map_err(|e| UpstreamError::TokenFailed(format!("unreadable token answer: {e}")))?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");
-            return Err(UpstreamError::TokenRejected(status));
-        }
-        if !status.is_success() {
-            tracing::warn!(msn = %m.msn, %status, "token endpoint failed");
-            return Err(UpstreamError::TokenFailed(format!(
-                "token endpoint answered {status}"
-            )));
-        }
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            UpstreamError::TokenFailed("token answer is not the documented JSON".into())
-        })?;
-        let secs: u64 = parsed.expires_in.trim().parse().map_err(|_| {
-            UpstreamError::TokenFailed("token expires_in is not a number of seconds".into())
-        })?;
-        let lifetime = Duration::from_secs(secs);
-        tracing::info!(msn = %m.msn, expires_in = secs, "fetched access token");
-        Ok(Arc::new(AccessToken {
-            value: parsed.access_token,
-            // Counted from before the request was sent, so the local expiry
-            // is never later than the upstream's.
-            expires_at: started + lifetime,
-            lifetime,
-        }))
-    }
-
-    /// Sends one call with the merchant's credentials; on a 401 drops the
-    /// token (if still the one used), fetches a new one and sends once more.
-    /// Any complete answer is returned, whatever its status.
+    /// Sends a call with the default retry rule for its method: reads and
+    /// PUTs are safe to repeat, POSTs only when not processed.
     pub async fn send(
         &self,
         merchant: &Merchant,
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        endpoint: Endpoint,
     ) -> Result<RawResponse, UpstreamError> {
-        let token = self.token(merchant).await?;
-        let first = self
-            .send_once(merchant, &token, method.clone(), path, body.clone())
-            .await?;
+        let retry = if method == Method::POST {
+            Retry::IfNotProcessed
+        } else {
+            Retry::Safe
+        };
+        self.call(
+            merchant,
+            Call {
+                endpoint,
+                method,
+                path,
+                body,
+                retry,
+            },
+        )
+        .await
+    }
+
+    /// Sends one call with the merchant's credentials, within the request's
+    /// deadline, the merchant's breaker, call slots and retry budget.
+    /// Failures that are safe to repeat are retried with full-jitter
+    /// exponential backoff. Any complete answer is returned, whatever its status.
+    pub async fn call(
+        &self,
+        merchant: &Merchant,
+        call: Call<'_>,
+    ) -> Result<RawResponse, UpstreamError> {
+        let cfg = self.up.guards.config();
+        let guard = self.up.guards.get(&merchant.msn);
+        let deadline =
+            crate::request_id::deadline().unwrap_or_else(|| Instant::now() + cfg.request_deadline);
+        let mut flight = guard.call_started();
+        let mut attempt: u32 = 1;
+        loop {
+            guard
+                .breaker_allows(cfg)
+                .map_err(UpstreamError::CircuitOpen)?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(UpstreamError::Timeout);
+            }
+            let Some(slot) = guard.slot(cfg.queue_timeout.min(remaining)).await else {
+                return Err(UpstreamError::Overloaded(
+                    cfg.queue_timeout.max(Duration::from_secs(1)),
+                ));
+            };
+            let outcome = self.send_authorized(merchant, &call, deadline).await;
+            drop(slot);
+            match &outcome {
+                Ok(r) if r.status.is_server_error() => guard.record(cfg, false),
+                Ok(r) if r.status != StatusCode::TOO_MANY_REQUESTS => guard.record(cfg, true),
+                Err(e) if e.upstream_unhealthy() => guard.record(cfg, false),
+                _ => {}
+            }
+            let retryable = match &outcome {
+                Ok(r) => matches!(r.status.as_u16(), 429 | 502 | 503 | 504),
+                Err(UpstreamError::Connect(_)) => true,
+                Err(UpstreamError::Timeout | UpstreamError::Broken(_)) => call.retry == Retry::Safe,
+                Err(_) => false,
+            };
+            if !retryable || attempt as usize >= cfg.max_attempts || !flight.try_retry(cfg) {
+                return outcome;
+            }
+            let asked = outcome
+                .as_ref()
+                .ok()
+                .and_then(|r| retry_after(&r.headers))
+                .map(Duration::from_secs);
+            // A Retry-After longer than the backoff allows is the caller's
+            // to honour: waiting here would hold the request for it.
+            if asked.is_some_and(|a| a > cfg.backoff_max) {
+                return outcome;
+            }
+            let delay = backoff_delay(cfg, attempt).max(asked.unwrap_or_default());
+            if Instant::now() + delay >= deadline {
+                return outcome;
+            }
+            tracing::info!(
+                msn = %merchant.msn,
+                endpoint = call.endpoint.name(),
+                attempt,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "retrying upstream call"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt: on a 401 drops the token (if still the one used),
+    /// fetches a new one and sends once more.
+    async fn send_authorized(
+        &self,
+        m: &Merchant,
+        call: &Call<'_>,
+        deadline: Instant,
+    ) -> Result<RawResponse, UpstreamError> {
+        let token = self.token(m).await?;
+        let first = self.send_once(m, &token, call, deadline).await?;
         if first.status != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
-        tracing::info!(msn = %merchant.msn, "upstream answered 401; fetching a new token");
-        self.up
-            .tokens
-            .invalidate_if_same(&merchant.msn, &token)
-            .await;
-        let token = self.token(merchant).await?;
-        self.send_once(merchant, &token, method, path, body).await
+        tracing::info!(msn = %m.msn, "upstream answered 401; fetching a new token");
+        self.up.tokens.invalidate_if_same(&m.msn, &token).await;
+        let token = self.token(m).await?;
+        self.send_once(m, &token, call, deadline).await
     }
 
     async fn send_once(
         &self,
         m: &Merchant,
         token: &AccessToken,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
+        call: &Call<'_>,
+        deadline: Instant,
     ) -> Result<RawResponse, UpstreamError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(UpstreamError::Timeout);
+        }
         let mut req = self
             .http
-            .request(method, format!("{}{}", self.up.base_url, path))
+            .request(
+                call.method.clone(),
+                format!("{}{}", self.up.base_url, call.path),
+            )
+            .timeout(self.up.timeout.min(remaining))
             .insert_header((
                 "authorization",
                 secret_header(&format!("Bearer {}", expose(&token.value)))?,
@@ -232,8 +382,12 @@ impl VippsClient {
         for (name, value) in &self.up.system_headers {
             req = req.insert_header((name.clone(), value.clone()));
         }
-        let sent = match body {
-            Some(b) => req.content_type("application/json").send_body(b).await,
+        let sent = match &call.body {
+            Some(b) => {
+                req.content_type("application/json")
+                    .send_body(b.clone())
+                    .await
+            }
             None => req.send().await,
         };
         let mut resp = sent.map_err(|e| match e {
@@ -271,11 +425,9 @@ impl VippsClient {
     async fn json_call<T: DeserializeOwned>(
         &self,
         merchant: &Merchant,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
+        call: Call<'_>,
     ) -> Result<Option<T>, UpstreamError> {
-        let resp = self.send(merchant, method, path, body).await?;
+        let resp = self.call(merchant, call).await?;
         if !resp.status.is_success() {
             return Err(status_error(&resp));
         }
@@ -287,26 +439,29 @@ impl VippsClient {
             .map_err(|e| UpstreamError::BadResponse(e.to_string()))
     }
 
-    /// `POST /order-management/v1/images`.
+    /// `POST /order-management/v1/images`. `retry` is `Safe` for a
+    /// content-derived id (a repeat that meets the stored image is the same
+    /// image) and `IfNotProcessed` for a caller-named one.
     pub async fn upload_image(
         &self,
         m: &Merchant,
         id: &ImageId,
         base64: String,
+        retry: Retry,
     ) -> Result<(), UpstreamError> {
         let body = to_body(&ImageUpload {
             image_id: id.as_str(),
             src: base64,
             type_: "base64",
         })?;
-        self.json_call::<serde_json::Value>(
-            m,
-            Method::POST,
-            "/order-management/v1/images",
-            Some(body),
-        )
-        .await
-        .map(drop)
+        let call = Call {
+            endpoint: Endpoint::Image,
+            method: Method::POST,
+            path: "/order-management/v1/images",
+            body: Some(body),
+            retry,
+        };
+        self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
 
     /// `PUT /order-management/v2/{paymentType}/categories/{orderId}`.
@@ -322,9 +477,14 @@ impl VippsClient {
             pt.as_str(),
             order.as_str()
         );
-        self.json_call::<serde_json::Value>(m, Method::PUT, &path, Some(to_body(category)?))
-            .await
-            .map(drop)
+        let call = Call {
+            endpoint: Endpoint::Category,
+            method: Method::PUT,
+            path: &path,
+            body: Some(to_body(category)?),
+            retry: Retry::Safe,
+        };
+        self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
 
     /// `POST /order-management/v2/{paymentType}/receipts/{orderId}`.
@@ -340,9 +500,16 @@ impl VippsClient {
             pt.as_str(),
             order.as_str()
         );
-        self.json_call::<serde_json::Value>(m, Method::POST, &path, Some(to_body(receipt)?))
-            .await
-            .map(drop)
+        // Safe to repeat: a repeat that meets the stored receipt gets a 409,
+        // which the caller resolves by reading the receipt back.
+        let call = Call {
+            endpoint: Endpoint::Receipt,
+            method: Method::POST,
+            path: &path,
+            body: Some(to_body(receipt)?),
+            retry: Retry::Safe,
+        };
+        self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
 
     /// `GET /order-management/v2/{paymentType}/{orderId}`; `None` on 404.
@@ -353,10 +520,14 @@ impl VippsClient {
         order: &OrderId,
     ) -> Result<Option<OrderResponse>, UpstreamError> {
         let path = format!("/order-management/v2/{}/{}", pt.as_str(), order.as_str());
-        match self
-            .json_call::<OrderResponse>(m, Method::GET, &path, None)
-            .await
-        {
+        let call = Call {
+            endpoint: Endpoint::Order,
+            method: Method::GET,
+            path: &path,
+            body: None,
+            retry: Retry::Safe,
+        };
+        match self.json_call::<OrderResponse>(m, call).await {
             Ok(Some(o)) => Ok(Some(o)),
             Ok(None) => Err(UpstreamError::BadResponse("empty order answer".into())),
             Err(UpstreamError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
@@ -398,4 +569,85 @@ fn send_error_kind(e: &awc::error::SendRequestError) -> String {
         E::Custom(..) => "error".into(),
         _ => "error".into(),
     }
+}
+
+/// Fetches a token with the merchant's credentials, unless fetches for it are
+/// backing off after failures (then fails at once, without a call).
+async fn fetch_token(
+    http: &awc::Client,
+    up: &Upstream,
+    m: &Merchant,
+) -> Result<Arc<AccessToken>, UpstreamError> {
+    let guard = up.guards.get(&m.msn);
+    if let Err((wait, rejected)) = guard.token_fetch_allowed() {
+        return Err(if rejected {
+            UpstreamError::TokenRejected(StatusCode::UNAUTHORIZED)
+        } else {
+            UpstreamError::TokenUnavailable(wait)
+        });
+    }
+    let result = fetch_token_now(http, up, m).await;
+    match &result {
+        Ok(_) => guard.token_fetch_succeeded(),
+        Err(e) => guard.token_fetch_failed(
+            up.guards.config(),
+            matches!(e, UpstreamError::TokenRejected(_)),
+        ),
+    }
+    result
+}
+
+async fn fetch_token_now(
+    http: &awc::Client,
+    up: &Upstream,
+    m: &Merchant,
+) -> Result<Arc<AccessToken>, UpstreamError> {
+    let started = Instant::now();
+    let mut req = http
+        .post(format!("{}/accesstoken/get", up.base_url))
+        .insert_header(("client_id", m.client_id.as_str()))
+        .insert_header(("client_secret", secret_header(expose(&m.client_secret))?))
+        .insert_header((
+            "ocp-apim-subscription-key",
+            secret_header(expose(&m.subscription_key))?,
+        ))
+        .insert_header(("merchant-serial-number", m.msn.as_str()));
+    for (name, value) in &up.system_headers {
+        req = req.insert_header((name.clone(), value.clone()));
+    }
+    let mut resp = req.send_body("").await.map_err(|e| {
+        tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
+        UpstreamError::TokenFailed(send_error_kind(&e))
+    })?;
+    let status = resp.status();
+    let body = resp
+        .body()
+        .limit(64 * 1024)
+        .await
+        .map_err(|e| UpstreamError::TokenFailed(format!("unreadable token answer: {e}")))?;
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");
+        return Err(UpstreamError::TokenRejected(status));
+    }
+    if !status.is_success() {
+        tracing::warn!(msn = %m.msn, %status, "token endpoint failed");
+        return Err(UpstreamError::TokenFailed(format!(
+            "token endpoint answered {status}"
+        )));
+    }
+    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+        UpstreamError::TokenFailed("token answer is not the documented JSON".into())
+    })?;
+    let secs: u64 = parsed.expires_in.trim().parse().map_err(|_| {
+        UpstreamError::TokenFailed("token expires_in is not a number of seconds".into())
+    })?;
+    let lifetime = Duration::from_secs(secs);
+    tracing::info!(msn = %m.msn, expires_in = secs, "fetched access token");
+    // Counted from before the request was sent, so the local expiry is
+    // never later than the upstream's.
+    Ok(Arc::new(AccessToken::new(
+        parsed.access_token,
+        started + lifetime,
+        lifetime,
+    )))
 }

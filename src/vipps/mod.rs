@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod model;
+pub mod resilience;
 pub mod token;
 
 pub use client::{RawResponse, Upstream, UpstreamError, VippsClient};

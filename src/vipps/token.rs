@@ -1,12 +1,14 @@
 //! Access tokens per merchant: fetched once however many requests arrive at
-//! once (moka's `try_get_with` coalesces them), used while more than a safety
-//! margin of their life remains, and dropped when the upstream answers 401 —
-//! but only if the cached token is still the one that failed.
+//! once (moka's `try_get_with` coalesces them), replaced in the background
+//! once less than a margin of their life remains, never sent once (nearly)
+//! expired, and dropped when the upstream answers 401 — but only if the
+//! cached token is still the one that failed.
 //!
-//! Freshness is decided here, in code, not by cache eviction alone, so a
-//! still-valid token can be told apart from an expired one.
+//! Freshness is decided here, in code, not by cache eviction, so a token
+//! whose refresh failed can still be served while it is valid.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ pub struct AccessToken {
     pub value: SecretString,
     pub expires_at: Instant,
     pub lifetime: Duration,
+    /// Set while a background refresh of this token is under way.
+    pub refreshing: AtomicBool,
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -32,12 +36,52 @@ impl std::fmt::Debug for AccessToken {
 }
 
 impl AccessToken {
-    /// Usable now: more than the margin (at most a fifth of its lifetime) left.
+    pub fn new(value: SecretString, expires_at: Instant, lifetime: Duration) -> Self {
+        Self {
+            value,
+            expires_at,
+            lifetime,
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// No refresh needed yet: more than the margin (at most a fifth of
+    /// its lifetime) left.
     pub fn is_fresh(&self, now: Instant, margin: Duration) -> bool {
         let margin = margin.min(self.lifetime / 5);
         self.expires_at
             .checked_sub(margin)
-            .is_some_and(|use_until| now < use_until)
+            .is_some_and(|refresh_at| now < refresh_at)
+    }
+
+    /// Still safe to send: more than a small allowance for the request's
+    /// travel time (a twentieth of the lifetime, at most 5 s) left.
+    pub fn is_usable(&self, now: Instant) -> bool {
+        let travel = (self.lifetime / 20).min(Duration::from_secs(5));
+        self.expires_at
+            .checked_sub(travel)
+            .is_some_and(|last_use| now < last_use)
+    }
+
+    /// Seconds until it expires (0 when expired).
+    pub fn seconds_left(&self, now: Instant) -> u64 {
+        self.expires_at.saturating_duration_since(now).as_secs()
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// Use it; no refresh needed.
+    Fresh(Arc<AccessToken>),
+    /// Use it, and start a background refresh (this caller won the right to).
+    RefreshDue(Arc<AccessToken>),
+}
+
+impl Lookup {
+    pub fn token(&self) -> &Arc<AccessToken> {
+        match self {
+            Lookup::Fresh(t) | Lookup::RefreshDue(t) => t,
+        }
     }
 }
 
@@ -51,38 +95,52 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn new(margin: Duration) -> Self {
         Self {
-            // One entry per configured merchant at most; entries are
-            // replaced when stale, so no time-based eviction is needed.
+            // Entries are replaced when stale, so no time-based eviction.
             cache: Cache::builder().max_capacity(1_000_000).build(),
             margin,
         }
     }
 
-    /// A fresh token for `msn`, fetching one with `fetch` when there is none.
-    /// Concurrent callers for the same MSN share a single fetch.
-    pub async fn get<F, Fut, E>(&self, msn: &Msn, fetch: F) -> Result<Arc<AccessToken>, Arc<E>>
+    /// A usable token for `msn`, fetching one with `fetch` when there is
+    /// none (or only an unusable one). Concurrent callers share one fetch.
+    pub async fn get<F, Fut, E>(&self, msn: &Msn, fetch: F) -> Result<Lookup, Arc<E>>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Arc<AccessToken>, E>>,
         E: Send + Sync + 'static,
     {
-        // Two rounds: a stale token found in the first is removed and a
+        // Two rounds: an unusable token found in the first is removed and a
         // new one fetched in the second.
-        let mut last = None;
         for _ in 0..2 {
             let token = self.cache.try_get_with(msn.clone(), fetch()).await?;
-            if token.is_fresh(Instant::now(), self.margin) {
-                return Ok(token);
+            let now = Instant::now();
+            if token.is_fresh(now, self.margin) {
+                return Ok(Lookup::Fresh(token));
+            }
+            if token.is_usable(now) {
+                let first = !token.refreshing.swap(true, Ordering::SeqCst);
+                return Ok(if first {
+                    Lookup::RefreshDue(token)
+                } else {
+                    Lookup::Fresh(token)
+                });
             }
             self.invalidate_if_same(msn, &token).await;
-            last = Some(token);
         }
-        // A token just fetched that is already inside its margin (a very short
-        // lifetime) is still valid: use it rather than fail.
-        match last {
-            Some(t) if Instant::now() < t.expires_at => Ok(t),
-            _ => self.cache.try_get_with(msn.clone(), fetch()).await,
-        }
+        // A token that is unusable as soon as it arrives (a lifetime shorter
+        // than the travel allowance) is still valid: use it rather than fail.
+        let token = self.cache.try_get_with(msn.clone(), fetch()).await?;
+        Ok(Lookup::Fresh(token))
+    }
+
+    /// Stores a token fetched in the background.
+    pub async fn insert(&self, msn: Msn, token: Arc<AccessToken>) {
+        self.cache.insert(msn, token).await;
+    }
+
+    /// The cached token, if any (for reporting its expiry).
+    pub async fn peek(&self, msn: &Msn) -> Option<Arc<AccessToken>> {
+        self.cache.get(msn).await
     }
 
     /// Drops the cached token for `msn` if it is still `failed`; a token that
@@ -100,7 +158,12 @@ impl TokenCache {
             .await;
     }
 
-    /// Drops every token (credentials reloaded).
+    /// Drops the token of one merchant (its credentials changed).
+    pub async fn invalidate(&self, msn: &Msn) {
+        self.cache.invalidate(msn).await;
+    }
+
+    /// Drops every token.
     pub fn clear(&self) {
         self.cache.invalidate_all();
     }
@@ -111,11 +174,11 @@ mod tests {
     use super::*;
 
     fn token(lifetime: Duration, left: Duration) -> AccessToken {
-        AccessToken {
-            value: SecretString::from("t".to_owned()),
-            expires_at: Instant::now() + left,
+        AccessToken::new(
+            SecretString::from("t".to_owned()),
+            Instant::now() + left,
             lifetime,
-        }
+        )
     }
 
     #[test]
@@ -129,5 +192,16 @@ mod tests {
         let ten = Duration::from_secs(10);
         assert!(token(ten, Duration::from_secs(3)).is_fresh(now, margin));
         assert!(!token(ten, Duration::from_secs(1)).is_fresh(now, margin));
+    }
+
+    #[test]
+    fn usable_until_just_before_expiry() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        assert!(token(hour, Duration::from_secs(6)).is_usable(now));
+        assert!(!token(hour, Duration::from_secs(4)).is_usable(now));
+        let two = Duration::from_secs(2);
+        assert!(token(two, Duration::from_millis(200)).is_usable(now));
+        assert!(!token(two, Duration::from_millis(50)).is_usable(now));
     }
 }

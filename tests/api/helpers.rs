@@ -285,6 +285,16 @@ impl TestApp {
             .await;
     }
 
+    pub async fn clear_faults(&self) {
+        let resp = self
+            .client
+            .delete(format!("{}/_simulator/faults", self.sim_address))
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(resp.status().is_success());
+    }
+
     pub async fn expire_tokens(&self) {
         self.sim(awc::http::Method::POST, "/_simulator/tokens/expire", None)
             .await;

@@ -170,18 +170,35 @@ async fn refused_merchant_credentials_are_a_502_without_the_secret() {
 }
 
 #[actix_web::test]
-async fn a_failing_token_endpoint_is_a_502_and_recovers() {
+async fn a_failing_token_endpoint_fails_fast_with_backoff_and_recovers() {
     let app = spawn_app().await;
-    app.add_fault(json!({"endpoint": "token", "status": 503, "times": 1}))
+    app.add_fault(json!({"endpoint": "token", "status": 503}))
         .await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
-    let p = a.problem(502);
+    let p = a.problem(503);
     assert!(
-        p["type"].as_str().unwrap().ends_with("/upstream-failed"),
+        p["type"].as_str().unwrap().ends_with("/token-unavailable"),
         "{p}"
     );
-    // A failed fetch is not cached: the next request fetches again.
-    let b = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
-    assert_eq!(b.status, 201, "{}", b.body);
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    // During the backoff, requests fail at once without calling the token endpoint.
+    for _ in 0..20 {
+        let b = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
+        let p = b.problem(503);
+        assert!(
+            p["type"].as_str().unwrap().ends_with("/token-unavailable"),
+            "{p}"
+        );
+    }
+    assert_eq!(app.sim_requests_to("token").await.len(), 1);
+    // The endpoint recovers; after the backoff the next request succeeds.
+    app.clear_faults().await;
+    actix_rt::time::sleep(Duration::from_millis(1100)).await;
+    let c = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
+    assert_eq!(c.status, 201, "{}", c.body);
     assert_eq!(app.token_fetches(MSN).await, 1);
+    assert!(
+        app.sim_requests_to("receipt").await.len() == 1,
+        "no receipt was sent while tokens failed"
+    );
 }

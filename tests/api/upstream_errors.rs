@@ -72,7 +72,11 @@ async fn a_slow_upstream_is_a_504() {
 
 #[actix_web::test]
 async fn a_dropped_connection_is_a_502_that_says_the_outcome_is_unknown() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Options {
+        extra_toml: "[resilience]\nmax_attempts = 1\n".into(),
+        ..Options::default()
+    })
+    .await;
     app.add_fault(json!({"endpoint": "receipt", "drop": true, "afterStore": true, "times": 1}))
         .await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
@@ -86,7 +90,7 @@ async fn a_dropped_connection_is_a_502_that_says_the_outcome_is_unknown() {
 }
 
 #[actix_web::test]
-async fn an_unreachable_upstream_is_a_502() {
+async fn an_unreachable_upstream_is_a_503_without_a_token() {
     let app = spawn_app().await;
     // Point a second gateway at a port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -114,10 +118,14 @@ async fn an_unreachable_upstream_is_a_502() {
     );
     actix_rt::spawn(gw.server());
     let mut resp = app.client.get(url).send().await.unwrap();
-    assert_eq!(resp.status(), 502);
+    // The token endpoint cannot be reached: no token, fail fast.
+    assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(
-        body["type"].as_str().unwrap().ends_with("/upstream-failed"),
+        body["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/token-unavailable"),
         "{body}"
     );
 }

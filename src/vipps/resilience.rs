@@ -1,0 +1,418 @@
+//! Per-merchant protection of the upstream and of the other merchants:
+//! a limit on concurrent calls, a request rate limit, a retry budget, a
+//! circuit breaker, and backoff for failing token fetches. One merchant's
+//! outage or burst uses only its own slots, budget and breaker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Resilience;
+use crate::domain::Msn;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whole seconds for a `Retry-After` header: never 0.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
+}
+
+/// The guards of every merchant, created on first use.
+pub struct Guards {
+    cfg: Resilience,
+    map: RwLock<HashMap<Msn, Arc<MerchantGuard>>>,
+}
+
+impl Guards {
+    pub fn new(cfg: Resilience) -> Self {
+        Self {
+            cfg,
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &Resilience {
+        &self.cfg
+    }
+
+    pub fn get(&self, msn: &Msn) -> Arc<MerchantGuard> {
+        if let Some(g) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(msn) {
+            return g.clone();
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(msn.clone())
+            .or_insert_with(|| Arc::new(MerchantGuard::new(&self.cfg)))
+            .clone()
+    }
+}
+
+/// One merchant's limits and breaker.
+pub struct MerchantGuard {
+    slots: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    retrying: AtomicUsize,
+    bucket: Mutex<Bucket>,
+    breaker: Mutex<Breaker>,
+    token_backoff: Mutex<Backoff>,
+}
+
+impl MerchantGuard {
+    fn new(cfg: &Resilience) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent)),
+            in_flight: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            bucket: Mutex::new(Bucket::new(cfg.rate_burst, Instant::now())),
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+            token_backoff: Mutex::new(Backoff::default()),
+        }
+    }
+
+    /// Takes one request from the rate bucket, or says how long to wait.
+    pub fn admit(&self, cfg: &Resilience) -> Result<(), Duration> {
+        if cfg.rate_per_second == 0 {
+            return Ok(());
+        }
+        lock(&self.bucket).take(cfg.rate_per_second, cfg.rate_burst, Instant::now())
+    }
+
+    /// Waits up to `queue_timeout` for a call slot.
+    pub async fn slot(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Counts an upstream call in flight for the retry budget.
+    pub fn call_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            guard: self.clone(),
+            retrying: false,
+        }
+    }
+
+    /// Asks the breaker whether a call may go out now.
+    pub fn breaker_allows(&self, cfg: &Resilience) -> Result<(), Duration> {
+        lock(&self.breaker).allow(cfg, Instant::now())
+    }
+
+    /// Reports a call's outcome to the breaker; `true` when the upstream
+    /// answered (even with a 4xx), `false` on 5xx, timeouts and transport errors.
+    pub fn record(&self, cfg: &Resilience, upstream_healthy: bool) {
+        let mut b = lock(&self.breaker);
+        let was_open = !matches!(*b, Breaker::Closed { .. });
+        b.record(cfg, upstream_healthy, Instant::now());
+        if !upstream_healthy && matches!(*b, Breaker::Open { .. }) && !was_open {
+            tracing::warn!("circuit opened after consecutive upstream failures");
+        }
+    }
+
+    /// Whether a token fetch may be tried now; if not, how long until it
+    /// may and whether the last failure was a refusal of the credentials.
+    pub fn token_fetch_allowed(&self) -> Result<(), (Duration, bool)> {
+        let b = lock(&self.token_backoff);
+        b.allowed(Instant::now()).map_err(|d| (d, b.rejected))
+    }
+
+    pub fn token_fetch_failed(&self, cfg: &Resilience, rejected: bool) {
+        let mut b = lock(&self.token_backoff);
+        b.failed(cfg.token_backoff, cfg.token_backoff_max, Instant::now());
+        b.rejected = rejected;
+    }
+
+    pub fn token_fetch_succeeded(&self) {
+        *lock(&self.token_backoff) = Backoff::default();
+    }
+}
+
+/// An upstream call in flight; tracks whether it is a retry.
+pub struct InFlight {
+    guard: Arc<MerchantGuard>,
+    retrying: bool,
+}
+
+impl InFlight {
+    /// Marks the call as retrying if the merchant's budget allows: retries
+    /// in flight stay within `percent` of calls in flight, or `min`.
+    pub fn try_retry(&mut self, cfg: &Resilience) -> bool {
+        if self.retrying {
+            return true;
+        }
+        let g = &self.guard;
+        let in_flight = g.in_flight.load(Ordering::SeqCst);
+        let allowed = (in_flight * cfg.retry_budget_percent / 100).max(cfg.retry_budget_min);
+        let mut current = g.retrying.load(Ordering::SeqCst);
+        loop {
+            if current >= allowed {
+                return false;
+            }
+            match g.retrying.compare_exchange(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    self.retrying = true;
+                    return true;
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.guard.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.retrying {
+            self.guard.retrying.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: random in [0, min(max, base × 2^(n−1))].
+pub fn backoff_delay(cfg: &Resilience, retry: u32) -> Duration {
+    let cap = cfg
+        .backoff_base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+        .min(cfg.backoff_max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
+/// A token bucket in millionths of a request, so refill is exact in integers.
+struct Bucket {
+    micro: u128,
+    at: Instant,
+}
+
+const MICRO: u128 = 1_000_000;
+
+impl Bucket {
+    fn new(burst: usize, now: Instant) -> Self {
+        Self {
+            micro: burst as u128 * MICRO,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, rate: usize, burst: usize, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_micros();
+        self.micro = (self.micro + elapsed * rate as u128).min(burst as u128 * MICRO);
+        self.at = now;
+        if self.micro >= MICRO {
+            self.micro -= MICRO;
+            Ok(())
+        } else {
+            let missing = MICRO - self.micro;
+            Err(Duration::from_micros(
+                u64::try_from(missing.div_ceil(rate as u128)).unwrap_or(u64::MAX),
+            ))
+        }
+    }
+}
+
+enum Breaker {
+    Closed {
+        failures: usize,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is out; others are refused until it reports (or until it
+    /// has taken an open period, in case it was abandoned).
+    HalfOpen {
+        probe_started: Instant,
+    },
+}
+
+impl Breaker {
+    fn allow(&mut self, cfg: &Resilience, now: Instant) -> Result<(), Duration> {
+        match *self {
+            Breaker::Closed { .. } => Ok(()),
+            Breaker::Open { until } if now < until => Err(until - now),
+            Breaker::Open { .. } => {
+                *self = Breaker::HalfOpen { probe_started: now };
+                Ok(())
+            }
+            Breaker::HalfOpen { probe_started }
+                if now.saturating_duration_since(probe_started) >= cfg.breaker_open =>
+            {
+                *self = Breaker::HalfOpen { probe_started: now };
+                Ok(())
+            }
+            Breaker::HalfOpen { probe_started } => Err(cfg
+                .breaker_open
+                .saturating_sub(now.saturating_duration_since(probe_started))),
+        }
+    }
+
+    fn record(&mut self, cfg: &Resilience, healthy: bool, now: Instant) {
+        if cfg.breaker_failures == 0 {
+            return;
+        }
+        *self = match (&*self, healthy) {
+            (_, true) => Breaker::Closed { failures: 0 },
+            (Breaker::Closed { failures }, false) if failures + 1 < cfg.breaker_failures => {
+                Breaker::Closed {
+                    failures: failures + 1,
+                }
+            }
+            (Breaker::Open { until }, false) => Breaker::Open { until: *until },
+            (_, false) => Breaker::Open {
+                until: now + cfg.breaker_open,
+            },
+        };
+    }
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+    rejected: bool,
+}
+
+impl Backoff {
+    fn allowed(&self, now: Instant) -> Result<(), Duration> {
+        match self.until {
+            Some(until) if now < until => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&mut self, base: Duration, max: Duration, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = base
+            .saturating_mul(1u32 << (self.failures - 1).min(20))
+            .min(max);
+        self.until = Some(now + wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Resilience {
+        Resilience {
+            breaker_failures: 3,
+            breaker_open: Duration::from_secs(10),
+            ..Resilience::default()
+        }
+    }
+
+    #[test]
+    fn bucket_refills_at_the_rate_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2, t0);
+        assert!(b.take(4, 2, t0).is_ok());
+        assert!(b.take(4, 2, t0).is_ok());
+        assert_eq!(b.take(4, 2, t0), Err(Duration::from_millis(250)));
+        assert!(b.take(4, 2, t0 + Duration::from_millis(250)).is_ok());
+        // Long idle time refills only up to the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert!(b.take(4, 2, later).is_ok());
+        assert!(b.take(4, 2, later).is_ok());
+        assert!(b.take(4, 2, later).is_err());
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_and_probes_half_open() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut b = Breaker::Closed { failures: 0 };
+        b.record(&c, false, t0);
+        b.record(&c, false, t0);
+        b.record(&c, true, t0); // a success resets the count
+        for _ in 0..3 {
+            assert!(b.allow(&c, t0).is_ok());
+            b.record(&c, false, t0);
+        }
+        assert_eq!(
+            b.allow(&c, t0 + Duration::from_secs(4)),
+            Err(Duration::from_secs(6))
+        );
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(b.allow(&c, t1).is_ok(), "one probe");
+        assert!(b.allow(&c, t1).is_err(), "only one probe");
+        b.record(&c, false, t1);
+        assert!(
+            b.allow(&c, t1 + Duration::from_secs(1)).is_err(),
+            "failed probe reopens"
+        );
+        let t2 = t1 + Duration::from_secs(10);
+        assert!(b.allow(&c, t2).is_ok());
+        b.record(&c, true, t2);
+        assert!(
+            b.allow(&c, t2).is_ok() && b.allow(&c, t2).is_ok(),
+            "closed again"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(5));
+        b.failed(base, max, t0);
+        assert_eq!(b.allowed(t0), Err(Duration::from_secs(1)));
+        b.failed(base, max, t0);
+        assert_eq!(b.allowed(t0), Err(Duration::from_secs(2)));
+        b.failed(base, max, t0);
+        b.failed(base, max, t0);
+        assert_eq!(b.allowed(t0), Err(Duration::from_secs(5)));
+        assert!(b.allowed(t0 + Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn jittered_backoff_stays_within_its_cap() {
+        let c = Resilience::default();
+        for retry in 1..10 {
+            let cap = (c.backoff_base * (1 << (retry - 1))).min(c.backoff_max);
+            for _ in 0..100 {
+                assert!(backoff_delay(&c, retry) <= cap);
+            }
+        }
+    }
+
+    #[test]
+    fn retry_budget_is_a_share_of_calls_in_flight_with_a_floor() {
+        let c = Resilience {
+            retry_budget_percent: 20,
+            retry_budget_min: 2,
+            ..Resilience::default()
+        };
+        let g = Arc::new(MerchantGuard::new(&c));
+        let mut calls: Vec<InFlight> = (0..20).map(|_| g.call_started()).collect();
+        // 20 % of 20 calls = 4 retries at once.
+        let granted = calls
+            .iter_mut()
+            .filter_map(|f| f.try_retry(&c).then_some(()))
+            .count();
+        assert_eq!(granted, 4);
+        drop(calls);
+        let mut few: Vec<InFlight> = (0..3).map(|_| g.call_started()).collect();
+        let granted = few
+            .iter_mut()
+            .filter_map(|f| f.try_retry(&c).then_some(()))
+            .count();
+        assert_eq!(granted, 2, "the floor allows retries at low traffic");
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}

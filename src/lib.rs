@@ -20,12 +20,14 @@ pub mod vipps;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::{ConfigError, Settings};
+use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
 use crate::vipps::resilience::Guards;
@@ -53,14 +55,35 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reads every secret again; on success replaces the merchants and drops
-    /// cached tokens, on failure keeps serving with the old ones.
-    pub fn reload(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<usize, ConfigError> {
-        let merchants = self.settings.load_merchants(env)?;
-        let n = merchants.len();
-        self.state.merchants.replace(merchants);
-        self.upstream.tokens.clear();
-        Ok(n)
+    /// Reads every secret again. On success replaces the merchants and drops
+    /// the tokens of merchants whose credentials changed (or who are gone);
+    /// on failure keeps serving with the old ones. In-flight requests keep
+    /// the merchant they started with. Returns the MSNs that changed.
+    pub async fn reload(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<Msn>, ConfigError> {
+        let fresh = self.settings.load_merchants(env)?;
+        let old = self.state.merchants.snapshot();
+        let mut changed: Vec<Msn> = old
+            .iter()
+            .filter(|(msn, m)| fresh.get(*msn).is_none_or(|f| !f.same_credentials(m)))
+            .map(|(msn, _)| msn.clone())
+            .collect();
+        changed.extend(fresh.keys().filter(|msn| !old.contains_key(*msn)).cloned());
+        changed.sort();
+        if !changed.is_empty() {
+            self.state.merchants.replace(fresh);
+            for msn in &changed {
+                self.upstream.tokens.invalidate(msn).await;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// How often mounted secret files are checked for changes.
+    pub fn poll_interval(&self) -> Duration {
+        self.settings.resilience.secret_poll
     }
 }
 

@@ -148,8 +148,39 @@ fn spawn_shutdown(handle: actix_web::dev::ServerHandle) {
     });
 }
 
-/// SIGHUP re-reads merchants' secrets; a failed reload keeps the old ones.
+/// SIGHUP re-reads merchants' secrets at once; between signals, the
+/// secret files are checked every `resilience.secret_poll` (a Kubernetes
+/// Secret mount changes its files in place). A failed reload keeps the
+/// old secrets.
 fn spawn_reload_on_hangup(reloader: vipps_order_gateway::Reloader) {
+    async fn reload(reloader: &vipps_order_gateway::Reloader, why: &str) {
+        match reloader.reload(&|k| std::env::var(k).ok()).await {
+            Ok(changed) if changed.is_empty() => {
+                if why == "SIGHUP" {
+                    tracing::info!("secrets reloaded on SIGHUP; nothing changed");
+                }
+            }
+            Ok(changed) => {
+                let msns: Vec<String> = changed.iter().map(ToString::to_string).collect();
+                tracing::info!(trigger = why, merchants = %msns.join(","), "secrets reloaded; tokens of changed merchants dropped");
+            }
+            Err(e) => {
+                tracing::error!(trigger = why, error = %e, "secret reload failed; keeping the previous secrets")
+            }
+        }
+    }
+    let poll = reloader.poll_interval();
+    if !poll.is_zero() {
+        let r = reloader.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(poll);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                reload(&r, "file change").await;
+            }
+        });
+    }
     #[cfg(unix)]
     actix_web::rt::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -157,12 +188,7 @@ fn spawn_reload_on_hangup(reloader: vipps_order_gateway::Reloader) {
             return;
         };
         while hup.recv().await.is_some() {
-            match reloader.reload(&|k| std::env::var(k).ok()) {
-                Ok(n) => tracing::info!(merchants = n, "secrets reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "secret reload failed; keeping the previous secrets")
-                }
-            }
+            reload(&reloader, "SIGHUP").await;
         }
     });
     #[cfg(not(unix))]

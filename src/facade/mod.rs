@@ -63,7 +63,7 @@ impl AppState {
     /// that it is configured (404).
     pub fn merchant(&self, grant: &Grant, msn: &str) -> Result<Arc<Merchant>, ApiError> {
         grant.check(msn)?;
-        Msn::parse(msn)
+        let merchant = Msn::parse(msn)
             .ok()
             .and_then(|m| self.merchants.get(&m))
             .ok_or_else(|| {
@@ -71,7 +71,19 @@ impl AppState {
                     Kind::MerchantNotFound,
                     "No merchant with this MSN is configured.",
                 )
-            })
+            })?;
+        // The rate limit applies per merchant, before any work is done.
+        self.guards
+            .get(&merchant.msn)
+            .admit(self.guards.config())
+            .map_err(|wait| {
+                ApiError::new(
+                    Kind::RateLimited,
+                    "This merchant's request rate is exceeded; retry later.",
+                )
+                .with_retry_after(retry_after_secs(wait))
+            })?;
+        Ok(merchant)
     }
 }
 
@@ -291,6 +303,10 @@ pub fn upstream_problem(e: UpstreamError, op: Operation) -> ApiError {
             "Fetching a Vipps access token for this merchant failed recently; the gateway is backing off.",
         )
         .with_retry_after(retry_after_secs(wait)),
+        UpstreamError::DeadlineExceeded => ApiError::new(
+            Kind::DeadlineExceeded,
+            "The request took longer than the gateway's deadline; its outcome at Vipps is unknown, retry it.",
+        ),
         UpstreamError::CircuitOpen(wait) => ApiError::new(
             Kind::CircuitOpen,
             "Vipps failed repeatedly for this merchant; calls are paused.",

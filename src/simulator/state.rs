@@ -241,12 +241,12 @@ impl State {
                     .spec
                     .endpoint
                     .as_deref()
-                    .map_or(true, |e| e == endpoint.name())
-                && rule.spec.msn.as_deref().map_or(true, |m| Some(m) == msn)
+                    .is_none_or(|e| e == endpoint.name())
+                && rule.spec.msn.as_deref().is_none_or(|m| Some(m) == msn)
                 && rule
                     .spec
                     .percent
-                    .map_or(true, |p| next_random(rng) % 100 < u64::from(p))
+                    .is_none_or(|p| next_random(rng) % 100 < u64::from(p))
         })?;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;

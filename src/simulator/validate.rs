@@ -208,7 +208,7 @@ fn is_quantity(s: &str) -> bool {
         None => (s, None),
     };
     let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    digits(whole) && fraction.map_or(true, |f| f.len() <= 8 && digits(f))
+    digits(whole) && fraction.is_none_or(|f| f.len() <= 8 && digits(f))
 }
 
 fn is_absolute_url(s: &str) -> bool {

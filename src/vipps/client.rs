@@ -59,6 +59,9 @@ pub enum UpstreamError {
     /// Every upstream call slot of the merchant stayed busy.
     #[error("too many upstream calls in flight")]
     Overloaded(Duration),
+    /// The request's deadline passed before an answer came.
+    #[error("request deadline passed")]
+    DeadlineExceeded,
 }
 
 impl UpstreamError {
@@ -283,7 +286,7 @@ impl VippsClient {
                 .map_err(UpstreamError::CircuitOpen)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(UpstreamError::Timeout);
+                return Err(UpstreamError::DeadlineExceeded);
             }
             let Some(slot) = guard.slot(cfg.queue_timeout.min(remaining)).await else {
                 return Err(UpstreamError::Overloaded(
@@ -361,8 +364,14 @@ impl VippsClient {
     ) -> Result<RawResponse, UpstreamError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(UpstreamError::Timeout);
+            return Err(UpstreamError::DeadlineExceeded);
         }
+        // A timeout that the request's deadline shortened is the deadline's.
+        let timed_out = if remaining < self.up.timeout {
+            UpstreamError::DeadlineExceeded
+        } else {
+            UpstreamError::Timeout
+        };
         let mut req = self
             .http
             .request(
@@ -391,7 +400,7 @@ impl VippsClient {
             None => req.send().await,
         };
         let mut resp = sent.map_err(|e| match e {
-            awc::error::SendRequestError::Timeout => UpstreamError::Timeout,
+            awc::error::SendRequestError::Timeout => timed_out.clone(),
             // A connection that closes without an answer surfaces as
             // `Connect(Disconnected)`, but the request may have arrived:
             // that outcome is unknown, not "never sent".
@@ -411,7 +420,7 @@ impl VippsClient {
                 awc::error::PayloadError::Io(ref io)
                     if io.kind() == std::io::ErrorKind::TimedOut =>
                 {
-                    UpstreamError::Timeout
+                    timed_out.clone()
                 }
                 other => UpstreamError::Broken(other.to_string()),
             })?;

@@ -45,6 +45,8 @@ async fn tokens_expiring_under_sustained_traffic_fail_no_request() {
     let app = spawn_app_with(Options {
         token_ttl: Duration::from_secs(2),
         gateway_workers: 2,
+        // As fast as the loop goes: no per-merchant rate limit.
+        extra_toml: "[resilience]\nrate_per_second = 0\n".into(),
         ..Options::default()
     })
     .await;

@@ -262,10 +262,13 @@ pub async fn dispatch(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let msn = header(req.headers(), MSN).map(str::to_owned);
-    let fault = {
+    let (fault, logging) = {
         let mut state = shared.lock();
         state.count_call(endpoint);
-        state.take_fault(endpoint, msn.as_deref())
+        (
+            state.take_fault(endpoint, msn.as_deref()),
+            state.request_log,
+        )
     };
     if let Some(delay) = fault.as_ref().and_then(|f| f.delay_ms) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -290,9 +293,14 @@ pub async fn dispatch(
                 }
             }
         };
-        state.log_request(log_entry(endpoint, &req, &body, reply.logged_status()));
         reply
     };
+    // The entry is built outside the lock: it copies every header and parses
+    // the body, which would otherwise serialize all workers.
+    if logging {
+        let entry = log_entry(endpoint, &req, &body, reply.logged_status());
+        shared.lock().log_request(entry);
+    }
     tracing::debug!(
         endpoint = endpoint.name(),
         status = reply.status.as_u16(),

@@ -55,6 +55,8 @@ pub struct Reply {
 enum ReplyBody {
     Empty,
     Json(Value, &'static str),
+    /// JSON already written out.
+    Text(String, &'static str),
 }
 
 impl Reply {
@@ -132,6 +134,7 @@ impl Reply {
             ReplyBody::Json(value, content_type) => {
                 builder.content_type(content_type).body(value.to_string())
             }
+            ReplyBody::Text(text, content_type) => builder.content_type(content_type).body(text),
         }
     }
 }
@@ -600,14 +603,17 @@ fn get_order(state: &mut State, call: &Call) -> Result<Reply, Problem> {
         .get(&key)
         .filter(|o| o.category.is_some() || o.receipt.is_some())
         .ok_or_else(|| not_found("Order"))?;
-    let body = OrderV2Response {
-        category: order.category.clone(),
-        receipt: order.receipt.clone(),
-    };
-    Ok(Reply::json(
-        StatusCode::OK,
-        serde_json::to_value(body).unwrap_or(Value::Null),
-    ))
+    let body = serde_json::to_string(&OrderV2Response {
+        category: &order.category,
+        receipt: &order.receipt,
+    })
+    .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "order serialization"))?;
+    Ok(Reply {
+        status: StatusCode::OK,
+        body: ReplyBody::Text(body, "application/json"),
+        retry_after: None,
+        drop: false,
+    })
 }
 
 /// `PUT /order-management/v1/orders/{transactionId}` (deprecated).

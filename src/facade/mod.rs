@@ -87,6 +87,30 @@ impl AppState {
     }
 }
 
+/// What an order route acts on, checked in the order SPEC §3 gives: the
+/// caller's grant, the merchant, then the order id and payment type.
+pub struct OrderTarget {
+    pub merchant: Arc<Merchant>,
+    pub order: OrderId,
+    pub payment_type: PaymentType,
+}
+
+impl AppState {
+    /// Resolves `/v1/merchants/{msn}/orders/{orderId}` and `?paymentType=`.
+    pub fn order_target(
+        &self,
+        grant: &Grant,
+        (msn, order): (String, String),
+        query: &PaymentQuery,
+    ) -> Result<OrderTarget, ApiError> {
+        Ok(OrderTarget {
+            merchant: self.merchant(grant, &msn)?,
+            order: order_id(&order)?,
+            payment_type: query.parse()?,
+        })
+    }
+}
+
 /// Registers the façade's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(

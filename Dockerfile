@@ -7,6 +7,7 @@
 
 ARG RUST_VERSION=1.95
 
+# Bookworm, like the runtime's debian12: the binary links against the same glibc.
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /build
 

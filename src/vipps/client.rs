@@ -16,6 +16,7 @@ use super::model::{
 use super::token::{AccessToken, TokenCache};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType};
+use crate::metrics::{upstream_endpoint, Metrics, TokenFetch};
 
 /// Most bytes read from an upstream response.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -64,10 +65,11 @@ pub struct Upstream {
     timeout: Duration,
     system_headers: Vec<(HeaderName, HeaderValue)>,
     pub tokens: TokenCache,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings) -> Result<Self, String> {
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, String> {
         let s = &settings.system;
         let mut system_headers = Vec::with_capacity(4);
         for (name, value) in [
@@ -85,6 +87,7 @@ impl Upstream {
             timeout: settings.upstream.timeout,
             system_headers,
             tokens: TokenCache::new(settings.upstream.token_margin),
+            metrics,
         })
     }
 }
@@ -124,6 +127,13 @@ impl VippsClient {
 
     /// A fresh token for the merchant, fetched once for concurrent callers.
     pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
+        let cached = self.up.tokens.fresh(&merchant.msn).await;
+        self.up
+            .metrics
+            .observe_token_lookup(&merchant.msn, cached.is_some());
+        if let Some(token) = cached {
+            return Ok(token);
+        }
         self.up
             .tokens
             .get(&merchant.msn, || self.fetch_token(merchant))
@@ -131,7 +141,19 @@ impl VippsClient {
             .map_err(|e| (*e).clone())
     }
 
+    /// Fetches a token and counts the fetch by its result.
     async fn fetch_token(&self, m: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
+        let result = self.request_token(m).await;
+        let outcome = match &result {
+            Ok(_) => TokenFetch::Ok,
+            Err(UpstreamError::TokenRejected(_)) => TokenFetch::Rejected,
+            Err(_) => TokenFetch::Failed,
+        };
+        self.up.metrics.observe_token_fetch(&m.msn, outcome);
+        result
+    }
+
+    async fn request_token(&self, m: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
         let started = Instant::now();
         let mut req = self
             .http
@@ -146,16 +168,25 @@ impl VippsClient {
         for (name, value) in &self.up.system_headers {
             req = req.insert_header((name.clone(), value.clone()));
         }
+        let observe = |status: Option<StatusCode>| {
+            let code = status.map(|s| s.as_u16());
+            let elapsed = started.elapsed();
+            self.up
+                .metrics
+                .observe_upstream(&m.msn, "token", code, elapsed);
+            record_upstream(code, elapsed);
+        };
         let mut resp = req.send_body("").await.map_err(|e| {
+            observe(None);
             tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
             UpstreamError::TokenFailed(send_error_kind(&e))
         })?;
         let status = resp.status();
-        let body = resp
-            .body()
-            .limit(64 * 1024)
-            .await
-            .map_err(|e| UpstreamError::TokenFailed(format!("unreadable token answer: {e}")))?;
+        let body = resp.body().limit(64 * 1024).await.map_err(|e| {
+            observe(None);
+            UpstreamError::TokenFailed(format!("unreadable token answer: {e}"))
+        })?;
+        observe(Some(status));
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");
             return Err(UpstreamError::TokenRejected(status));
@@ -202,6 +233,9 @@ impl VippsClient {
         }
         tracing::info!(msn = %merchant.msn, "upstream answered 401; fetching a new token");
         self.up
+            .metrics
+            .observe_retry(&merchant.msn, upstream_endpoint(path), "unauthorized");
+        self.up
             .tokens
             .invalidate_if_same(&merchant.msn, &token)
             .await;
@@ -209,7 +243,27 @@ impl VippsClient {
         self.send_once(merchant, &token, method, path, body).await
     }
 
+    /// One exchange, counted and timed under its fixed endpoint name.
     async fn send_once(
+        &self,
+        m: &Merchant,
+        token: &AccessToken,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<RawResponse, UpstreamError> {
+        let started = Instant::now();
+        let result = self.exchange(m, token, method, path, body).await;
+        let code = result.as_ref().ok().map(|r| r.status.as_u16());
+        let elapsed = started.elapsed();
+        self.up
+            .metrics
+            .observe_upstream(&m.msn, upstream_endpoint(path), code, elapsed);
+        record_upstream(code, elapsed);
+        result
+    }
+
+    async fn exchange(
         &self,
         m: &Merchant,
         token: &AccessToken,
@@ -380,6 +434,14 @@ pub fn status_error(resp: &RawResponse) -> UpstreamError {
         problem: serde_json::from_slice(&resp.body).ok().map(Box::new),
         retry_after: retry_after(&resp.headers),
     }
+}
+
+/// Puts the last upstream call's status (0: no answer) and latency on the
+/// request's log span.
+fn record_upstream(code: Option<u16>, elapsed: Duration) {
+    let span = tracing::Span::current();
+    span.record("upstream_status", code.unwrap_or(0));
+    span.record("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
 }
 
 /// A short description of a send error that never includes header values.

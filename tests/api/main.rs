@@ -9,6 +9,8 @@ mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod logs;
+mod metrics;
 mod receipts;
 mod simulator;
 mod tokens;

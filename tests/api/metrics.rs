@@ -424,3 +424,48 @@ async fn the_metrics_listener_serves_metrics_only() {
     assert_eq!(resp.status(), 404);
     assert_eq!(app.sim_requests_to("receipt").await.len(), 1);
 }
+
+#[actix_web::test]
+async fn each_merchant_gets_the_same_series_for_the_same_traffic() {
+    let app = spawn_app().await;
+    let before = scrape(&app).await;
+    assert_eq!(
+        before.series_with("msn", MSN) + before.series_with("msn", MSN2),
+        0
+    );
+    for msn in [MSN, MSN2] {
+        for i in 0..2 {
+            let a = app
+                .post_receipt(msn, &format!("s-{i}"), &spec_receipt())
+                .await;
+            assert_eq!(a.status, 201, "{}", a.body);
+        }
+        assert_eq!(
+            app.get(&format!("/v1/merchants/{msn}/orders/s-0"))
+                .await
+                .status,
+            200
+        );
+        let a = app
+            .put_json(
+                &format!("/v1/merchants/{msn}/orders/s-0/category"),
+                &json!({"category": "GENERAL", "url": "https://shop.example/"}),
+            )
+            .await;
+        assert_eq!(a.status, 200);
+    }
+    let m = scrape(&app).await;
+    let (one, two) = (m.series_with("msn", MSN), m.series_with("msn", MSN2));
+    assert_eq!(one, two);
+    // Per merchant: 3 operations × (1 counter + 15 histogram samples) and
+    // 4 endpoints × (1 counter + 15 histogram samples) upstream, token
+    // fetch, lookups (hit, miss) and expiry.
+    assert_eq!(one, 3 * 16 + 4 * 16 + 1 + 2 + 1);
+    eprintln!(
+        "series: {one} per merchant, {} in total ({} gateway_*)",
+        m.len(),
+        m.0.iter()
+            .filter(|s| s.name.starts_with("gateway_"))
+            .count()
+    );
+}

@@ -18,6 +18,7 @@ use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType};
+use crate::metrics::{upstream_endpoint, Metrics, TokenFetch};
 
 /// Most bytes read from an upstream response.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -142,10 +143,15 @@ pub struct Upstream {
     system_headers: Vec<(HeaderName, HeaderValue)>,
     pub tokens: TokenCache,
     pub guards: Arc<Guards>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings, guards: Arc<Guards>) -> Result<Self, String> {
+    pub fn new(
+        settings: &Settings,
+        guards: Arc<Guards>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let s = &settings.system;
         let mut system_headers = Vec::with_capacity(4);
         for (name, value) in [
@@ -165,6 +171,7 @@ impl Upstream {
             system_headers,
             tokens: TokenCache::new(settings.upstream.token_margin),
             guards,
+            metrics,
         })
     }
 }
@@ -207,6 +214,13 @@ impl VippsClient {
     /// callers; when its refresh is due, a new one is fetched in the
     /// background while this one is still used.
     pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
+        let cached = self.up.tokens.fresh(&merchant.msn).await;
+        self.up
+            .metrics
+            .observe_token_lookup(&merchant.msn, cached.is_some());
+        if let Some(token) = cached {
+            return Ok(token);
+        }
         let lookup = self
             .up
             .tokens
@@ -324,6 +338,15 @@ impl VippsClient {
             if Instant::now() + delay >= deadline {
                 return outcome;
             }
+            let reason = match &outcome {
+                Ok(_) => "status",
+                Err(UpstreamError::Connect(_)) => "connect",
+                Err(UpstreamError::Timeout) => "timeout",
+                Err(_) => "broken",
+            };
+            self.up
+                .metrics
+                .observe_retry(&merchant.msn, upstream_endpoint(call.path), reason);
             tracing::info!(
                 msn = %merchant.msn,
                 endpoint = call.endpoint.name(),
@@ -350,12 +373,34 @@ impl VippsClient {
             return Ok(first);
         }
         tracing::info!(msn = %m.msn, "upstream answered 401; fetching a new token");
+        self.up
+            .metrics
+            .observe_retry(&m.msn, upstream_endpoint(call.path), "unauthorized");
         self.up.tokens.invalidate_if_same(&m.msn, &token).await;
         let token = self.token(m).await?;
         self.send_once(m, &token, call, deadline).await
     }
 
+    /// One exchange, counted and timed under its fixed endpoint name.
     async fn send_once(
+        &self,
+        m: &Merchant,
+        token: &AccessToken,
+        call: &Call<'_>,
+        deadline: Instant,
+    ) -> Result<RawResponse, UpstreamError> {
+        let started = Instant::now();
+        let result = self.exchange(m, token, call, deadline).await;
+        let code = result.as_ref().ok().map(|r| r.status.as_u16());
+        let elapsed = started.elapsed();
+        self.up
+            .metrics
+            .observe_upstream(&m.msn, upstream_endpoint(call.path), code, elapsed);
+        record_upstream(code, elapsed);
+        result
+    }
+
+    async fn exchange(
         &self,
         m: &Merchant,
         token: &AccessToken,
@@ -562,6 +607,14 @@ pub fn status_error(resp: &RawResponse) -> UpstreamError {
     }
 }
 
+/// Puts the last upstream call's status (0: no answer) and latency on the
+/// request's log span.
+fn record_upstream(code: Option<u16>, elapsed: Duration) {
+    let span = tracing::Span::current();
+    span.record("upstream_status", code.unwrap_or(0));
+    span.record("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
+}
+
 /// A short description of a send error that never includes header values.
 fn send_error_kind(e: &awc::error::SendRequestError) -> String {
     use awc::error::SendRequestError as E;
@@ -596,6 +649,12 @@ async fn fetch_token(
         });
     }
     let result = fetch_token_now(http, up, m).await;
+    let outcome = match &result {
+        Ok(_) => TokenFetch::Ok,
+        Err(UpstreamError::TokenRejected(_)) => TokenFetch::Rejected,
+        Err(_) => TokenFetch::Failed,
+    };
+    up.metrics.observe_token_fetch(&m.msn, outcome);
     match &result {
         Ok(_) => guard.token_fetch_succeeded(),
         Err(e) => guard.token_fetch_failed(
@@ -624,16 +683,23 @@ async fn fetch_token_now(
     for (name, value) in &up.system_headers {
         req = req.insert_header((name.clone(), value.clone()));
     }
-    let mut resp = req.send_body("").await.map_err(|e| {
+    let observe = |status: Option<StatusCode>| {
+        let code = status.map(|s| s.as_u16());
+        let elapsed = started.elapsed();
+        up.metrics.observe_upstream(&m.msn, "token", code, elapsed);
+        record_upstream(code, elapsed);
+    };
+    let mut resp = req.timeout(up.timeout).send_body("").await.map_err(|e| {
+        observe(None);
         tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
         UpstreamError::TokenFailed(send_error_kind(&e))
     })?;
     let status = resp.status();
-    let body = resp
-        .body()
-        .limit(64 * 1024)
-        .await
-        .map_err(|e| UpstreamError::TokenFailed(format!("unreadable token answer: {e}")))?;
+    let body = resp.body().limit(64 * 1024).await.map_err(|e| {
+        observe(None);
+        UpstreamError::TokenFailed(format!("unreadable token answer: {e}"))
+    })?;
+    observe(Some(status));
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");
         return Err(UpstreamError::TokenRejected(status));

@@ -50,6 +50,8 @@ impl Default for Options {
 
 pub struct TestApp {
     pub address: String,
+    /// The metrics-only listener, when the config sets `metrics_listen`.
+    pub metrics_address: Option<String>,
     pub sim_address: String,
     pub client: awc::Client,
 }
@@ -134,9 +136,11 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     let app =
         Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
     actix_rt::spawn(app.server());
     TestApp {
         address,
+        metrics_address,
         sim_address,
         client: awc::Client::builder()
             .timeout(Duration::from_secs(30))

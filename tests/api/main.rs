@@ -10,6 +10,8 @@ mod facade;
 mod health;
 mod helpers;
 mod lifecycle;
+mod logs;
+mod metrics;
 mod receipts;
 mod resilience;
 mod simulator;

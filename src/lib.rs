@@ -25,6 +25,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
@@ -43,20 +44,24 @@ pub enum StartupError {
     Invalid(String),
 }
 
-/// Re-reads merchants and their secrets on demand (`SIGHUP`).
+/// Re-reads merchants' secrets and the caller-auth keys on demand (`SIGHUP`).
 #[derive(Clone)]
 pub struct Reloader {
     settings: Arc<Settings>,
     state: web::Data<AppState>,
     upstream: Arc<Upstream>,
+    auth: web::Data<Authenticator>,
 }
 
 impl Reloader {
-    /// Reads every secret again; on success replaces the merchants and drops
-    /// cached tokens, on failure keeps serving with the old ones.
+    /// Reads every secret and key file again; on success replaces the
+    /// merchants and keys and drops cached tokens, on any failure keeps
+    /// serving with the old ones.
     pub fn reload(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<usize, ConfigError> {
+        let keys = self.auth.prepare_reload()?;
         let merchants = self.settings.load_merchants(env)?;
         let n = merchants.len();
+        self.auth.commit_reload(keys);
         self.state.merchants.replace(merchants);
         self.upstream.tokens.clear();
         Ok(n)
@@ -91,6 +96,7 @@ impl Application {
         // awc's rustls needs a process-wide crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let merchants = settings.load_merchants(env)?;
+        let auth = web::Data::new(Authenticator::load(&settings.auth)?);
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Listen {
@@ -107,6 +113,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             state: state.clone(),
             upstream: upstream.clone(),
+            auth: auth.clone(),
         };
         let app_state = state.clone();
         let up = upstream.clone();
@@ -114,6 +121,7 @@ impl Application {
             App::new()
                 .wrap(from_fn(request_id::middleware))
                 .app_data(app_state.clone())
+                .app_data(auth.clone())
                 .app_data(web::Data::new(VippsClient::new(up.clone())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::field(Kind::InvalidRequest, "query", e.to_string()).into()

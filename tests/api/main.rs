@@ -11,6 +11,7 @@ mod facade;
 mod health;
 mod helpers;
 mod receipts;
+mod secrets;
 mod simulator;
 mod tokens;
 mod upstream_errors;

@@ -10,6 +10,7 @@ mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod hostile_input;
 mod receipts;
 mod secrets;
 mod simulator;

@@ -11,6 +11,7 @@ mod facade;
 mod health;
 mod helpers;
 mod hostile_input;
+mod properties;
 mod receipts;
 mod secrets;
 mod simulator;

@@ -32,6 +32,8 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
+    #[error("auth.jwt: cannot use key file {path}: {reason}")]
+    AuthKey { path: PathBuf, reason: String },
     #[error("merchant {msn}: environment variable {var} for {what} is not set or empty")]
     SecretEnv {
         msn: String,
@@ -265,11 +267,15 @@ impl Default for Resilience {
     }
 }
 
+/// How callers are authenticated (`[auth]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     #[serde(default)]
     pub mode: AuthMode,
+    /// Required when `mode = "jwt"`.
+    #[serde(default)]
+    pub jwt: Option<JwtSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -278,6 +284,34 @@ pub enum AuthMode {
     /// Every caller may act for every configured merchant.
     #[default]
     None,
+    /// Callers present `Authorization: Bearer <JWT>`; its `msns` claim
+    /// grants merchants.
+    Jwt,
+}
+
+/// `[auth.jwt]`: what a caller's token must satisfy, and the one place its
+/// verification key comes from. The algorithm follows from the key: HS256
+/// for a secret file, RS256 for an RSA public key, ES256 for a P-256 key;
+/// in a JWKS each key's own `alg` (or its type) decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry (one of its values when an array).
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "defaults::jwt_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// A shared HS256 secret (at least 32 bytes).
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A PEM public key: RSA (RS256) or EC P-256 (ES256).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// A JWK set; tokens name their key with `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
 }
 
 /// One merchant: its MSN, client id, and where its two secrets are.
@@ -421,6 +455,9 @@ mod defaults {
     pub fn secret_poll() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn jwt_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
     pub fn json_body() -> usize {
         256 * 1024
     }
@@ -556,6 +593,7 @@ impl Settings {
         if self.workers == Some(0) {
             return bad("workers must be at least 1".into());
         }
+        self.validate_auth()?;
         let mut seen = std::collections::HashSet::new();
         for m in &self.merchants {
             if !seen.insert(m.msn.clone()) {
@@ -581,6 +619,36 @@ impl Settings {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let Some(jwt) = &self.auth.jwt else {
+            if self.auth.mode == AuthMode::Jwt {
+                return bad("auth.mode = \"jwt\" needs an [auth.jwt] section");
+            }
+            return Ok(());
+        };
+        if jwt.issuer.trim().is_empty() {
+            return bad("auth.jwt.issuer must not be empty");
+        }
+        if jwt.audience.trim().is_empty() {
+            return bad("auth.jwt.audience must not be empty");
+        }
+        let sources = [
+            jwt.hs256_secret_file.is_some(),
+            jwt.public_key_file.is_some(),
+            jwt.jwks_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return bad(
+                "auth.jwt: set exactly one of hs256_secret_file, public_key_file and jwks_file",
+            );
+        }
+        if jwt.leeway > Duration::from_secs(300) {
+            return bad("auth.jwt.leeway must be at most 5m");
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
@@ -48,24 +49,28 @@ pub enum StartupError {
     Invalid(String),
 }
 
-/// Re-reads merchants and their secrets on demand (`SIGHUP`).
+/// Re-reads merchants' secrets and the caller-auth keys on demand (`SIGHUP`).
 #[derive(Clone)]
 pub struct Reloader {
     settings: Arc<Settings>,
     state: web::Data<AppState>,
     upstream: Arc<Upstream>,
+    auth: web::Data<Authenticator>,
 }
 
 impl Reloader {
-    /// Reads every secret again. On success replaces the merchants and drops
-    /// the tokens of merchants whose credentials changed (or who are gone);
-    /// on failure keeps serving with the old ones. In-flight requests keep
-    /// the merchant they started with. Returns the MSNs that changed.
+    /// Reads every secret and caller-auth key file again. On success
+    /// replaces the keys and the merchants and drops the tokens of merchants
+    /// whose credentials changed (or who are gone); on any failure keeps
+    /// serving with the old ones. In-flight requests keep the merchant they
+    /// started with. Returns the MSNs whose credentials changed.
     pub async fn reload(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vec<Msn>, ConfigError> {
+        let keys = self.auth.prepare_reload()?;
         let fresh = self.settings.load_merchants(env)?;
+        self.auth.commit_reload(keys);
         let old = self.state.merchants.snapshot();
         let mut changed: Vec<Msn> = old
             .iter()
@@ -150,6 +155,7 @@ impl Application {
         // awc's rustls needs a process-wide crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let merchants = settings.load_merchants(env)?;
+        let auth = web::Data::new(Authenticator::load(&settings.auth)?);
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Listen {
@@ -176,6 +182,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             state: state.clone(),
             upstream: upstream.clone(),
+            auth: auth.clone(),
         };
         let app_state = state.clone();
         let up = upstream.clone();
@@ -188,6 +195,7 @@ impl Application {
                 .app_data(deadline)
                 .app_data(up_data.clone())
                 .app_data(metrics_data.clone())
+                .app_data(auth.clone())
                 .app_data(web::Data::new(VippsClient::new(up.clone())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::field(Kind::InvalidRequest, "query", e.to_string()).into()

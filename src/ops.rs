@@ -51,10 +51,12 @@ pub async fn check_config(path: &std::path::Path, connect: bool) -> Result<(), S
     let merchants = settings
         .load_merchants(&|k| std::env::var(k).ok())
         .map_err(|e| e.to_string())?;
+    let auth = crate::auth::Authenticator::load(&settings.auth).map_err(|e| e.to_string())?;
     println!(
-        "config ok: {} merchant(s), upstream {}",
+        "config ok: {} merchant(s), upstream {}, caller auth {:?}",
         merchants.len(),
-        settings.upstream.base_url
+        settings.upstream.base_url,
+        auth.mode()
     );
     if !connect {
         return Ok(());

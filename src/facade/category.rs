@@ -47,11 +47,12 @@ struct CategoryResponse<'a> {
 }
 
 pub async fn put(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PaymentQuery>,
     payload: web::Payload,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {

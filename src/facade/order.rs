@@ -22,9 +22,10 @@ struct OrderView {
 }
 
 pub async fn get(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     path: web::Path<(String, String)>,
     query: web::Query<PaymentQuery>,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {

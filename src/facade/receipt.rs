@@ -26,11 +26,12 @@ pub struct ReceiptResponse<'a> {
 }
 
 pub async fn post(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PaymentQuery>,
     payload: web::Payload,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {

@@ -4,16 +4,20 @@
 // A failed expectation in a test should stop it with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod auth;
 mod bad_input;
 mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod hostile_input;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod properties;
 mod receipts;
 mod resilience;
+mod secrets;
 mod simulator;
 mod tokens;
 mod upstream_errors;

@@ -64,6 +64,8 @@ pub struct Settings {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub proxy: ProxySettings,
+    #[serde(default)]
     pub merchants: Vec<MerchantSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -164,6 +166,25 @@ impl Default for Limits {
         Self {
             json_body: defaults::json_body(),
             image_body: defaults::image_body(),
+        }
+    }
+}
+
+/// The reverse-proxy surface (`/vipps/order-management/...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Most bytes of a request body forwarded to Vipps. The body is held
+    /// whole, because a 401 from Vipps makes the gateway send it again with
+    /// a new token.
+    #[serde(default = "defaults::image_body", deserialize_with = "lenient::usize")]
+    pub body_limit: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            body_limit: defaults::image_body(),
         }
     }
 }
@@ -381,6 +402,9 @@ impl Settings {
         }
         if self.workers == Some(0) {
             return bad("workers must be at least 1".into());
+        }
+        if self.proxy.body_limit == 0 {
+            return bad("proxy.body_limit must be greater than zero".into());
         }
         let mut seen = std::collections::HashSet::new();
         for m in &self.merchants {

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod facade;
 pub mod ops;
+pub mod proxy;
 pub mod request_id;
 pub mod simulator;
 pub mod telemetry;
@@ -110,6 +111,7 @@ impl Application {
         };
         let app_state = state.clone();
         let up = upstream.clone();
+        let proxy_settings = settings.proxy.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(request_id::middleware))
@@ -123,6 +125,7 @@ impl Application {
                 }))
                 .configure(ops::routes)
                 .configure(facade::routes)
+                .configure(|cfg| proxy::routes(cfg, &proxy_settings))
                 .default_service(web::to(not_found))
         })
         .listen(listener)

@@ -193,9 +193,26 @@ impl VippsClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<RawResponse, UpstreamError> {
+        self.send_with_headers(merchant, method, path, body, &HeaderMap::new())
+            .await
+    }
+
+    /// [`Self::send`] with extra request headers (the reverse proxy's
+    /// `Content-Type`, `Accept`, `X-Request-Id`). The caller filters them:
+    /// the credential, MSN and `Vipps-System-*` headers are set afterwards
+    /// and replace any of the same name. A `Content-Type` among them is used
+    /// for the body instead of `application/json`.
+    pub async fn send_with_headers(
+        &self,
+        merchant: &Merchant,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        extra: &HeaderMap,
+    ) -> Result<RawResponse, UpstreamError> {
         let token = self.token(merchant).await?;
         let first = self
-            .send_once(merchant, &token, method.clone(), path, body.clone())
+            .send_once(merchant, &token, method.clone(), path, body.clone(), extra)
             .await?;
         if first.status != StatusCode::UNAUTHORIZED {
             return Ok(first);
@@ -206,7 +223,8 @@ impl VippsClient {
             .invalidate_if_same(&merchant.msn, &token)
             .await;
         let token = self.token(merchant).await?;
-        self.send_once(merchant, &token, method, path, body).await
+        self.send_once(merchant, &token, method, path, body, extra)
+            .await
     }
 
     async fn send_once(
@@ -216,10 +234,15 @@ impl VippsClient {
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        extra: &HeaderMap,
     ) -> Result<RawResponse, UpstreamError> {
         let mut req = self
             .http
-            .request(method, format!("{}{}", self.up.base_url, path))
+            .request(method, format!("{}{}", self.up.base_url, path));
+        for (name, value) in extra {
+            req = req.append_header((name.clone(), value.clone()));
+        }
+        req = req
             .insert_header((
                 "authorization",
                 secret_header(&format!("Bearer {}", expose(&token.value)))?,
@@ -233,6 +256,9 @@ impl VippsClient {
             req = req.insert_header((name.clone(), value.clone()));
         }
         let sent = match body {
+            Some(b) if extra.contains_key(actix_web::http::header::CONTENT_TYPE) => {
+                req.send_body(b).await
+            }
             Some(b) => req.content_type("application/json").send_body(b).await,
             None => req.send().await,
         };

@@ -144,7 +144,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     }
 }
 
-async fn answer(
+pub async fn answer(
     resp: Result<
         awc::ClientResponse<
             impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>

@@ -9,6 +9,7 @@ mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod proxy;
 mod receipts;
 mod simulator;
 mod tokens;

@@ -1,13 +1,24 @@
-//! Operational endpoints: liveness and readiness.
+//! Operational endpoints: liveness, readiness and the OpenAPI document.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::facade::{resource, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)));
+    cfg.service(resource("/healthz", Method::GET, healthz))
+        .service(resource("/readyz", Method::GET, readyz))
+        .service(resource("/openapi.json", Method::GET, openapi));
+}
+
+/// The gateway's OpenAPI 3.1 document, as kept in `openapi/`.
+pub const OPENAPI: &str = include_str!("../openapi/vipps-order-gateway.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Alive: the process answers.

@@ -9,6 +9,7 @@ mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod openapi;
 mod proxy;
 mod receipts;
 mod simulator;

@@ -68,6 +68,8 @@ pub struct Settings {
     #[serde(default)]
     pub resilience: Resilience,
     #[serde(default)]
+    pub proxy: ProxySettings,
+    #[serde(default)]
     pub merchants: Vec<MerchantSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -263,6 +265,25 @@ impl Default for Resilience {
             token_backoff: defaults::token_backoff(),
             token_backoff_max: defaults::token_backoff_max(),
             secret_poll: defaults::secret_poll(),
+        }
+    }
+}
+
+/// The reverse-proxy surface (`/vipps/order-management/...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Most bytes of a request body forwarded to Vipps. The body is held
+    /// whole, because a 401 from Vipps makes the gateway send it again with
+    /// a new token.
+    #[serde(default = "defaults::image_body", deserialize_with = "lenient::usize")]
+    pub body_limit: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            body_limit: defaults::image_body(),
         }
     }
 }
@@ -594,6 +615,9 @@ impl Settings {
             return bad("workers must be at least 1".into());
         }
         self.validate_auth()?;
+        if self.proxy.body_limit == 0 {
+            return bad("proxy.body_limit must be greater than zero".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for m in &self.merchants {
             if !seen.insert(m.msn.clone()) {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod facade;
 pub mod metrics;
 pub mod ops;
+pub mod proxy;
 pub mod request_id;
 pub mod simulator;
 pub mod telemetry;
@@ -188,6 +189,7 @@ impl Application {
         let up = upstream.clone();
         let up_data = web::Data::from(upstream.clone());
         let metrics_data = web::Data::from(metrics);
+        let proxy_settings = settings.proxy.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(request_id::middleware))
@@ -206,6 +208,7 @@ impl Application {
                 .configure(ops::routes)
                 .configure(ops::metrics_routes)
                 .configure(facade::routes)
+                .configure(|cfg| proxy::routes(cfg, &proxy_settings))
                 .default_service(web::to(not_found))
         })
         .listen(listener)

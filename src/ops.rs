@@ -1,5 +1,6 @@
-//! Operational endpoints: liveness and readiness.
+//! Operational endpoints: liveness, readiness and the OpenAPI document.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -8,13 +9,23 @@ use crate::facade::{resource, AppState};
 use crate::vipps::Upstream;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)));
+    cfg.service(resource("/healthz", Method::GET, healthz))
+        .service(resource("/readyz", Method::GET, readyz))
+        .service(resource("/openapi.json", Method::GET, openapi));
+}
+
+/// The gateway's OpenAPI 3.1 document, as kept in `openapi/`.
+pub const OPENAPI: &str = include_str!("../openapi/vipps-order-gateway.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// `/metrics`, on the API listener and on the metrics-only one.
 pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics").route(web::get().to(metrics)));
+    cfg.service(resource("/metrics", Method::GET, metrics));
 }
 
 /// The Prometheus text exposition.

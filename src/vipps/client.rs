@@ -75,36 +75,6 @@ impl UpstreamError {
     }
 }
 
-/// The upstream operations, by the names used in logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Token,
-    Image,
-    Category,
-    Receipt,
-    Order,
-    V1OrderPut,
-    V1OrderGet,
-    V1ReceiptGet,
-    V1ReceiptPost,
-}
-
-impl Endpoint {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Token => "token",
-            Self::Image => "image",
-            Self::Category => "category",
-            Self::Receipt => "receipt",
-            Self::Order => "order",
-            Self::V1OrderPut => "v1-order-put",
-            Self::V1OrderGet => "v1-order-get",
-            Self::V1ReceiptGet => "v1-receipt-get",
-            Self::V1ReceiptPost => "v1-receipt-post",
-        }
-    }
-}
-
 /// When a failed call may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -120,11 +90,12 @@ pub enum Retry {
 
 /// One upstream call.
 pub struct Call<'a> {
-    pub endpoint: Endpoint,
     pub method: Method,
     pub path: &'a str,
     pub body: Option<Bytes>,
     pub retry: Retry,
+    /// Headers sent before the gateway's own (which replace any of the same name).
+    pub extra: Option<&'a HeaderMap>,
 }
 
 /// A complete upstream answer.
@@ -259,24 +230,37 @@ impl VippsClient {
         method: Method,
         path: &str,
         body: Option<Bytes>,
-        endpoint: Endpoint,
+    ) -> Result<RawResponse, UpstreamError> {
+        self.send_with_headers(merchant, method, path, body, &HeaderMap::new())
+            .await
+    }
+
+    /// [`Self::send`] with extra request headers (the reverse proxy's
+    /// `Content-Type`, `Accept`, `X-Request-Id`). The caller filters them:
+    /// the credential, MSN and `Vipps-System-*` headers are set afterwards
+    /// and replace any of the same name. A `Content-Type` among them is used
+    /// for the body instead of `application/json`.
+    pub async fn send_with_headers(
+        &self,
+        merchant: &Merchant,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        extra: &HeaderMap,
     ) -> Result<RawResponse, UpstreamError> {
         let retry = if method == Method::POST {
             Retry::IfNotProcessed
         } else {
             Retry::Safe
         };
-        self.call(
-            merchant,
-            Call {
-                endpoint,
-                method,
-                path,
-                body,
-                retry,
-            },
-        )
-        .await
+        let call = Call {
+            method,
+            path,
+            body,
+            retry,
+            extra: Some(extra),
+        };
+        self.call(merchant, call).await
     }
 
     /// Sends one call with the merchant's credentials, within the request's
@@ -349,7 +333,7 @@ impl VippsClient {
                 .observe_retry(&merchant.msn, upstream_endpoint(call.path), reason);
             tracing::info!(
                 msn = %merchant.msn,
-                endpoint = call.endpoint.name(),
+                endpoint = upstream_endpoint(call.path),
                 attempt,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "retrying upstream call"
@@ -423,7 +407,12 @@ impl VippsClient {
                 call.method.clone(),
                 format!("{}{}", self.up.base_url, call.path),
             )
-            .timeout(self.up.timeout.min(remaining))
+            .timeout(self.up.timeout.min(remaining));
+        let extra = call.extra.filter(|h| !h.is_empty());
+        for (name, value) in extra.into_iter().flatten() {
+            req = req.append_header((name.clone(), value.clone()));
+        }
+        req = req
             .insert_header((
                 "authorization",
                 secret_header(&format!("Bearer {}", expose(&token.value)))?,
@@ -436,7 +425,10 @@ impl VippsClient {
         for (name, value) in &self.up.system_headers {
             req = req.insert_header((name.clone(), value.clone()));
         }
+        let caller_type =
+            extra.is_some_and(|h| h.contains_key(actix_web::http::header::CONTENT_TYPE));
         let sent = match &call.body {
+            Some(b) if caller_type => req.send_body(b.clone()).await,
             Some(b) => {
                 req.content_type("application/json")
                     .send_body(b.clone())
@@ -509,11 +501,11 @@ impl VippsClient {
             type_: "base64",
         })?;
         let call = Call {
-            endpoint: Endpoint::Image,
             method: Method::POST,
             path: "/order-management/v1/images",
             body: Some(body),
             retry,
+            extra: None,
         };
         self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
@@ -532,11 +524,11 @@ impl VippsClient {
             order.as_str()
         );
         let call = Call {
-            endpoint: Endpoint::Category,
             method: Method::PUT,
             path: &path,
             body: Some(to_body(category)?),
             retry: Retry::Safe,
+            extra: None,
         };
         self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
@@ -557,11 +549,11 @@ impl VippsClient {
         // Safe to repeat: a repeat that meets the stored receipt gets a 409,
         // which the caller resolves by reading the receipt back.
         let call = Call {
-            endpoint: Endpoint::Receipt,
             method: Method::POST,
             path: &path,
             body: Some(to_body(receipt)?),
             retry: Retry::Safe,
+            extra: None,
         };
         self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
@@ -575,11 +567,11 @@ impl VippsClient {
     ) -> Result<Option<OrderResponse>, UpstreamError> {
         let path = format!("/order-management/v2/{}/{}", pt.as_str(), order.as_str());
         let call = Call {
-            endpoint: Endpoint::Order,
             method: Method::GET,
             path: &path,
             body: None,
             retry: Retry::Safe,
+            extra: None,
         };
         match self.json_call::<OrderResponse>(m, call).await {
             Ok(Some(o)) => Ok(Some(o)),

@@ -32,6 +32,8 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
+    #[error("auth.jwt: cannot use key file {path}: {reason}")]
+    AuthKey { path: PathBuf, reason: String },
     #[error("merchant {msn}: environment variable {var} for {what} is not set or empty")]
     SecretEnv {
         msn: String,
@@ -65,6 +67,8 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(default)]
     pub resilience: Resilience,
+    #[serde(default)]
+    pub proxy: ProxySettings,
     #[serde(default)]
     pub merchants: Vec<MerchantSettings>,
     #[serde(default)]
@@ -265,11 +269,34 @@ impl Default for Resilience {
     }
 }
 
+/// The reverse-proxy surface (`/vipps/order-management/...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Most bytes of a request body forwarded to Vipps. The body is held
+    /// whole, because a 401 from Vipps makes the gateway send it again with
+    /// a new token.
+    #[serde(default = "defaults::image_body", deserialize_with = "lenient::usize")]
+    pub body_limit: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            body_limit: defaults::image_body(),
+        }
+    }
+}
+
+/// How callers are authenticated (`[auth]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     #[serde(default)]
     pub mode: AuthMode,
+    /// Required when `mode = "jwt"`.
+    #[serde(default)]
+    pub jwt: Option<JwtSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -278,6 +305,34 @@ pub enum AuthMode {
     /// Every caller may act for every configured merchant.
     #[default]
     None,
+    /// Callers present `Authorization: Bearer <JWT>`; its `msns` claim
+    /// grants merchants.
+    Jwt,
+}
+
+/// `[auth.jwt]`: what a caller's token must satisfy, and the one place its
+/// verification key comes from. The algorithm follows from the key: HS256
+/// for a secret file, RS256 for an RSA public key, ES256 for a P-256 key;
+/// in a JWKS each key's own `alg` (or its type) decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry (one of its values when an array).
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "defaults::jwt_leeway", deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// A shared HS256 secret (at least 32 bytes).
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A PEM public key: RSA (RS256) or EC P-256 (ES256).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// A JWK set; tokens name their key with `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
 }
 
 /// One merchant: its MSN, client id, and where its two secrets are.
@@ -421,6 +476,9 @@ mod defaults {
     pub fn secret_poll() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn jwt_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
     pub fn json_body() -> usize {
         256 * 1024
     }
@@ -556,6 +614,10 @@ impl Settings {
         if self.workers == Some(0) {
             return bad("workers must be at least 1".into());
         }
+        self.validate_auth()?;
+        if self.proxy.body_limit == 0 {
+            return bad("proxy.body_limit must be greater than zero".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for m in &self.merchants {
             if !seen.insert(m.msn.clone()) {
@@ -581,6 +643,36 @@ impl Settings {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let Some(jwt) = &self.auth.jwt else {
+            if self.auth.mode == AuthMode::Jwt {
+                return bad("auth.mode = \"jwt\" needs an [auth.jwt] section");
+            }
+            return Ok(());
+        };
+        if jwt.issuer.trim().is_empty() {
+            return bad("auth.jwt.issuer must not be empty");
+        }
+        if jwt.audience.trim().is_empty() {
+            return bad("auth.jwt.audience must not be empty");
+        }
+        let sources = [
+            jwt.hs256_secret_file.is_some(),
+            jwt.public_key_file.is_some(),
+            jwt.jwks_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return bad(
+                "auth.jwt: set exactly one of hs256_secret_file, public_key_file and jwks_file",
+            );
+        }
+        if jwt.leeway > Duration::from_secs(300) {
+            return bad("auth.jwt.leeway must be at most 5m");
         }
         Ok(())
     }

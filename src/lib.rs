@@ -11,7 +11,9 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod facade;
+pub mod metrics;
 pub mod ops;
+pub mod proxy;
 pub mod request_id;
 pub mod simulator;
 pub mod telemetry;
@@ -26,10 +28,12 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
+use crate::metrics::Metrics;
 use crate::vipps::resilience::Guards;
 use crate::vipps::{Upstream, VippsClient};
 
@@ -46,24 +50,28 @@ pub enum StartupError {
     Invalid(String),
 }
 
-/// Re-reads merchants and their secrets on demand (`SIGHUP`).
+/// Re-reads merchants' secrets and the caller-auth keys on demand (`SIGHUP`).
 #[derive(Clone)]
 pub struct Reloader {
     settings: Arc<Settings>,
     state: web::Data<AppState>,
     upstream: Arc<Upstream>,
+    auth: web::Data<Authenticator>,
 }
 
 impl Reloader {
-    /// Reads every secret again. On success replaces the merchants and drops
-    /// the tokens of merchants whose credentials changed (or who are gone);
-    /// on failure keeps serving with the old ones. In-flight requests keep
-    /// the merchant they started with. Returns the MSNs that changed.
+    /// Reads every secret and caller-auth key file again. On success
+    /// replaces the keys and the merchants and drops the tokens of merchants
+    /// whose credentials changed (or who are gone); on any failure keeps
+    /// serving with the old ones. In-flight requests keep the merchant they
+    /// started with. Returns the MSNs whose credentials changed.
     pub async fn reload(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vec<Msn>, ConfigError> {
+        let keys = self.auth.prepare_reload()?;
         let fresh = self.settings.load_merchants(env)?;
+        self.auth.commit_reload(keys);
         let old = self.state.merchants.snapshot();
         let mut changed: Vec<Msn> = old
             .iter()
@@ -91,12 +99,15 @@ impl Reloader {
 pub struct Application {
     port: u16,
     server: Server,
+    metrics_port: Option<u16>,
+    metrics_server: Option<Server>,
     reloader: Reloader,
 }
 
 impl Application {
-    /// Binds `settings.listen` and builds the server; secrets come from the
-    /// process environment and the files the settings name.
+    /// Binds `settings.listen` (and `metrics_listen`, when set) and builds
+    /// the server; secrets come from the process environment and the files
+    /// the settings name.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let listener =
             TcpListener::bind(&settings.listen).map_err(|source| StartupError::Listen {
@@ -104,6 +115,36 @@ impl Application {
                 source,
             })?;
         Self::build_with_listener(settings, listener, &|k| std::env::var(k).ok())
+    }
+
+    /// Builds the metrics-only server on `settings.metrics_listen`.
+    fn metrics_server(
+        settings: &Settings,
+        upstream: &Arc<Upstream>,
+    ) -> Result<Option<(u16, Server)>, StartupError> {
+        let Some(addr) = settings.metrics_listen.as_deref() else {
+            return Ok(None);
+        };
+        let listen_error = |source| StartupError::Listen {
+            addr: addr.to_owned(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(listen_error)?;
+        let port = listener.local_addr().map_err(listen_error)?.port();
+        let data = web::Data::from(upstream.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(ops::metrics_routes)
+                .default_service(web::to(not_found))
+        })
+        .listen(listener)
+        .map_err(listen_error)?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .run();
+        Ok(Some((port, server)))
     }
 
     /// Builds the server on a bound listener (tests bind port 0).
@@ -115,6 +156,7 @@ impl Application {
         // awc's rustls needs a process-wide crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let merchants = settings.load_merchants(env)?;
+        let auth = web::Data::new(Authenticator::load(&settings.auth)?);
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Listen {
@@ -123,8 +165,14 @@ impl Application {
             })?
             .port();
         let guards = Arc::new(Guards::new(settings.resilience.clone()));
-        let upstream =
-            Arc::new(Upstream::new(&settings, guards.clone()).map_err(StartupError::Invalid)?);
+        // One registry per application: tests running side by side never
+        // share counts.
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError::Invalid(e.to_string()))?);
+        let upstream = Arc::new(
+            Upstream::new(&settings, guards.clone(), metrics.clone())
+                .map_err(StartupError::Invalid)?,
+        );
+        let metrics_server = Self::metrics_server(&settings, &upstream)?;
         let state = web::Data::new(AppState {
             merchants: MerchantRegistry::new(merchants),
             limits: settings.limits.clone(),
@@ -135,14 +183,21 @@ impl Application {
             settings: Arc::new(settings.clone()),
             state: state.clone(),
             upstream: upstream.clone(),
+            auth: auth.clone(),
         };
         let app_state = state.clone();
         let up = upstream.clone();
+        let up_data = web::Data::from(upstream.clone());
+        let metrics_data = web::Data::from(metrics);
+        let proxy_settings = settings.proxy.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(request_id::middleware))
                 .app_data(app_state.clone())
                 .app_data(deadline)
+                .app_data(up_data.clone())
+                .app_data(metrics_data.clone())
+                .app_data(auth.clone())
                 .app_data(web::Data::new(VippsClient::new(up.clone())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::field(Kind::InvalidRequest, "query", e.to_string()).into()
@@ -151,7 +206,9 @@ impl Application {
                     ApiError::field(Kind::InvalidRequest, "path", e.to_string()).into()
                 }))
                 .configure(ops::routes)
+                .configure(ops::metrics_routes)
                 .configure(facade::routes)
+                .configure(|cfg| proxy::routes(cfg, &proxy_settings))
                 .default_service(web::to(not_found))
         })
         .listen(listener)
@@ -164,9 +221,12 @@ impl Application {
         if let Some(w) = settings.workers {
             server = server.workers(w);
         }
+        let (metrics_port, metrics_server) = metrics_server.unzip();
         Ok(Self {
             port,
             server: server.run(),
+            metrics_port,
+            metrics_server,
             reloader,
         })
     }
@@ -175,12 +235,22 @@ impl Application {
         self.port
     }
 
+    /// The port of the metrics-only listener, when `metrics_listen` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
     }
 
-    /// The server future; its handle stops it.
+    /// The server future; its handle stops it. The metrics-only listener,
+    /// if any, is started alongside and serves until the process ends, so
+    /// the last scrapes of a draining instance still succeed.
     pub fn server(self) -> Server {
+        if let Some(metrics) = self.metrics_server {
+            actix_web::rt::spawn(metrics);
+        }
         self.server
     }
 }

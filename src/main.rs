@@ -99,6 +99,9 @@ async fn serve(
     }
     let app = Application::build(settings).map_err(|e| e.to_string())?;
     tracing::info!(port = app.port(), "gateway listening");
+    if let Some(port) = app.metrics_port() {
+        tracing::info!(port, "metrics listening");
+    }
     let reloader = app.reloader();
     let server = app.server();
     spawn_shutdown(server.handle());

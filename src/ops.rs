@@ -1,13 +1,42 @@
-//! Operational endpoints: liveness and readiness.
+//! Operational endpoints: liveness, readiness and the OpenAPI document.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::error::{ApiError, Kind};
 use crate::facade::{resource, AppState};
+use crate::vipps::Upstream;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)));
+    cfg.service(resource("/healthz", Method::GET, healthz))
+        .service(resource("/readyz", Method::GET, readyz))
+        .service(resource("/openapi.json", Method::GET, openapi));
+}
+
+/// The gateway's OpenAPI 3.1 document, as kept in `openapi/`.
+pub const OPENAPI: &str = include_str!("../openapi/vipps-order-gateway.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+/// `/metrics`, on the API listener and on the metrics-only one.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics", Method::GET, metrics));
+}
+
+/// The Prometheus text exposition.
+async fn metrics(upstream: web::Data<Upstream>) -> Result<HttpResponse, ApiError> {
+    let text = upstream.metrics.render(&upstream.tokens).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode metrics");
+        ApiError::new(Kind::Internal, "The metrics could not be encoded.")
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
 }
 
 /// Alive: the process answers.
@@ -33,10 +62,12 @@ pub async fn check_config(path: &std::path::Path, connect: bool) -> Result<(), S
     let merchants = settings
         .load_merchants(&|k| std::env::var(k).ok())
         .map_err(|e| e.to_string())?;
+    let auth = crate::auth::Authenticator::load(&settings.auth).map_err(|e| e.to_string())?;
     println!(
-        "config ok: {} merchant(s), upstream {}",
+        "config ok: {} merchant(s), upstream {}, caller auth {:?}",
         merchants.len(),
-        settings.upstream.base_url
+        settings.upstream.base_url,
+        auth.mode()
     );
     if !connect {
         return Ok(());
@@ -45,7 +76,8 @@ pub async fn check_config(path: &std::path::Path, connect: bool) -> Result<(), S
     let guards = std::sync::Arc::new(crate::vipps::resilience::Guards::new(
         settings.resilience.clone(),
     ));
-    let upstream = std::sync::Arc::new(crate::vipps::Upstream::new(&settings, guards)?);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?);
+    let upstream = std::sync::Arc::new(crate::vipps::Upstream::new(&settings, guards, metrics)?);
     let client = crate::vipps::VippsClient::new(upstream);
     let mut msns: Vec<_> = merchants.keys().cloned().collect();
     msns.sort();

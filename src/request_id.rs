@@ -2,6 +2,9 @@
 //! generated otherwise, returned on every response and put on the request's
 //! tracing span. The id and path are also kept in a task-local so an error
 //! body can name them without threading the request through every function.
+//!
+//! The same middleware counts and times every request (`crate::metrics`) and
+//! fills the span with the merchant, operation, upstream status and latency.
 
 use std::time::Instant;
 
@@ -9,10 +12,13 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::HttpMessage;
+use actix_web::{web, HttpMessage};
 use tracing::Instrument;
 
+use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
+use crate::facade::AppState;
+use crate::metrics::{self, Metrics};
 
 pub const HEADER: &str = "x-request-id";
 
@@ -65,6 +71,27 @@ pub async fn within_deadline<T>(
     }
 }
 
+/// The merchant of a request, for the log (the path's MSN when it is well
+/// formed) and for metrics (a configured MSN, `unknown` or `none`: never an
+/// arbitrary value, so the label stays bounded).
+fn merchant_labels(req: &ServiceRequest) -> (Option<String>, String) {
+    let Some(raw) = metrics::path_msn(req.path()) else {
+        return (None, metrics::NO_MSN.to_owned());
+    };
+    let Ok(msn) = Msn::parse(raw) else {
+        return (None, metrics::UNKNOWN_MSN.to_owned());
+    };
+    let configured = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|s| s.merchants.get(&msn).is_some());
+    let label = if configured {
+        msn.as_str().to_owned()
+    } else {
+        metrics::UNKNOWN_MSN.to_owned()
+    };
+    (Some(msn.as_str().to_owned()), label)
+}
+
 /// A caller's id is kept when it is short and printable, so it can go into
 /// a header and a log line unchanged.
 fn usable(id: &str) -> bool {
@@ -95,24 +122,39 @@ pub async fn middleware(
         path: req.path().to_owned(),
         deadline: limit.map(|l| started + l),
     };
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let pattern = req.match_pattern();
+    let operation = metrics::operation(pattern.as_deref());
+    let route = pattern.unwrap_or_else(|| "unmatched".into());
+    let (msn_log, msn_label) = merchant_labels(&req);
     let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = %req.method(),
         route = %route,
-        msn = tracing::field::Empty,
+        operation,
+        msn = msn_log.as_deref(),
         status = tracing::field::Empty,
+        upstream_status = tracing::field::Empty,
+        upstream_latency_ms = tracing::field::Empty,
     );
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let _in_flight = metrics.as_ref().map(|m| m.in_flight());
     let result = CONTEXT
         .scope(ctx, next.call(req).instrument(span.clone()))
         .await;
+    let elapsed = started.elapsed();
+    let status = match &result {
+        Ok(res) => res.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    if let Some(m) = &metrics {
+        m.observe_request(&msn_label, operation, status, elapsed);
+    }
     let mut res = result?.map_into_boxed_body();
-    let status = res.status().as_u16();
     span.record("status", status);
     span.in_scope(|| {
         tracing::info!(
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
             "request finished"
         );
     });

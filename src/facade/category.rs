@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::images::{image_problem, parse_image_id, upload};
 use super::{
-    json_response, order_id, parse_json, read_body, upstream_problem, AppState, Operation,
+    json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
     PaymentQuery,
 };
 use crate::auth::Grant;
@@ -47,19 +47,21 @@ struct CategoryResponse<'a> {
 }
 
 pub async fn put(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PaymentQuery>,
     payload: web::Payload,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
-        let (msn, order) = path.into_inner();
-        let merchant = state.merchant(&grant, &msn)?;
-        let order = order_id(&order)?;
-        let payment_type = query.parse()?;
+        let OrderTarget {
+            merchant,
+            order,
+            payment_type,
+        } = state.order_target(&grant, path.into_inner(), &query)?;
         let body = read_body(&req, payload, state.limits.image_body).await?;
         let request: CategoryRequest = parse_json(&req, &body)?;
         check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;

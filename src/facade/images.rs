@@ -38,11 +38,12 @@ struct ImageResponse<'a> {
 }
 
 pub async fn post(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<ImageQuery>,
     payload: web::Payload,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {

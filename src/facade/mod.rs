@@ -8,9 +8,10 @@ pub mod receipt;
 
 use std::sync::{Arc, RwLock};
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError as _};
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -87,30 +88,82 @@ impl AppState {
     }
 }
 
+/// What an order route acts on, checked in the order SPEC §3 gives: the
+/// caller's grant, the merchant, then the order id and payment type.
+pub struct OrderTarget {
+    pub merchant: Arc<Merchant>,
+    pub order: OrderId,
+    pub payment_type: PaymentType,
+}
+
+impl AppState {
+    /// Resolves `/v1/merchants/{msn}/orders/{orderId}` and `?paymentType=`.
+    pub fn order_target(
+        &self,
+        grant: &Grant,
+        (msn, order): (String, String),
+        query: &PaymentQuery,
+    ) -> Result<OrderTarget, ApiError> {
+        Ok(OrderTarget {
+            merchant: self.merchant(grant, &msn)?,
+            order: order_id(&order)?,
+            payment_type: query.parse()?,
+        })
+    }
+}
+
 /// Registers the façade's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/v1/merchants/{msn}/orders/{orderId}/category")
-            .route(web::put().to(category::put)),
-    )
-    .service(
-        resource("/v1/merchants/{msn}/orders/{orderId}/receipt")
-            .route(web::post().to(receipt::post)),
-    )
-    .service(resource("/v1/merchants/{msn}/orders/{orderId}").route(web::get().to(order::get)))
-    .service(resource("/v1/merchants/{msn}/images").route(web::post().to(images::post)));
+    cfg.service(resource(
+        "/v1/merchants/{msn}/orders/{orderId}/category",
+        Method::PUT,
+        category::put,
+    ))
+    .service(resource(
+        "/v1/merchants/{msn}/orders/{orderId}/receipt",
+        Method::POST,
+        receipt::post,
+    ))
+    .service(resource(
+        "/v1/merchants/{msn}/orders/{orderId}",
+        Method::GET,
+        order::get,
+    ))
+    .service(resource(
+        "/v1/merchants/{msn}/images",
+        Method::POST,
+        images::post,
+    ));
 }
 
-/// A resource whose other methods get a 405 problem.
-pub fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource served by one method; any other method gets a 405 problem
+/// whose `Allow` header names that method (RFC 9110 §15.5.6).
+pub fn resource<F, Args>(path: &str, method: Method, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    // A method name is a token, always a valid header value.
+    let allow = HeaderValue::from_str(method.as_str()).ok();
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move |req: HttpRequest| {
+            let allow = allow.clone();
+            async move { method_not_allowed(&req, allow) }
+        }))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+fn method_not_allowed(req: &HttpRequest, allow: Option<HeaderValue>) -> HttpResponse {
+    let mut resp = ApiError::new(
         Kind::MethodNotAllowed,
         format!("{} is not allowed on this resource.", req.method()),
-    ))
+    )
+    .error_response();
+    if let Some(allow) = allow {
+        resp.headers_mut().insert(header::ALLOW, allow);
+    }
+    resp
 }
 
 /// The `paymentType` query parameter.

@@ -5,7 +5,7 @@ use actix_web::web;
 use actix_web::HttpResponse;
 use serde::Serialize;
 
-use super::{json_response, order_id, upstream_problem, AppState, Operation, PaymentQuery};
+use super::{json_response, upstream_problem, AppState, Operation, OrderTarget, PaymentQuery};
 use crate::auth::Grant;
 use crate::error::{ApiError, Kind};
 use crate::request_id::within_deadline;
@@ -22,17 +22,19 @@ struct OrderView {
 }
 
 pub async fn get(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     path: web::Path<(String, String)>,
     query: web::Query<PaymentQuery>,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
-        let (msn, order) = path.into_inner();
-        let merchant = state.merchant(&grant, &msn)?;
-        let order = order_id(&order)?;
-        let payment_type = query.parse()?;
+        let OrderTarget {
+            merchant,
+            order,
+            payment_type,
+        } = state.order_target(&grant, path.into_inner(), &query)?;
         let found = client
             .get_order(&merchant, payment_type, &order)
             .await

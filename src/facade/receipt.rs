@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::{
-    json_response, order_id, parse_json, read_body, upstream_problem, AppState, Operation,
+    json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
     PaymentQuery,
 };
 use crate::auth::Grant;
@@ -26,19 +26,21 @@ pub struct ReceiptResponse<'a> {
 }
 
 pub async fn post(
+    // First, so an unauthenticated caller gets its 401 before any other check.
+    grant: Grant,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PaymentQuery>,
     payload: web::Payload,
-    grant: Grant,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
-        let (msn, order) = path.into_inner();
-        let merchant = state.merchant(&grant, &msn)?;
-        let order = order_id(&order)?;
-        let payment_type = query.parse()?;
+        let OrderTarget {
+            merchant,
+            order,
+            payment_type,
+        } = state.order_target(&grant, path.into_inner(), &query)?;
         let body = read_body(&req, payload, state.limits.json_body).await?;
         let request: ReceiptRequest = parse_json(&req, &body)?;
         let receipt = build_receipt(&request).map_err(|r| {

@@ -18,6 +18,7 @@ use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType};
+use crate::metrics::{upstream_endpoint, Metrics, TokenFetch};
 
 /// Most bytes read from an upstream response.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -74,36 +75,6 @@ impl UpstreamError {
     }
 }
 
-/// The upstream operations, by the names used in logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Token,
-    Image,
-    Category,
-    Receipt,
-    Order,
-    V1OrderPut,
-    V1OrderGet,
-    V1ReceiptGet,
-    V1ReceiptPost,
-}
-
-impl Endpoint {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Token => "token",
-            Self::Image => "image",
-            Self::Category => "category",
-            Self::Receipt => "receipt",
-            Self::Order => "order",
-            Self::V1OrderPut => "v1-order-put",
-            Self::V1OrderGet => "v1-order-get",
-            Self::V1ReceiptGet => "v1-receipt-get",
-            Self::V1ReceiptPost => "v1-receipt-post",
-        }
-    }
-}
-
 /// When a failed call may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -119,11 +90,12 @@ pub enum Retry {
 
 /// One upstream call.
 pub struct Call<'a> {
-    pub endpoint: Endpoint,
     pub method: Method,
     pub path: &'a str,
     pub body: Option<Bytes>,
     pub retry: Retry,
+    /// Headers sent before the gateway's own (which replace any of the same name).
+    pub extra: Option<&'a HeaderMap>,
 }
 
 /// A complete upstream answer.
@@ -142,10 +114,15 @@ pub struct Upstream {
     system_headers: Vec<(HeaderName, HeaderValue)>,
     pub tokens: TokenCache,
     pub guards: Arc<Guards>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings, guards: Arc<Guards>) -> Result<Self, String> {
+    pub fn new(
+        settings: &Settings,
+        guards: Arc<Guards>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let s = &settings.system;
         let mut system_headers = Vec::with_capacity(4);
         for (name, value) in [
@@ -165,6 +142,7 @@ impl Upstream {
             system_headers,
             tokens: TokenCache::new(settings.upstream.token_margin),
             guards,
+            metrics,
         })
     }
 }
@@ -207,6 +185,13 @@ impl VippsClient {
     /// callers; when its refresh is due, a new one is fetched in the
     /// background while this one is still used.
     pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
+        let cached = self.up.tokens.fresh(&merchant.msn).await;
+        self.up
+            .metrics
+            .observe_token_lookup(&merchant.msn, cached.is_some());
+        if let Some(token) = cached {
+            return Ok(token);
+        }
         let lookup = self
             .up
             .tokens
@@ -245,24 +230,37 @@ impl VippsClient {
         method: Method,
         path: &str,
         body: Option<Bytes>,
-        endpoint: Endpoint,
+    ) -> Result<RawResponse, UpstreamError> {
+        self.send_with_headers(merchant, method, path, body, &HeaderMap::new())
+            .await
+    }
+
+    /// [`Self::send`] with extra request headers (the reverse proxy's
+    /// `Content-Type`, `Accept`, `X-Request-Id`). The caller filters them:
+    /// the credential, MSN and `Vipps-System-*` headers are set afterwards
+    /// and replace any of the same name. A `Content-Type` among them is used
+    /// for the body instead of `application/json`.
+    pub async fn send_with_headers(
+        &self,
+        merchant: &Merchant,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        extra: &HeaderMap,
     ) -> Result<RawResponse, UpstreamError> {
         let retry = if method == Method::POST {
             Retry::IfNotProcessed
         } else {
             Retry::Safe
         };
-        self.call(
-            merchant,
-            Call {
-                endpoint,
-                method,
-                path,
-                body,
-                retry,
-            },
-        )
-        .await
+        let call = Call {
+            method,
+            path,
+            body,
+            retry,
+            extra: Some(extra),
+        };
+        self.call(merchant, call).await
     }
 
     /// Sends one call with the merchant's credentials, within the request's
@@ -324,9 +322,18 @@ impl VippsClient {
             if Instant::now() + delay >= deadline {
                 return outcome;
             }
+            let reason = match &outcome {
+                Ok(_) => "status",
+                Err(UpstreamError::Connect(_)) => "connect",
+                Err(UpstreamError::Timeout) => "timeout",
+                Err(_) => "broken",
+            };
+            self.up
+                .metrics
+                .observe_retry(&merchant.msn, upstream_endpoint(call.path), reason);
             tracing::info!(
                 msn = %merchant.msn,
-                endpoint = call.endpoint.name(),
+                endpoint = upstream_endpoint(call.path),
                 attempt,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "retrying upstream call"
@@ -350,12 +357,34 @@ impl VippsClient {
             return Ok(first);
         }
         tracing::info!(msn = %m.msn, "upstream answered 401; fetching a new token");
+        self.up
+            .metrics
+            .observe_retry(&m.msn, upstream_endpoint(call.path), "unauthorized");
         self.up.tokens.invalidate_if_same(&m.msn, &token).await;
         let token = self.token(m).await?;
         self.send_once(m, &token, call, deadline).await
     }
 
+    /// One exchange, counted and timed under its fixed endpoint name.
     async fn send_once(
+        &self,
+        m: &Merchant,
+        token: &AccessToken,
+        call: &Call<'_>,
+        deadline: Instant,
+    ) -> Result<RawResponse, UpstreamError> {
+        let started = Instant::now();
+        let result = self.exchange(m, token, call, deadline).await;
+        let code = result.as_ref().ok().map(|r| r.status.as_u16());
+        let elapsed = started.elapsed();
+        self.up
+            .metrics
+            .observe_upstream(&m.msn, upstream_endpoint(call.path), code, elapsed);
+        record_upstream(code, elapsed);
+        result
+    }
+
+    async fn exchange(
         &self,
         m: &Merchant,
         token: &AccessToken,
@@ -378,7 +407,12 @@ impl VippsClient {
                 call.method.clone(),
                 format!("{}{}", self.up.base_url, call.path),
             )
-            .timeout(self.up.timeout.min(remaining))
+            .timeout(self.up.timeout.min(remaining));
+        let extra = call.extra.filter(|h| !h.is_empty());
+        for (name, value) in extra.into_iter().flatten() {
+            req = req.append_header((name.clone(), value.clone()));
+        }
+        req = req
             .insert_header((
                 "authorization",
                 secret_header(&format!("Bearer {}", expose(&token.value)))?,
@@ -391,7 +425,10 @@ impl VippsClient {
         for (name, value) in &self.up.system_headers {
             req = req.insert_header((name.clone(), value.clone()));
         }
+        let caller_type =
+            extra.is_some_and(|h| h.contains_key(actix_web::http::header::CONTENT_TYPE));
         let sent = match &call.body {
+            Some(b) if caller_type => req.send_body(b.clone()).await,
             Some(b) => {
                 req.content_type("application/json")
                     .send_body(b.clone())
@@ -464,11 +501,11 @@ impl VippsClient {
             type_: "base64",
         })?;
         let call = Call {
-            endpoint: Endpoint::Image,
             method: Method::POST,
             path: "/order-management/v1/images",
             body: Some(body),
             retry,
+            extra: None,
         };
         self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
@@ -487,11 +524,11 @@ impl VippsClient {
             order.as_str()
         );
         let call = Call {
-            endpoint: Endpoint::Category,
             method: Method::PUT,
             path: &path,
             body: Some(to_body(category)?),
             retry: Retry::Safe,
+            extra: None,
         };
         self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
@@ -512,11 +549,11 @@ impl VippsClient {
         // Safe to repeat: a repeat that meets the stored receipt gets a 409,
         // which the caller resolves by reading the receipt back.
         let call = Call {
-            endpoint: Endpoint::Receipt,
             method: Method::POST,
             path: &path,
             body: Some(to_body(receipt)?),
             retry: Retry::Safe,
+            extra: None,
         };
         self.json_call::<serde_json::Value>(m, call).await.map(drop)
     }
@@ -530,11 +567,11 @@ impl VippsClient {
     ) -> Result<Option<OrderResponse>, UpstreamError> {
         let path = format!("/order-management/v2/{}/{}", pt.as_str(), order.as_str());
         let call = Call {
-            endpoint: Endpoint::Order,
             method: Method::GET,
             path: &path,
             body: None,
             retry: Retry::Safe,
+            extra: None,
         };
         match self.json_call::<OrderResponse>(m, call).await {
             Ok(Some(o)) => Ok(Some(o)),
@@ -560,6 +597,14 @@ pub fn status_error(resp: &RawResponse) -> UpstreamError {
         problem: serde_json::from_slice(&resp.body).ok().map(Box::new),
         retry_after: retry_after(&resp.headers),
     }
+}
+
+/// Puts the last upstream call's status (0: no answer) and latency on the
+/// request's log span.
+fn record_upstream(code: Option<u16>, elapsed: Duration) {
+    let span = tracing::Span::current();
+    span.record("upstream_status", code.unwrap_or(0));
+    span.record("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
 }
 
 /// A short description of a send error that never includes header values.
@@ -596,6 +641,12 @@ async fn fetch_token(
         });
     }
     let result = fetch_token_now(http, up, m).await;
+    let outcome = match &result {
+        Ok(_) => TokenFetch::Ok,
+        Err(UpstreamError::TokenRejected(_)) => TokenFetch::Rejected,
+        Err(_) => TokenFetch::Failed,
+    };
+    up.metrics.observe_token_fetch(&m.msn, outcome);
     match &result {
         Ok(_) => guard.token_fetch_succeeded(),
         Err(e) => guard.token_fetch_failed(
@@ -624,16 +675,23 @@ async fn fetch_token_now(
     for (name, value) in &up.system_headers {
         req = req.insert_header((name.clone(), value.clone()));
     }
-    let mut resp = req.send_body("").await.map_err(|e| {
+    let observe = |status: Option<StatusCode>| {
+        let code = status.map(|s| s.as_u16());
+        let elapsed = started.elapsed();
+        up.metrics.observe_upstream(&m.msn, "token", code, elapsed);
+        record_upstream(code, elapsed);
+    };
+    let mut resp = req.timeout(up.timeout).send_body("").await.map_err(|e| {
+        observe(None);
         tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
         UpstreamError::TokenFailed(send_error_kind(&e))
     })?;
     let status = resp.status();
-    let body = resp
-        .body()
-        .limit(64 * 1024)
-        .await
-        .map_err(|e| UpstreamError::TokenFailed(format!("unreadable token answer: {e}")))?;
+    let body = resp.body().limit(64 * 1024).await.map_err(|e| {
+        observe(None);
+        UpstreamError::TokenFailed(format!("unreadable token answer: {e}"))
+    })?;
+    observe(Some(status));
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");
         return Err(UpstreamError::TokenRejected(status));

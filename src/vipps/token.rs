@@ -163,6 +163,22 @@ impl TokenCache {
         self.cache.invalidate(msn).await;
     }
 
+    /// The cached token for `msn` if it is fresh, without fetching.
+    pub async fn fresh(&self, msn: &Msn) -> Option<Arc<AccessToken>> {
+        self.cache
+            .get(msn)
+            .await
+            .filter(|t| t.is_fresh(Instant::now(), self.margin))
+    }
+
+    /// Every cached token's merchant and expiry instant (for metrics).
+    pub fn expiries(&self) -> Vec<(Msn, Instant)> {
+        self.cache
+            .iter()
+            .map(|(msn, t)| ((*msn).clone(), t.expires_at))
+            .collect()
+    }
+
     /// Drops every token.
     pub fn clear(&self) {
         self.cache.invalidate_all();

@@ -1,7 +1,10 @@
 //! `spawn_app()`: the gateway and its simulator, each on a loopback port 0,
 //! and helpers to call the façade and read what the simulator saw.
 
+use std::io::Write;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use awc::http::StatusCode;
@@ -13,7 +16,7 @@ use vipps_order_gateway::simulator::{
     SimMerchant, Simulator, SimulatorSettings, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_MSN,
     DEMO_SUBSCRIPTION_KEY,
 };
-use vipps_order_gateway::{telemetry, Application};
+use vipps_order_gateway::{Application, Reloader};
 
 /// The demo merchant, configured on both sides.
 pub const MSN: &str = DEMO_MSN;
@@ -50,8 +53,12 @@ impl Default for Options {
 
 pub struct TestApp {
     pub address: String,
+    /// The metrics-only listener, when the config sets `metrics_listen`.
+    pub metrics_address: Option<String>,
     pub sim_address: String,
     pub client: awc::Client,
+    /// What `SIGHUP` triggers in the binary.
+    pub reloader: Reloader,
 }
 
 /// A parsed answer.
@@ -60,7 +67,10 @@ pub struct Answer {
     pub content_type: String,
     pub request_id: Option<String>,
     pub retry_after: Option<String>,
+    pub headers: awc::http::header::HeaderMap,
     pub body: Value,
+    /// The body as received (lossy UTF-8), for tests that search it.
+    pub raw: String,
 }
 
 fn merchant(msn: &str, client_id: &str, secret: &str, key: &str) -> MerchantSettings {
@@ -78,14 +88,82 @@ fn merchant(msn: &str, client_id: &str, secret: &str, key: &str) -> MerchantSett
     }
 }
 
+/// Log lines written while at least one [`LogCapture`] is alive, at
+/// `trace` level, from every thread (actix workers log on their own).
+static CAPTURED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static CAPTURING: AtomicUsize = AtomicUsize::new(0);
+
+struct CaptureWriter;
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the test binary's one global subscriber (once): a capture
+/// layer that records everything, `trace` included, while a
+/// [`LogCapture`] is alive, and with `TEST_LOG=1` the log on stdout.
+/// `log` records (awc, actix) are forwarded to it too.
 fn init_test_log() {
-    // TEST_LOG=1 shows the gateway's log while debugging a test.
-    if std::env::var_os("TEST_LOG").is_some() {
-        telemetry::init_subscriber(telemetry::get_subscriber(
-            vipps_order_gateway::config::LogFormat::Text,
-            "debug",
-            std::io::stdout,
-        ));
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        use tracing_subscriber::{filter, fmt, Layer as _};
+        let capture = fmt::layer()
+            .with_writer(|| CaptureWriter)
+            .with_ansi(false)
+            .with_filter(filter::filter_fn(|_| CAPTURING.load(Ordering::SeqCst) > 0));
+        let stdout = std::env::var_os("TEST_LOG").map(|_| {
+            fmt::layer()
+                .with_writer(std::io::stdout)
+                .with_filter(filter::LevelFilter::DEBUG)
+        });
+        tracing_subscriber::registry()
+            .with(capture)
+            .with(stdout)
+            .try_init()
+            .expect("the test binary's only subscriber");
+    });
+}
+
+/// Records every log line of the process while alive.
+pub struct LogCapture;
+
+impl LogCapture {
+    pub fn start() -> Self {
+        init_test_log();
+        CAPTURING.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+
+    /// Everything captured so far (by this and any concurrent capture).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &CAPTURED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        if CAPTURING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            CAPTURED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
     }
 }
 
@@ -134,17 +212,21 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     let app =
         Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
+    let reloader = app.reloader();
     actix_rt::spawn(app.server());
     TestApp {
         address,
+        metrics_address,
         sim_address,
+        reloader,
         client: awc::Client::builder()
             .timeout(Duration::from_secs(30))
             .finish(),
     }
 }
 
-async fn answer(
+pub async fn answer(
     resp: Result<
         awc::ClientResponse<
             impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>
@@ -164,7 +246,9 @@ async fn answer(
     let request_id = header("x-request-id");
     let retry_after = header("retry-after");
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = resp.body().limit(16 * 1024 * 1024).await.expect("body");
+    let raw = String::from_utf8_lossy(&bytes).into_owned();
     let body = if bytes.is_empty() {
         Value::Null
     } else {
@@ -176,7 +260,9 @@ async fn answer(
         content_type,
         request_id,
         retry_after,
+        headers,
         body,
+        raw,
     }
 }
 

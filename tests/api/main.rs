@@ -4,14 +4,22 @@
 // A failed expectation in a test should stop it with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod auth;
 mod bad_input;
 mod cli;
 mod facade;
 mod health;
 mod helpers;
+mod hostile_input;
 mod lifecycle;
+mod logs;
+mod metrics;
+mod openapi;
+mod properties;
+mod proxy;
 mod receipts;
 mod resilience;
+mod secrets;
 mod simulator;
 mod tokens;
 mod upstream_errors;

@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""Offline checks of the Dockerfile and the Helm chart (no cluster, no Docker).
+
+Run by scripts/test with the Python of .build/venv, after the cargo steps:
+
+    python deploy/check_chart.py --gateway target/debug/vipps-order-gateway
+
+Every check prints what it looked at; any failure is listed at the end and
+the script exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import helm_python as helm
+import yaml
+from cloudcoil.models.prometheus_operator import v1 as prom
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "vipps-order-gateway"
+VALUES = ROOT / "deploy" / "values"
+RENDERED = ROOT / ".build" / "rendered"
+VENV_BIN = Path(sys.executable).parent
+
+RELEASE = "gw"
+NAMESPACE = "payments"
+# The chart's lowest supported Kubernetes (Chart.yaml kubeVersion) and the
+# newest schemas kubernetes-validate ships.
+K8S_VERSIONS = ["1.30.0", "1.37.0"]
+CORE_KINDS = {
+    "ConfigMap",
+    "Secret",
+    "Service",
+    "ServiceAccount",
+    "Deployment",
+    "Ingress",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+}
+CUSTOM_KINDS: dict[str, type[BaseModel]] = {
+    "ServiceMonitor": prom.ServiceMonitor,
+    "PrometheusRule": prom.PrometheusRule,
+}
+OBSERVABILITY_FILES = ["grafana-dashboard.json", "alerts.yaml"]
+
+failures: list[str] = []
+
+
+def check(ok: bool, what: str) -> bool:
+    if not ok:
+        failures.append(what)
+        print(f"  FAIL {what}")
+    return ok
+
+
+def section(title: str) -> None:
+    print(f"\n--- {title}")
+
+
+def load_values(name: str) -> dict[str, Any] | None:
+    if name == "default":
+        return None
+    return yaml.safe_load((VALUES / f"{name}.yaml").read_text())
+
+
+def render(values: dict[str, Any] | None) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(CHART)
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc["_template"] = path
+                docs.append(doc)
+    return docs
+
+
+def strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "_template"}
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    found = [d for d in docs if d["kind"] == kind]
+    return found[0] if len(found) == 1 else None
+
+
+# ---------------------------------------------------------------- observability
+
+
+def check_observability_copies() -> None:
+    section("observability files: chart copies equal the originals")
+    for name in OBSERVABILITY_FILES:
+        original = ROOT / "observability" / name
+        copy_ = CHART / "files" / name
+        if not check(original.is_file(), f"{original.relative_to(ROOT)} exists"):
+            continue
+        if not check(copy_.is_file(), f"{copy_.relative_to(ROOT)} exists"):
+            continue
+        same = original.read_bytes() == copy_.read_bytes()
+        check(same, f"{copy_.relative_to(ROOT)} is byte-identical to observability/{name}")
+        print(f"  {name}: {original.stat().st_size} bytes, identical={same}")
+    rules = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    groups = rules.get("groups") if isinstance(rules, dict) else None
+    if check(isinstance(groups, list) and groups, "alerts.yaml is a rules file (groups: [...])"):
+        nrules = sum(len(g.get("rules", [])) for g in groups)
+        print(f"  alerts.yaml: {len(groups)} group(s), {nrules} rule(s)")
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    check(isinstance(dashboard.get("panels"), list), "the dashboard JSON has panels")
+    check(bool(dashboard.get("title")), "the dashboard JSON has a title")
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def check_dockerfile() -> None:
+    section("Dockerfile: hadolint and what the chart relies on")
+    hadolint = shutil.which("hadolint", path=str(VENV_BIN)) or shutil.which("hadolint")
+    if check(hadolint is not None, "hadolint is installed"):
+        version = subprocess.run([hadolint, "--version"], capture_output=True, text=True).stdout.strip()
+        res = subprocess.run(
+            [hadolint, "--failure-threshold", "info", "Dockerfile"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        print(f"  {version}: exit {res.returncode}")
+        if res.stdout.strip():
+            print(res.stdout)
+        check(res.returncode == 0, "hadolint finds nothing in Dockerfile")
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    froms = [line for line in instructions if line.upper().startswith("FROM ")]
+    check(len(froms) >= 2, "the Dockerfile has a build stage and a runtime stage")
+    check(
+        "distroless" in froms[-1] or "slim" in froms[-1],
+        "the runtime stage is a distroless or slim image",
+    )
+    users = [line.split()[1] for line in instructions if line.upper().startswith("USER ")]
+    check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), "the image runs as a non-root user")
+    check(
+        bool(users) and users[-1].split(":")[0].isdigit(),
+        "USER is numeric, so runAsNonRoot can verify it",
+    )
+    exposed = {p for line in instructions if line.upper().startswith("EXPOSE ") for p in line.split()[1:]}
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for port in (defaults["service"]["port"], defaults["metrics"]["port"]):
+        check(str(port) in exposed, f"the Dockerfile exposes the chart's port {port}")
+    print(f"  stages={len(froms)} user={users[-1] if users else None} exposed={sorted(exposed)}")
+    dockerignore = (ROOT / ".dockerignore").read_text()
+    check("!src/" in dockerignore and "!Cargo.lock" in dockerignore, ".dockerignore lets the sources in")
+
+
+# ---------------------------------------------------------------- docs
+
+# Values documented as one row, not key by key.
+OPAQUE_VALUES = ("Selector", "annotations", "labels", "resources", "SecurityContext", "securityContext", "strategy")
+
+
+def value_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and not path.endswith(OPAQUE_VALUES):
+            keys.extend(value_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def check_values_documented() -> None:
+    section("every value is in the chart README's table")
+    readme = (CHART / "README.md").read_text()
+    keys = value_keys(yaml.safe_load((CHART / "values.yaml").read_text()))
+    for key in keys:
+        parent, _, last = key.rpartition(".")
+        documented = f"`{key}`" in readme or (f"`.{last}`" in readme and f"`{parent}." in readme)
+        check(documented, f"helm/vipps-order-gateway/README.md documents `{key}`")
+    print(f"  {len(keys)} values looked up")
+
+
+# ---------------------------------------------------------------- lint
+
+
+def check_lint(scenarios: list[str]) -> None:
+    section("helm lint --strict")
+    for name in scenarios:
+        report = helm.lint(CHART, load_values(name), strict=True, namespace=NAMESPACE)
+        bad = [m for m in report["messages"] if m["severity"] >= 2]
+        for m in report["messages"]:
+            print(f"  [{name}] severity {m['severity']} {m['path']}: {m['error']}")
+        check(not bad and not report["errors"], f"helm lint --strict passes with {name} values")
+        print(f"  [{name}] charts linted: {report['total_charts_linted']}, warnings or errors: {len(bad)}")
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def unknown_fields(given: Any, known: Any, path: str = "") -> list[str]:
+    """Fields of `given` that the model dropped (it ignores extra fields)."""
+    out: list[str] = []
+    if isinstance(given, dict) and isinstance(known, dict):
+        for key, value in given.items():
+            if key not in known:
+                out.append(f"{path}{key}")
+            else:
+                out.extend(unknown_fields(value, known[key], f"{path}{key}."))
+    elif isinstance(given, list) and isinstance(known, list):
+        for i, (g, k) in enumerate(zip(given, known)):
+            out.extend(unknown_fields(g, k, f"{path}{i}."))
+    return out
+
+
+def validate_custom(doc: dict[str, Any]) -> list[str]:
+    """Validates a prometheus-operator resource against the published models."""
+    model = CUSTOM_KINDS[doc["kind"]]
+    try:
+        parsed = model.model_validate(doc)
+    except Exception as err:  # pydantic.ValidationError
+        return [str(err)]
+    problems = []
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append(f"apiVersion {doc.get('apiVersion')}")
+    known = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    problems += [f"unknown field {f}" for f in unknown_fields(doc, known)]
+    if doc["kind"] == "ServiceMonitor":
+        if not doc["spec"].get("endpoints"):
+            problems.append("no endpoints")
+    if doc["kind"] == "PrometheusRule":
+        for g in doc["spec"]["groups"]:
+            for r in g.get("rules") or []:
+                if ("alert" in r) == ("record" in r):
+                    problems.append(f"rule in {g['name']} needs exactly one of alert/record")
+    return problems
+
+
+def check_schemas(name: str, docs: list[dict[str, Any]]) -> dict[str, int]:
+    outdir = RENDERED / name
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    counts: dict[str, int] = {}
+    core_files = []
+    for i, doc in enumerate(docs):
+        kind = doc["kind"]
+        counts[kind] = counts.get(kind, 0) + 1
+        body = strip(doc)
+        path = outdir / f"{i:02d}-{kind.lower()}-{doc['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+        if kind in CORE_KINDS:
+            core_files.append(path)
+        elif kind in CUSTOM_KINDS:
+            problems = validate_custom(body)
+            check(not problems, f"[{name}] {kind}/{doc['metadata']['name']} matches the prometheus-operator model: {problems}")
+        else:
+            check(False, f"[{name}] {kind} is neither a known core kind nor a known custom resource")
+    validator = shutil.which("kubernetes-validate", path=str(VENV_BIN))
+    if check(validator is not None, "kubernetes-validate is installed") and core_files:
+        for version in K8S_VERSIONS:
+            res = subprocess.run(
+                [validator, "--strict", "--no-warn", "-k", version, *map(str, core_files)],
+                capture_output=True,
+                text=True,
+            )
+            passed = res.stdout.count(" passed for resource ")
+            if res.returncode != 0:
+                print(res.stdout + res.stderr)
+            check(
+                res.returncode == 0 and passed == len(core_files),
+                f"[{name}] kubernetes-validate --strict -k {version}: {passed}/{len(core_files)} passed",
+            )
+            print(f"  [{name}] kubernetes-validate --strict -k {version}: {passed}/{len(core_files)} core manifests passed")
+    ncustom = sum(counts.get(k, 0) for k in CUSTOM_KINDS)
+    print(f"  [{name}] {len(docs)} manifests: {dict(sorted(counts.items()))}; {ncustom} checked against prometheus-operator models")
+    return counts
+
+
+# ---------------------------------------------------------------- semantics
+
+
+def subset(small: dict[str, str], big: dict[str, str]) -> bool:
+    return all(big.get(k) == v for k, v in small.items())
+
+
+def gateway_toml(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    cms = [d for d in docs if d["kind"] == "ConfigMap" and "gateway.toml" in d.get("data", {})]
+    return tomllib.loads(cms[0]["data"]["gateway.toml"])
+
+
+def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    dep = one(docs, "Deployment")
+    svc = one(docs, "Service")
+    if not check(dep is not None and svc is not None, f"[{name}] one Deployment and one Service"):
+        return
+    assert dep is not None and svc is not None
+    pod = dep["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    toml = gateway_toml(docs)
+    n = 0
+
+    def expect(ok: bool, what: str) -> None:
+        nonlocal n
+        n += 1
+        check(ok, f"[{name}] {what}")
+
+    expect(subset(svc["spec"]["selector"], pod_labels), "the Service selects the pods")
+    expect(subset(dep["spec"]["selector"]["matchLabels"], pod_labels), "the Deployment selects its pods")
+    for pname, p in service_ports.items():
+        expect(p["targetPort"] in container_ports, f"Service port {pname} targets a container port")
+    expect(container_ports.get("http") == int(toml["listen"].rsplit(":", 1)[1]), "container port http is the gateway's listen port")
+    if values["metrics"]["enabled"]:
+        expect("metrics_listen" in toml, "metrics on: gateway.toml sets metrics_listen")
+        expect(
+            container_ports.get("metrics") == int(toml.get("metrics_listen", ":0").rsplit(":", 1)[1]),
+            "container port metrics is metrics_listen's port",
+        )
+        expect("metrics" in service_ports, "metrics on: the Service has a port named metrics")
+    else:
+        expect("metrics_listen" not in toml and "metrics" not in service_ports, "metrics off: no metrics listener or port")
+
+    # Probes and hardening.
+    expect(container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, "liveness probe GET /healthz on http")
+    expect(container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, "readiness probe GET /readyz on http")
+    sc = container["securityContext"]
+    psc = pod["spec"]["securityContext"]
+    expect(sc.get("readOnlyRootFilesystem") is True, "read-only root filesystem")
+    expect(sc.get("allowPrivilegeEscalation") is False, "no privilege escalation")
+    expect(sc.get("capabilities", {}).get("drop") == ["ALL"], "every capability dropped")
+    expect(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, "runs as a non-root user")
+    expect(container["args"][:3] == ["serve", "--config", "/etc/vipps-order-gateway/gateway.toml"], "runs serve --config with the mounted file")
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    expect("/etc/vipps-order-gateway/gateway.toml" in mounts, "gateway.toml is mounted where serve reads it")
+
+    # Drain: the kubelet waits longer than the gateway drains.
+    grace = int(toml["shutdown_grace"].rstrip("s"))
+    sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    tgps = pod["spec"]["terminationGracePeriodSeconds"]
+    expect(tgps > grace + sleep, f"terminationGracePeriodSeconds {tgps} > shutdown_grace {grace}s + preStop sleep {sleep}s")
+    expect(grace == values["gateway"]["shutdownGraceSeconds"], "shutdown_grace comes from gateway.shutdownGraceSeconds")
+    annotations = pod["metadata"].get("annotations", {})
+    expect(len(annotations.get("checksum/config", "")) == 64, "pods carry the config checksum")
+
+    # Replicas.
+    if values["autoscaling"]["enabled"]:
+        hpa = one(docs, "HorizontalPodAutoscaler")
+        expect("replicas" not in dep["spec"], "with the HPA on, the Deployment leaves replicas to it")
+        expect(hpa is not None and hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"], "the HPA scales the Deployment")
+    else:
+        expect(dep["spec"]["replicas"] == values["replicaCount"], f"replicas = {values['replicaCount']}")
+    pdb = one(docs, "PodDisruptionBudget")
+    if values["podDisruptionBudget"]["enabled"]:
+        expect(pdb is not None and subset(pdb["spec"]["selector"]["matchLabels"], pod_labels), "the PDB covers the pods")
+
+    # Merchants: every secret path in gateway.toml is a key of a mounted Secret.
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    chart_secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    merchants = toml.get("merchants", [])
+    expect(len(merchants) == len(values["merchants"]), f"gateway.toml lists the {len(values['merchants'])} merchant(s)")
+    for m, given in zip(merchants, values["merchants"]):
+        expect("client_secret" not in m and "clientSecret" not in json.dumps(m), f"merchant {m['msn']}: no secret value in the ConfigMap")
+        for key, field in (("client_secret", "client_secret_file"), ("subscription_key", "subscription_key_file")):
+            path = m[field]
+            directory, filename = path.rsplit("/", 1)
+            mount = mounts.get(directory)
+            ok = mount is not None and "subPath" not in mount
+            expect(ok, f"merchant {m['msn']}: {directory} is a whole-directory mount (refreshed on rotation)")
+            if not ok:
+                continue
+            secret = volumes[mount["name"]].get("secret", {})
+            items = {i["path"]: i["key"] for i in secret.get("items", [])}
+            expect(items.get(filename) == key, f"merchant {m['msn']}: {filename} is key {key} of the Secret")
+            want = given.get("existingSecret")
+            if want:
+                expect(secret.get("secretName") == want, f"merchant {m['msn']}: mounts existingSecret {want}")
+                expect(want not in chart_secrets, f"merchant {m['msn']}: the chart does not create existingSecret {want}")
+            else:
+                made = chart_secrets.get(secret.get("secretName"), {})
+                expect(key in made.get("data", {}), f"merchant {m['msn']}: the chart-made Secret has key {key}")
+
+    # Metrics parts.
+    sm = one(docs, "ServiceMonitor")
+    if values["metrics"]["serviceMonitor"]["enabled"]:
+        if sm is None:
+            expect(False, "a ServiceMonitor is rendered")
+        else:
+            expect(subset(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]), "the ServiceMonitor selects the Service")
+            expect(NAMESPACE in sm["spec"].get("namespaceSelector", {}).get("matchNames", [NAMESPACE]), "the ServiceMonitor looks in the release namespace")
+            for ep in sm["spec"]["endpoints"]:
+                expect(ep.get("port") in service_ports, f"ServiceMonitor port {ep.get('port')!r} is a port name of the Service {sorted(service_ports)}")
+                expect(ep.get("path") == "/metrics", "ServiceMonitor path /metrics")
+            job_label = sm["spec"].get("jobLabel")
+            expect(svc["metadata"]["labels"].get(job_label) == "vipps-order-gateway", "scraped series get job=\"vipps-order-gateway\"")
+    else:
+        expect(sm is None, "no ServiceMonitor when it is off")
+    pr = one(docs, "PrometheusRule")
+    if values["metrics"]["prometheusRule"]["enabled"]:
+        alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+        expect(pr is not None and pr["spec"]["groups"] == alerts["groups"], "the PrometheusRule holds exactly the groups of alerts.yaml")
+    else:
+        expect(pr is None, "no PrometheusRule when it is off")
+    dashboards = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    gd = values["grafanaDashboard"]
+    if gd["enabled"]:
+        expect(len(dashboards) == 1, "one dashboard ConfigMap")
+        if dashboards:
+            d = dashboards[0]
+            expect(d["metadata"]["labels"].get(gd["label"]) == gd["labelValue"], f"dashboard labelled {gd['label']}={gd['labelValue']!r} for the sidecar")
+            (text,) = d["data"].values()
+            original = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+            expect(json.loads(text) == original, "the dashboard ConfigMap holds grafana-dashboard.json")
+            expect(d["metadata"].get("namespace", NAMESPACE) == (gd["namespace"] or NAMESPACE), "dashboard namespace")
+    else:
+        expect(not dashboards, "no dashboard ConfigMap when it is off")
+
+    # Ingress and NetworkPolicy.
+    ing = one(docs, "Ingress")
+    if values["ingress"]["enabled"]:
+        backends = [p["backend"]["service"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]] if ing else []
+        expect(bool(backends) and all(b["name"] == svc["metadata"]["name"] and b["port"]["name"] in service_ports for b in backends), "the Ingress routes to the Service's http port")
+    np = one(docs, "NetworkPolicy")
+    if values["networkPolicy"]["enabled"]:
+        if np is None:
+            expect(False, "a NetworkPolicy is rendered")
+        else:
+            expect(subset(np["spec"]["podSelector"]["matchLabels"], pod_labels), "the NetworkPolicy applies to the pods")
+            expect(sorted(np["spec"]["policyTypes"]) == ["Egress", "Ingress"], "the NetworkPolicy restricts ingress and egress")
+            for rule in np["spec"]["ingress"]:
+                for p in rule["ports"]:
+                    expect(p["port"] in container_ports, f"NetworkPolicy ingress port {p['port']} is a container port")
+            egress = np["spec"]["egress"]
+            dns = [r for r in egress if {(p["port"], p["protocol"]) for p in r["ports"]} >= {(53, "UDP"), (53, "TCP")}]
+            expect(len(dns) == 1, "egress to DNS on 53/UDP and 53/TCP")
+            cidrs = sorted(t["ipBlock"]["cidr"] for r in egress for t in r.get("to", []) if "ipBlock" in t)
+            expect(cidrs == sorted(values["networkPolicy"]["egress"]["vippsCidrs"]), f"egress to exactly the Vipps CIDRs {cidrs}")
+    print(f"  [{name}] {n} assertions on the rendered release")
+
+
+def check_gateway_accepts(name: str, docs: list[dict[str, Any]], gateway: Path) -> None:
+    """The gateway itself reads the rendered gateway.toml (check-config)."""
+    if not check(gateway.is_file(), f"the gateway binary {gateway} exists (build it first)"):
+        return
+    toml_text = [d for d in docs if d["kind"] == "ConfigMap" and "gateway.toml" in d.get("data", {})][0]["data"]["gateway.toml"]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "gateway.toml"
+        config.write_text(toml_text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOG_")}
+        merchants = tomllib.loads(toml_text).get("merchants", [])
+        # The mount paths do not exist here: point each at a file with a made-up secret.
+        for i, m in enumerate(merchants):
+            for field in ("client_secret_file", "subscription_key_file"):
+                secret = Path(tmp) / f"{m['msn']}-{field}"
+                secret.write_text(f"made-up-{field}-{m['msn']}\n")
+                env[f"VOG_MERCHANTS__{i}__{field.upper()}"] = str(secret)
+        res = subprocess.run([str(gateway), "check-config", "--config", str(config)], env=env, capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            print(res.stdout + res.stderr)
+        check(res.returncode == 0, f"[{name}] the gateway's check-config accepts the rendered gateway.toml ({len(merchants)} merchant(s))")
+        print(f"  [{name}] check-config: exit {res.returncode}, {len(merchants)} merchant(s)")
+
+
+# ---------------------------------------------------------------- rolling and refusals
+
+
+def pod_annotations(values: dict[str, Any] | None) -> dict[str, str]:
+    dep = one(render(values), "Deployment")
+    assert dep is not None
+    return dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def check_rolls() -> None:
+    section("a config or secret change rolls the pods; nothing else does")
+    base = load_values("all-on")
+    assert base is not None
+    before = pod_annotations(base)
+    same = pod_annotations(copy.deepcopy(base))
+    check(before == same, "rendering twice gives the same pod annotations")
+
+    def changed(mutate: Callable[[dict[str, Any]], None]) -> dict[str, str]:
+        v = copy.deepcopy(base)
+        mutate(v)
+        return pod_annotations(v)
+
+    cases = [
+        ("gateway.log.level", lambda v: v["gateway"].update(log={"format": "json", "level": "debug"}), "checksum/config"),
+        ("a merchant's clientId", lambda v: v["merchants"][0].update(clientId="another-client"), "checksum/config"),
+        ("a chart-made clientSecret", lambda v: v["merchants"][1].update(clientSecret="rotated-secret"), "checksum/secrets"),
+        ("secretsRevision", lambda v: v.update(secretsRevision="1"), "vipps-order-gateway/secrets-revision"),
+    ]
+    for what, mutate, key in cases:
+        after = changed(mutate)
+        check(after[key] != before[key], f"changing {what} changes the pod annotation {key}")
+    after = changed(lambda v: v["merchants"][1].update(clientSecret="rotated-secret"))
+    check(after["checksum/config"] == before["checksum/config"], "a secret change leaves checksum/config alone")
+    print(f"  {len(cases) + 2} roll checks")
+
+
+def check_refusals() -> None:
+    section("values.schema.json and the templates refuse bad values")
+    chart = helm.Chart.load(CHART)
+    files = sorted(VALUES.glob("invalid-*.yaml"))
+    check(len(files) >= 5, "there are negative values files")
+    for f in files:
+        expect = next(
+            (line.split(":", 1)[1].strip() for line in f.read_text().splitlines() if line.startswith("# expect:")),
+            "",
+        )
+        values = yaml.safe_load(f.read_text())
+        try:
+            chart.validate_schema(values)
+            check(False, f"{f.name}: the schema accepts it")
+            continue
+        except helm.HelmValuesError as err:
+            msg = str(err)
+        check(expect != "" and expect in msg, f"{f.name}: the refusal names {expect!r}: {msg.strip()}")
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            check(False, f"{f.name}: rendering succeeds despite the schema")
+        except helm.HelmError:
+            pass
+        report = helm.lint(CHART, values, strict=True)
+        check(any(m["severity"] >= 3 for m in report["messages"]) or report["errors"], f"{f.name}: helm lint reports an error")
+        print(f"  {f.name}: refused ({msg.strip().splitlines()[-1].strip()})")
+    # What a schema cannot say, the templates refuse.
+    base = {"merchants": [{"msn": "123456", "clientId": "a", "existingSecret": "s"}]}
+    template_cases = {
+        "a duplicate msn": {"merchants": base["merchants"] * 2},
+        "a NetworkPolicy that admits no caller": {
+            "networkPolicy": {
+                "enabled": True,
+                "ingress": {"fromSameNamespace": False, "controllerNamespaceSelector": None},
+                "egress": {"vippsCidrs": ["192.0.2.0/24"]},
+            }
+        },
+        "autoscaling min above max": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+    }
+    for what, values in template_cases.items():
+        chart.validate_schema(values)
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            check(False, f"rendering accepts {what}")
+        except helm.HelmRenderError as err:
+            print(f"  {what}: refused ({str(err).strip().splitlines()[-1][:120]})")
+    print(f"  {len(files)} schema refusals, {len(template_cases)} template refusals")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gateway", type=Path, required=True, help="the built vipps-order-gateway binary")
+    args = parser.parse_args()
+    print(f"helm-python-sdk {helm.__version__} (Helm {helm.helm_sdk_version()})")
+
+    check_observability_copies()
+    check_dockerfile()
+    check_values_documented()
+    scenarios = ["default", "metrics", "all-on"]
+    check_lint(scenarios)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = helm.Chart.load(CHART)
+    totals: dict[str, int] = {}
+    for name in scenarios:
+        section(f"render {name} values")
+        given = load_values(name)
+        docs = render(given)
+        for kind, count in check_schemas(name, docs).items():
+            totals[kind] = totals.get(kind, 0) + count
+        values = chart.merge_values(given) if given else defaults
+        check_semantics(name, docs, values)
+        check_gateway_accepts(name, docs, args.gateway)
+    check_rolls()
+    check_refusals()
+
+    core = sum(c for k, c in totals.items() if k in CORE_KINDS)
+    custom = sum(c for k, c in totals.items() if k in CUSTOM_KINDS)
+    print(f"\nrendered {sum(totals.values())} manifests over {len(scenarios)} value sets: {core} core (kubernetes-validate, {len(K8S_VERSIONS)} versions), {custom} prometheus-operator")
+    if failures:
+        print(f"\n{len(failures)} chart check(s) failed:")
+        for f in failures:
+            print(f"  - {f}")
+        return 1
+    print("every chart check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+//! The reverse-proxy surface (SPEC §4): `/vipps/order-management/...` with a
+//! `Merchant-Serial-Number` header, forwarded to `{base_url}/order-management/...`
+//! with the gateway's own credentials.
+//!
+//! Only the method and path pairs of SPEC §2 are forwarded. The route is
+//! judged on the raw request target, before any percent-decoding or
+//! normalisation, and every path parameter must match its documented pattern
+//! (letters, digits, `-`, `_`, `.`; not dots only). So `%2F`, `%2e%2e`, `//`,
+//! `/./`, backslashes and absolute URLs never reach Vipps: whatever passes the
+//! check is sent upstream byte for byte as it arrived.
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse, ResponseError as _};
+
+use crate::auth::Grant;
+use crate::config::ProxySettings;
+use crate::domain::OrderId;
+use crate::error::{ApiError, Kind};
+use crate::facade::{read_body, upstream_problem, AppState, Operation};
+use crate::request_id::RequestId;
+use crate::vipps::VippsClient;
+
+/// The gateway's prefix; what follows it is the upstream path below `/order-management`.
+pub const PREFIX: &str = "/vipps/order-management";
+
+/// Request headers passed on to Vipps. Everything else the caller sent
+/// (credentials, `Vipps-System-*`, cookies, forwarding headers, hop-by-hop
+/// headers) is dropped; the client adds the gateway's own credentials.
+const FORWARDED_REQUEST: [&str; 3] = ["content-type", "accept", "accept-language"];
+
+/// Response headers passed back from Vipps. Hop-by-hop and framing headers
+/// are the gateway's own; `X-Request-Id` is the gateway's request id.
+const FORWARDED_RESPONSE: [&str; 6] = [
+    "content-type",
+    "content-language",
+    "retry-after",
+    "cache-control",
+    "etag",
+    "last-modified",
+];
+
+/// The allow-list (SPEC §2): each path below [`PREFIX`] (and below Vipps'
+/// `/order-management`) with the methods forwarded on it. `{paymentType}`
+/// is `ecom` or `recurring`; `{orderId}` and `{transactionId}` follow the
+/// order id rules.
+pub const ROUTES: [(&str, &[Method]); 6] = [
+    ("/v1/images", &[Method::POST]),
+    ("/v1/orders/{transactionId}", &[Method::PUT, Method::GET]),
+    ("/v1/receipts/{transactionId}", &[Method::GET, Method::POST]),
+    ("/v2/{paymentType}/categories/{orderId}", &[Method::PUT]),
+    ("/v2/{paymentType}/receipts/{orderId}", &[Method::POST]),
+    ("/v2/{paymentType}/{orderId}", &[Method::GET]),
+];
+
+/// Why a path is not forwarded.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Not an allow-listed path (or a parameter breaks its pattern).
+    NoRoute,
+    /// An allow-listed path with another method.
+    Method(&'static [Method]),
+    /// A query string, which the operations do not take.
+    Query,
+}
+
+/// Whether one raw path segment fits a pattern segment.
+fn segment_ok(pattern: &str, raw: &str) -> bool {
+    match pattern {
+        // Sent upstream verbatim, so exactly as Vipps spells it.
+        "{paymentType}" => raw == "ecom" || raw == "recurring",
+        // `transactionId` is documented only as a string; Vipps ids are
+        // digits or order ids, so the order id rules (and length) apply.
+        "{orderId}" | "{transactionId}" => OrderId::parse(raw).is_ok(),
+        literal => literal == raw,
+    }
+}
+
+/// Matches the raw path below [`PREFIX`] against the allow-list.
+fn route(method: &Method, rest: &str) -> Result<(), Refusal> {
+    let rest = rest.strip_prefix('/').ok_or(Refusal::NoRoute)?;
+    let raw: Vec<&str> = rest.split('/').collect();
+    let (_, methods) = ROUTES
+        .iter()
+        .find(|(pattern, _)| {
+            let pattern: Vec<&str> = pattern[1..].split('/').collect();
+            pattern.len() == raw.len() && pattern.iter().zip(&raw).all(|(p, r)| segment_ok(p, r))
+        })
+        .ok_or(Refusal::NoRoute)?;
+    if methods.contains(method) {
+        Ok(())
+    } else {
+        Err(Refusal::Method(methods))
+    }
+}
+
+/// Registers the proxy below [`PREFIX`].
+pub fn routes(cfg: &mut web::ServiceConfig, settings: &ProxySettings) {
+    cfg.service(
+        web::scope(PREFIX)
+            .app_data(web::Data::new(settings.clone()))
+            .default_service(web::to(forward)),
+    );
+}
+
+/// The upstream path for a request, or why it is refused. Judged on the raw
+/// request target: an absolute-form target (`GET http://host/...`) is
+/// refused, since the gateway is not a forward proxy, and so is any query.
+fn upstream_path(req: &HttpRequest) -> Result<String, Refusal> {
+    let uri = req.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(Refusal::NoRoute);
+    }
+    let rest = uri.path().strip_prefix(PREFIX).ok_or(Refusal::NoRoute)?;
+    route(req.method(), rest)?;
+    if uri.query().is_some() {
+        return Err(Refusal::Query);
+    }
+    Ok(format!("/order-management{rest}"))
+}
+
+/// The problem answer for a refused request; a 405 names the allowed methods.
+fn refusal_response(refusal: Refusal, method: &Method) -> HttpResponse {
+    match refusal {
+        Refusal::NoRoute => ApiError::new(
+            Kind::NotFound,
+            "No such Vipps operation; the proxy forwards only the documented Order Management paths.",
+        )
+        .error_response(),
+        Refusal::Query => ApiError::field(
+            Kind::InvalidRequest,
+            "query",
+            "the Vipps Order Management operations take no query parameters",
+        )
+        .error_response(),
+        Refusal::Method(allowed) => {
+            let mut resp = ApiError::new(
+                Kind::MethodNotAllowed,
+                format!("{method} is not allowed on this Vipps operation."),
+            )
+            .error_response();
+            let allow = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            resp
+        }
+    }
+}
+
+/// The request headers to pass on: the allow-list, minus any header the
+/// caller's `Connection` names (those are hop-by-hop by declaration).
+fn forwarded_request_headers(req: &HttpRequest) -> HeaderMap {
+    let connection_named: Vec<String> = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::new();
+    for name in FORWARDED_REQUEST {
+        if connection_named.iter().any(|c| c == name) {
+            continue;
+        }
+        for value in req.headers().get_all(name) {
+            out.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        if let Ok(v) = HeaderValue::from_str(&id.0) {
+            out.insert(HeaderName::from_static(crate::request_id::HEADER), v);
+        }
+    }
+    out
+}
+
+/// Forwards one allow-listed call. The body is read whole, up to
+/// `proxy.body_limit` (413 beyond, before any upstream call), because a 401
+/// from Vipps makes the client send it once more with a new token.
+pub async fn forward(
+    req: HttpRequest,
+    payload: web::Payload,
+    grant: Grant,
+    state: web::Data<AppState>,
+    settings: web::Data<ProxySettings>,
+    client: web::Data<VippsClient>,
+) -> Result<HttpResponse, ApiError> {
+    let path = match upstream_path(&req) {
+        Ok(p) => p,
+        Err(refusal) => return Ok(refusal_response(refusal, req.method())),
+    };
+    let msn = req
+        .headers()
+        .get("merchant-serial-number")
+        .ok_or_else(|| {
+            ApiError::field(
+                Kind::InvalidRequest,
+                "Merchant-Serial-Number",
+                "the header is required",
+            )
+        })?
+        .to_str()
+        .map_err(|_| {
+            ApiError::field(
+                Kind::InvalidRequest,
+                "Merchant-Serial-Number",
+                "must be visible ASCII",
+            )
+        })?;
+    let merchant = state.merchant(&grant, msn)?;
+    tracing::Span::current().record("msn", merchant.msn.as_str());
+    let body = read_body(&req, payload, settings.body_limit).await?;
+    let body = (!body.is_empty()).then_some(body);
+    let headers = forwarded_request_headers(&req);
+    let answer = client
+        .send_with_headers(&merchant, req.method().clone(), &path, body, &headers)
+        .await;
+    // Transport failures and token trouble map as on the façade (502/504);
+    // any complete answer from Order Management is passed back as it is.
+    let resp = answer.map_err(|e| upstream_problem(e, Operation::Order))?;
+    if resp.status == StatusCode::UNAUTHORIZED {
+        // Already the answer to a fresh token: the gateway's credentials are
+        // wrong, which the caller cannot fix (and a 401 would blame the caller).
+        return Err(ApiError::new(
+            Kind::UpstreamAuth,
+            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
+        ));
+    }
+    let mut out = HttpResponse::build(resp.status);
+    for name in FORWARDED_RESPONSE {
+        for value in resp.headers.get_all(name) {
+            out.append_header((HeaderName::from_static(name), value.clone()));
+        }
+    }
+    Ok(out.body(resp.body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+
+    #[test]
+    fn allow_lists_never_pass_credentials_or_hop_by_hop_headers() {
+        let banned = [
+            "authorization",
+            "ocp-apim-subscription-key",
+            "client_id",
+            "client_secret",
+            "merchant-serial-number",
+        ];
+        for name in FORWARDED_REQUEST.iter().chain(&FORWARDED_RESPONSE) {
+            assert!(!HOP_BY_HOP.contains(name), "{name}");
+            assert!(!banned.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn allow_list_is_exactly_spec_section_2() {
+        let ok = [
+            (Method::PUT, "/v2/ecom/categories/o-1"),
+            (Method::POST, "/v2/recurring/receipts/o.1_x"),
+            (Method::GET, "/v2/ecom/o-1"),
+            (Method::POST, "/v1/images"),
+            (Method::PUT, "/v1/orders/123"),
+            (Method::GET, "/v1/orders/123"),
+            (Method::GET, "/v1/receipts/123"),
+            (Method::POST, "/v1/receipts/123"),
+        ];
+        for (m, p) in ok {
+            assert!(route(&m, p).is_ok(), "{m} {p} refused");
+        }
+        assert_eq!(
+            route(&Method::DELETE, "/v2/ecom/o-1"),
+            Err(Refusal::Method(&[Method::GET]))
+        );
+        assert_eq!(
+            route(&Method::GET, "/v2/ecom/categories/o-1"),
+            Err(Refusal::Method(&[Method::PUT]))
+        );
+        // An order may be called "categories": with GET it is an order.
+        assert_eq!(route(&Method::GET, "/v2/ecom/categories"), Ok(()));
+    }
+
+    #[test]
+    fn traversal_and_encoding_tricks_are_no_route() {
+        for p in [
+            "",
+            "/",
+            "/v2/ecom/..",
+            "/v2/ecom/.",
+            "/v2/ECOM/o-1",
+            "/v2/pos/o-1",
+            "/v2/ecom/a%2Fb",
+            "/v2/ecom/%2e%2e",
+            "/v2/ecom//o-1",
+            "/v2/ecom/./o-1",
+            "/v2/ecom/o-1/",
+            "/v2/ecom/a\\b",
+            "/v2/ecom/categories/../o-1",
+            "/v1/images/",
+            "/v1/images/x",
+            "/v1/orders/..",
+            "/v1/orders/a;b",
+            "/v3/ecom/o-1",
+            "//v2/ecom/o-1",
+            "/v2/ecom/http:",
+        ] {
+            assert_eq!(route(&Method::GET, p), Err(Refusal::NoRoute), "{p:?}");
+            assert_eq!(route(&Method::PUT, p), Err(Refusal::NoRoute), "{p:?}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Request logs as an operator reads them: the real binary's JSON lines.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vipps_order_gateway::simulator::{DEMO_CLIENT_SECRET, DEMO_SUBSCRIPTION_KEY};
+
+use crate::helpers::{b64, png, spec_receipt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vipps-order-gateway");
+
+/// A number at the end of `key=N` or `"key":N` in a log line.
+fn number_after(line: &str, key: &str) -> Option<u16> {
+    let rest = line.split(key).nth(1)?;
+    let digits: String = rest
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[actix_web::test]
+async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() {
+    let dir = std::env::temp_dir().join(format!("vog-test-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    // A config file keeps the production log format (JSON).
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--simulator", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env_remove("VOG_LOG__FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let (mut port, mut sim) = (None, None);
+    while port.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("log line");
+        let v: Value = serde_json::from_str(&line).expect("every line is JSON");
+        if let Some(url) = v["upstream"].as_str() {
+            sim = Some(url.to_owned());
+        }
+        if v["message"] == "gateway listening" {
+            port = number_after(&line, "\"port\"");
+        }
+        lines.push(line);
+    }
+    let base = format!("http://127.0.0.1:{}", port.unwrap());
+    let sim = sim.expect("simulator address logged");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let resp = client
+        .post(format!("{base}/v1/merchants/123456/orders/log-1/receipt"))
+        .insert_header(("x-request-id", "log-test-receipt"))
+        .send_json(&spec_receipt())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let image = b64(&png(300));
+    let resp = client
+        .post(format!("{base}/v1/merchants/123456/images"))
+        .insert_header(("x-request-id", "log-test-image"))
+        .send_json(&json!({"data": image, "imageId": "logo-log"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = client
+        .get(format!("{base}/v1/merchants/777777/orders/log-1"))
+        .insert_header(("x-request-id", "log-test-unknown"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // The token the gateway used, as the simulator saw it.
+    let mut seen = client
+        .get(format!("{sim}/_simulator/requests"))
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = seen.json().limit(1 << 20).await.unwrap();
+    let bearer = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|r| r["headers"]["authorization"].as_str())
+        .expect("an authorized call")
+        .trim_start_matches("Bearer ")
+        .to_owned();
+    let _ = child.kill();
+    let _ = child.wait();
+    lines.extend(rx.iter());
+    reader.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let finished = |id: &str| -> Value {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "request finished" && v["span"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no finished line for {id}: {lines:#?}"))
+    };
+    let receipt = finished("log-test-receipt");
+    let span = &receipt["span"];
+    assert_eq!(span["msn"], "123456", "{receipt}");
+    assert_eq!(span["operation"], "receipt");
+    assert_eq!(span["status"], 201);
+    assert_eq!(span["upstream_status"], 201);
+    assert!(span["upstream_latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(receipt["latency_ms"].as_f64().unwrap() > 0.0);
+    let image_line = finished("log-test-image");
+    assert_eq!(image_line["span"]["operation"], "image");
+    assert_eq!(image_line["span"]["upstream_status"], 200);
+    let unknown = finished("log-test-unknown");
+    assert_eq!(unknown["span"]["msn"], "777777");
+    assert_eq!(unknown["span"]["status"], 404);
+    assert!(unknown["span"].get("upstream_status").is_none());
+
+    let all = lines.join("\n");
+    for secret in [
+        DEMO_CLIENT_SECRET,
+        DEMO_SUBSCRIPTION_KEY,
+        bearer.as_str(),
+        image.as_str(),
+    ] {
+        assert!(!all.contains(secret), "a secret or body is in the log");
+    }
+}

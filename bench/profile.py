@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Profiles the gateway's hot path: a façade read and a 10-line façade
+"""Profiles the gateway's hot path: a proxied read, a façade read and a 10-line façade
 receipt under wrk, sampled with `perf record -e cpu-clock` (a software clock:
 hardware counters are not available in every VM) on the gateway and the
 simulator. Writes the top symbols to bench/results/profile-*.txt.
@@ -29,7 +29,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     wd = Path(bench.tempfile.mkdtemp(prefix="vog-profile-"))
     args = type("Args", (), {"connections": 32, "seconds": 8, "runs": 1})()
-    for case in ("read", "receipt"):
+    for case in ("proxy", "read", "receipt"):
         sim = bench.Sim(wd)
         gw = None
         try:
@@ -38,7 +38,10 @@ def main():
             run.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
                       run.vipps_receipt(sim, bench.facade_receipt(10)))
             gw, port, _ = bench.start_gateway(wd, sim.port)
-            if case == "read":
+            if case == "proxy":
+                script = bench.wrk_script(wd, "profile-proxy", "GET", "/vipps/order-management/v2/ecom/bench-read",
+                                          {"Merchant-Serial-Number": bench.DEMO["msn"]})
+            elif case == "read":
                 script = bench.wrk_script(wd, "profile-read", "GET", "/v1/merchants/123456/orders/bench-read", {})
             else:
                 body = run.write_body("facade-receipt-10.json", bench.facade_receipt(10))

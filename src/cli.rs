@@ -38,6 +38,9 @@ pub enum Command {
     Simulate {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
+        /// HTTP worker threads (all share one state).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Validate a config file and read every secret it names.
     CheckConfig {

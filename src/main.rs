@@ -31,12 +31,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             simulator,
             listen,
         } => serve(config, simulator, listen).await,
-        Command::Simulate { listen } => {
+        Command::Simulate { listen, workers } => {
             init_logging(LogFormat::Text, "info");
             let listener = TcpListener::bind(&listen)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            let sim =
-                Simulator::build(listener, SimulatorSettings::demo()).map_err(|e| e.to_string())?;
+            let settings = SimulatorSettings {
+                workers: workers.max(1),
+                ..SimulatorSettings::demo()
+            };
+            let sim = Simulator::build(listener, settings).map_err(|e| e.to_string())?;
             tracing::info!(
                 port = sim.port(),
                 "simulator listening; demo merchant {}",

@@ -159,7 +159,10 @@ pub async fn expire_tokens(shared: web::Data<Shared>) -> HttpResponse {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SettingsBody {
-    token_ttl_seconds: u64,
+    #[serde(default)]
+    token_ttl_seconds: Option<u64>,
+    #[serde(default)]
+    request_log: Option<bool>,
 }
 
 /// `PUT /_simulator/settings`.
@@ -168,11 +171,26 @@ pub async fn settings(shared: web::Data<Shared>, body: Bytes) -> HttpResponse {
         Ok(s) => s,
         Err(response) => return *response,
     };
-    if settings.token_ttl_seconds == 0 {
+    if settings.token_ttl_seconds.is_none() && settings.request_log.is_none() {
+        return bad_request("give tokenTtlSeconds, requestLog or both".to_owned());
+    }
+    if settings.token_ttl_seconds == Some(0) {
         return bad_request("tokenTtlSeconds must be at least 1".to_owned());
     }
-    shared.lock().token_ttl = Duration::from_secs(settings.token_ttl_seconds);
-    HttpResponse::Ok().json(json!({ "tokenTtlSeconds": settings.token_ttl_seconds }))
+    let mut state = shared.lock();
+    if let Some(ttl) = settings.token_ttl_seconds {
+        state.token_ttl = Duration::from_secs(ttl);
+    }
+    if let Some(on) = settings.request_log {
+        state.request_log = on;
+        if !on {
+            state.log.clear();
+        }
+    }
+    HttpResponse::Ok().json(json!({
+        "tokenTtlSeconds": state.token_ttl.as_secs(),
+        "requestLog": state.request_log,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -232,10 +232,11 @@ pub struct ErrorResponse {
 
 /// `OrderV2Response`: what `GET /v2/{paymentType}/{orderId}` answers. The
 /// receipt is kept exactly as it was received.
-#[derive(Clone, Debug, Serialize)]
-pub struct OrderV2Response {
-    pub category: Option<OrderCategory>,
-    pub receipt: Option<Value>,
+/// Borrowed from the stored order, so answering copies nothing.
+#[derive(Debug, Serialize)]
+pub struct OrderV2Response<'a> {
+    pub category: &'a Option<OrderCategory>,
+    pub receipt: &'a Option<Value>,
 }
 
 /// The deprecated v1 `GET /v1/orders/{transactionId}` answer.

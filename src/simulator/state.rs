@@ -162,6 +162,9 @@ pub struct State {
     pub rng: u64,
     pub counters: Counters,
     pub log: VecDeque<LoggedRequest>,
+    /// Whether upstream requests are logged (on unless a benchmark turns
+    /// it off: building an entry copies every header and parses the body).
+    pub request_log: bool,
 }
 
 impl State {
@@ -177,6 +180,7 @@ impl State {
             rng: DEFAULT_SEED,
             counters: Counters::default(),
             log: VecDeque::new(),
+            request_log: true,
         };
         for merchant in &settings.merchants {
             state.upsert_merchant(merchant.clone());

@@ -55,6 +55,8 @@ pub struct Reply {
 enum ReplyBody {
     Empty,
     Json(Value, &'static str),
+    /// JSON already written out.
+    Text(String, &'static str),
 }
 
 impl Reply {
@@ -132,6 +134,7 @@ impl Reply {
             ReplyBody::Json(value, content_type) => {
                 builder.content_type(content_type).body(value.to_string())
             }
+            ReplyBody::Text(text, content_type) => builder.content_type(content_type).body(text),
         }
     }
 }
@@ -262,10 +265,13 @@ pub async fn dispatch(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let msn = header(req.headers(), MSN).map(str::to_owned);
-    let fault = {
+    let (fault, logging) = {
         let mut state = shared.lock();
         state.count_call(endpoint);
-        state.take_fault(endpoint, msn.as_deref())
+        (
+            state.take_fault(endpoint, msn.as_deref()),
+            state.request_log,
+        )
     };
     if let Some(delay) = fault.as_ref().and_then(|f| f.delay_ms) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -290,9 +296,14 @@ pub async fn dispatch(
                 }
             }
         };
-        state.log_request(log_entry(endpoint, &req, &body, reply.logged_status()));
         reply
     };
+    // The entry is built outside the lock: it copies every header and parses
+    // the body, which would otherwise serialize all workers.
+    if logging {
+        let entry = log_entry(endpoint, &req, &body, reply.logged_status());
+        shared.lock().log_request(entry);
+    }
     tracing::debug!(
         endpoint = endpoint.name(),
         status = reply.status.as_u16(),
@@ -592,14 +603,17 @@ fn get_order(state: &mut State, call: &Call) -> Result<Reply, Problem> {
         .get(&key)
         .filter(|o| o.category.is_some() || o.receipt.is_some())
         .ok_or_else(|| not_found("Order"))?;
-    let body = OrderV2Response {
-        category: order.category.clone(),
-        receipt: order.receipt.clone(),
-    };
-    Ok(Reply::json(
-        StatusCode::OK,
-        serde_json::to_value(body).unwrap_or(Value::Null),
-    ))
+    let body = serde_json::to_string(&OrderV2Response {
+        category: &order.category,
+        receipt: &order.receipt,
+    })
+    .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "order serialization"))?;
+    Ok(Reply {
+        status: StatusCode::OK,
+        body: ReplyBody::Text(body, "application/json"),
+        retry_after: None,
+        drop: false,
+    })
 }
 
 /// `PUT /order-management/v1/orders/{transactionId}` (deprecated).

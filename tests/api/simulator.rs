@@ -1068,6 +1068,35 @@ async fn counters_and_request_log_record_every_call() {
 }
 
 #[actix_web::test]
+async fn the_request_log_can_be_turned_off_while_counters_keep_counting() {
+    let sim = spawn();
+    let token = sim.token().await;
+    let (status, body) = sim
+        .control(Method::PUT, "/settings", Some(json!({"requestLog": false})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"tokenTtlSeconds": 3600, "requestLog": false}));
+    assert_eq!(sim.get_control("/requests").await, json!([]));
+    sim.post_receipt(&token, "order-1", &receipt()).await;
+    assert_eq!(sim.get_control("/requests").await, json!([]));
+    assert_eq!(sim.get_control("/counters").await["calls"]["receipt"], 1);
+
+    let (status, _) = sim
+        .control(Method::PUT, "/settings", Some(json!({"requestLog": true})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    sim.send(sim.om(Method::GET, "/v2/ecom/order-1", &token), None)
+        .await;
+    let log = sim.get_control("/requests").await;
+    assert_eq!(log.as_array().map(Vec::len), Some(1));
+    assert_eq!(log[0]["endpoint"], "order");
+
+    // A settings body must set something.
+    let (status, _) = sim.control(Method::PUT, "/settings", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[actix_web::test]
 async fn reset_forgets_everything_but_merchants() {
     let sim = spawn();
     let added =

@@ -1,0 +1,916 @@
+#!/usr/bin/env python3
+"""The gateway's cost against nginx and a direct call, measured side by side.
+
+Run through `bench/run` (which builds the release binary and installs wrk and
+nginx). Every figure it writes comes from this run: results.json (raw) and
+results.md (the tables BENCHMARKS.md quotes).
+
+Placement (2-core machine): the servers under test (simulator, and nginx or
+the gateway in front of it) share CPU 0; wrk runs alone on CPU 1. Every server
+runs one worker (simulator --workers 1, nginx worker_processes 1, gateway
+workers = 1) and every load uses the same wrk threads and connections.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "vipps-order-gateway"
+LIB = ROOT / "bench" / "lib"
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DEMO = {
+    "msn": "123456",
+    "client_id": "demo-client-id",
+    "client_secret": "demo-client-secret",
+    "subscription_key": "demo-subscription-key",
+}
+SYSTEM_HEADERS = {
+    "Vipps-System-Name": "vipps-order-gateway",
+    "Vipps-System-Version": "0.1.0",
+    "Vipps-System-Plugin-Name": "vipps-order-gateway",
+    "Vipps-System-Plugin-Version": "0.1.0",
+}
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port, path="/healthz", timeout=20.0, proc=None):
+    """Polls until GET path answers (any status); returns seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"process exited with {proc.returncode} before answering")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(16).startswith(b"HTTP/1.1"):
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise BenchError(f"nothing answered on port {port} within {timeout}s")
+
+
+class Proc:
+    """A server pinned to a CPU, with its CPU time and memory readable."""
+
+    def __init__(self, name, argv, workdir, env=None, cpu=SERVER_CPU):
+        self.name = name
+        self.logfile = open(workdir / f"{name}.log", "ab")
+        self.popen = subprocess.Popen(
+            ["taskset", "-c", cpu, *argv],
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.started = time.monotonic()
+
+    def pids(self):
+        """The process and its children (nginx: master and worker)."""
+        pids = [self.popen.pid]
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.popen.pid)], capture_output=True, text=True).stdout
+            pids += [int(p) for p in out.split()]
+        except OSError:
+            pass
+        return pids
+
+    def cpu_seconds(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError):
+                pass
+        return total / CLK_TCK
+
+    def status_kb(self, key):
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.logfile.close()
+
+
+def http(method, port, path, body=None, headers=None, timeout=30):
+    data = None
+    headers = dict(headers or {})
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+# ---------------------------------------------------------------- simulator
+
+
+class Sim:
+    def __init__(self, workdir, workers=1, request_log=False):
+        self.port = free_port()
+        self.proc = Proc("simulator", [str(BIN), "simulate", "--listen", f"127.0.0.1:{self.port}",
+                                       "--workers", str(workers)], workdir,
+                         env={"RUST_LOG": "warn"})
+        wait_http(self.port, "/_simulator/counters", proc=self.proc.popen)
+        st, _ = http("PUT", self.port, "/_simulator/settings", {"requestLog": request_log})
+        if st != 200:
+            raise BenchError(f"simulator settings: {st}")
+
+    def add_merchants(self, merchants):
+        conn = __import__("http.client").client.HTTPConnection("127.0.0.1", self.port)
+        for m in merchants:
+            body = json.dumps({"msn": m["msn"], "clientId": m["client_id"],
+                               "clientSecret": m["client_secret"], "subscriptionKey": m["subscription_key"]})
+            conn.request("POST", "/_simulator/merchants", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 201:
+                raise BenchError(f"adding merchant {m['msn']}: {r.status}")
+        conn.close()
+
+    def token(self, m=DEMO):
+        st, body = http("POST", self.port, "/accesstoken/get", b"", {
+            "client_id": m["client_id"], "client_secret": m["client_secret"],
+            "Ocp-Apim-Subscription-Key": m["subscription_key"], "Merchant-Serial-Number": m["msn"],
+            **SYSTEM_HEADERS})
+        if st != 200:
+            raise BenchError(f"token fetch: {st} {body}")
+        return body["access_token"]
+
+    def vipps_headers(self, token, m=DEMO):
+        return {"Authorization": f"Bearer {token}", "Ocp-Apim-Subscription-Key": m["subscription_key"],
+                "Merchant-Serial-Number": m["msn"], **SYSTEM_HEADERS}
+
+    def counters(self):
+        return http("GET", self.port, "/_simulator/counters")[1]
+
+    def stop(self):
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------- nginx and gateway
+
+
+def start_nginx(workdir, sim, token):
+    port = free_port()
+    ndir = workdir / "nginx"
+    for sub in ("logs", "tmp"):
+        (ndir / sub).mkdir(parents=True, exist_ok=True)
+    inject = "\n".join(f'            proxy_set_header {k} "{v}";'
+                       for k, v in sim.vipps_headers(token).items())
+    conf = f"""
+daemon off;
+worker_processes 1;
+error_log {ndir}/logs/error.log warn;
+pid {ndir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {ndir}/logs/access.log;
+    client_body_temp_path {ndir}/tmp/body;
+    proxy_temp_path {ndir}/tmp/proxy;
+    fastcgi_temp_path {ndir}/tmp/fastcgi;
+    uwsgi_temp_path {ndir}/tmp/uwsgi;
+    scgi_temp_path {ndir}/tmp/scgi;
+    client_max_body_size 4m;
+    client_body_buffer_size 4m;
+    upstream vipps {{
+        server 127.0.0.1:{sim.port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /healthz {{ return 200 "ok"; }}
+        location / {{
+            proxy_pass http://vipps;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header Ocp-Apim-Subscription-Key "";
+{inject}
+        }}
+    }}
+}}
+"""
+    path = ndir / "nginx.conf"
+    path.write_text(conf)
+    proc = Proc("nginx", ["nginx", "-p", str(ndir), "-c", str(path)], workdir)
+    wait_http(port, "/healthz", proc=proc.popen)
+    return proc, port
+
+
+def gateway_config(workdir, sim_port, merchants, name="gateway", level="info"):
+    port = free_port()
+    lines = [
+        f'listen = "127.0.0.1:{port}"',
+        "workers = 1",
+        "[log]", 'format = "json"', f'level = "{level}"',
+        "[upstream]", f'base_url = "http://127.0.0.1:{sim_port}"',
+        "[resilience]",
+        "# the per-merchant guards must not cap a benchmark's throughput",
+        "rate_per_second = 0", "max_concurrent = 100000",
+        "[limits]", "json_body = 1048576",
+    ]
+    for m in merchants:
+        lines += ["[[merchants]]", f'msn = "{m["msn"]}"', f'client_id = "{m["client_id"]}"',
+                  'client_secret_env = "BENCH_CLIENT_SECRET"', 'subscription_key_env = "BENCH_SUBSCRIPTION_KEY"']
+    path = workdir / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, port
+
+
+def start_gateway(workdir, sim_port, merchants=(DEMO,), name="gateway", level="info"):
+    path, port = gateway_config(workdir, sim_port, merchants, name, level)
+    env = {"BENCH_CLIENT_SECRET": merchants[0]["client_secret"],
+           "BENCH_SUBSCRIPTION_KEY": merchants[0]["subscription_key"]}
+    proc = Proc(name, [str(BIN), "serve", "--config", str(path)], workdir, env=env)
+    start = wait_http(port, "/healthz", proc=proc.popen)
+    return proc, port, start
+
+
+def bench_merchants(n):
+    """n merchants sharing the demo secrets (one env var each for all)."""
+    return [{"msn": str(100000 + i), "client_id": f"bench-client-{i}",
+             "client_secret": DEMO["client_secret"], "subscription_key": DEMO["subscription_key"]}
+            for i in range(n)]
+
+
+# ---------------------------------------------------------------- wrk
+
+
+def lua_string(s):
+    return "[==[" + s + "]==]"
+
+
+def wrk_script(workdir, name, method, path, headers, body_file=None, unique=None, msns=None, delay_ms=None):
+    """A wrk Lua script. `path` may hold {id} (a per-request unique order id)
+    and {msn} (a merchant drawn in turn from msns)."""
+    hdrs = ", ".join(f"[ {lua_string(k)} ] = {lua_string(v)}" for k, v in headers.items())
+    prefix = f"{name}-{int(time.time() * 1000) % 10**9}"
+    msn_list = ", ".join(lua_string(m) for m in (msns or []))
+    opener = f'io.open({lua_string(str(body_file))}, "rb")' if body_file else "nil"
+    code = f"""
+local prefix = {lua_string(prefix)}
+local headers = {{ {hdrs} }}
+local msns = {{ {msn_list} }}
+local body = nil
+local counter = 0
+local nthreads = 0
+function setup(thread)
+  nthreads = nthreads + 1
+  thread:set("tid", nthreads)
+end
+function init(args)
+  -- a run id from the command line: every run (warm-up included) makes new ids
+  prefix = prefix .. "-" .. (args[1] or "0")
+  local f = {opener}
+  if f then body = f:read("*a"); f:close() end
+end
+request = function()
+  counter = counter + 1
+  local p = {lua_string(path)}
+  p = p:gsub("{{id}}", prefix .. "-" .. tostring(tid) .. "-" .. counter)
+  if #msns > 0 then
+    local m = msns[((counter + (tid or 0)) % #msns) + 1]
+    p = p:gsub("{{msn}}", m)
+    if headers["Merchant-Serial-Number"] then headers["Merchant-Serial-Number"] = m end
+  end
+  return wrk.format({lua_string(method)}, p, headers, body)
+end
+"""
+    if delay_ms:
+        code += f"function delay() return {delay_ms} end\n"
+    code += (LIB / "report.lua").read_text()
+    path_ = workdir / f"{name}.lua"
+    path_.write_text(code)
+    return path_
+
+
+def run_wrk(port, script, seconds, connections, threads=1, servers=()):
+    """Runs wrk pinned to the load CPU; returns its figures and the servers'
+    CPU seconds used during the run."""
+    before = [s.cpu_seconds() for s in servers]
+    load_before = os.getloadavg()[0]
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+         "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/", "--", str(time.time_ns())],
+        capture_output=True, text=True)
+    after = [s.cpu_seconds() for s in servers]
+    m = re.search(r"WRK_JSON (\{.*\})", out.stdout)
+    if out.returncode != 0 or not m:
+        raise BenchError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    r = json.loads(m.group(1))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["errors"] = sum(r[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    r["cpu_s"] = {s.name: a - b for s, a, b in zip(servers, after, before)}
+    r["cpu_us_per_req"] = {k: (v * 1e6 / r["requests"] if r["requests"] else None) for k, v in r["cpu_s"].items()}
+    r["loadavg_1m_before"] = load_before
+    r["loadavg_1m_after"] = os.getloadavg()[0]
+    r["connections"] = connections
+    return r
+
+
+def best_of(runs):
+    """The run with the median throughput (figures stay from one run)."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return ordered[len(ordered) // 2]
+
+
+# ---------------------------------------------------------------- cases
+
+
+def receipt_lines(n):
+    return [{"id": f"sku-{i}", "name": f"Item number {i}", "quantity": "2", "unitPrice": "199.00",
+             "taxPercent": "25"} for i in range(n)]
+
+
+def facade_receipt(n):
+    return {"currency": "NOK", "lines": receipt_lines(n), "expectedTotal": f"{398 * n}.00"}
+
+
+def png(size, height=200):
+    """A PNG of exactly `size` bytes: signature, IHDR (with a valid CRC) and
+    an ancillary chunk of padding; the gateway reads only magic and height."""
+    ihdr = struct.pack(">IIBBBBB", 400, height, 8, 2, 0, 0, 0)
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    pad = size - len(head) - 12
+    chunk = b"bnCh" + bytes(pad)
+    return head + struct.pack(">I", pad) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+class Run:
+    def __init__(self, args, workdir):
+        self.args = args
+        self.workdir = workdir
+        self.results = {}
+
+    def check(self, port, method, path, headers, body=None, want=(200, 201)):
+        st, answer = http(method, port, path, body, headers)
+        if st not in want:
+            raise BenchError(f"probe {method} {path} answered {st}: {str(answer)[:300]}")
+        return answer
+
+    def measure(self, name, port, script, servers, connections=None, seconds=None, runs=None):
+        a = self.args
+        connections = connections or a.connections
+        seconds = seconds or a.seconds
+        run_wrk(port, script, min(2, seconds), connections, servers=servers)  # warm-up
+        results = []
+        for i in range(runs or a.runs):
+            r = run_wrk(port, script, seconds, connections, servers=servers)
+            if r["errors"]:
+                raise BenchError(f"{name}: {r['errors']} errors in a run ({r})")
+            results.append(r)
+            log(f"  {name} run {i + 1}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs")
+        chosen = best_of(results)
+        chosen["runs_rps"] = [round(r["rps"]) for r in results]
+        chosen["peak_rss_kb"] = {s.name: s.status_kb("VmHWM") for s in servers}
+        return chosen
+
+    # -- cases 1-3 (reads) and 4 (receipts)
+    def side_by_side(self):
+        a, wd = self.args, self.workdir
+        out = {}
+        read_path = "/order-management/v2/ecom/bench-read"
+        # --- direct and nginx share one simulator process per case
+        for case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read", "gateway_facade_read_warn",
+                     "nginx_receipt", "gateway_facade_receipt"):
+            sim = Sim(wd)
+            servers = []
+            try:
+                token = sim.token()
+                vh = sim.vipps_headers(token)
+                receipt10 = facade_receipt(10)
+                # a stored order for the read cases
+                self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
+                           self.vipps_receipt(sim, receipt10))
+                if case == "direct":
+                    servers = [sim.proc]
+                    port, path, hdr, method, body, unique = sim.port, read_path, vh, "GET", None, False
+                elif case in ("nginx", "nginx_receipt"):
+                    ng, port = start_nginx(wd, sim, sim.token())
+                    servers = [ng, sim.proc]
+                    hdr = {"Merchant-Serial-Number": DEMO["msn"]}
+                    if case == "nginx":
+                        path, method, body, unique = read_path, "GET", None, False
+                    else:
+                        method, unique = "POST", True
+                        path = "/order-management/v2/ecom/receipts/{id}"
+                        body = self.write_body("vipps-receipt-10.json", self.vipps_receipt(sim, receipt10))
+                        hdr["Content-Type"] = "application/json"
+                else:
+                    gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info")
+                    servers = [gw, sim.proc]
+                    if case == "gateway_proxy":
+                        hdr = {"Merchant-Serial-Number": DEMO["msn"]}
+                        path, method, body, unique = "/vipps" + read_path, "GET", None, False
+                    elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
+                        hdr = {}
+                        path, method, body, unique = f"/v1/merchants/{DEMO['msn']}/orders/bench-read", "GET", None, False
+                    else:
+                        hdr = {"Content-Type": "application/json"}
+                        method, unique = "POST", True
+                        path = f"/v1/merchants/{DEMO['msn']}/orders/{{id}}/receipt"
+                        body = self.write_body("facade-receipt-10.json", receipt10)
+                probe_path = path.replace("{id}", f"probe-{case}")
+                self.check(port, method, probe_path, hdr, body.read_bytes() if body else None)
+                script = wrk_script(wd, case, method, path, hdr, body)
+                log(f"case {case}")
+                r = self.measure(case, port, script, servers)
+                out[case] = r
+                if case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
+                    out[case]["probe_path"] = path
+            except BenchError as e:
+                log(f"case {case} FAILED: {e}")
+                out[case] = {"failed": str(e)}
+            finally:
+                for s in servers:
+                    if s is not sim.proc:
+                        s.stop()
+                sim.stop()
+        self.results["cases"] = out
+
+    def vipps_receipt(self, sim, facade):
+        """The Vipps receipt the gateway sends for a façade receipt: read from
+        the gateway's own answer, so nginx forwards exactly the same body."""
+        if not hasattr(self, "_vipps_receipts"):
+            self._vipps_receipts = {}
+        key = len(facade["lines"])
+        if key not in self._vipps_receipts:
+            gw, port, _ = start_gateway(self.workdir, sim.port, name="gateway-probe")
+            try:
+                answer = self.check(port, "POST", f"/v1/merchants/{DEMO['msn']}/orders/translate-{key}-{time.time_ns()}/receipt",
+                                    {}, facade)
+                self._vipps_receipts[key] = answer["receipt"]
+            finally:
+                gw.stop()
+        return self._vipps_receipts[key]
+
+    def write_body(self, name, value):
+        p = self.workdir / name
+        p.write_bytes(value if isinstance(value, bytes) else json.dumps(value).encode())
+        return p
+
+    # -- latency added over direct at (about) half load
+    def half_load(self):
+        a, wd = self.args, self.workdir
+        cases = self.results["cases"]
+        limits = [cases[c]["rps"] for c in ("direct", "nginx", "gateway_proxy", "gateway_facade_read")
+                  if "rps" in cases.get(c, {})]
+        if not limits:
+            return
+        rate = min(limits) / 2
+        conns = a.connections
+        delay_ms = max(1, round(conns / rate * 1000))
+        out = {"target_rps": round(rate), "connections": conns, "delay_ms": delay_ms}
+        read_path = "/order-management/v2/ecom/bench-read"
+        for case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
+            if "failed" in cases.get(case, {"failed": "not run"}):
+                out[case] = {"failed": cases.get(case, {}).get("failed", "not run")}
+                continue
+            sim = Sim(wd)
+            servers = []
+            try:
+                token = sim.token()
+                vh = sim.vipps_headers(token)
+                self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
+                           self.vipps_receipt(sim, facade_receipt(10)))
+                if case == "direct":
+                    port, hdr, servers = sim.port, vh, [sim.proc]
+                elif case == "nginx":
+                    ng, port = start_nginx(wd, sim, sim.token())
+                    hdr, servers = {"Merchant-Serial-Number": DEMO["msn"]}, [ng, sim.proc]
+                else:
+                    gw, port, _ = start_gateway(wd, sim.port)
+                    servers = [gw, sim.proc]
+                    hdr = {"Merchant-Serial-Number": DEMO["msn"]} if case == "gateway_proxy" else {}
+                path = cases[case]["probe_path"]
+                script = wrk_script(wd, f"half-{case}", "GET", path, hdr, delay_ms=delay_ms)
+                log(f"half load {case}")
+                out[case] = self.measure(f"half-{case}", port, script, servers, runs=1,
+                                         seconds=max(a.seconds, 10))
+            except BenchError as e:
+                out[case] = {"failed": str(e)}
+            finally:
+                for s in servers:
+                    if s is not sim.proc:
+                        s.stop()
+                sim.stop()
+        self.results["half_load"] = out
+
+    # -- token fetches under 1,000 concurrent callers on 10 cold merchants
+    def token_storm(self):
+        wd = self.workdir
+        merchants = bench_merchants(10)
+        sim = Sim(wd)
+        gw = None
+        try:
+            sim.add_merchants(merchants)
+            gw, port, _ = start_gateway(wd, sim.port, merchants, name="gateway-tokens")
+            statuses = asyncio.run(storm(port, [f"/v1/merchants/{merchants[i % 10]['msn']}/orders/storm-{i}"
+                                                for i in range(1000)]))
+            fetches = sim.counters()["tokenFetches"]
+            total = sum(fetches.get(m["msn"], 0) for m in merchants)
+            self.results["token_storm"] = {
+                "callers": 1000, "merchants": 10, "token_fetches": total,
+                "per_merchant": {m["msn"]: fetches.get(m["msn"], 0) for m in merchants},
+                "statuses": statuses}
+            log(f"token storm: {total} fetches, statuses {statuses}")
+        finally:
+            if gw:
+                gw.stop()
+            sim.stop()
+
+    # -- memory and start time against the number of merchants
+    def merchants_scale(self):
+        a, wd = self.args, self.workdir
+        out = {}
+        for n in (1, 1000, 10000):
+            merchants = [DEMO] if n == 1 else bench_merchants(n)
+            sim = Sim(wd)
+            try:
+                if n > 1:
+                    sim.add_merchants(merchants)
+                starts, idle = [], None
+                for i in range(3):
+                    gw, port, start = start_gateway(wd, sim.port, merchants, name=f"gateway-{n}")
+                    starts.append(start)
+                    time.sleep(0.3)
+                    idle = gw.status_kb("VmRSS")
+                    if i < 2:
+                        gw.stop()
+                # under load: 10-line receipts spread over every merchant
+                body = self.write_body("facade-receipt-10.json", facade_receipt(10))
+                script = wrk_script(wd, f"scale-{n}", "POST", "/v1/merchants/{msn}/orders/{id}/receipt",
+                                    {"Content-Type": "application/json"}, body,
+                                    msns=[m["msn"] for m in merchants])
+                log(f"merchants {n}")
+                r = self.measure(f"scale-{n}", port, script, [gw, sim.proc], runs=1,
+                                 seconds=max(a.seconds, 10))
+                gw.stop()
+                out[str(n)] = {"start_s": starts, "start_median_s": statistics.median(starts),
+                               "idle_rss_kb": idle, "peak_rss_under_load_kb": r["peak_rss_kb"]["gateway-" + str(n)],
+                               "load": r,
+                               "token_fetches": sum(sim.counters()["tokenFetches"].values())}
+            finally:
+                sim.stop()
+        self.results["merchants"] = out
+
+    # -- latency against receipt size and image size
+    def sizes(self):
+        """Each size gets a fresh simulator and gateway, so peak RSS is that
+        size's (the simulator keeps every receipt it stores)."""
+        a, wd = self.args, self.workdir
+        out = {"receipt_lines": {}, "image_bytes": {}}
+        jobs = [("receipt_lines", n) for n in (1, 10, 100, 1000)] + \
+               [("image_bytes", n) for n in (10_000, 100_000, 1_000_000, 2_000_000)]
+        for kind, n in jobs:
+            sim = Sim(wd)
+            gw = None
+            try:
+                gw, port, _ = start_gateway(wd, sim.port)
+                if kind == "receipt_lines":
+                    body = self.write_body(f"facade-receipt-{n}.json", facade_receipt(n))
+                    ctype, name = "application/json", f"receipt-{n}"
+                    path = f"/v1/merchants/{DEMO['msn']}/orders/{{id}}/receipt"
+                else:
+                    body = self.write_body(f"image-{n}.png", png(n))
+                    ctype, name = "image/png", f"image-{n}"
+                    path = f"/v1/merchants/{DEMO['msn']}/images?imageId={{id}}"
+                self.check(port, "POST", path.replace("{id}", f"probe-{n}"), {"Content-Type": ctype},
+                           body.read_bytes())
+                script = wrk_script(wd, name, "POST", path, {"Content-Type": ctype}, body)
+                log(name)
+                r = self.measure(name, port, script, [gw, sim.proc], connections=a.size_connections, runs=1)
+                r["body_bytes"] = body.stat().st_size
+                out[kind][str(n)] = r
+            finally:
+                if gw:
+                    gw.stop()
+                sim.stop()
+        self.results["sizes"] = out
+
+    # -- the simulator's own ceiling, with its request log on and off
+    def sim_ceiling(self):
+        wd = self.workdir
+        out = {}
+        for logging in (True, False):
+            sim = Sim(wd, request_log=logging)
+            try:
+                vh = sim.vipps_headers(sim.token())
+                self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
+                           self.vipps_receipt(sim, facade_receipt(10)))
+                script = wrk_script(wd, f"sim-log-{logging}", "GET", "/order-management/v2/ecom/bench-read", vh)
+                log(f"simulator ceiling, request log {'on' if logging else 'off'}")
+                out["request_log_on" if logging else "request_log_off"] = self.measure(
+                    f"sim-{logging}", sim.port, script, [sim.proc], runs=1)
+            finally:
+                sim.stop()
+        self.results["simulator_ceiling"] = out
+
+
+async def storm(port, paths):
+    """Opens one connection per path, then sends every request at once."""
+    conns = await asyncio.gather(*[asyncio.open_connection("127.0.0.1", port) for _ in paths])
+    for (_, w), p in zip(conns, paths):
+        w.write(f"GET {p} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+    await asyncio.gather(*[w.drain() for _, w in conns])
+
+    async def read(r, w):
+        data = await r.read()
+        w.close()
+        return data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/") else "none"
+
+    codes = await asyncio.gather(*[read(r, w) for r, w in conns])
+    counts = {}
+    for c in codes:
+        counts[c] = counts.get(c, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "unknown")
+    def ver(cmd):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "wrk": ver(["wrk", "-v"]), "nginx": ver(["nginx", "-v"]),
+            "rustc": ver(["rustc", "--version"]),
+            "git": ver(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"]),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def ms(us):
+    return f"{us / 1000:.2f}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a is not None and b else "n/a"
+
+
+def markdown(res):
+    c = res.get("cases", {})
+    L = []
+    L.append(f"Run {res['date']} on {res['machine']['nproc']} CPUs ({res['machine']['cpu']}), "
+             f"kernel {res['machine']['kernel']}; commit `{res['machine']['git']}`; "
+             f"{res['args']['runs']} runs of {res['args']['seconds']} s per case (median-throughput run shown), "
+             f"wrk 1 thread × {res['args']['connections']} connections on CPU {LOAD_CPU}; servers on CPU {SERVER_CPU}.")
+    L.append("")
+    if not c:
+        L.append("(side-by-side cases not run)")
+    L.append("")
+    L.append("| case | req/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | peak RSS MB | load avg (before→after) | runs req/s |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    names = {"direct": "1 direct (wrk → simulator, GET order)",
+             "nginx": "2 nginx → simulator (GET order)",
+             "gateway_proxy": "3 gateway proxy `/vipps/...` (GET order)",
+             "gateway_facade_read": "extra: gateway façade GET order",
+             "gateway_facade_read_warn": "extra: gateway façade GET order, `log.level = \"warn\"`",
+             "nginx_receipt": "4a nginx, ready-made Vipps receipt (10 lines)",
+             "gateway_facade_receipt": "4b gateway façade receipt (10 lines)"}
+    for k, label in names.items():
+        r = c.get(k, {"failed": "not run"})
+        if "failed" in r:
+            L.append(f"| {label} | FAILED: {r['failed'][:120]} | | | | | | | |")
+            continue
+        front = [n for n in r["cpu_us_per_req"] if n != "simulator"]
+        cpu = ", ".join(f"{n} {v:.1f}" for n, v in r["cpu_us_per_req"].items())
+        rss = ", ".join(f"{n} {v / 1024:.1f}" for n, v in r["peak_rss_kb"].items())
+        L.append(f"| {label} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {cpu} | {rss} | "
+                 f"{r['loadavg_1m_before']:.2f}→{r['loadavg_1m_after']:.2f} | {r['runs_rps']} |")
+    L.append("")
+
+    def get(k, f):
+        r = c.get(k, {})
+        return r.get(f) if "failed" not in r else None
+
+    def cpu(k, name):
+        r = c.get(k, {})
+        return r.get("cpu_us_per_req", {}).get(name) if "failed" not in r else None
+
+    L.append("### Ratios")
+    L.append("")
+    L.append("| comparison | throughput | p50 | p99 | p99.9 | front CPU µs/req | target | met |")
+    L.append("|---|---|---|---|---|---|---|---|")
+
+    def row(label, a, b, target, met, an, bn):
+        L.append(f"| {label} | {ratio(get(a, 'rps'), get(b, 'rps'))} | {ratio(get(a, 'p50_us'), get(b, 'p50_us'))} | "
+                 f"{ratio(get(a, 'p99_us'), get(b, 'p99_us'))} | {ratio(get(a, 'p999_us'), get(b, 'p999_us'))} | "
+                 f"{ratio(cpu(a, an), cpu(b, bn))} | {target} | {met} |")
+
+    def met_proxy():
+        t, p = get("gateway_proxy", "rps"), get("gateway_proxy", "p99_us")
+        if t is None:
+            return "not measured"
+        if get("nginx", "rps") is None:
+            return "not measured"
+        ok = t >= get("nginx", "rps") and p <= 1.2 * get("nginx", "p99_us")
+        return "yes" if ok else "no"
+
+    def met_facade():
+        t = get("gateway_facade_receipt", "rps")
+        if t is None:
+            return "not measured"
+        n = get("nginx_receipt", "rps")
+        return "not measured" if n is None else ("yes" if t >= 0.8 * n else "no")
+
+    row("gateway proxy / nginx", "gateway_proxy", "nginx", "throughput ≥ 1.0×, p99 ≤ 1.2×", met_proxy(), "gateway", "nginx")
+    row("gateway proxy / direct", "gateway_proxy", "direct", "—", "—", "gateway", "simulator")
+    row("gateway façade receipt / nginx receipt", "gateway_facade_receipt", "nginx_receipt", "throughput ≥ 0.8×", met_facade(), "gateway", "nginx")
+    row("extra: gateway façade read / nginx", "gateway_facade_read", "nginx", "—", "—", "gateway", "nginx")
+    row("extra: gateway façade read / direct", "gateway_facade_read", "direct", "—", "—", "gateway", "simulator")
+    row("extra: façade read, log level warn / info", "gateway_facade_read_warn", "gateway_facade_read", "—", "—", "gateway", "gateway")
+    row("nginx / direct", "nginx", "direct", "—", "—", "nginx", "simulator")
+    L.append("")
+
+    h = res.get("half_load")
+    if h:
+        L.append(f"### Latency added over direct at about half load")
+        L.append("")
+        L.append(f"wrk has no fixed-rate mode here (wrk2 is not packaged), so each of the {h['connections']} connections "
+                 f"waits {h['delay_ms']} ms (`delay()`) between requests: about {h['target_rps']} req/s, half the slowest "
+                 "case's maximum. Closed loop: coordinated omission is not corrected.")
+        L.append("")
+        L.append("| case | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | target (≤ 0.3 / ≤ 1 ms) |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        d = h.get("direct", {})
+        for k in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
+            r = h.get(k, {"failed": "not run"})
+            if "failed" in r or "failed" in d:
+                L.append(f"| {k} | FAILED: {r.get('failed', d.get('failed', ''))[:120]} | | | | | | |")
+                continue
+            a50, a99 = r["p50_us"] - d["p50_us"], r["p99_us"] - d["p99_us"]
+            met = "—" if k in ("direct", "nginx") else ("yes" if a50 <= 300 and a99 <= 1000 else "no")
+            L.append(f"| {k} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | "
+                     f"{ms(a50)} | {ms(a99)} | {met} |")
+        L.append("")
+
+    t = res.get("token_storm")
+    if t:
+        L.append("### Token fetches: 1,000 concurrent callers, 10 cold merchants")
+        L.append("")
+        L.append(f"{t['token_fetches']} token fetches (target: exactly 10; met: {'yes' if t['token_fetches'] == 10 else 'no'}); "
+                 f"per merchant {sorted(set(t['per_merchant'].values()))}; answers by status {t['statuses']} "
+                 "(404: the orders do not exist, so every call reached the simulator with a token).")
+        L.append("")
+
+    m = res.get("merchants")
+    if m:
+        L.append("### Merchants: start time and memory")
+        L.append("")
+        L.append("Start = exec of `serve` to `/healthz` answering (3 starts). Load: 10-line receipts through the façade, "
+                 "spread over every merchant in turn (each merchant fetches its own token).")
+        L.append("")
+        L.append("| merchants | start median s (3 starts) | idle RSS MB | peak RSS under load MB | req/s under load | p99 ms | token fetches |")
+        L.append("|---|---|---|---|---|---|---|")
+        for n, r in m.items():
+            L.append(f"| {int(n):,} | {r['start_median_s']:.3f} ({', '.join(f'{s:.3f}' for s in r['start_s'])}) | "
+                     f"{r['idle_rss_kb'] / 1024:.1f} | {r['peak_rss_under_load_kb'] / 1024:.1f} | {r['load']['rps']:.0f} | "
+                     f"{ms(r['load']['p99_us'])} | {r['token_fetches']} |")
+        ok_mem = m.get("1000", {}).get("peak_rss_under_load_kb", 1e12) <= 40 * 1024
+        ok_start = m.get("10000", {}).get("start_median_s", 1e9) <= 1.0
+        L.append("")
+        L.append(f"Targets: ≤ 40 MB RSS under load with 1,000 merchants — {'met' if ok_mem else 'missed'}; "
+                 f"start ≤ 1 s with 10,000 — {'met' if ok_start else 'missed'}.")
+        L.append("")
+
+    s = res.get("sizes")
+    if s:
+        L.append(f"### Latency against body size (gateway façade, {res['args']['size_connections']} connections)")
+        L.append("")
+        L.append("| receipt lines | body bytes | req/s | p50 ms | p99 ms | p99.9 ms | gateway CPU µs/req | simulator CPU µs/req | gateway peak RSS MB |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for n, r in s["receipt_lines"].items():
+            L.append(f"| {n} | {r['body_bytes']:,} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | "
+                     f"{ms(r['p999_us'])} | {r['cpu_us_per_req']['gateway']:.0f} | {r['cpu_us_per_req']['simulator']:.0f} | "
+                     f"{r['peak_rss_kb']['gateway'] / 1024:.1f} |")
+        L.append("")
+        L.append("| image bytes (raw PNG upload) | req/s | p50 ms | p99 ms | p99.9 ms | gateway CPU µs/req | simulator CPU µs/req | gateway peak RSS MB |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for n, r in s["image_bytes"].items():
+            L.append(f"| {int(n):,} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | "
+                     f"{r['cpu_us_per_req']['gateway']:.0f} | {r['cpu_us_per_req']['simulator']:.0f} | "
+                     f"{r['peak_rss_kb']['gateway'] / 1024:.1f} |")
+        L.append("")
+
+    sc = res.get("simulator_ceiling")
+    if sc:
+        L.append("### The simulator's own ceiling (GET order, alone on CPU 0)")
+        L.append("")
+        L.append("| request log | req/s | p50 ms | p99 ms | CPU µs/req |")
+        L.append("|---|---|---|---|---|")
+        for k, r in sc.items():
+            L.append(f"| {k.replace('request_log_', '')} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | "
+                     f"{r['cpu_us_per_req']['simulator']:.1f} |")
+        L.append("")
+    return "\n".join(L)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=int, default=10, help="length of one measured run")
+    p.add_argument("--runs", type=int, default=3, help="runs per side-by-side case")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--size-connections", type=int, default=4)
+    p.add_argument("--only", default="", help="comma-separated parts: cases,half,tokens,merchants,sizes,sim")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = p.parse_args()
+    if not BIN.exists():
+        sys.exit(f"{BIN} is missing: run bench/run (it builds it)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="vog-bench-"))
+    run = Run(a, workdir)
+    run.results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+                   "args": vars(a)}
+    parts = set(filter(None, a.only.split(","))) or {"cases", "half", "tokens", "merchants", "sizes", "sim"}
+    if "sim" in parts:
+        run.sim_ceiling()
+    if "cases" in parts:
+        run.side_by_side()
+    if "half" in parts and "cases" in parts:
+        run.half_load()
+    if "tokens" in parts:
+        run.token_storm()
+    if "merchants" in parts:
+        run.merchants_scale()
+    if "sizes" in parts:
+        run.sizes()
+    run.results["machine"]["loadavg_at_end"] = os.getloadavg()
+    (out / "results.json").write_text(json.dumps(run.results, indent=2))
+    md = markdown(run.results)
+    (out / "results.md").write_text(md + "\n")
+    print(md)
+    log(f"\nwrote {out}/results.json and results.md (work files in {workdir})")
+    failed = [k for k, v in run.results.get("cases", {}).items() if "failed" in v]
+    if failed:
+        log(f"FAILED cases: {', '.join(failed)}")
+        sys.exit(1)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

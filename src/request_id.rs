@@ -131,12 +131,19 @@ pub async fn middleware(
         deadline: limit.map(|l| started + l),
     };
     let pattern = req.match_pattern();
-    let operation = if req.path().starts_with(crate::proxy::PREFIX) {
+    let proxied = req.path().starts_with(crate::proxy::PREFIX);
+    let operation = if proxied {
         "proxy"
     } else {
         metrics::operation(pattern.as_deref())
     };
-    let route = pattern.unwrap_or_else(|| "unmatched".into());
+    // The proxy judges its raw path itself; its log names the surface, not
+    // the caller's path, so a log line never carries an arbitrary path.
+    let route = match pattern {
+        Some(p) => p,
+        None if proxied => format!("{}/...", crate::proxy::PREFIX),
+        None => "unmatched".into(),
+    };
     let (msn_log, msn_label) = merchant_labels(&req);
     let span = tracing::info_span!(
         "request",

@@ -12,9 +12,12 @@ the script exits 1.
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -55,6 +58,8 @@ CUSTOM_KINDS: dict[str, type[BaseModel]] = {
     "PrometheusRule": prom.PrometheusRule,
 }
 OBSERVABILITY_FILES = ["grafana-dashboard.json", "alerts.yaml"]
+# gateway.auth.jwt key sources and the [auth.jwt] field each becomes.
+KEY_KINDS = {"hs256Secret": "hs256_secret_file", "publicKey": "public_key_file", "jwks": "jwks_file"}
 
 failures: list[str] = []
 
@@ -97,6 +102,72 @@ def strip(doc: dict[str, Any]) -> dict[str, Any]:
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     found = [d for d in docs if d["kind"] == kind]
     return found[0] if len(found) == 1 else None
+
+
+# ---------------------------------------------------------------- caller-auth keys
+
+
+def _probable_prime(bits: int) -> int:
+    small = [p for p in range(3, 2000, 2) if all(p % q for q in range(3, int(p**0.5) + 1, 2))]
+    while True:
+        n = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+        if any(n % p == 0 for p in small):
+            continue
+        d, r = n - 1, 0
+        while d % 2 == 0:
+            d, r = d // 2, r + 1
+        for _ in range(40):
+            x = pow(secrets.randbelow(n - 3) + 2, d, n)
+            if x in (1, n - 1):
+                continue
+            for _ in range(r - 1):
+                x = pow(x, 2, n)
+                if x == n - 1:
+                    break
+            else:
+                break
+        else:
+            return n
+
+
+def rsa_public_numbers() -> tuple[int, int]:
+    """A fresh RSA-2048 modulus and exponent (the private half is dropped)."""
+    e = 65537
+    while True:
+        p, q = _probable_prime(1024), _probable_prime(1024)
+        if p != q and (p - 1) % e and (q - 1) % e:
+            return p * q, e
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    length = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + body
+
+
+def _der_int(v: int) -> bytes:
+    return _der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))
+
+
+def _b64url(v: int) -> str:
+    return base64.urlsafe_b64encode(v.to_bytes((v.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+
+def make_auth_key(kind: str) -> str:
+    """Key material of one kind the gateway loads: an HS256 secret of 64
+    bytes, a PEM RSA public key (PKCS#1), or a JWKS with one RSA key."""
+    if kind == "hs256Secret":
+        return secrets.token_urlsafe(48) + "\n"
+    n, e = rsa_public_numbers()
+    if kind == "publicKey":
+        der = base64.encodebytes(_der(0x30, _der_int(n) + _der_int(e))).decode().replace("\n", "")
+        lines = [der[i : i + 64] for i in range(0, len(der), 64)]
+        return "-----BEGIN RSA PUBLIC KEY-----\n" + "\n".join(lines) + "\n-----END RSA PUBLIC KEY-----\n"
+    return json.dumps({"keys": [{"kty": "RSA", "kid": "chart-check", "use": "sig", "alg": "RS256", "n": _b64url(n), "e": _b64url(e)}]})
+
+
+def snake(key: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)
 
 
 # ---------------------------------------------------------------- observability
@@ -393,6 +464,51 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
                 made = chart_secrets.get(secret.get("secretName"), {})
                 expect(key in made.get("data", {}), f"merchant {m['msn']}: the chart-made Secret has key {key}")
 
+    # Settings rendered only when set, so the gateway's defaults apply otherwise
+    # (Helm drops null values when it merges, so a key may be missing).
+    gw = values["gateway"]
+    for table in ("resilience", "proxy"):
+        want = {snake(k): v for k, v in (gw.get(table) or {}).items() if v is not None}
+        expect(toml.get(table, {}) == want, f"[{table}] holds exactly the values set: {want}")
+    for key in ("connectTimeout", "tokenMargin"):
+        expect(toml["upstream"].get(snake(key)) == gw["upstream"].get(key), f"upstream.{snake(key)} only when gateway.upstream.{key} is set")
+
+    # Caller auth: [auth.jwt] names a key file of a Secret mounted as a directory.
+    auth = gw["auth"]
+    toml_auth = toml.get("auth", {})
+    expect(toml_auth.get("mode") == auth["mode"], f"auth.mode = {auth['mode']!r}")
+    if auth["mode"] == "jwt":
+        jwt, tj = auth["jwt"], toml_auth.get("jwt", {})
+        expect(tj.get("issuer") == jwt["issuer"] and tj.get("audience") == jwt["audience"], "[auth.jwt] has the issuer and audience")
+        expect(tj.get("leeway") == jwt.get("leeway"), "[auth.jwt] leeway only when set")
+        given_kinds = [k for k in KEY_KINDS if k in jwt]
+        fields = [f for f in KEY_KINDS.values() if f in tj]
+        ok = len(given_kinds) == 1 and fields == [KEY_KINDS[given_kinds[0]]]
+        expect(ok, f"[auth.jwt] has exactly the key file of {given_kinds}: {fields}")
+        if ok:
+            src = jwt[given_kinds[0]]
+            path = tj[fields[0]]
+            directory, filename = path.rsplit("/", 1)
+            mount = mounts.get(directory)
+            mounted = mount is not None and "subPath" not in mount and mount.get("readOnly") is True
+            expect(mounted, f"{path}: {directory} is a read-only whole-Secret mount, no subPath (refreshed on rotation)")
+            if mounted:
+                secret = volumes[mount["name"]].get("secret", {})
+                items = {i["path"]: i["key"] for i in secret.get("items", [])}
+                if src.get("existingSecret"):
+                    expect(secret.get("secretName") == src["existingSecret"], f"the auth key mounts existingSecret {src['existingSecret']}")
+                    expect(items.get(filename) == src["key"], f"{filename} is key {src['key']} of existingSecret")
+                    expect(src["existingSecret"] not in chart_secrets, "the chart does not create the auth key's existingSecret")
+                else:
+                    made = chart_secrets.get(secret.get("secretName"), {})
+                    data = made.get("data", {}).get(items.get(filename, ""))
+                    expect(data is not None and base64.b64decode(data).decode() == src["value"], f"{filename} is the chart-made Secret's copy of the key")
+                    cm_text = json.dumps([d for d in docs if d["kind"] == "ConfigMap"])
+                    expect(src["value"].strip() not in cm_text, "the auth key is in no ConfigMap")
+    else:
+        expect("jwt" not in toml_auth, "auth none: no [auth.jwt]")
+        expect(all("/auth" not in p for p in mounts), "auth none: no key mount")
+
     # Metrics parts.
     sm = one(docs, "ServiceMonitor")
     if values["metrics"]["serviceMonitor"]["enabled"]:
@@ -467,11 +583,27 @@ def check_gateway_accepts(name: str, docs: list[dict[str, Any]], gateway: Path) 
                 secret = Path(tmp) / f"{m['msn']}-{field}"
                 secret.write_text(f"made-up-{field}-{m['msn']}\n")
                 env[f"VOG_MERCHANTS__{i}__{field.upper()}"] = str(secret)
+        # The caller-auth key, of the kind gateway.toml names: the chart-made
+        # Secret's value when there is one, else a freshly made key.
+        jwt = tomllib.loads(toml_text).get("auth", {}).get("jwt", {})
+        key_kind = "none"
+        for kind, field in KEY_KINDS.items():
+            if field not in jwt:
+                continue
+            key_kind = kind
+            filename = jwt[field].rsplit("/", 1)[1]
+            made = [d for d in docs if d["kind"] == "Secret" and filename in d.get("data", {})]
+            text = base64.b64decode(made[0]["data"][filename]).decode() if made else make_auth_key(kind)
+            key = Path(tmp) / filename
+            key.write_text(text)
+            env[f"VOG_AUTH__JWT__{field.upper()}"] = str(key)
         res = subprocess.run([str(gateway), "check-config", "--config", str(config)], env=env, capture_output=True, text=True, timeout=60)
         if res.returncode != 0:
             print(res.stdout + res.stderr)
-        check(res.returncode == 0, f"[{name}] the gateway's check-config accepts the rendered gateway.toml ({len(merchants)} merchant(s))")
-        print(f"  [{name}] check-config: exit {res.returncode}, {len(merchants)} merchant(s)")
+        check(res.returncode == 0, f"[{name}] the gateway's check-config accepts the rendered gateway.toml ({len(merchants)} merchant(s), auth key {key_kind})")
+        if key_kind != "none":
+            check("caller auth Jwt" in res.stdout, f"[{name}] check-config loaded the {key_kind} caller-auth key: {res.stdout.strip()}")
+        print(f"  [{name}] check-config: exit {res.returncode}, {len(merchants)} merchant(s), auth key {key_kind}")
 
 
 # ---------------------------------------------------------------- rolling and refusals
@@ -507,7 +639,15 @@ def check_rolls() -> None:
         check(after[key] != before[key], f"changing {what} changes the pod annotation {key}")
     after = changed(lambda v: v["merchants"][1].update(clientSecret="rotated-secret"))
     check(after["checksum/config"] == before["checksum/config"], "a secret change leaves checksum/config alone")
-    print(f"  {len(cases) + 2} roll checks")
+    # A chart-made caller-auth key: rotating its value rolls the pods.
+    with_key = copy.deepcopy(base)
+    with_key["gateway"]["auth"]["jwt"] = {**base["gateway"]["auth"]["jwt"], "jwks": {"value": make_auth_key("jwks")}}
+    key_before = pod_annotations(with_key)
+    with_key["gateway"]["auth"]["jwt"]["jwks"] = {"value": make_auth_key("jwks")}
+    key_after = pod_annotations(with_key)
+    check(key_after["checksum/secrets"] != key_before["checksum/secrets"], "rotating a chart-made auth key changes the pod annotation checksum/secrets")
+    check(key_after["checksum/config"] == key_before["checksum/config"], "rotating a chart-made auth key leaves checksum/config alone")
+    print(f"  {len(cases) + 4} roll checks")
 
 
 def check_refusals() -> None:
@@ -585,12 +725,27 @@ def main() -> int:
         values = chart.merge_values(given) if given else defaults
         check_semantics(name, docs, values)
         check_gateway_accepts(name, docs, args.gateway)
+    # Every kind of caller-auth key, made by the chart from a value: the
+    # rendered release fits together and the gateway loads the key.
+    base = load_values("all-on")
+    assert base is not None
+    for kind in KEY_KINDS:
+        name = f"all-on-jwt-{kind}-value"
+        section(f"render {name}")
+        given = copy.deepcopy(base)
+        jwt = {k: v for k, v in given["gateway"]["auth"]["jwt"].items() if k not in KEY_KINDS}
+        given["gateway"]["auth"]["jwt"] = {**jwt, kind: {"value": make_auth_key(kind)}}
+        docs = render(given)
+        for k, count in check_schemas(name, docs).items():
+            totals[k] = totals.get(k, 0) + count
+        check_semantics(name, docs, chart.merge_values(given))
+        check_gateway_accepts(name, docs, args.gateway)
     check_rolls()
     check_refusals()
 
     core = sum(c for k, c in totals.items() if k in CORE_KINDS)
     custom = sum(c for k, c in totals.items() if k in CUSTOM_KINDS)
-    print(f"\nrendered {sum(totals.values())} manifests over {len(scenarios)} value sets: {core} core (kubernetes-validate, {len(K8S_VERSIONS)} versions), {custom} prometheus-operator")
+    print(f"\nrendered {sum(totals.values())} manifests over {len(scenarios) + len(KEY_KINDS)} value sets: {core} core (kubernetes-validate, {len(K8S_VERSIONS)} versions), {custom} prometheus-operator")
     if failures:
         print(f"\n{len(failures)} chart check(s) failed:")
         for f in failures:

@@ -205,15 +205,20 @@ def traffic(gw):
     # Vipps forgets the token: a 401, a new token, the call again (a retry).
     expect(200, http("POST", f"{s}/_simulator/tokens/expire"), "expire tokens")
     expect(201, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-retry/receipt", RECEIPT), "receipt after 401")
-    # Vipps fails: an upstream 503, then a dropped connection.
+    # Vipps fails once: an upstream 503, retried by the gateway (a retry).
     expect(201, http("POST", f"{s}/_simulator/faults", {"endpoint": "receipt", "status": 503, "times": 1}), "fault")
-    expect(502, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-503/receipt", RECEIPT), "receipt 503")
-    expect(201, http("POST", f"{s}/_simulator/faults", {"endpoint": "order", "drop": True, "times": 1}), "fault")
+    expect(201, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-503/receipt", RECEIPT), "receipt after a retried 503")
+    # Vipps keeps failing (every attempt): a 503 three times, then dropped connections.
+    expect(201, http("POST", f"{s}/_simulator/faults", {"endpoint": "receipt", "status": 503, "times": 3}), "fault")
+    expect(502, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-503b/receipt", RECEIPT), "receipt 503")
+    expect(201, http("POST", f"{s}/_simulator/faults", {"endpoint": "order", "drop": True, "times": 3}), "fault")
     expect(502, http("GET", f"{g}/v1/merchants/{msn}/orders/ci-0"), "dropped order read")
-    # The token endpoint fails once after a 401: a failed fetch.
+    # The token endpoint fails once after a 401: a failed fetch; fetches
+    # then back off for a second before the gateway recovers.
     expect(200, http("POST", f"{s}/_simulator/tokens/expire"), "expire tokens")
     expect(201, http("POST", f"{s}/_simulator/faults", {"endpoint": "token", "status": 500, "times": 1}), "fault")
-    expect(502, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-tokfail/receipt", RECEIPT), "token failure")
+    expect(503, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-tokfail/receipt", RECEIPT), "token failure")
+    time.sleep(1.2)
     expect(201, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-after/receipt", RECEIPT), "receipt after recovery")
 
 

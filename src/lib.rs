@@ -54,6 +54,9 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct Reloader {
     settings: Arc<Settings>,
+    /// The config file the merchants come from, re-read on every reload
+    /// so merchants can be added or removed without a restart.
+    config_file: Option<Arc<std::path::Path>>,
     state: web::Data<AppState>,
     upstream: Arc<Upstream>,
     auth: web::Data<Authenticator>,
@@ -70,7 +73,12 @@ impl Reloader {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vec<Msn>, ConfigError> {
         let keys = self.auth.prepare_reload()?;
-        let fresh = self.settings.load_merchants(env)?;
+        let fresh = match &self.config_file {
+            // Merchants come from the file as it is now; other settings
+            // keep their values until a restart.
+            Some(path) => Settings::load(path, std::env::vars())?.load_merchants(env)?,
+            None => self.settings.load_merchants(env)?,
+        };
         self.auth.commit_reload(keys);
         let old = self.state.merchants.snapshot();
         let mut changed: Vec<Msn> = old
@@ -87,6 +95,12 @@ impl Reloader {
             }
         }
         Ok(changed)
+    }
+
+    /// Re-reads the merchants of this config file on every reload.
+    pub fn with_config_file(mut self, path: &std::path::Path) -> Self {
+        self.config_file = Some(Arc::from(path));
+        self
     }
 
     /// How often mounted secret files are checked for changes.
@@ -181,6 +195,7 @@ impl Application {
         let deadline = request_id::RequestDeadline(settings.resilience.request_deadline);
         let reloader = Reloader {
             settings: Arc::new(settings.clone()),
+            config_file: None,
             state: state.clone(),
             upstream: upstream.clone(),
             auth: auth.clone(),

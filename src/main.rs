@@ -102,7 +102,12 @@ async fn serve(
     if let Some(port) = app.metrics_port() {
         tracing::info!(port, "metrics listening");
     }
-    let reloader = app.reloader();
+    // With --simulator the merchants are built in; otherwise they come from
+    // the file, re-read on every reload.
+    let reloader = match (&config, with_simulator) {
+        (Some(path), false) => app.reloader().with_config_file(path),
+        _ => app.reloader(),
+    };
     let server = app.server();
     spawn_shutdown(server.handle());
     spawn_reload_on_hangup(reloader);

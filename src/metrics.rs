@@ -324,6 +324,14 @@ pub fn upstream_endpoint(path: &str) -> &'static str {
     if path == "/order-management/v1/images" {
         return "image";
     }
+    // The deprecated v1 order and receipt calls, reachable through the proxy.
+    if let Some(rest) = path.strip_prefix("/order-management/v1/") {
+        return match rest.split('/').collect::<Vec<_>>().as_slice() {
+            ["orders", _] => "v1-orders",
+            ["receipts", _] => "v1-receipts",
+            _ => "other",
+        };
+    }
     match path.strip_prefix("/order-management/v2/") {
         Some(rest) => match rest.split('/').collect::<Vec<_>>().as_slice() {
             [_, "categories", _] => "category",
@@ -338,6 +346,23 @@ pub fn upstream_endpoint(path: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_paths_have_their_own_endpoint_names() {
+        assert_eq!(
+            upstream_endpoint("/order-management/v1/orders/t-1"),
+            "v1-orders"
+        );
+        assert_eq!(
+            upstream_endpoint("/order-management/v1/receipts/t-1"),
+            "v1-receipts"
+        );
+        assert_eq!(upstream_endpoint("/order-management/v1/other/t-1"), "other");
+        assert_eq!(
+            upstream_endpoint("/order-management/v2/ecom/receipts/o"),
+            "receipt"
+        );
+    }
 
     #[test]
     fn labels_are_fixed_words() {

@@ -223,9 +223,13 @@ pub async fn forward(
     // Transport failures and token trouble map as on the façade (502/504);
     // any complete answer from Order Management is passed back as it is.
     let resp = answer.map_err(|e| upstream_problem(e, Operation::Order))?;
-    if resp.status == StatusCode::UNAUTHORIZED {
-        // Already the answer to a fresh token: the gateway's credentials are
-        // wrong, which the caller cannot fix (and a 401 would blame the caller).
+    if matches!(
+        resp.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        // A 401 is already the answer to a fresh token, and a 403 refuses the
+        // gateway's subscription key: the gateway's credentials are wrong,
+        // which the caller cannot fix (and passing it on would blame the caller).
         return Err(ApiError::new(
             Kind::UpstreamAuth,
             "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",

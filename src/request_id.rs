@@ -75,7 +75,15 @@ pub async fn within_deadline<T>(
 /// formed) and for metrics (a configured MSN, `unknown` or `none`: never an
 /// arbitrary value, so the label stays bounded).
 fn merchant_labels(req: &ServiceRequest) -> (Option<String>, String) {
-    let Some(raw) = metrics::path_msn(req.path()) else {
+    // The proxy names its merchant in a header, the façade in the path.
+    let raw = if req.path().starts_with(crate::proxy::PREFIX) {
+        req.headers()
+            .get("merchant-serial-number")
+            .and_then(|v| v.to_str().ok())
+    } else {
+        metrics::path_msn(req.path())
+    };
+    let Some(raw) = raw else {
         return (None, metrics::NO_MSN.to_owned());
     };
     let Ok(msn) = Msn::parse(raw) else {
@@ -123,8 +131,19 @@ pub async fn middleware(
         deadline: limit.map(|l| started + l),
     };
     let pattern = req.match_pattern();
-    let operation = metrics::operation(pattern.as_deref());
-    let route = pattern.unwrap_or_else(|| "unmatched".into());
+    let proxied = req.path().starts_with(crate::proxy::PREFIX);
+    let operation = if proxied {
+        "proxy"
+    } else {
+        metrics::operation(pattern.as_deref())
+    };
+    // The proxy judges its raw path itself; its log names the surface, not
+    // the caller's path, so a log line never carries an arbitrary path.
+    let route = match pattern {
+        Some(p) => p,
+        None if proxied => format!("{}/...", crate::proxy::PREFIX),
+        None => "unmatched".into(),
+    };
     let (msn_log, msn_label) = merchant_labels(&req);
     let span = tracing::info_span!(
         "request",

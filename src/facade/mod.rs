@@ -342,7 +342,17 @@ pub fn upstream_problem(e: UpstreamError, op: Operation) -> ApiError {
             ),
             S::TOO_MANY_REQUESTS => ApiError::new(Kind::UpstreamBusy, "Vipps is rate limiting this merchant; retry later.")
                 .with_retry_after(retry_after.unwrap_or(1)),
-            _ => ApiError::new(Kind::UpstreamFailed, format!("Vipps answered {}.", status.as_u16())),
+            _ => {
+                let e = ApiError::new(
+                    Kind::UpstreamFailed,
+                    format!("Vipps answered {}.", status.as_u16()),
+                );
+                // Vipps' own hint of when to come back is the caller's to keep.
+                match retry_after {
+                    Some(secs) => e.with_retry_after(secs),
+                    None => e,
+                }
+            }
         },
         UpstreamError::TokenRejected(_) => ApiError::new(
             Kind::UpstreamAuth,

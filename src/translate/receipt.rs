@@ -182,7 +182,13 @@ pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
     let mut order_lines = Vec::with_capacity(req.lines.len());
     let mut signed_sum: i128 = 0;
     for (i, line) in req.lines.iter().enumerate() {
-        if let Some(built) = build_line(&mut c, i, line, cur) {
+        let errors_before = c.params.len();
+        let built = build_line(&mut c, i, line, cur);
+        if built.is_none() && c.params.len() == errors_before {
+            // Every refusal names its field; a line is never dropped silently.
+            c.fail(format!("lines[{i}]"), "cannot be translated");
+        }
+        if let Some(built) = built {
             let sign = if line.is_return { -1 } else { 1 };
             signed_sum += sign * i128::from(built.total_amount);
             order_lines.push(built);
@@ -367,8 +373,12 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
                     return None;
                 }
             }
+            let Some(unit_price) = to_minor(price, cur.decimals()) else {
+                c.fail(at("unitPrice"), "is too large");
+                return None;
+            };
             unit_info = Some(UnitInfo {
-                unit_price: to_minor(price, cur.decimals())?,
+                unit_price,
                 quantity: format_plain(quantity),
                 quantity_unit: Some(line.unit.unwrap_or_default()),
             });
@@ -377,7 +387,10 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
         None => total?,
     };
     let tax = div_round_half_away(i128::from(gross) * i128::from(rate), 100 + i128::from(rate));
-    let tax = i64::try_from(tax).ok()?;
+    let Ok(tax) = i64::try_from(tax) else {
+        c.fail(at("totalAmount"), "is too large");
+        return None;
+    };
     Some(OrderLine {
         name: line.name.clone(),
         id: line.id.clone(),

@@ -84,7 +84,7 @@ pub enum Retry {
     /// exchanges, 429, 502, 503 and 504.
     Safe,
     /// Only when the upstream cannot have acted on it: connection errors
-    /// before sending, 429, 502, 503 and 504.
+    /// before sending, and 429.
     IfNotProcessed,
 }
 
@@ -209,7 +209,7 @@ impl VippsClient {
             );
             actix_web::rt::spawn(async move {
                 match fetch_token(&http, &up, &m).await {
-                    Ok(new) => up.tokens.insert(m.msn.clone(), new).await,
+                    Ok(new) => up.tokens.replace(m.msn.clone(), &old, new).await,
                     Err(e) => {
                         // The old token stays in use while it is valid; the
                         // next request may try again once the backoff allows.
@@ -300,7 +300,11 @@ impl VippsClient {
                 _ => {}
             }
             let retryable = match &outcome {
-                Ok(r) => matches!(r.status.as_u16(), 429 | 502 | 503 | 504),
+                // A 429 was refused before any work. A 502/503/504 may come
+                // after Vipps acted (a proxy in front of it timing out), so
+                // only calls that are safe to repeat are resent after one.
+                Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => true,
+                Ok(r) => call.retry == Retry::Safe && matches!(r.status.as_u16(), 502..=504),
                 Err(UpstreamError::Connect(_)) => true,
                 Err(UpstreamError::Timeout | UpstreamError::Broken(_)) => call.retry == Retry::Safe,
                 Err(_) => false,

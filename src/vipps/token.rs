@@ -133,9 +133,21 @@ impl TokenCache {
         Ok(Lookup::Fresh(token))
     }
 
-    /// Stores a token fetched in the background.
-    pub async fn insert(&self, msn: Msn, token: Arc<AccessToken>) {
-        self.cache.insert(msn, token).await;
+    /// Stores a token fetched in the background in place of `old`, unless
+    /// `old` is no longer the cached one (a 401 or a reload dropped it, or
+    /// another fetch replaced it): a token fetched with credentials that a
+    /// reload has since replaced is not put back.
+    pub async fn replace(&self, msn: Msn, old: &Arc<AccessToken>, new: Arc<AccessToken>) {
+        self.cache
+            .entry(msn)
+            .and_compute_with(|entry| {
+                let op = match entry {
+                    Some(e) if Arc::ptr_eq(e.value(), old) => Op::Put(new),
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 
     /// The cached token, if any (for reporting its expiry).

@@ -150,7 +150,12 @@ async fn secrets_reload_on_sighup_and_on_file_change_dropping_changed_tokens() {
         ),
     )
     .unwrap();
-    let p = Process::start(Command::new(BIN).args(["serve", "--config"]).arg(&config));
+    let p = Process::start(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SECOND_MERCHANT_KEY", "second-key"),
+    );
     let port = p.value_after("gateway listening", "port").await;
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -205,5 +210,37 @@ async fn secrets_reload_on_sighup_and_on_file_change_dropping_changed_tokens() {
     p.signal("-HUP");
     assert!(p.saw("secret reload failed").await);
     assert_eq!(post("r-4").await, 201);
+
+    // A merchant added to the config file serves after a reload.
+    std::fs::write(&secret, "rotated-secret-2\n").unwrap();
+    let second = dir.join("second_secret");
+    std::fs::write(&second, "second-secret\n").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[[merchants]]\nmsn = \"654321\"\nclient_id = \"second-client\"\nclient_secret_file = \"{}\"\nsubscription_key_env = \"SECOND_MERCHANT_KEY\"\n",
+        second.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/merchants/654321/orders/r-5/receipt");
+    assert_eq!(
+        client
+            .post(url.clone())
+            .send_json(&spec_receipt())
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    p.signal("-HUP");
+    assert!(p.saw("secrets reloaded").await);
+    assert_eq!(
+        client
+            .post(url)
+            .send_json(&spec_receipt())
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

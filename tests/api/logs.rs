@@ -88,6 +88,14 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+    let resp = client
+        .get(format!("{base}/vipps/order-management/v2/ecom/log-1"))
+        .insert_header(("x-request-id", "log-test-proxy"))
+        .insert_header(("Merchant-Serial-Number", "123456"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // The token the gateway used, as the simulator saw it.
     let mut seen = client
         .get(format!("{sim}/_simulator/requests"))
@@ -131,6 +139,11 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
     assert_eq!(unknown["span"]["msn"], "777777");
     assert_eq!(unknown["span"]["status"], 404);
     assert!(unknown["span"].get("upstream_status").is_none());
+    let proxied = finished("log-test-proxy");
+    assert_eq!(proxied["span"]["operation"], "proxy");
+    assert_eq!(proxied["span"]["msn"], "123456");
+    assert_eq!(proxied["span"]["route"], "/vipps/order-management/...");
+    assert_eq!(proxied["span"]["upstream_status"], 200);
 
     let all = lines.join("\n");
     for secret in [

@@ -474,3 +474,33 @@ async fn each_merchant_gets_the_same_series_for_the_same_traffic() {
             .count()
     );
 }
+
+#[actix_web::test]
+async fn proxied_requests_are_counted_under_their_merchant() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .get(app.url("/vipps/order-management/v2/ecom/p-1"))
+        .insert_header(("Merchant-Serial-Number", MSN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = app
+        .client
+        .get(app.url("/vipps/order-management/v2/ecom/p-1"))
+        .insert_header(("Merchant-Serial-Number", "31337"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let m = scrape(&app).await;
+    let proxied = [("msn", MSN), ("operation", "proxy"), ("status", "4xx")];
+    assert_eq!(m.value("gateway_requests_total", &proxied), 1.0);
+    let unknown = [
+        ("msn", "unknown"),
+        ("operation", "proxy"),
+        ("status", "4xx"),
+    ];
+    assert_eq!(m.value("gateway_requests_total", &unknown), 1.0);
+}

@@ -529,6 +529,14 @@ async fn refused_gateway_credentials_are_502_not_the_callers_401() {
     assert!(p["type"].as_str().unwrap().ends_with("/upstream-auth"));
     assert_eq!(app.sim_requests_to("order").await.len(), 2);
 
+    // A 403 refusing the gateway's subscription key is the operator's to fix too.
+    app.clear_faults().await;
+    app.add_fault(json!({"endpoint": "order", "status": 403, "times": 1}))
+        .await;
+    let a = proxy(&app, Method::GET, "/v2/ecom/o-2", None).await;
+    let p = a.problem(502);
+    assert!(p["type"].as_str().unwrap().ends_with("/upstream-auth"));
+
     app.add_fault(json!({"endpoint": "token", "status": 500}))
         .await;
     app.expire_tokens().await;

@@ -166,7 +166,7 @@ fn cases() -> Vec<Case> {
             0,
         ),
         case(
-            "JSON number read exactly: 1 x 1.005 @ 25 (f64 would give 1.00)",
+            "JSON number read exactly: 1 x 1.005 @ 25 (the half-way case of a number)",
             line(json!({"quantity": 1, "unitPrice": 1.005, "taxPercent": 25})),
             (101, 20, 81),
             unit_info(101, "1", "PCS"),
@@ -656,4 +656,26 @@ async fn a_recurring_receipt_goes_to_the_recurring_endpoint() {
             .as_str()
             .unwrap()
             .contains("/v2/recurring/receipts/")));
+}
+
+/// A JSON number with more digits than a double holds is read from its text:
+/// as an f64, 99999999999.994999 would become 99999999999.995 and round up.
+#[actix_web::test]
+async fn json_numbers_are_read_exactly_not_through_floating_point() {
+    let app = spawn_app().await;
+    let body = br#"{"currency":"NOK","lines":[{"id":"x","name":"Big","quantity":1,"unitPrice":99999999999.994999,"taxPercent":25}]}"#;
+    let a = app
+        .send_raw(
+            awc::http::Method::POST,
+            "/v1/merchants/123456/orders/exact-1/receipt",
+            "application/json",
+            body.to_vec(),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let line = &a.body["receipt"]["orderLines"][0];
+    assert_eq!(line["unitInfo"]["unitPrice"], 9_999_999_999_999_i64);
+    assert_eq!(line["totalAmount"], 9_999_999_999_999_i64);
+    assert_eq!(line["totalTaxAmount"], 2_000_000_000_000_i64);
+    assert_eq!(line["totalAmountExcludingTax"], 7_999_999_999_999_i64);
 }

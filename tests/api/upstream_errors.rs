@@ -129,3 +129,15 @@ async fn an_unreachable_upstream_is_a_503_without_a_token() {
         "{body}"
     );
 }
+
+#[actix_web::test]
+async fn a_long_retry_after_on_a_5xx_reaches_the_caller() {
+    let app = spawn_app().await;
+    app.add_fault(json!({"endpoint": "receipt", "status": 503, "retryAfter": "30"}))
+        .await;
+    let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
+    a.problem(502);
+    assert_eq!(a.retry_after.as_deref(), Some("30"));
+    // Longer than the backoff allows: not waited for, not resent.
+    assert_eq!(app.sim_requests_to("receipt").await.len(), 1);
+}

@@ -50,6 +50,41 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Where the caller-auth key Secret is mounted (a directory, no subPath). */}}
+{{- define "vog.authMountPath" -}}
+/etc/vipps-order-gateway/auth
+{{- end }}
+
+{{/* The one key source of gateway.auth.jwt: hs256Secret, publicKey or jwks. */}}
+{{- define "vog.authKeyKind" -}}
+{{- $jwt := required "gateway.auth.jwt is required when gateway.auth.mode is jwt" .Values.gateway.auth.jwt }}
+{{- $set := list }}
+{{- range list "hs256Secret" "publicKey" "jwks" }}
+{{- if hasKey $jwt . }}
+{{- $set = append $set . }}
+{{- end }}
+{{- end }}
+{{- if ne (len $set) 1 }}
+{{- fail "gateway.auth.jwt: give exactly one of hs256Secret, publicKey and jwks" }}
+{{- end }}
+{{- first $set }}
+{{- end }}
+
+{{/* File name of the key in the mounted directory (and its key in a chart-made Secret). */}}
+{{- define "vog.authKeyFileName" -}}
+{{- get (dict "hs256Secret" "hs256_secret" "publicKey" "public_key.pem" "jwks" "jwks.json") (include "vog.authKeyKind" .) }}
+{{- end }}
+
+{{/* Name of the Secret holding the caller-auth key. */}}
+{{- define "vog.authSecretName" -}}
+{{- $src := index .Values.gateway.auth.jwt (include "vog.authKeyKind" .) }}
+{{- if $src.existingSecret }}
+{{- $src.existingSecret }}
+{{- else }}
+{{- printf "%s-auth" (include "vog.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{/* terminationGracePeriodSeconds: pre-stop sleep + drain + margin. */}}
 {{- define "vog.terminationGracePeriodSeconds" -}}
 {{- add .Values.gateway.preStopSleepSeconds .Values.gateway.shutdownGraceSeconds .Values.gateway.terminationMarginSeconds }}
@@ -67,6 +102,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $np := .Values.networkPolicy }}
 {{- if and $np.enabled (not (or $np.ingress.fromSameNamespace $np.ingress.controllerNamespaceSelector)) }}
 {{- fail "networkPolicy.ingress: allow at least the namespace or the ingress controller, or no caller reaches the gateway" }}
+{{- end }}
+{{- if eq .Values.gateway.auth.mode "jwt" }}
+{{- $_ := include "vog.authKeyKind" . }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas is greater than autoscaling.maxReplicas" }}

@@ -177,10 +177,6 @@ impl VippsClient {
         Self { http, up }
     }
 
-    pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.up
-    }
-
     /// A usable token for the merchant, fetched once for concurrent
     /// callers; when its refresh is due, a new one is fetched in the
     /// background while this one is still used.

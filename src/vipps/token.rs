@@ -62,11 +62,6 @@ impl AccessToken {
             .checked_sub(travel)
             .is_some_and(|last_use| now < last_use)
     }
-
-    /// Seconds until it expires (0 when expired).
-    pub fn seconds_left(&self, now: Instant) -> u64 {
-        self.expires_at.saturating_duration_since(now).as_secs()
-    }
 }
 
 /// What a lookup found.
@@ -150,11 +145,6 @@ impl TokenCache {
             .await;
     }
 
-    /// The cached token, if any (for reporting its expiry).
-    pub async fn peek(&self, msn: &Msn) -> Option<Arc<AccessToken>> {
-        self.cache.get(msn).await
-    }
-
     /// Drops the cached token for `msn` if it is still `failed`; a token that
     /// another request already replaced stays.
     pub async fn invalidate_if_same(&self, msn: &Msn, failed: &Arc<AccessToken>) {
@@ -189,11 +179,6 @@ impl TokenCache {
             .iter()
             .map(|(msn, t)| ((*msn).clone(), t.expires_at))
             .collect()
-    }
-
-    /// Drops every token.
-    pub fn clear(&self) {
-        self.cache.invalidate_all();
     }
 }
 

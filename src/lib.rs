@@ -220,10 +220,12 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|e, _| {
                     ApiError::field(Kind::InvalidRequest, "path", e.to_string()).into()
                 }))
+                // The proxy's literal prefix first: its requests then skip
+                // the façade's patterns when routed.
+                .configure(|cfg| proxy::routes(cfg, &proxy_settings))
                 .configure(ops::routes)
                 .configure(ops::metrics_routes)
                 .configure(facade::routes)
-                .configure(|cfg| proxy::routes(cfg, &proxy_settings))
                 .default_service(web::to(not_found))
         })
         .listen(listener)

@@ -6,6 +6,7 @@
 //! The same middleware counts and times every request (`crate::metrics`) and
 //! fills the span with the merchant, operation, upstream status and latency.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -100,6 +101,17 @@ fn merchant_labels(req: &ServiceRequest) -> (Option<String>, String) {
     (Some(msn.as_str().to_owned()), label)
 }
 
+/// The route a proxied request's log line names.
+const PROXY_ROUTE: &str = "/vipps/order-management/...";
+
+/// A new request id: a random (version 4) UUID from a per-thread generator,
+/// so no system call per request. Ids need to be unique, not secret.
+fn new_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
+}
+
 /// A caller's id is kept when it is short and printable, so it can go into
 /// a header and a log line unchanged.
 fn usable(id: &str) -> bool {
@@ -121,7 +133,7 @@ pub async fn middleware(
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| usable(v))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        .map_or_else(new_id, str::to_owned);
     req.extensions_mut().insert(RequestId(id.clone()));
     let limit = req.app_data::<RequestDeadline>().map(|d| d.0);
     let started = Instant::now();
@@ -130,26 +142,25 @@ pub async fn middleware(
         path: req.path().to_owned(),
         deadline: limit.map(|l| started + l),
     };
-    let pattern = req.match_pattern();
     let proxied = req.path().starts_with(crate::proxy::PREFIX);
-    let operation = if proxied {
-        "proxy"
-    } else {
-        metrics::operation(pattern.as_deref())
-    };
     // The proxy judges its raw path itself; its log names the surface, not
     // the caller's path, so a log line never carries an arbitrary path.
-    let route = match pattern {
-        Some(p) => p,
-        None if proxied => format!("{}/...", crate::proxy::PREFIX),
-        None => "unmatched".into(),
+    // Only the façade's routes are matched again for their pattern.
+    let (operation, route) = if proxied {
+        ("proxy", Cow::Borrowed(PROXY_ROUTE))
+    } else {
+        let pattern = req.match_pattern();
+        (
+            metrics::operation(pattern.as_deref()),
+            pattern.map_or(Cow::Borrowed("unmatched"), Cow::Owned),
+        )
     };
     let (msn_log, msn_label) = merchant_labels(&req);
     let span = tracing::info_span!(
         "request",
-        request_id = %id,
-        method = %req.method(),
-        route = %route,
+        request_id = id.as_str(),
+        method = req.method().as_str(),
+        route = route.as_ref(),
         operation,
         msn = msn_log.as_deref(),
         status = tracing::field::Empty,
@@ -186,7 +197,7 @@ pub async fn middleware(
 
 #[cfg(test)]
 mod tests {
-    use super::usable;
+    use super::{new_id, usable, PROXY_ROUTE};
 
     #[test]
     fn caller_ids_must_be_short_and_printable() {
@@ -195,5 +206,25 @@ mod tests {
         assert!(!usable(""));
         assert!(!usable("a\r\nb"));
         assert!(!usable(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_version_4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert!(usable(id));
+        }
+    }
+
+    #[test]
+    fn proxy_route_names_the_proxy_prefix() {
+        assert_eq!(
+            PROXY_ROUTE,
+            format!("{}/...", crate::proxy::PREFIX),
+            "the log's proxy route follows the prefix"
+        );
     }
 }

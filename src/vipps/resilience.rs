@@ -83,6 +83,10 @@ impl MerchantGuard {
 
     /// Waits up to `queue_timeout` for a call slot.
     pub async fn slot(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        // A free slot is taken at once, without arming a timer.
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
         tokio::time::timeout(wait, self.slots.clone().acquire_owned())
             .await
             .ok()

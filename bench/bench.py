@@ -335,7 +335,14 @@ request = function()
 end
 """
     if delay_ms:
-        code += f"function delay() return {delay_ms} end\n"
+        # An exponential think time (mean delay_ms): arrivals are Poisson-like,
+        # so the connections do not fire in step and queue behind each other.
+        code += f"""
+math.randomseed(os.time())
+function delay()
+  return math.floor(-math.log(1 - math.random()) * {delay_ms} + 0.5)
+end
+"""
     code += (LIB / "report.lua").read_text()
     path_ = workdir / f"{name}.lua"
     path_.write_text(code)
@@ -791,8 +798,10 @@ def markdown(res):
         L.append(f"### Latency added over direct at about half load")
         L.append("")
         L.append(f"wrk has no fixed-rate mode here (wrk2 is not packaged), so each of the {h['connections']} connections "
-                 f"waits {h['delay_ms']} ms (`delay()`) between requests: about {h['target_rps']} req/s, half the slowest "
-                 "case's maximum. Closed loop: coordinated omission is not corrected.")
+                 f"waits a random time between requests (`delay()`, exponential with a mean of {h['delay_ms']} ms, so "
+                 "arrivals are Poisson-like instead of all connections firing in step): about "
+                 f"{h['target_rps']} req/s, half the slowest case's maximum. Closed loop: coordinated omission "
+                 "is not corrected.")
         L.append("")
         L.append("| case | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | target (≤ 0.3 / ≤ 1 ms) |")
         L.append("|---|---|---|---|---|---|---|---|")

@@ -81,6 +81,10 @@ impl OrderId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         check_id(s, Self::MAX_LEN).map(|()| Self(s.to_owned()))
     }
+    /// Whether [`Self::parse`] would accept `s`, without allocating.
+    pub fn is_valid(s: &str) -> bool {
+        check_id(s, Self::MAX_LEN).is_ok()
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -326,21 +326,32 @@ pub fn upstream_endpoint(path: &str) -> &'static str {
     }
     // The deprecated v1 order and receipt calls, reachable through the proxy.
     if let Some(rest) = path.strip_prefix("/order-management/v1/") {
-        return match rest.split('/').collect::<Vec<_>>().as_slice() {
-            ["orders", _] => "v1-orders",
-            ["receipts", _] => "v1-receipts",
+        return match segments(rest).as_ref().map(|(s, n)| &s[..*n]) {
+            Some(["orders", _]) => "v1-orders",
+            Some(["receipts", _]) => "v1-receipts",
             _ => "other",
         };
     }
     match path.strip_prefix("/order-management/v2/") {
-        Some(rest) => match rest.split('/').collect::<Vec<_>>().as_slice() {
-            [_, "categories", _] => "category",
-            [_, "receipts", _] => "receipt",
-            [_, _] => "order",
+        Some(rest) => match segments(rest).as_ref().map(|(s, n)| &s[..*n]) {
+            Some([_, "categories", _]) => "category",
+            Some([_, "receipts", _]) => "receipt",
+            Some([_, _]) => "order",
             _ => "other",
         },
         None => "other",
     }
+}
+
+/// Up to three `/`-separated segments, without allocating; `None` for more.
+fn segments(s: &str) -> Option<([&str; 3], usize)> {
+    let mut out = [""; 3];
+    let mut n = 0;
+    for segment in s.split('/') {
+        *out.get_mut(n)? = segment;
+        n += 1;
+    }
+    Some((out, n))
 }
 
 #[cfg(test)]
@@ -358,6 +369,15 @@ mod tests {
             "v1-receipts"
         );
         assert_eq!(upstream_endpoint("/order-management/v1/other/t-1"), "other");
+        assert_eq!(
+            upstream_endpoint("/order-management/v1/orders/t-1/x"),
+            "other"
+        );
+        assert_eq!(
+            upstream_endpoint("/order-management/v2/ecom/receipts/o/x"),
+            "other"
+        );
+        assert_eq!(upstream_endpoint("/order-management/v2/ecom"), "other");
         assert_eq!(
             upstream_endpoint("/order-management/v2/ecom/receipts/o"),
             "receipt"

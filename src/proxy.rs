@@ -9,6 +9,8 @@
 //! `/./`, backslashes and absolute URLs never reach Vipps: whatever passes the
 //! check is sent upstream byte for byte as it arrived.
 
+use std::sync::LazyLock;
+
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse, ResponseError as _};
@@ -21,23 +23,30 @@ use crate::facade::{read_body, upstream_problem, AppState, Operation};
 use crate::request_id::RequestId;
 use crate::vipps::VippsClient;
 
+/// The header naming the merchant of a proxied call.
+pub const MSN_HEADER: HeaderName = HeaderName::from_static("merchant-serial-number");
+
 /// The gateway's prefix; what follows it is the upstream path below `/order-management`.
 pub const PREFIX: &str = "/vipps/order-management";
 
 /// Request headers passed on to Vipps. Everything else the caller sent
 /// (credentials, `Vipps-System-*`, cookies, forwarding headers, hop-by-hop
 /// headers) is dropped; the client adds the gateway's own credentials.
-const FORWARDED_REQUEST: [&str; 3] = ["content-type", "accept", "accept-language"];
+const FORWARDED_REQUEST: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+];
 
 /// Response headers passed back from Vipps. Hop-by-hop and framing headers
 /// are the gateway's own; `X-Request-Id` is the gateway's request id.
-const FORWARDED_RESPONSE: [&str; 6] = [
-    "content-type",
-    "content-language",
-    "retry-after",
-    "cache-control",
-    "etag",
-    "last-modified",
+const FORWARDED_RESPONSE: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LANGUAGE,
+    header::RETRY_AFTER,
+    header::CACHE_CONTROL,
+    header::ETAG,
+    header::LAST_MODIFIED,
 ];
 
 /// The allow-list (SPEC §2): each path below [`PREFIX`] (and below Vipps'
@@ -71,20 +80,38 @@ fn segment_ok(pattern: &str, raw: &str) -> bool {
         "{paymentType}" => raw == "ecom" || raw == "recurring",
         // `transactionId` is documented only as a string; Vipps ids are
         // digits or order ids, so the order id rules (and length) apply.
-        "{orderId}" | "{transactionId}" => OrderId::parse(raw).is_ok(),
+        "{orderId}" | "{transactionId}" => OrderId::is_valid(raw),
         literal => literal == raw,
     }
 }
 
+/// Most segments of an allow-listed path.
+const MAX_SEGMENTS: usize = 4;
+
+/// [`ROUTES`] with each pattern split into its segments once.
+static ROUTE_SEGMENTS: LazyLock<Vec<(Vec<&'static str>, &'static [Method])>> =
+    LazyLock::new(|| {
+        ROUTES
+            .iter()
+            .map(|(pattern, methods)| (pattern[1..].split('/').collect(), *methods))
+            .collect()
+    });
+
 /// Matches the raw path below [`PREFIX`] against the allow-list.
 fn route(method: &Method, rest: &str) -> Result<(), Refusal> {
     let rest = rest.strip_prefix('/').ok_or(Refusal::NoRoute)?;
-    let raw: Vec<&str> = rest.split('/').collect();
-    let (_, methods) = ROUTES
+    // Split once, without allocating; a longer path matches nothing.
+    let mut raw = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        *raw.get_mut(count).ok_or(Refusal::NoRoute)? = segment;
+        count += 1;
+    }
+    let raw = &raw[..count];
+    let (_, methods) = ROUTE_SEGMENTS
         .iter()
         .find(|(pattern, _)| {
-            let pattern: Vec<&str> = pattern[1..].split('/').collect();
-            pattern.len() == raw.len() && pattern.iter().zip(&raw).all(|(p, r)| segment_ok(p, r))
+            pattern.len() == raw.len() && pattern.iter().zip(raw).all(|(p, r)| segment_ok(p, r))
         })
         .ok_or(Refusal::NoRoute)?;
     if methods.contains(method) {
@@ -157,23 +184,23 @@ fn refusal_response(refusal: Refusal, method: &Method) -> HttpResponse {
 fn forwarded_request_headers(req: &HttpRequest) -> HeaderMap {
     let connection_named: Vec<String> = req
         .headers()
-        .get_all(header::CONNECTION)
+        .get_all(&header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
     let mut out = HeaderMap::new();
-    for name in FORWARDED_REQUEST {
-        if connection_named.iter().any(|c| c == name) {
+    for name in &FORWARDED_REQUEST {
+        if connection_named.iter().any(|c| c == name.as_str()) {
             continue;
         }
         for value in req.headers().get_all(name) {
-            out.append(HeaderName::from_static(name), value.clone());
+            out.append(name.clone(), value.clone());
         }
     }
     if let Some(id) = req.extensions().get::<RequestId>() {
         if let Ok(v) = HeaderValue::from_str(&id.0) {
-            out.insert(HeaderName::from_static(crate::request_id::HEADER), v);
+            out.insert(crate::request_id::HEADER_NAME, v);
         }
     }
     out
@@ -196,7 +223,7 @@ pub async fn forward(
     };
     let msn = req
         .headers()
-        .get("merchant-serial-number")
+        .get(&MSN_HEADER)
         .ok_or_else(|| {
             ApiError::field(
                 Kind::InvalidRequest,
@@ -236,9 +263,9 @@ pub async fn forward(
         ));
     }
     let mut out = HttpResponse::build(resp.status);
-    for name in FORWARDED_RESPONSE {
+    for name in &FORWARDED_RESPONSE {
         for value in resp.headers.get_all(name) {
-            out.append_header((HeaderName::from_static(name), value.clone()));
+            out.append_header((name.clone(), value.clone()));
         }
     }
     Ok(out.body(resp.body))
@@ -271,9 +298,21 @@ mod tests {
             "merchant-serial-number",
         ];
         for name in FORWARDED_REQUEST.iter().chain(&FORWARDED_RESPONSE) {
-            assert!(!HOP_BY_HOP.contains(name), "{name}");
-            assert!(!banned.contains(name), "{name}");
+            assert!(!HOP_BY_HOP.contains(&name.as_str()), "{name}");
+            assert!(!banned.contains(&name.as_str()), "{name}");
         }
+    }
+
+    #[test]
+    fn no_route_is_longer_than_the_split_allows() {
+        for (pattern, _) in ROUTES {
+            assert!(pattern[1..].split('/').count() <= MAX_SEGMENTS, "{pattern}");
+        }
+        assert_eq!(
+            route(&Method::GET, "/v2/ecom/receipts/o-1/extra"),
+            Err(Refusal::NoRoute)
+        );
+        assert_eq!(route(&Method::GET, "/a/b/c/d/e/f/g"), Err(Refusal::NoRoute));
     }
 
     #[test]

@@ -22,6 +22,8 @@ use crate::facade::AppState;
 use crate::metrics::{self, Metrics};
 
 pub const HEADER: &str = "x-request-id";
+/// [`HEADER`] as a header name, for lookups without parsing the name.
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// What an error body needs to know about the request being served.
 #[derive(Debug, Clone)]
@@ -79,7 +81,7 @@ fn merchant_labels(req: &ServiceRequest) -> (Option<String>, String) {
     // The proxy names its merchant in a header, the façade in the path.
     let raw = if req.path().starts_with(crate::proxy::PREFIX) {
         req.headers()
-            .get("merchant-serial-number")
+            .get(&crate::proxy::MSN_HEADER)
             .and_then(|v| v.to_str().ok())
     } else {
         metrics::path_msn(req.path())
@@ -130,7 +132,7 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let id = req
         .headers()
-        .get(HEADER)
+        .get(&HEADER_NAME)
         .and_then(|v| v.to_str().ok())
         .filter(|v| usable(v))
         .map_or_else(new_id, str::to_owned);
@@ -189,8 +191,7 @@ pub async fn middleware(
         );
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut()
-            .insert(HeaderName::from_static(HEADER), value);
+        res.headers_mut().insert(HEADER_NAME, value);
     }
     Ok(res)
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::Bytes;
 use serde::de::DeserializeOwned;
@@ -19,6 +19,9 @@ use super::token::{AccessToken, Lookup, TokenCache};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType};
 use crate::metrics::{upstream_endpoint, Metrics, TokenFetch};
+
+/// The header carrying the merchant's subscription key.
+const SUBSCRIPTION_KEY: HeaderName = HeaderName::from_static("ocp-apim-subscription-key");
 
 /// Most bytes read from an upstream response.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -162,7 +165,7 @@ fn secret_header(value: &str) -> Result<HeaderValue, UpstreamError> {
 
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
     headers
-        .get("retry-after")
+        .get(&header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }
@@ -412,21 +415,20 @@ impl VippsClient {
         for (name, value) in extra.into_iter().flatten() {
             req = req.append_header((name.clone(), value.clone()));
         }
+        let bearer = token.bearer.clone().ok_or_else(|| {
+            UpstreamError::TokenFailed("credential is not a valid header value".into())
+        })?;
         req = req
+            .insert_header((header::AUTHORIZATION, bearer))
             .insert_header((
-                "authorization",
-                secret_header(&format!("Bearer {}", expose(&token.value)))?,
-            ))
-            .insert_header((
-                "ocp-apim-subscription-key",
+                SUBSCRIPTION_KEY,
                 secret_header(expose(&m.subscription_key))?,
             ))
-            .insert_header(("merchant-serial-number", m.msn.as_str()));
+            .insert_header((crate::proxy::MSN_HEADER, m.msn.as_str()));
         for (name, value) in &self.up.system_headers {
             req = req.insert_header((name.clone(), value.clone()));
         }
-        let caller_type =
-            extra.is_some_and(|h| h.contains_key(actix_web::http::header::CONTENT_TYPE));
+        let caller_type = extra.is_some_and(|h| h.contains_key(header::CONTENT_TYPE));
         let sent = match &call.body {
             Some(b) if caller_type => req.send_body(b.clone()).await,
             Some(b) => {

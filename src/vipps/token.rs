@@ -12,15 +12,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderValue;
 use moka::future::Cache;
 use moka::ops::compute::Op;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::domain::Msn;
 
 /// A token with the instant it expires.
 pub struct AccessToken {
     pub value: SecretString,
+    /// `Bearer <token>`, built once for every call that uses it; `None`
+    /// when the token is not a valid header value.
+    pub bearer: Option<HeaderValue>,
     pub expires_at: Instant,
     pub lifetime: Duration,
     /// Set while a background refresh of this token is under way.
@@ -37,8 +41,15 @@ impl std::fmt::Debug for AccessToken {
 
 impl AccessToken {
     pub fn new(value: SecretString, expires_at: Instant, lifetime: Duration) -> Self {
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", value.expose_secret()))
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         Self {
             value,
+            bearer,
             expires_at,
             lifetime,
             refreshing: AtomicBool::new(false),

@@ -68,15 +68,11 @@ impl Value {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Self::Str(s) => write_str(out, s),
-            Self::I64(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Self::U64(n) => {
-                let _ = write!(out, "{n}");
-            }
+            Self::I64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            Self::U64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             // JSON has no NaN or infinity.
             Self::F64(n) if n.is_finite() => {
-                let _ = write!(out, "{n}");
+                out.extend_from_slice(ryu::Buffer::new().format_finite(*n).as_bytes());
             }
             Self::F64(_) => out.extend_from_slice(b"null"),
             Self::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -133,12 +129,63 @@ impl Visit for Fields {
     }
 }
 
+/// Writes an event's fields straight into its line, as `"name":value,`.
+struct Direct<'a>(&'a mut Vec<u8>);
+
+impl Direct<'_> {
+    fn field(&mut self, field: &Field, value: &Value) {
+        write_str(self.0, field.name());
+        self.0.push(b':');
+        value.write(self.0);
+        self.0.push(b',');
+    }
+}
+
+impl Visit for Direct<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        write_str(self.0, field.name());
+        self.0.push(b':');
+        write_str(self.0, value);
+        self.0.push(b',');
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, &Value::I64(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, &Value::U64(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, &Value::F64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, &Value::Bool(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_str(field, &value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        SCRATCH.with(|scratch| {
+            let mut text = scratch.borrow_mut();
+            text.clear();
+            let _ = write!(text, "{value:?}");
+            self.record_str(field, &text);
+        });
+    }
+}
+
 /// Writes `s` as a JSON string.
 fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let needs_escape = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    let Some(first) = bytes.iter().position(needs_escape) else {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    };
+    out.extend_from_slice(&bytes[..first]);
+    let mut start = first;
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -160,20 +207,36 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC, microseconds).
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339, UTC, microseconds). The part up
+/// to the seconds is formatted once per second and thread.
 fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != Some(secs) {
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(days);
+            cached.1.clear();
+            let _ = write!(
+                cached.1,
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60,
+            );
+            cached.0 = Some(secs);
+        }
+        out.extend_from_slice(&cached.1);
+    });
+    let micros = since.subsec_micros();
+    out.push(b'.');
+    for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+        // One decimal digit: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(b'0' + (micros / div % 10) as u8);
+    }
+    out.push(b'Z');
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01
@@ -194,6 +257,10 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 thread_local! {
     /// The line being written, reused so an event allocates nothing here.
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    /// A field's `Debug` text, before it is escaped into the line.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(Option<u64>, Vec<u8>)> = const { RefCell::new((None, Vec::new())) };
 }
 
 /// The layer writing one JSON object per event.
@@ -229,13 +296,6 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let mut fields = Fields::default();
-        // `message` leads, as operators scan for it.
-        fields.0.push(("message", Value::Str(String::new())));
-        event.record(&mut fields);
-        if matches!(&fields.0[0].1, Value::Str(s) if s.is_empty()) {
-            fields.0.remove(0);
-        }
         LINE.with(|line| {
             let Ok(mut out) = line.try_borrow_mut() else {
                 return;
@@ -246,7 +306,8 @@ where
             out.extend_from_slice(b"\",\"level\":\"");
             out.extend_from_slice(meta.level().as_str().as_bytes());
             out.extend_from_slice(b"\",");
-            fields.write(&mut out);
+            // The macros put `message` first.
+            event.record(&mut Direct(&mut out));
             out.extend_from_slice(b"\"target\":");
             write_str(&mut out, meta.target());
             if let Some(span) = ctx.event_span(event) {
@@ -355,12 +416,21 @@ mod tests {
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
         assert_eq!(at(1_795_836_091, 123_456), "2026-11-28T03:21:31.123456Z");
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        // The cached second is replaced when the second changes.
+        assert_eq!(at(4_107_542_400, 10), "2100-03-01T00:00:00.000010Z");
+        assert_eq!(at(4_107_542_400, 999_000), "2100-03-01T00:00:00.999000Z");
     }
 
     #[test]
     fn control_characters_are_escaped() {
         let mut out = Vec::new();
         write_str(&mut out, "a\u{0}b\u{1f}\t\\");
-        assert_eq!(String::from_utf8(out).unwrap(), r#""a\u0000b\u001f\t\\""#);
+        write_str(&mut out, "plain \u{f8}");
+        write_str(&mut out, "");
+        write_str(&mut out, "end\"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"a\\u0000b\\u001f\\t\\\\\"\"plain \u{f8}\"\"\"\"end\\\"\""
+        );
     }
 }

@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::{
     json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
@@ -20,7 +21,8 @@ use crate::vipps::{UpstreamError, VippsClient};
 
 #[derive(Serialize)]
 pub struct ReceiptResponse<'a> {
-    pub receipt: &'a Receipt,
+    /// The receipt as sent to Vipps, serialized once for both.
+    pub receipt: &'a RawValue,
     pub totals: Totals,
     pub replayed: bool,
 }
@@ -57,8 +59,9 @@ pub async fn post(
             )
         })?;
 
+        let sent = serde_json::value::to_raw_value(&receipt).map_err(|e| ApiError::internal(&e))?;
         let replayed = match client
-            .post_receipt(&merchant, payment_type, &order, &receipt)
+            .post_receipt(&merchant, payment_type, &order, &sent)
             .await
         {
             Ok(()) => false,
@@ -71,7 +74,7 @@ pub async fn post(
             StatusCode::CREATED,
             &ReceiptResponse {
                 totals: totals(&receipt),
-                receipt: &receipt,
+                receipt: &sent,
                 replayed,
             },
         )

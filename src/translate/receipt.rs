@@ -137,27 +137,36 @@ impl Collector {
         self.fail(name, err.reason());
     }
 
-    /// A non-negative amount in minor units of `currency`.
-    fn amount(&mut self, name: String, text: &DecimalText, currency: Currency) -> Option<i64> {
+    /// A non-negative amount in minor units of `currency`. The field's
+    /// name is built only when it is at fault.
+    fn amount(
+        &mut self,
+        name: impl FnOnce() -> String,
+        text: &DecimalText,
+        currency: Currency,
+    ) -> Option<i64> {
         match parse_non_negative(&text.0, currency.decimals()) {
             Ok(v) => to_minor(v, currency.decimals()).or_else(|| {
-                self.fail(name, "is too large");
+                self.fail(name(), "is too large");
                 None
             }),
             Err(e) => {
-                self.decimal(name, e);
+                self.decimal(name(), e);
                 None
             }
         }
     }
 
-    fn text(&mut self, name: String, value: &str, required: bool) {
+    fn text(&mut self, name: impl FnOnce() -> String, value: &str, required: bool) {
         if required && value.trim().is_empty() {
-            self.fail(name, "must not be empty");
+            self.fail(name(), "must not be empty");
         } else if value.chars().count() > TEXT_MAX_CHARS {
-            self.fail(name, format!("must be at most {TEXT_MAX_CHARS} characters"));
+            self.fail(
+                name(),
+                format!("must be at most {TEXT_MAX_CHARS} characters"),
+            );
         } else if value.chars().any(char::is_control) {
-            self.fail(name, "must not contain control characters");
+            self.fail(name(), "must not contain control characters");
         }
     }
 }
@@ -197,7 +206,7 @@ pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
     let tip = req
         .tip
         .as_ref()
-        .and_then(|t| c.amount("tip".into(), t, cur))
+        .and_then(|t| c.amount(|| "tip".into(), t, cur))
         .unwrap_or(0);
     if let Some(expected) = &req.expected_total {
         // The expected total may be negative: a receipt of returns only.
@@ -218,18 +227,18 @@ pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
         }
     }
     if let Some(pos) = &req.pos_id {
-        c.text("posId".into(), pos, false);
+        c.text(|| "posId".into(), pos, false);
     }
     if let Some(n) = &req.receipt_number {
-        c.text("receiptNumber".into(), n, false);
+        c.text(|| "receiptNumber".into(), n, false);
     }
     if let Some(b) = &req.barcode {
-        c.text("barcode.data".into(), &b.data, true);
+        c.text(|| "barcode.data".into(), &b.data, true);
     }
     let payment_sources = req.payment_sources.as_ref().map(|p| {
         let mut one = |name: &str, v: &Option<DecimalText>| {
             v.as_ref()
-                .and_then(|t| c.amount(format!("paymentSources.{name}"), t, cur))
+                .and_then(|t| c.amount(|| format!("paymentSources.{name}"), t, cur))
         };
         PaymentSources {
             gift_card: one("giftCard", &p.gift_card),
@@ -263,8 +272,8 @@ pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
 fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) -> Option<OrderLine> {
     let at = |field: &str| format!("lines[{i}].{field}");
     let errors_before = c.params.len();
-    c.text(at("id"), &line.id, true);
-    c.text(at("name"), &line.name, true);
+    c.text(|| at("id"), &line.id, true);
+    c.text(|| at("name"), &line.name, true);
     if let Some(url) = &line.product_url {
         if let Err(e) = crate::domain::check_url(url) {
             c.fail(at("productUrl"), e.0);
@@ -325,9 +334,9 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
     let total = line
         .total_amount
         .as_ref()
-        .and_then(|t| c.amount(at("totalAmount"), t, cur));
+        .and_then(|t| c.amount(|| at("totalAmount"), t, cur));
     let discount = match &line.discount {
-        Some(d) => c.amount(at("discount"), d, cur),
+        Some(d) => c.amount(|| at("discount"), d, cur),
         None => Some(0),
     };
     if line.unit_price.is_none() && line.total_amount.is_none() {

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::value::RawValue;
 
-use super::model::{
-    ImageUpload, OrderCategory, OrderResponse, Receipt, TokenResponse, VippsProblem,
-};
+use super::model::{ImageUpload, OrderCategory, OrderResponse, TokenResponse, VippsProblem};
 use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
 use crate::config::{expose, Merchant, Settings};
@@ -509,7 +508,7 @@ impl VippsClient {
             retry,
             extra: None,
         };
-        self.json_call::<serde_json::Value>(m, call).await.map(drop)
+        self.json_call::<IgnoredAny>(m, call).await.map(drop)
     }
 
     /// `PUT /order-management/v2/{paymentType}/categories/{orderId}`.
@@ -532,16 +531,17 @@ impl VippsClient {
             retry: Retry::Safe,
             extra: None,
         };
-        self.json_call::<serde_json::Value>(m, call).await.map(drop)
+        self.json_call::<IgnoredAny>(m, call).await.map(drop)
     }
 
-    /// `POST /order-management/v2/{paymentType}/receipts/{orderId}`.
+    /// `POST /order-management/v2/{paymentType}/receipts/{orderId}`, with
+    /// the receipt already serialized (the façade answers with the same JSON).
     pub async fn post_receipt(
         &self,
         m: &Merchant,
         pt: PaymentType,
         order: &OrderId,
-        receipt: &Receipt,
+        receipt: &RawValue,
     ) -> Result<(), UpstreamError> {
         let path = format!(
             "/order-management/v2/{}/receipts/{}",
@@ -553,11 +553,11 @@ impl VippsClient {
         let call = Call {
             method: Method::POST,
             path: &path,
-            body: Some(to_body(receipt)?),
+            body: Some(Bytes::copy_from_slice(receipt.get().as_bytes())),
             retry: Retry::Safe,
             extra: None,
         };
-        self.json_call::<serde_json::Value>(m, call).await.map(drop)
+        self.json_call::<IgnoredAny>(m, call).await.map(drop)
     }
 
     /// `GET /order-management/v2/{paymentType}/{orderId}`; `None` on 404.

@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "vipps-order-gateway"
+BARE = ROOT / "target" / "release" / "bare-forwarder"
 LIB = ROOT / "bench" / "lib"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -108,15 +109,20 @@ class Proc:
             pass
         return pids
 
-    def cpu_seconds(self):
-        total = 0
+    def cpu_times(self):
+        """(user, kernel) CPU seconds of the process and its children."""
+        user = kernel = 0
         for pid in self.pids():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
+                user += int(fields[11])
+                kernel += int(fields[12])
             except (OSError, IndexError):
                 pass
-        return total / CLK_TCK
+        return user / CLK_TCK, kernel / CLK_TCK
+
+    def cpu_seconds(self):
+        return sum(self.cpu_times())
 
     def status_kb(self, key):
         total = 0
@@ -206,6 +212,16 @@ class Sim:
 
 
 # ---------------------------------------------------------------- nginx and gateway
+
+
+def start_bare_forwarder(workdir, sim, token):
+    """bench/bare-forwarder: actix-web + awc forwarding with static headers
+    and nothing else, the framework's floor for the gateway's proxy."""
+    port = free_port()
+    headers = [f"{k}={v}" for k, v in sim.vipps_headers(token).items()]
+    proc = Proc("bare-forwarder", [str(BARE), str(port), f"http://127.0.0.1:{sim.port}", *headers], workdir)
+    wait_http(port, "/healthz", proc=proc.popen)
+    return proc, port
 
 
 def start_nginx(workdir, sim, token):
@@ -352,21 +368,24 @@ end
 def run_wrk(port, script, seconds, connections, threads=1, servers=()):
     """Runs wrk pinned to the load CPU; returns its figures and the servers'
     CPU seconds used during the run."""
-    before = [s.cpu_seconds() for s in servers]
+    before = [s.cpu_times() for s in servers]
     load_before = os.getloadavg()[0]
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
          "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/", "--", str(time.time_ns())],
         capture_output=True, text=True)
-    after = [s.cpu_seconds() for s in servers]
+    after = [s.cpu_times() for s in servers]
     m = re.search(r"WRK_JSON (\{.*\})", out.stdout)
     if out.returncode != 0 or not m:
         raise BenchError(f"wrk failed: {out.stdout}\n{out.stderr}")
     r = json.loads(m.group(1))
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     r["errors"] = sum(r[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-    r["cpu_s"] = {s.name: a - b for s, a, b in zip(servers, after, before)}
-    r["cpu_us_per_req"] = {k: (v * 1e6 / r["requests"] if r["requests"] else None) for k, v in r["cpu_s"].items()}
+    r["cpu_s"] = {s.name: sum(a) - sum(b) for s, a, b in zip(servers, after, before)}
+    per_req = lambda v: v * 1e6 / r["requests"] if r["requests"] else None  # noqa: E731
+    r["cpu_us_per_req"] = {k: per_req(v) for k, v in r["cpu_s"].items()}
+    r["cpu_user_us_per_req"] = {s.name: per_req(a[0] - b[0]) for s, a, b in zip(servers, after, before)}
+    r["cpu_kernel_us_per_req"] = {s.name: per_req(a[1] - b[1]) for s, a, b in zip(servers, after, before)}
     r["loadavg_1m_before"] = load_before
     r["loadavg_1m_after"] = os.getloadavg()[0]
     r["connections"] = connections
@@ -436,8 +455,8 @@ class Run:
         out = {}
         read_path = "/order-management/v2/ecom/bench-read"
         # --- direct and nginx share one simulator process per case
-        for case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read", "gateway_facade_read_warn",
-                     "nginx_receipt", "gateway_facade_receipt"):
+        for case in ("direct", "nginx", "gateway_proxy", "bare_forwarder", "gateway_facade_read",
+                     "gateway_facade_read_warn", "nginx_receipt", "gateway_facade_receipt"):
             sim = Sim(wd)
             servers = []
             try:
@@ -450,6 +469,10 @@ class Run:
                 if case == "direct":
                     servers = [sim.proc]
                     port, path, hdr, method, body, unique = sim.port, read_path, vh, "GET", None, False
+                elif case == "bare_forwarder":
+                    bf, port = start_bare_forwarder(wd, sim, sim.token())
+                    servers = [bf, sim.proc]
+                    path, hdr, method, body, unique = "/vipps" + read_path, {}, "GET", None, False
                 elif case in ("nginx", "nginx_receipt"):
                     ng, port = start_nginx(wd, sim, sim.token())
                     servers = [ng, sim.proc]
@@ -734,6 +757,7 @@ def markdown(res):
     names = {"direct": "1 direct (wrk → simulator, GET order)",
              "nginx": "2 nginx → simulator (GET order)",
              "gateway_proxy": "3 gateway proxy `/vipps/...` (GET order)",
+             "bare_forwarder": "extra: bare actix-web + awc forwarder (GET order)",
              "gateway_facade_read": "extra: gateway façade GET order",
              "gateway_facade_read_warn": "extra: gateway façade GET order, `log.level = \"warn\"`",
              "nginx_receipt": "4a nginx, ready-made Vipps receipt (10 lines)",
@@ -757,6 +781,21 @@ def markdown(res):
     def cpu(k, name):
         r = c.get(k, {})
         return r.get("cpu_us_per_req", {}).get(name) if "failed" not in r else None
+
+    L.append("### CPU per request: user space and kernel")
+    L.append("")
+    L.append("The kernel part (loopback TCP, waking the other side, the log write) is much the same for every "
+             "front; the user-space part is what the front's own code costs.")
+    L.append("")
+    L.append("| case | process | user µs/req | kernel µs/req |")
+    L.append("|---|---|---|---|")
+    for k, label in names.items():
+        r = c.get(k, {})
+        if "failed" in r or "cpu_user_us_per_req" not in r:
+            continue
+        for n, u in r["cpu_user_us_per_req"].items():
+            L.append(f"| {label} | {n} | {u:.1f} | {r['cpu_kernel_us_per_req'][n]:.1f} |")
+    L.append("")
 
     L.append("### Ratios")
     L.append("")
@@ -786,6 +825,9 @@ def markdown(res):
 
     row("gateway proxy / nginx", "gateway_proxy", "nginx", "throughput ≥ 1.0×, p99 ≤ 1.2×", met_proxy(), "gateway", "nginx")
     row("gateway proxy / direct", "gateway_proxy", "direct", "—", "—", "gateway", "simulator")
+    row("extra: gateway proxy / bare actix-web + awc forwarder", "gateway_proxy", "bare_forwarder", "—", "—",
+        "gateway", "bare-forwarder")
+    row("extra: bare actix-web + awc forwarder / nginx", "bare_forwarder", "nginx", "—", "—", "bare-forwarder", "nginx")
     row("gateway façade receipt / nginx receipt", "gateway_facade_receipt", "nginx_receipt", "throughput ≥ 0.8×", met_facade(), "gateway", "nginx")
     row("extra: gateway façade read / nginx", "gateway_facade_read", "nginx", "—", "—", "gateway", "nginx")
     row("extra: gateway façade read / direct", "gateway_facade_read", "direct", "—", "—", "gateway", "simulator")

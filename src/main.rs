@@ -15,6 +15,7 @@ use vipps_order_gateway::{telemetry, Application};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = actix_web::rt::System::new().block_on(run(cli));
+    telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -55,8 +56,16 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// JSON lines go through the buffered stdout (a background writer); text
+/// lines, read by a person at a terminal, are written at once.
 fn init_logging(format: LogFormat, level: &str) {
-    telemetry::init_subscriber(telemetry::get_subscriber(format, level, std::io::stdout));
+    let subscriber = match format {
+        LogFormat::Json => {
+            telemetry::get_subscriber(format, level, telemetry::BufferedStdout::get())
+        }
+        LogFormat::Text => telemetry::get_subscriber(format, level, std::io::stdout),
+    };
+    telemetry::init_subscriber(subscriber);
 }
 
 async fn serve(

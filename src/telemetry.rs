@@ -13,7 +13,8 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::{IsTerminal, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -46,6 +47,111 @@ where
                 .with_ansi(std::io::stdout().is_terminal())
                 .finish(),
         ),
+    }
+}
+
+/// How long a JSON log line may wait in [`BufferedStdout`] before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Buffered bytes that wake the writer thread before [`FLUSH_EVERY`].
+const FLUSH_AT: usize = 64 * 1024;
+/// Buffered bytes beyond which a request writes the buffer itself: when
+/// stdout is slower than the traffic, requests wait rather than lines being
+/// dropped or memory growing.
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lines waiting for stdout, and the writer thread that takes them.
+struct Pending {
+    lines: Mutex<Vec<u8>>,
+    /// Held while a batch is taken and written, so batches stay in order.
+    writing: Mutex<()>,
+    writer: OnceLock<std::thread::Thread>,
+}
+
+impl Pending {
+    fn flush(&self) {
+        let _order = lock(&self.writing);
+        let batch = std::mem::take(&mut *lock(&self.lines));
+        if !batch.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+        }
+    }
+}
+
+static PENDING: OnceLock<Arc<Pending>> = OnceLock::new();
+
+/// stdout for the JSON log, written in batches by a background thread: a
+/// request copies its line into a buffer instead of making a `write` system
+/// call, and the thread writes what has gathered every [`FLUSH_EVERY`] (or
+/// sooner, once 64 KiB wait). [`flush`] writes the rest at exit; a process
+/// killed outright loses at most the last [`FLUSH_EVERY`] of lines.
+#[derive(Clone)]
+pub struct BufferedStdout(Arc<Pending>);
+
+impl BufferedStdout {
+    /// The process's buffered stdout, starting its writer thread on first use.
+    pub fn get() -> Self {
+        let pending = PENDING.get_or_init(|| {
+            let pending = Arc::new(Pending {
+                lines: Mutex::new(Vec::with_capacity(FLUSH_AT)),
+                writing: Mutex::new(()),
+                writer: OnceLock::new(),
+            });
+            let shared = pending.clone();
+            let spawned = std::thread::Builder::new()
+                .name("log-writer".into())
+                .spawn(move || loop {
+                    std::thread::park_timeout(FLUSH_EVERY);
+                    shared.flush();
+                });
+            if let Ok(handle) = spawned {
+                let _ = pending.writer.set(handle.thread().clone());
+            }
+            pending
+        });
+        Self(pending.clone())
+    }
+}
+
+impl std::io::Write for BufferedStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let waiting = {
+            let mut lines = lock(&self.0.lines);
+            lines.extend_from_slice(buf);
+            lines.len()
+        };
+        match self.0.writer.get() {
+            // Without a writer thread every line is written at once.
+            None => self.0.flush(),
+            Some(_) if waiting > MAX_PENDING => self.0.flush(),
+            Some(writer) if waiting > FLUSH_AT => writer.unpark(),
+            Some(_) => {}
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush();
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedStdout {
+    type Writer = BufferedStdout;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Writes the log lines still buffered; `main` calls it before exiting.
+pub fn flush() {
+    if let Some(pending) = PENDING.get() {
+        pending.flush();
     }
 }
 

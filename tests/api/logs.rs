@@ -111,8 +111,14 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
         .expect("an authorized call")
         .trim_start_matches("Bearer ")
         .to_owned();
-    let _ = child.kill();
-    let _ = child.wait();
+    // A graceful stop writes every buffered line before the process exits.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
     lines.extend(rx.iter());
     reader.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -151,14 +151,18 @@ pub enum Category {
 }
 
 /// An absolute `http`/`https` URL, as the upstream's `orderDetailsUrl` expects.
+///
+/// The authority is a host name or IPv4 address (ASCII letters, digits, `.`,
+/// `-`, `_`) with an optional port 1-65535: no user info, no IP literals in
+/// brackets, no non-ASCII host (international names go in their `xn--` form).
+/// Whatever follows the authority starts with `/`, `?` or `#` and holds no
+/// whitespace or control characters. A link the gateway stores must be one
+/// every client can parse back, so anything looser is refused here.
 pub fn check_url(s: &str) -> Result<(), Invalid> {
     let rest = s
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"))
         .ok_or_else(|| Invalid("must be an absolute http or https URL".into()))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(Invalid("must name a host".into()));
-    }
     if s.len() > 2048 {
         return Err(Invalid("must be at most 2048 characters".into()));
     }
@@ -166,6 +170,32 @@ pub fn check_url(s: &str) -> Result<(), Invalid> {
         return Err(Invalid(
             "must not contain whitespace or control characters".into(),
         ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if host.is_empty() {
+        return Err(Invalid("must name a host".into()));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(Invalid(
+            "host must be a name or IPv4 address of ASCII letters, digits, '.', '-' and '_'".into(),
+        ));
+    }
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.len() <= 5
+            && !port.starts_with('0')
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 65_535);
+        if !valid {
+            return Err(Invalid("port must be a number from 1 to 65535".into()));
+        }
     }
     Ok(())
 }
@@ -206,5 +236,36 @@ mod tests {
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("https://").is_err());
         assert!(check_url("https://a b").is_err());
+    }
+
+    #[test]
+    fn url_authority_is_a_plain_host_and_port() {
+        for ok in [
+            "http://localhost:8080",
+            "https://shop.example",
+            "https://shop.example?x=1",
+            "https://shop.example#top",
+            "https://xn--blbrsyltetj-e5a.no/o/[1]",
+            "https://10.0.0.1:65535/a@b",
+            "https://my_shop-1.example:1/",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://[",
+            "http://[::1]/",
+            "http://a]b/",
+            "https://user:pw@shop.example/",
+            "https://blåbær.no/",
+            "https://shop.example:/",
+            "https://shop.example:0/",
+            "https://shop.example:080/",
+            "https://shop.example:65536/",
+            "https://shop.example:http/",
+            "https://:443/",
+            "https://?q",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 }

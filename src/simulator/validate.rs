@@ -211,17 +211,10 @@ fn is_quantity(s: &str) -> bool {
     digits(whole) && fraction.is_none_or(|f| f.len() <= 8 && digits(f))
 }
 
+/// The gateway's own URL rule (`domain::check_url`), so the simulator never
+/// stores a link its clients cannot parse back.
 fn is_absolute_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
-    match rest {
-        Some(rest) => {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            !host.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-        }
-        None => false,
-    }
+    crate::domain::check_url(s).is_ok()
 }
 
 fn join(path: &str, name: &str) -> String {
@@ -432,5 +425,6 @@ mod tests {
         assert!(!is_absolute_url("https://"));
         assert!(!is_absolute_url("/relative"));
         assert!(!is_absolute_url("https://a b"));
+        assert!(!is_absolute_url("http://["));
     }
 }

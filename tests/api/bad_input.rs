@@ -121,6 +121,21 @@ async fn bad_category_requests_are_400_naming_the_field() {
             "url",
         ),
         (
+            "bracketed host",
+            json!({"category": "RECEIPT", "url": "http://["}),
+            "url",
+        ),
+        (
+            "user info in the url",
+            json!({"category": "RECEIPT", "url": "https://u:p@shop.example/o/1"}),
+            "url",
+        ),
+        (
+            "port out of range",
+            json!({"category": "RECEIPT", "url": "https://shop.example:65536/o/1"}),
+            "url",
+        ),
+        (
             "relative url",
             json!({"category": "RECEIPT", "url": "/orders/1"}),
             "url",

@@ -602,6 +602,18 @@ async fn receipts_that_cannot_be_translated_are_422_naming_the_field() {
                    "lines": [line(json!({"totalAmount": "10", "taxPercent": "25"}))]}),
             "paymentSources.card",
         ),
+        (
+            "a productUrl with a bracketed host",
+            one_line(json!({"totalAmount": "10", "taxPercent": "25", "productUrl": "http://[::1"})),
+            "lines[0].productUrl",
+        ),
+        (
+            "a productUrl with user info",
+            one_line(
+                json!({"totalAmount": "10", "taxPercent": "25", "productUrl": "https://u:p@shop.example/"}),
+            ),
+            "lines[0].productUrl",
+        ),
     ];
     for (label, body, field) in &cases {
         assert_unprocessable(&app, label, body, field).await;

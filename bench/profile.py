@@ -5,8 +5,10 @@ hardware counters are not available in every VM) on the gateway and the
 simulator. Writes the top symbols to bench/results/profile-*.txt.
 
 Run through `bench/run --profile` (it builds the binary first);
-`bench/run --profile --instructions` counts user-space instructions per
-request with callgrind instead (bench/results/instructions.md).
+`bench/run --profile --instructions [OUT_DIR]` counts user-space
+instructions per request with callgrind instead (OUT_DIR/instructions.md,
+bench/results by default); `--bin PATH` measures another build of the
+gateway, to compare two commits.
 """
 
 import subprocess
@@ -24,6 +26,26 @@ def top(data, limit=40):
                          capture_output=True, text=True).stdout
     lines = [l.rstrip() for l in out.splitlines() if "%" in l and not l.startswith("#")]
     return "\n".join(lines[:limit])
+
+
+def seeded_simulator(wd, args):
+    """A simulator holding the order the read cases fetch, and a bench.Run."""
+    sim = bench.Sim(wd)
+    run = bench.Run(args, wd)
+    run.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read",
+              sim.vipps_headers(sim.token()), run.vipps_receipt(sim, bench.facade_receipt(10)))
+    return sim, run
+
+
+def case_script(wd, run, case, name, proxy_headers):
+    """The wrk script of a profiled case: proxy, read or receipt."""
+    if case == "proxy":
+        return bench.wrk_script(wd, name, "GET", "/vipps/order-management/v2/ecom/bench-read", proxy_headers)
+    if case == "read":
+        return bench.wrk_script(wd, name, "GET", "/v1/merchants/123456/orders/bench-read", {})
+    body = run.write_body(f"{name}-receipt-10.json", bench.facade_receipt(10))
+    return bench.wrk_script(wd, name, "POST", "/v1/merchants/123456/orders/{id}/receipt",
+                            {"Content-Type": "application/json"}, body)
 
 
 DISPATCH = "h1::dispatcher::Dispatcher<T,S,B,X,U> as core::future::future::Future>::poll"
@@ -55,13 +77,10 @@ def instructions(out):
     tops = []
     for server, case in (("gateway", "proxy"), ("bare-forwarder", "proxy"), ("gateway", "read"),
                          ("gateway", "receipt")):
-        sim = bench.Sim(wd)
+        sim, run = seeded_simulator(wd, args)
         proc = None
         try:
             vh = sim.vipps_headers(sim.token())
-            run = bench.Run(args, wd)
-            run.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
-                      run.vipps_receipt(sim, bench.facade_receipt(10)))
             data = wd / f"callgrind-{server}-{case}.out"
             vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}"]
             if server == "gateway":
@@ -76,15 +95,8 @@ def instructions(out):
                 proc = bench.Proc("callgrind-bare", [*vg, str(bench.BARE), str(port),
                                                      f"http://127.0.0.1:{sim.port}", *headers], wd)
             bench.wait_http(port, "/healthz", timeout=120, proc=proc.popen)
-            if case == "proxy":
-                hdr = {"Merchant-Serial-Number": bench.DEMO["msn"]} if server == "gateway" else {}
-                script = bench.wrk_script(wd, f"cg-{server}", "GET", "/vipps/order-management/v2/ecom/bench-read", hdr)
-            elif case == "read":
-                script = bench.wrk_script(wd, "cg-read", "GET", "/v1/merchants/123456/orders/bench-read", {})
-            else:
-                body = run.write_body("cg-receipt-10.json", bench.facade_receipt(10))
-                script = bench.wrk_script(wd, "cg-receipt", "POST", "/v1/merchants/123456/orders/{id}/receipt",
-                                          {"Content-Type": "application/json"}, body)
+            hdr = {"Merchant-Serial-Number": bench.DEMO["msn"]} if server == "gateway" else {}
+            script = case_script(wd, run, case, f"cg-{server}-{case}", hdr)
             r = bench.run_wrk(port, script, args.seconds, args.connections)
             if r["errors"]:
                 raise bench.BenchError(f"{server} {case}: {r['errors']} errors")
@@ -107,6 +119,17 @@ def instructions(out):
 
 
 def main():
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        return
+    if "--bin" in sys.argv:
+        # Another build of the gateway, to compare instruction counts.
+        i = sys.argv.index("--bin")
+        bench.BIN = Path(sys.argv[i + 1]).resolve()
+        del sys.argv[i:i + 2]
+    unknown = [a for a in sys.argv[1:] if a.startswith("-") and a != "--instructions"]
+    if unknown:
+        sys.exit(f"unknown option {unknown[0]}; see --help")
     if "--instructions" in sys.argv:
         sys.argv.remove("--instructions")
         out = Path(sys.argv[1] if len(sys.argv) > 1 else bench.ROOT / "bench" / "results")
@@ -118,23 +141,11 @@ def main():
     wd = Path(bench.tempfile.mkdtemp(prefix="vog-profile-"))
     args = type("Args", (), {"connections": 32, "seconds": 8, "runs": 1})()
     for case in ("proxy", "read", "receipt"):
-        sim = bench.Sim(wd)
+        sim, run = seeded_simulator(wd, args)
         gw = None
         try:
-            vh = sim.vipps_headers(sim.token())
-            run = bench.Run(args, wd)
-            run.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
-                      run.vipps_receipt(sim, bench.facade_receipt(10)))
             gw, port, _ = bench.start_gateway(wd, sim.port)
-            if case == "proxy":
-                script = bench.wrk_script(wd, "profile-proxy", "GET", "/vipps/order-management/v2/ecom/bench-read",
-                                          {"Merchant-Serial-Number": bench.DEMO["msn"]})
-            elif case == "read":
-                script = bench.wrk_script(wd, "profile-read", "GET", "/v1/merchants/123456/orders/bench-read", {})
-            else:
-                body = run.write_body("facade-receipt-10.json", bench.facade_receipt(10))
-                script = bench.wrk_script(wd, "profile-receipt", "POST", "/v1/merchants/123456/orders/{id}/receipt",
-                                          {"Content-Type": "application/json"}, body)
+            script = case_script(wd, run, case, f"profile-{case}", {"Merchant-Serial-Number": bench.DEMO["msn"]})
             bench.run_wrk(port, script, 2, args.connections)
             recorders = []
             for name, proc in (("gateway", gw), ("simulator", sim.proc)):

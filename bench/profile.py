@@ -24,7 +24,9 @@ def top(data, limit=40):
     out = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol",
                           "--stdio", "-g", "none", "--percent-limit", "0.5"],
                          capture_output=True, text=True).stdout
-    lines = [l.rstrip() for l in out.splitlines() if "%" in l and not l.startswith("#")]
+    # perf pads each row to the widest symbol and ends it with empty columns.
+    lines = [bench.re.sub(r"(\s+-)*\s*$", "", l) for l in out.splitlines()
+             if "%" in l and not l.startswith("#")]
     return "\n".join(lines[:limit])
 
 

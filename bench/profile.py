@@ -118,6 +118,7 @@ def instructions(out):
     text = "\n".join(lines) + "\n" + "\n".join(tops) + "\n"
     (out / "instructions.md").write_text(text)
     print(text)
+    print(f"callgrind data (callgrind_annotate --inclusive=yes FILE): {wd}")
 
 
 def main():

@@ -29,7 +29,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::Authenticator;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, LogFormat, Settings};
 use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
@@ -192,7 +192,10 @@ impl Application {
             limits: settings.limits.clone(),
             guards,
         });
-        let deadline = request_id::RequestDeadline(settings.resilience.request_deadline);
+        let request_settings = request_id::RequestSettings {
+            deadline: settings.resilience.request_deadline,
+            spans: settings.log.format == LogFormat::Text,
+        };
         let reloader = Reloader {
             settings: Arc::new(settings.clone()),
             config_file: None,
@@ -209,7 +212,7 @@ impl Application {
             App::new()
                 .wrap(from_fn(request_id::middleware))
                 .app_data(app_state.clone())
-                .app_data(deadline)
+                .app_data(request_settings)
                 .app_data(up_data.clone())
                 .app_data(metrics_data.clone())
                 .app_data(auth.clone())

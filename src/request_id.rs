@@ -1,12 +1,16 @@
 //! Request ids: taken from the caller's `X-Request-Id` when it is sane,
-//! generated otherwise, returned on every response and put on the request's
-//! tracing span. The id and path are also kept in a task-local so an error
+//! generated otherwise, returned on every response and put on every log line
+//! of the request. The id and path are also kept in a task-local so an error
 //! body can name them without threading the request through every function.
 //!
 //! The same middleware counts and times every request (`crate::metrics`) and
-//! fills the span with the merchant, operation, upstream status and latency.
+//! records the merchant, operation, upstream status and latency for the log.
+//! Those fields live in the request's task-local record, which the JSON log
+//! layer writes under `span` on each line (`crate::telemetry`); the text
+//! format, read in a terminal, gets a tracing span carrying the same fields.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -20,6 +24,7 @@ use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::AppState;
 use crate::metrics::{self, Metrics};
+use crate::telemetry::{Fields, Value};
 
 pub const HEADER: &str = "x-request-id";
 /// [`HEADER`] as a header name, for lookups without parsing the name.
@@ -35,26 +40,86 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
 }
 
-/// The most time a request may take, as app data (`resilience.request_deadline`).
+/// How requests are served, as app data: the most time one may take
+/// (`resilience.request_deadline`), and whether its log fields also go on a
+/// tracing span (the text log format, which shows spans; the JSON layer reads
+/// the task-local record instead).
 #[derive(Debug, Clone, Copy)]
-pub struct RequestDeadline(pub std::time::Duration);
+pub struct RequestSettings {
+    pub deadline: std::time::Duration,
+    pub spans: bool,
+}
 
 /// The request id, as handlers read it from the request extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The request being served: its context and its log fields.
+struct Served {
+    ctx: RequestContext,
+    /// The fields every log line of the request carries, in the order they
+    /// were first recorded.
+    log: RefCell<Fields>,
+    /// Whether the fields also go on the request's tracing span.
+    spans: bool,
+}
+
 tokio::task_local! {
-    static CONTEXT: RequestContext;
+    static CONTEXT: Served;
 }
 
 /// The context of the request being served, if any.
 pub fn current() -> Option<RequestContext> {
-    CONTEXT.try_with(Clone::clone).ok()
+    CONTEXT.try_with(|s| s.ctx.clone()).ok()
 }
 
 /// The deadline of the request being served, if any.
 pub fn deadline() -> Option<Instant> {
-    CONTEXT.try_with(|c| c.deadline).ok().flatten()
+    CONTEXT.try_with(|s| s.ctx.deadline).ok().flatten()
+}
+
+/// Runs `write` on the log fields of the request being served, if any (the
+/// JSON log layer, for each line written).
+pub(crate) fn with_log(write: impl FnOnce(&Fields)) {
+    let _ = CONTEXT.try_with(|s| {
+        if let Ok(fields) = s.log.try_borrow() {
+            write(&fields);
+        }
+    });
+}
+
+/// Records one log field of the request being served (nothing outside a
+/// request). A field recorded again keeps its place and takes the new value.
+fn record(name: &'static str, value: Value, on_span: impl FnOnce(&tracing::Span)) {
+    let _ = CONTEXT.try_with(|s| {
+        if let Ok(mut fields) = s.log.try_borrow_mut() {
+            fields.set(name, value);
+        }
+        if s.spans {
+            on_span(&tracing::Span::current());
+        }
+    });
+}
+
+/// Records a text field (the merchant, once the proxy has checked it).
+pub fn record_str(name: &'static str, value: &str) {
+    record(name, Value::Str(value.to_owned()), |span| {
+        span.record(name, value);
+    });
+}
+
+/// Records a number field (statuses).
+pub fn record_u64(name: &'static str, value: u64) {
+    record(name, Value::U64(value), |span| {
+        span.record(name, value);
+    });
+}
+
+/// Records a fractional field (latencies in milliseconds).
+pub fn record_f64(name: &'static str, value: f64) {
+    record(name, Value::F64(value), |span| {
+        span.record(name, value);
+    });
 }
 
 /// Runs a handler's work within the request's deadline: past it the caller
@@ -124,8 +189,26 @@ fn usable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
-/// Middleware: assigns the id and the deadline, opens the request span, and
-/// logs one line per request.
+/// A request method as a log value: the usual ones without a copy.
+fn method_value(method: &actix_web::http::Method) -> Value {
+    use actix_web::http::Method;
+    let known = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+    ];
+    known.into_iter().find(|(m, _)| m == method).map_or_else(
+        || Value::Str(method.as_str().to_owned()),
+        |(_, s)| Value::Static(s),
+    )
+}
+
+/// Middleware: assigns the id and the deadline, records the request's log
+/// fields, and logs one line per request.
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -137,13 +220,14 @@ pub async fn middleware(
         .filter(|v| usable(v))
         .map_or_else(new_id, str::to_owned);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let limit = req.app_data::<RequestDeadline>().map(|d| d.0);
+    let settings = req.app_data::<RequestSettings>().copied();
     let started = Instant::now();
     let ctx = RequestContext {
         id: id.clone(),
         path: req.path().to_owned(),
-        deadline: limit.map(|l| started + l),
+        deadline: settings.map(|s| started + s.deadline),
     };
+    let spans = settings.is_some_and(|s| s.spans);
     let proxied = req.path().starts_with(crate::proxy::PREFIX);
     // The proxy judges its raw path itself; its log names the surface, not
     // the caller's path, so a log line never carries an arbitrary path.
@@ -158,38 +242,68 @@ pub async fn middleware(
         )
     };
     let (msn_log, msn_label) = merchant_labels(&req);
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.as_str(),
-        method = req.method().as_str(),
-        route = route.as_ref(),
-        operation,
-        msn = msn_log.as_deref(),
-        status = tracing::field::Empty,
-        upstream_status = tracing::field::Empty,
-        upstream_latency_ms = tracing::field::Empty,
+    let span = if spans {
+        tracing::info_span!(
+            "request",
+            request_id = id.as_str(),
+            method = req.method().as_str(),
+            route = route.as_ref(),
+            operation,
+            msn = msn_log.as_deref(),
+            status = tracing::field::Empty,
+            upstream_status = tracing::field::Empty,
+            upstream_latency_ms = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    // The same fields, in the same order, as the span's.
+    let mut log = Fields::with_capacity(9);
+    log.set("request_id", Value::Str(id.clone()));
+    log.set("method", method_value(req.method()));
+    log.set(
+        "route",
+        match route {
+            Cow::Borrowed(r) => Value::Static(r),
+            Cow::Owned(r) => Value::Str(r),
+        },
     );
+    log.set("operation", Value::Static(operation));
+    if let Some(msn) = msn_log {
+        log.set("msn", Value::Str(msn));
+    }
+    let served = Served {
+        ctx,
+        log: RefCell::new(log),
+        spans,
+    };
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let _in_flight = metrics.as_ref().map(|m| m.in_flight());
-    let result = CONTEXT
-        .scope(ctx, next.call(req).instrument(span.clone()))
-        .await;
-    let elapsed = started.elapsed();
-    let status = match &result {
-        Ok(res) => res.status().as_u16(),
-        Err(e) => e.as_response_error().status_code().as_u16(),
+    // The closing line is written within the request's task-local record
+    // (and span), so it carries the request's fields.
+    let served_request = async move {
+        let result = next.call(req).await;
+        let elapsed = started.elapsed();
+        let status = match &result {
+            Ok(res) => res.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        if let Some(m) = &metrics {
+            m.observe_request(&msn_label, operation, status, elapsed);
+        }
+        if result.is_ok() {
+            record_u64("status", u64::from(status));
+            tracing::info!(
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request finished"
+            );
+        }
+        result
     };
-    if let Some(m) = &metrics {
-        m.observe_request(&msn_label, operation, status, elapsed);
-    }
-    let mut res = result?.map_into_boxed_body();
-    span.record("status", status);
-    span.in_scope(|| {
-        tracing::info!(
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        );
-    });
+    let mut res = CONTEXT
+        .scope(served, served_request.instrument(span))
+        .await?
+        .map_into_boxed_body();
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(HEADER_NAME, value);
     }
@@ -198,7 +312,20 @@ pub async fn middleware(
 
 #[cfg(test)]
 mod tests {
-    use super::{new_id, usable, PROXY_ROUTE};
+    use super::{method_value, new_id, usable, Value, PROXY_ROUTE};
+    use actix_web::http::Method;
+
+    #[test]
+    fn methods_are_logged_by_name() {
+        for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH] {
+            assert_eq!(
+                method_value(&m),
+                Value::Static(m.as_str().to_owned().leak())
+            );
+        }
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_value(&custom), Value::Str("PURGE".into()));
+    }
 
     #[test]
     fn caller_ids_must_be_short_and_printable() {

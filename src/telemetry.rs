@@ -9,6 +9,12 @@
 //! from a reused buffer. The shape is the same: `timestamp`, `level`, the
 //! event's fields (`message` first), `target`, and the current span's fields
 //! with its `name` under `span`.
+//!
+//! A request served in this format opens no tracing span: its fields live in
+//! the request's task-local record ([`crate::request_id`]) and every line the
+//! request's task writes carries them under `span`, named `request`, as a
+//! span's would be. Creating, entering, recording and closing a span on every
+//! request cost about an eighth of a proxied request's instructions.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -162,8 +168,10 @@ pub fn init_subscriber(subscriber: Box<dyn Subscriber + Send + Sync>) {
 
 /// One recorded field value.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Str(String),
+    /// A string known when the gateway was built: no copy per request.
+    Static(&'static str),
     I64(i64),
     U64(u64),
     F64(f64),
@@ -174,6 +182,7 @@ impl Value {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Self::Str(s) => write_str(out, s),
+            Self::Static(s) => write_str(out, s),
             Self::I64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             Self::U64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             // JSON has no NaN or infinity.
@@ -189,17 +198,21 @@ impl Value {
 /// Fields in the order they were first recorded; a field recorded again is
 /// replaced in place.
 #[derive(Debug, Default)]
-struct Fields(Vec<(&'static str, Value)>);
+pub(crate) struct Fields(Vec<(&'static str, Value)>);
 
 impl Fields {
-    fn set(&mut self, name: &'static str, value: Value) {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    pub(crate) fn set(&mut self, name: &'static str, value: Value) {
         match self.0.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => self.0.push((name, value)),
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         for (name, value) in &self.0 {
             write_str(out, name);
             out.push(b':');
@@ -424,6 +437,12 @@ where
                 out.extend_from_slice(b"\"name\":");
                 write_str(&mut out, span.name());
                 out.push(b'}');
+            } else {
+                crate::request_id::with_log(|fields| {
+                    out.extend_from_slice(b",\"span\":{");
+                    fields.write(&mut out);
+                    out.extend_from_slice(b"\"name\":\"request\"}");
+                });
             }
             out.extend_from_slice(b"}\n");
             let _ = self.sink.make_writer_for(meta).write_all(&out);

@@ -602,11 +602,10 @@ pub fn status_error(resp: &RawResponse) -> UpstreamError {
 }
 
 /// Puts the last upstream call's status (0: no answer) and latency on the
-/// request's log span.
+/// request's log record.
 fn record_upstream(code: Option<u16>, elapsed: Duration) {
-    let span = tracing::Span::current();
-    span.record("upstream_status", code.unwrap_or(0));
-    span.record("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
+    crate::request_id::record_u64("upstream_status", u64::from(code.unwrap_or(0)));
+    crate::request_id::record_f64("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
 }
 
 /// A short description of a send error that never includes header values.

@@ -23,16 +23,16 @@ fn number_after(line: &str, key: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
-#[actix_web::test]
-async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() {
-    let dir = std::env::temp_dir().join(format!("vog-test-logs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    // A config file keeps the production log format (JSON).
-    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--simulator", "--config"])
-        .arg(&config)
+/// Starts the gateway with the default log settings; its stdout lines
+/// arrive on the channel.
+fn spawn_gateway(
+    cmd: &mut Command,
+) -> (
+    std::process::Child,
+    mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    let mut child = cmd
         .env_remove("RUST_LOG")
         .env_remove("VOG_LOG__FORMAT")
         .stdout(Stdio::piped())
@@ -48,6 +48,21 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
             }
         }
     });
+    (child, rx, reader)
+}
+
+#[actix_web::test]
+async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() {
+    let dir = std::env::temp_dir().join(format!("vog-test-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    // A config file keeps the production log format (JSON).
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let (mut child, rx, reader) = spawn_gateway(
+        Command::new(BIN)
+            .args(["serve", "--simulator", "--config"])
+            .arg(&config),
+    );
     let mut lines = Vec::new();
     let (mut port, mut sim) = (None, None);
     while port.is_none() {
@@ -145,6 +160,27 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
     assert_eq!(unknown["span"]["msn"], "777777");
     assert_eq!(unknown["span"]["status"], 404);
     assert!(unknown["span"].get("upstream_status").is_none());
+    // Lines written while a request is served carry its fields too: the
+    // first request fetched the merchant's token.
+    let fetched = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "fetched access token")
+        .expect("a token fetch line");
+    assert_eq!(
+        fetched["span"]["request_id"], "log-test-receipt",
+        "{fetched}"
+    );
+    assert_eq!(fetched["span"]["name"], "request");
+    assert_eq!(fetched["span"]["operation"], "receipt");
+    assert!(fetched["span"].get("status").is_none(), "{fetched}");
+    // Outside any request, a line has no request fields.
+    let listening = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "gateway listening")
+        .unwrap();
+    assert!(listening.get("span").is_none(), "{listening}");
     let proxied = finished("log-test-proxy");
     assert_eq!(proxied["span"]["operation"], "proxy");
     assert_eq!(proxied["span"]["msn"], "123456");
@@ -159,5 +195,50 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
         image.as_str(),
     ] {
         assert!(!all.contains(secret), "a secret or body is in the log");
+    }
+}
+
+#[actix_web::test]
+async fn text_request_logs_carry_the_request_fields() {
+    // `serve --simulator` without a config file logs text, for a terminal.
+    let (mut child, rx, reader) =
+        spawn_gateway(Command::new(BIN).args(["serve", "--simulator", "--listen", "127.0.0.1:0"]));
+    let mut port = None;
+    while port.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("log line");
+        assert!(!line.starts_with('{'), "text, not JSON: {line}");
+        if line.contains("gateway listening") {
+            port = number_after(&line, "port=");
+        }
+    }
+    let resp = awc::Client::default()
+        .get(format!(
+            "http://127.0.0.1:{}/vipps/order-management/v2/ecom/log-text",
+            port.unwrap()
+        ))
+        .insert_header(("x-request-id", "log-text-proxy"))
+        .insert_header(("Merchant-Serial-Number", "123456"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let line = loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("log line");
+        if line.contains("request finished") {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(rx);
+    let _ = reader.join();
+    for field in [
+        "request_id=\"log-text-proxy\"",
+        "operation=\"proxy\"",
+        "msn=\"123456\"",
+        "upstream_status=404",
+        "status=404",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
     }
 }

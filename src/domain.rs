@@ -21,14 +21,27 @@ impl fmt::Display for Invalid {
 pub struct Msn(String);
 
 impl Msn {
+    /// Whether `s` is a well-formed MSN, without making one.
+    pub fn is_valid(s: &str) -> bool {
+        (4..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+    }
+
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        if (4..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+        if Self::is_valid(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(Invalid("must be 4 to 6 digits".into()))
         }
     }
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Maps keyed by MSN are looked up with the caller's text, without a copy
+/// (the derived `Hash` and `Eq` are the string's).
+impl std::borrow::Borrow<str> for Msn {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -203,6 +216,21 @@ pub fn check_url(s: &str) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_keyed_by_msn_are_read_with_plain_text() {
+        let mut map = std::collections::HashMap::new();
+        map.insert(Msn::parse("123456").unwrap(), 1);
+        map.insert(Msn::parse("4321").unwrap(), 2);
+        assert_eq!(map.get("123456"), Some(&1));
+        assert_eq!(map.get("4321"), Some(&2));
+        assert_eq!(map.get("12345"), None);
+        assert_eq!(map.get(" 123456"), None);
+        for text in ["123", "1234567", "12a4", "", "１２３４"] {
+            assert!(!Msn::is_valid(text), "{text}");
+            assert!(Msn::parse(text).is_err(), "{text}");
+        }
+    }
 
     #[test]
     fn msn_is_four_to_six_digits() {

@@ -274,7 +274,7 @@ struct Problem<'a> {
     detail: &'a str,
     instance: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<String>,
+    request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     invalid_params: &'a [InvalidParam],
 }
@@ -295,7 +295,7 @@ impl ResponseError for ApiError {
             instance: ctx
                 .as_ref()
                 .map_or_else(|| "/".to_owned(), |c| c.path.clone()),
-            request_id: ctx.map(|c| c.id),
+            request_id: ctx.as_ref().map(|c| &*c.id),
             invalid_params: &self.invalid_params,
         };
         let mut resp = HttpResponse::build(status);

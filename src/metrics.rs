@@ -221,12 +221,10 @@ impl Metrics {
         status: Option<u16>,
         elapsed: Duration,
     ) {
-        let code;
+        // Formatted on the stack: no allocation per call.
+        let mut code = itoa::Buffer::new();
         let status = match status {
-            Some(s @ 100..=599) => {
-                code = s.to_string();
-                code.as_str()
-            }
+            Some(s @ 100..=599) => code.format(s),
             Some(_) => "invalid",
             None => "error",
         };

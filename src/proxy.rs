@@ -240,7 +240,6 @@ pub async fn forward(
             )
         })?;
     let merchant = state.merchant(&grant, msn)?;
-    crate::request_id::record_str("msn", merchant.msn.as_str());
     let body = read_body(&req, payload, settings.body_limit).await?;
     let body = (!body.is_empty()).then_some(body);
     let headers = forwarded_request_headers(&req);

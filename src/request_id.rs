@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -20,6 +21,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 use tracing::Instrument;
 
+use crate::config::Merchant;
 use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::AppState;
@@ -33,7 +35,7 @@ pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 /// What an error body needs to know about the request being served.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    pub id: String,
+    pub id: Arc<str>,
     pub path: String,
     /// When the request must be answered; upstream calls and retries stop
     /// before it.
@@ -52,7 +54,7 @@ pub struct RequestSettings {
 
 /// The request id, as handlers read it from the request extensions.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 /// The request being served: its context and its log fields.
 struct Served {
@@ -101,13 +103,6 @@ fn record(name: &'static str, value: Value, on_span: impl FnOnce(&tracing::Span)
     });
 }
 
-/// Records a text field (the merchant, once the proxy has checked it).
-pub fn record_str(name: &'static str, value: &str) {
-    record(name, Value::Str(value.to_owned()), |span| {
-        span.record(name, value);
-    });
-}
-
 /// Records a number field (statuses).
 pub fn record_u64(name: &'static str, value: u64) {
     record(name, Value::U64(value), |span| {
@@ -142,7 +137,7 @@ pub async fn within_deadline<T>(
 /// The merchant of a request, for the log (the path's MSN when it is well
 /// formed) and for metrics (a configured MSN, `unknown` or `none`: never an
 /// arbitrary value, so the label stays bounded).
-fn merchant_labels(req: &ServiceRequest) -> (Option<String>, String) {
+fn merchant_labels(req: &ServiceRequest) -> (Option<String>, MsnLabel) {
     // The proxy names its merchant in a header, the façade in the path.
     let raw = if req.path().starts_with(crate::proxy::PREFIX) {
         req.headers()
@@ -152,20 +147,31 @@ fn merchant_labels(req: &ServiceRequest) -> (Option<String>, String) {
         metrics::path_msn(req.path())
     };
     let Some(raw) = raw else {
-        return (None, metrics::NO_MSN.to_owned());
+        return (None, MsnLabel::Fixed(metrics::NO_MSN));
     };
-    let Ok(msn) = Msn::parse(raw) else {
-        return (None, metrics::UNKNOWN_MSN.to_owned());
-    };
-    let configured = req
+    if !Msn::is_valid(raw) {
+        return (None, MsnLabel::Fixed(metrics::UNKNOWN_MSN));
+    }
+    let label = req
         .app_data::<web::Data<AppState>>()
-        .is_some_and(|s| s.merchants.get(&msn).is_some());
-    let label = if configured {
-        msn.as_str().to_owned()
-    } else {
-        metrics::UNKNOWN_MSN.to_owned()
-    };
-    (Some(msn.as_str().to_owned()), label)
+        .and_then(|s| s.merchants.get(raw))
+        .map_or(MsnLabel::Fixed(metrics::UNKNOWN_MSN), MsnLabel::Configured);
+    (Some(raw.to_owned()), label)
+}
+
+/// A request's `msn` metric label.
+enum MsnLabel {
+    Configured(Arc<Merchant>),
+    Fixed(&'static str),
+}
+
+impl MsnLabel {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Configured(m) => m.msn.as_str(),
+            Self::Fixed(s) => s,
+        }
+    }
 }
 
 /// The route a proxied request's log line names.
@@ -173,10 +179,13 @@ const PROXY_ROUTE: &str = "/vipps/order-management/...";
 
 /// A new request id: a random (version 4) UUID from a per-thread generator,
 /// so no system call per request. Ids need to be unique, not secret.
-fn new_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .to_string()
+fn new_id() -> Arc<str> {
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    Arc::from(
+        &*uuid
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    )
 }
 
 /// A caller's id is kept when it is short and printable, so it can go into
@@ -218,7 +227,7 @@ pub async fn middleware(
         .get(&HEADER_NAME)
         .and_then(|v| v.to_str().ok())
         .filter(|v| usable(v))
-        .map_or_else(new_id, str::to_owned);
+        .map_or_else(new_id, Arc::from);
     req.extensions_mut().insert(RequestId(id.clone()));
     let settings = req.app_data::<RequestSettings>().copied();
     let started = Instant::now();
@@ -245,7 +254,7 @@ pub async fn middleware(
     let span = if spans {
         tracing::info_span!(
             "request",
-            request_id = id.as_str(),
+            request_id = &*id,
             method = req.method().as_str(),
             route = route.as_ref(),
             operation,
@@ -259,7 +268,7 @@ pub async fn middleware(
     };
     // The same fields, in the same order, as the span's.
     let mut log = Fields::with_capacity(9);
-    log.set("request_id", Value::Str(id.clone()));
+    log.set("request_id", Value::Shared(id.clone()));
     log.set("method", method_value(req.method()));
     log.set(
         "route",
@@ -289,7 +298,7 @@ pub async fn middleware(
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
         if let Some(m) = &metrics {
-            m.observe_request(&msn_label, operation, status, elapsed);
+            m.observe_request(msn_label.as_str(), operation, status, elapsed);
         }
         if result.is_ok() {
             record_u64("status", u64::from(status));
@@ -314,6 +323,7 @@ pub async fn middleware(
 mod tests {
     use super::{method_value, new_id, usable, Value, PROXY_ROUTE};
     use actix_web::http::Method;
+    use std::sync::Arc;
 
     #[test]
     fn methods_are_logged_by_name() {
@@ -338,7 +348,7 @@ mod tests {
 
     #[test]
     fn generated_ids_are_distinct_version_4_uuids() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id()).collect();
+        let ids: std::collections::HashSet<Arc<str>> = (0..1000).map(|_| new_id()).collect();
         assert_eq!(ids.len(), 1000);
         for id in &ids {
             let parsed = uuid::Uuid::parse_str(id).unwrap();

@@ -172,6 +172,8 @@ pub(crate) enum Value {
     Str(String),
     /// A string known when the gateway was built: no copy per request.
     Static(&'static str),
+    /// A string shared with the rest of the request (its id).
+    Shared(std::sync::Arc<str>),
     I64(i64),
     U64(u64),
     F64(f64),
@@ -183,6 +185,7 @@ impl Value {
         match self {
             Self::Str(s) => write_str(out, s),
             Self::Static(s) => write_str(out, s),
+            Self::Shared(s) => write_str(out, s),
             Self::I64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             Self::U64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             // JSON has no NaN or infinity.
@@ -292,12 +295,34 @@ impl Visit for Direct<'_> {
     }
 }
 
+/// Whether a byte must be escaped in a JSON string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether any byte of `bytes` must be escaped: whole 16-byte blocks are
+/// checked without branching on each byte, so the compiler can vectorise the
+/// common case of a value with nothing to escape.
+fn any_escape(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(16);
+    let found = blocks
+        .by_ref()
+        .any(|block| block.iter().fold(false, |any, &b| any | needs_escape(b)));
+    found || blocks.remainder().iter().any(|&b| needs_escape(b))
+}
+
 /// Writes `s` as a JSON string.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
-    let needs_escape = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
-    let Some(first) = bytes.iter().position(needs_escape) else {
+    if !any_escape(bytes) {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
+    let Some(first) = bytes.iter().position(|&b| needs_escape(b)) else {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -544,6 +569,28 @@ mod tests {
         // The cached second is replaced when the second changes.
         assert_eq!(at(4_107_542_400, 10), "2100-03-01T00:00:00.000010Z");
         assert_eq!(at(4_107_542_400, 999_000), "2100-03-01T00:00:00.999000Z");
+    }
+
+    #[test]
+    fn every_byte_needing_escape_is_found_wherever_it_is() {
+        for len in [0, 1, 15, 16, 17, 31, 32, 40] {
+            for at in 0..len {
+                for b in 0u8..0x80 {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    let text = String::from_utf8(text).unwrap();
+                    assert_eq!(
+                        any_escape(text.as_bytes()),
+                        needs_escape(b),
+                        "{b:#x} at {at}/{len}"
+                    );
+                    let mut out = Vec::new();
+                    write_str(&mut out, &text);
+                    let back: String = serde_json::from_slice(&out).unwrap();
+                    assert_eq!(back, text);
+                }
+            }
+        }
     }
 
     #[test]

@@ -449,7 +449,6 @@ impl VippsClient {
             other => UpstreamError::Broken(send_error_kind(&other)),
         })?;
         let status = resp.status();
-        let headers = resp.headers().clone();
         let body = resp
             .body()
             .limit(MAX_RESPONSE_BYTES)
@@ -462,6 +461,12 @@ impl VippsClient {
                 }
                 other => UpstreamError::Broken(other.to_string()),
             })?;
+        // The head is not needed any more: its headers are moved, not copied.
+        let mut headers = HeaderMap::new();
+        let _ = resp.map_body(|head, payload| {
+            headers = std::mem::take(&mut head.headers);
+            payload
+        });
         Ok(RawResponse {
             status,
             headers,

@@ -29,6 +29,9 @@ pub const MSN_HEADER: HeaderName = HeaderName::from_static("merchant-serial-numb
 /// The gateway's prefix; what follows it is the upstream path below `/order-management`.
 pub const PREFIX: &str = "/vipps/order-management";
 
+/// Where Order Management's paths start upstream.
+const UPSTREAM_PREFIX: &str = "/order-management";
+
 /// Request headers passed on to Vipps. Everything else the caller sent
 /// (credentials, `Vipps-System-*`, cookies, forwarding headers, hop-by-hop
 /// headers) is dropped; the client adds the gateway's own credentials.
@@ -143,7 +146,10 @@ fn upstream_path(req: &HttpRequest) -> Result<String, Refusal> {
     if uri.query().is_some() {
         return Err(Refusal::Query);
     }
-    Ok(format!("/order-management{rest}"))
+    let mut path = String::with_capacity(UPSTREAM_PREFIX.len() + rest.len());
+    path.push_str(UPSTREAM_PREFIX);
+    path.push_str(rest);
+    Ok(path)
 }
 
 /// The problem answer for a refused request; a 405 names the allowed methods.

@@ -403,38 +403,41 @@ impl VippsClient {
         } else {
             UpstreamError::Timeout
         };
+        let mut url = String::with_capacity(self.up.base_url.len() + call.path.len());
+        url.push_str(&self.up.base_url);
+        url.push_str(call.path);
         let mut req = self
             .http
-            .request(
-                call.method.clone(),
-                format!("{}{}", self.up.base_url, call.path),
-            )
+            .request(call.method.clone(), url)
             .timeout(self.up.timeout.min(remaining));
-        let extra = call.extra.filter(|h| !h.is_empty());
-        for (name, value) in extra.into_iter().flatten() {
-            req = req.append_header((name.clone(), value.clone()));
-        }
         let bearer = token.bearer.clone().ok_or_else(|| {
             UpstreamError::TokenFailed("credential is not a valid header value".into())
         })?;
-        req = req
-            .insert_header((header::AUTHORIZATION, bearer))
-            .insert_header((
-                SUBSCRIPTION_KEY,
-                secret_header(expose(&m.subscription_key))?,
-            ))
-            .insert_header((crate::proxy::MSN_HEADER, m.msn.as_str()));
-        for (name, value) in &self.up.system_headers {
-            req = req.insert_header((name.clone(), value.clone()));
+        let msn = HeaderValue::from_str(m.msn.as_str())
+            .map_err(|_| UpstreamError::TokenFailed("MSN is not a valid header value".into()))?;
+        // Set in place: each builder call would move the whole request.
+        let headers = req.headers_mut();
+        let extra = call.extra.filter(|h| !h.is_empty());
+        for (name, value) in extra.into_iter().flatten() {
+            headers.append(name.clone(), value.clone());
         }
-        let caller_type = extra.is_some_and(|h| h.contains_key(header::CONTENT_TYPE));
+        headers.insert(header::AUTHORIZATION, bearer);
+        headers.insert(
+            SUBSCRIPTION_KEY,
+            secret_header(expose(&m.subscription_key))?,
+        );
+        headers.insert(crate::proxy::MSN_HEADER, msn);
+        for (name, value) in &self.up.system_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if call.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         let sent = match &call.body {
-            Some(b) if caller_type => req.send_body(b.clone()).await,
-            Some(b) => {
-                req.content_type("application/json")
-                    .send_body(b.clone())
-                    .await
-            }
+            Some(b) => req.send_body(b.clone()).await,
             None => req.send().await,
         };
         let mut resp = sent.map_err(|e| match e {

@@ -15,8 +15,10 @@ struct Upstream {
 async fn forward(req: HttpRequest, up: web::Data<Upstream>) -> HttpResponse {
     let rest = req.path().strip_prefix("/vipps").unwrap_or(req.path());
     let mut out = up.client.get(format!("{}{rest}", up.base));
+    // In place: each builder call would move the whole request.
+    let headers = out.headers_mut();
     for (name, value) in &up.headers {
-        out = out.insert_header((name.clone(), value.clone()));
+        headers.insert(name.clone(), value.clone());
     }
     match out.send().await {
         Ok(mut resp) => match resp.body().await {

@@ -258,7 +258,7 @@ pub fn parse_json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result
 /// are read once without tracking the path (which costs about as much as the
 /// parse itself); only a body that fails is read again to name the field.
 pub fn json_from_slice<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if let Ok(parsed) = serde_json::from_slice(body) {
+    if let Ok(parsed) = crate::json_from_bytes(body) {
         return Ok(parsed);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);

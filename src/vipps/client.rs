@@ -489,7 +489,7 @@ impl VippsClient {
         if resp.body.is_empty() {
             return Ok(None);
         }
-        serde_json::from_slice(&resp.body)
+        crate::json_from_bytes(&resp.body)
             .map(Some)
             .map_err(|e| UpstreamError::BadResponse(e.to_string()))
     }

@@ -327,12 +327,9 @@ mod tests {
 
     #[test]
     fn methods_are_logged_by_name() {
-        for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH] {
-            assert_eq!(
-                method_value(&m),
-                Value::Static(m.as_str().to_owned().leak())
-            );
-        }
+        assert_eq!(method_value(&Method::GET), Value::Static("GET"));
+        assert_eq!(method_value(&Method::POST), Value::Static("POST"));
+        assert_eq!(method_value(&Method::PATCH), Value::Static("PATCH"));
         let custom = Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(method_value(&custom), Value::Str("PURGE".into()));
     }

@@ -180,7 +180,7 @@ impl Application {
         listener: TcpListener,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, StartupError> {
-        // awc's rustls needs a process-wide crypto provider; installing twice is harmless.
+        // rustls needs a process-wide crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let merchants = settings.load_merchants(env)?;
         let auth = web::Data::new(Authenticator::load(&settings.auth)?);

@@ -12,6 +12,7 @@ use actix_web::web::Bytes;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::value::RawValue;
 
+use super::http1::{self, Origin, SendError};
 use super::model::{ImageUpload, OrderCategory, OrderResponse, TokenResponse, VippsProblem};
 use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
@@ -110,7 +111,9 @@ pub struct RawResponse {
 
 /// What every worker's client shares: settings, static headers, tokens.
 pub struct Upstream {
-    base_url: String,
+    origin: Origin,
+    /// The base URL's path ("" or "/prefix"), put before every call's path.
+    base_path: String,
     timeout: Duration,
     connect_timeout: Duration,
     system_headers: Vec<(HeaderName, HeaderValue)>,
@@ -137,8 +140,15 @@ impl Upstream {
                 .map_err(|_| format!("{name} is not a valid header value"))?;
             system_headers.push((HeaderName::from_static(name), v));
         }
+        let base_url = settings.upstream.base_url.trim_end_matches('/');
+        let origin = Origin::parse(base_url)?;
+        let base_path = base_url
+            .parse::<actix_web::http::Uri>()
+            .map(|u| u.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
         Ok(Self {
-            base_url: settings.upstream.base_url.trim_end_matches('/').to_owned(),
+            origin,
+            base_path,
             timeout: settings.upstream.timeout,
             connect_timeout: settings.upstream.connect_timeout,
             system_headers,
@@ -149,9 +159,10 @@ impl Upstream {
     }
 }
 
-/// One worker's client. `awc::Client` is not `Send`, so each worker builds its own.
+/// One worker's client. Its connections are the worker's own (not `Send`),
+/// so each worker builds one.
 pub struct VippsClient {
-    http: awc::Client,
+    http: http1::Client,
     up: Arc<Upstream>,
 }
 
@@ -171,11 +182,7 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 
 impl VippsClient {
     pub fn new(up: Arc<Upstream>) -> Self {
-        let http = awc::Client::builder()
-            .connector(awc::Connector::new().timeout(up.connect_timeout))
-            .timeout(up.timeout)
-            .disable_redirects()
-            .finish();
+        let http = http1::Client::new(up.origin.clone(), up.connect_timeout);
         Self { http, up }
     }
 
@@ -403,21 +410,18 @@ impl VippsClient {
         } else {
             UpstreamError::Timeout
         };
-        let mut url = String::with_capacity(self.up.base_url.len() + call.path.len());
-        url.push_str(&self.up.base_url);
-        url.push_str(call.path);
-        let mut req = self
-            .http
-            .request(call.method.clone(), url)
-            .timeout(self.up.timeout.min(remaining));
+        let mut path = String::with_capacity(self.up.base_path.len() + call.path.len());
+        path.push_str(&self.up.base_path);
+        path.push_str(call.path);
         let bearer = token.bearer.clone().ok_or_else(|| {
             UpstreamError::TokenFailed("credential is not a valid header value".into())
         })?;
         let msn = HeaderValue::from_str(m.msn.as_str())
             .map_err(|_| UpstreamError::TokenFailed("MSN is not a valid header value".into()))?;
-        // Set in place: each builder call would move the whole request.
-        let headers = req.headers_mut();
         let extra = call.extra.filter(|h| !h.is_empty());
+        let mut headers = HeaderMap::with_capacity(
+            8 + self.up.system_headers.len() + extra.map_or(0, HeaderMap::len),
+        );
         for (name, value) in extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());
         }
@@ -436,44 +440,31 @@ impl VippsClient {
                 HeaderValue::from_static("application/json"),
             );
         }
-        let sent = match &call.body {
-            Some(b) => req.send_body(b.clone()).await,
-            None => req.send().await,
-        };
-        let mut resp = sent.map_err(|e| match e {
-            awc::error::SendRequestError::Timeout => timed_out.clone(),
-            // A connection that closes without an answer surfaces as
-            // `Connect(Disconnected)`, but the request may have arrived:
-            // that outcome is unknown, not "never sent".
-            awc::error::SendRequestError::Connect(awc::error::ConnectError::Disconnected) => {
-                UpstreamError::Broken("connection closed without an answer".into())
-            }
-            awc::error::SendRequestError::Connect(c) => UpstreamError::Connect(c.to_string()),
-            other => UpstreamError::Broken(send_error_kind(&other)),
-        })?;
-        let status = resp.status();
-        let body = resp
-            .body()
-            .limit(MAX_RESPONSE_BYTES)
+        let resp = self
+            .http
+            .send(http1::Request {
+                method: call.method.clone(),
+                path: &path,
+                headers,
+                body: call.body.clone(),
+                timeout: self.up.timeout.min(remaining),
+                limit: MAX_RESPONSE_BYTES,
+            })
             .await
             .map_err(|e| match e {
-                awc::error::PayloadError::Io(ref io)
-                    if io.kind() == std::io::ErrorKind::TimedOut =>
-                {
-                    timed_out.clone()
+                SendError::Timeout => timed_out,
+                SendError::Connect(c) => UpstreamError::Connect(c),
+                // The request may have arrived: that outcome is unknown,
+                // not "never sent".
+                SendError::Closed => {
+                    UpstreamError::Broken("connection closed without an answer".into())
                 }
-                other => UpstreamError::Broken(other.to_string()),
+                SendError::Broken(b) => UpstreamError::Broken(b),
             })?;
-        // The head is not needed any more: its headers are moved, not copied.
-        let mut headers = HeaderMap::new();
-        let _ = resp.map_body(|head, payload| {
-            headers = std::mem::take(&mut head.headers);
-            payload
-        });
         Ok(RawResponse {
-            status,
-            headers,
-            body,
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
         })
     }
 
@@ -616,28 +607,10 @@ fn record_upstream(code: Option<u16>, elapsed: Duration) {
     crate::request_id::record_f64("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
 }
 
-/// A short description of a send error that never includes header values.
-fn send_error_kind(e: &awc::error::SendRequestError) -> String {
-    use awc::error::SendRequestError as E;
-    match e {
-        E::Timeout => "timeout".into(),
-        E::Connect(c) => format!("connect: {c}"),
-        E::Send(_) => "send failed".into(),
-        E::Response(_) => "bad response".into(),
-        E::Http(_) => "invalid request".into(),
-        E::H2(_) => "http/2 error".into(),
-        E::Url(_) => "invalid URL".into(),
-        E::TunnelNotSupported => "tunnel not supported".into(),
-        E::Body(_) => "body error".into(),
-        E::Custom(..) => "error".into(),
-        _ => "error".into(),
-    }
-}
-
 /// Fetches a token with the merchant's credentials, unless fetches for it are
 /// backing off after failures (then fails at once, without a call).
 async fn fetch_token(
-    http: &awc::Client,
+    http: &http1::Client,
     up: &Upstream,
     m: &Merchant,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
@@ -667,39 +640,55 @@ async fn fetch_token(
 }
 
 async fn fetch_token_now(
-    http: &awc::Client,
+    http: &http1::Client,
     up: &Upstream,
     m: &Merchant,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
     let started = Instant::now();
-    let mut req = http
-        .post(format!("{}/accesstoken/get", up.base_url))
-        .insert_header(("client_id", m.client_id.as_str()))
-        .insert_header(("client_secret", secret_header(expose(&m.client_secret))?))
-        .insert_header((
-            "ocp-apim-subscription-key",
-            secret_header(expose(&m.subscription_key))?,
-        ))
-        .insert_header(("merchant-serial-number", m.msn.as_str()));
+    let plain = |v: &str, what: &str| {
+        HeaderValue::from_str(v)
+            .map_err(|_| UpstreamError::TokenFailed(format!("{what} is not a valid header value")))
+    };
+    let mut headers = HeaderMap::with_capacity(4 + up.system_headers.len());
+    headers.insert(
+        HeaderName::from_static("client_id"),
+        plain(&m.client_id, "client_id")?,
+    );
+    headers.insert(
+        HeaderName::from_static("client_secret"),
+        secret_header(expose(&m.client_secret))?,
+    );
+    headers.insert(
+        SUBSCRIPTION_KEY,
+        secret_header(expose(&m.subscription_key))?,
+    );
+    headers.insert(crate::proxy::MSN_HEADER, plain(m.msn.as_str(), "MSN")?);
     for (name, value) in &up.system_headers {
-        req = req.insert_header((name.clone(), value.clone()));
+        headers.insert(name.clone(), value.clone());
     }
+    let path = format!("{}/accesstoken/get", up.base_path);
     let observe = |status: Option<StatusCode>| {
         let code = status.map(|s| s.as_u16());
         let elapsed = started.elapsed();
         up.metrics.observe_upstream(&m.msn, "token", code, elapsed);
         record_upstream(code, elapsed);
     };
-    let mut resp = req.timeout(up.timeout).send_body("").await.map_err(|e| {
-        observe(None);
-        tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
-        UpstreamError::TokenFailed(send_error_kind(&e))
-    })?;
-    let status = resp.status();
-    let body = resp.body().limit(64 * 1024).await.map_err(|e| {
-        observe(None);
-        UpstreamError::TokenFailed(format!("unreadable token answer: {e}"))
-    })?;
+    let resp = http
+        .send(http1::Request {
+            method: Method::POST,
+            path: &path,
+            headers,
+            body: None,
+            timeout: up.timeout,
+            limit: 64 * 1024,
+        })
+        .await
+        .map_err(|e| {
+            observe(None);
+            tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
+            UpstreamError::TokenFailed(e.to_string())
+        })?;
+    let (status, body) = (resp.status, resp.body);
     observe(Some(status));
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");

@@ -1,6 +1,7 @@
 //! The upstream: the typed model of the Vipps API, the client and the token cache.
 
 pub mod client;
+pub mod http1;
 pub mod model;
 pub mod resilience;
 pub mod token;

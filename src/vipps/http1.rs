@@ -25,7 +25,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::{Method, StatusCode, Uri};
 use actix_web::web::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -36,6 +36,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(75);
 /// Most idle connections a worker keeps; more are closed when released.
 pub const MAX_IDLE: usize = 128;
+/// A request body larger than this is written straight from its own buffer.
+const BUFFERED_BODY: usize = 16 * 1024;
 
 /// The scheme, host and port every call goes to.
 #[derive(Debug, Clone)]
@@ -236,7 +238,14 @@ impl Client {
         Pin::new(&mut conn)
             .write(Message::Item((RequestHeadType::Owned(head), size)))
             .map_err(broken)?;
-        if let Some(body) = req.body.filter(|b| !b.is_empty()) {
+        // A large body (an image) goes from its own buffer to the socket,
+        // not copied into the connection's write buffer first.
+        let body = req.body.filter(|b| !b.is_empty());
+        let (small, large) = match body {
+            Some(b) if b.len() > BUFFERED_BODY => (None, Some(b)),
+            other => (other, None),
+        };
+        if let Some(body) = small {
             Pin::new(&mut conn)
                 .write(Message::Chunk(Some(body)))
                 .map_err(broken)?;
@@ -244,6 +253,11 @@ impl Client {
         poll_fn(|cx| Pin::new(&mut conn).flush::<Message<(RequestHeadType, BodySize)>>(cx))
             .await
             .map_err(broken)?;
+        if let Some(body) = large {
+            let io = conn.io_mut();
+            io.write_all(&body).await.map_err(broken)?;
+            io.flush().await.map_err(broken)?;
+        }
 
         let mut head = match poll_fn(|cx| Pin::new(&mut conn).next_item(cx)).await {
             Some(Ok(head)) => head,
@@ -437,7 +451,7 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -502,10 +516,11 @@ mod tests {
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
+                        let body = String::from_utf8_lossy(&buf[end..end + length]).to_string();
                         buf.drain(..end + length);
                         let n = {
                             let mut heads = h.borrow_mut();
-                            heads.push(head);
+                            heads.push(head + &body);
                             heads.len() - 1
                         };
                         let r = reply(n);
@@ -574,6 +589,31 @@ mod tests {
         let heads = heads.borrow();
         assert!(heads[0].contains("content-length: 7\r\n"), "{}", heads[0]);
         assert!(heads[1].contains("content-length: 0\r\n"), "{}", heads[1]);
+    }
+
+    #[actix_rt::test]
+    async fn large_bodies_go_whole_both_ways_on_a_reused_connection() {
+        let answer = "a".repeat(100_000);
+        let (port, accepted, heads) = upstream(move |_| ok(&answer)).await;
+        let c = client(port);
+        let sent: String = (0..200_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        for _ in 0..2 {
+            let mut req = get("/images");
+            req.method = Method::POST;
+            req.body = Some(Bytes::from(sent.clone()));
+            req.limit = 1 << 20;
+            let r = c.send(req).await.unwrap();
+            assert_eq!(r.body.len(), 100_000);
+        }
+        let heads = heads.borrow();
+        for h in heads.iter() {
+            assert!(h.contains("content-length: 200000\r\n"), "{}", &h[..200]);
+            assert!(h.ends_with(&format!("\r\n\r\n{sent}")));
+        }
+        assert_eq!(accepted.get(), 1);
+        assert_eq!(c.idle_connections(), 1);
     }
 
     #[actix_rt::test]

@@ -171,6 +171,8 @@ pub struct Client(Rc<Inner>);
 struct Inner {
     origin: Origin,
     connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
     /// The codecs' shared settings (one `Date` header clock per worker).
     config: ServiceConfig,
     idle: RefCell<Vec<Idle>>,
@@ -188,9 +190,22 @@ struct Idle {
 
 impl Client {
     pub fn new(origin: Origin, connect_timeout: Duration) -> Self {
+        Self::with_reuse(origin, connect_timeout, IDLE_TIMEOUT, MAX_LIFETIME)
+    }
+
+    /// A client that closes connections idle for `idle_timeout` or open for
+    /// `max_lifetime` instead of the defaults.
+    pub fn with_reuse(
+        origin: Origin,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Self {
         Self(Rc::new(Inner {
             origin,
             connect_timeout,
+            idle_timeout,
+            max_lifetime,
             config: ServiceConfig::default(),
             idle: RefCell::new(Vec::new()),
         }))
@@ -333,14 +348,12 @@ impl Client {
         let mut idle = self.0.idle.borrow_mut();
         let now = Instant::now();
         while let Some(mut c) = idle.pop() {
-            if now.duration_since(c.since) > IDLE_TIMEOUT
-                || now.duration_since(c.created) > MAX_LIFETIME
-            {
-                // The rest are older still.
+            if now.duration_since(c.since) > self.0.idle_timeout {
+                // The rest have been idle longer still.
                 idle.clear();
                 return None;
             }
-            if still_open(&mut c.conn.io) {
+            if now.duration_since(c.created) <= self.0.max_lifetime && still_open(&mut c.conn.io) {
                 return Some(c);
             }
         }
@@ -633,6 +646,33 @@ mod tests {
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.get(), 3);
+    }
+
+    #[actix_rt::test]
+    async fn connections_idle_or_open_too_long_are_not_reused() {
+        let (port, accepted, _) = upstream(|_| ok("ok")).await;
+        let origin = || Origin::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let ms = Duration::from_millis;
+        let c = Client::with_reuse(origin(), ms(2000), ms(100), ms(10_000));
+        c.send(get("/x")).await.unwrap();
+        c.send(get("/x")).await.unwrap();
+        assert_eq!(accepted.get(), 1);
+        actix_rt::time::sleep(ms(200)).await;
+        c.send(get("/x")).await.unwrap();
+        assert_eq!(
+            accepted.get(),
+            2,
+            "idle for 200 ms with a 100 ms idle timeout"
+        );
+
+        let c = Client::with_reuse(origin(), ms(2000), ms(10_000), ms(300));
+        c.send(get("/x")).await.unwrap();
+        actix_rt::time::sleep(ms(150)).await;
+        c.send(get("/x")).await.unwrap();
+        assert_eq!(accepted.get(), 3, "150 ms old: reused");
+        actix_rt::time::sleep(ms(200)).await;
+        c.send(get("/x")).await.unwrap();
+        assert_eq!(accepted.get(), 4, "350 ms old with a 300 ms lifetime");
     }
 
     #[actix_rt::test]

@@ -450,70 +450,109 @@ class Run:
         return chosen
 
     # -- cases 1-3 (reads) and 4 (receipts)
+    def setup_case(self, case, sim):
+        """Starts the front of a side-by-side case in front of `sim` and probes
+        it; returns (port, script, servers, path)."""
+        wd = self.workdir
+        read_path = "/order-management/v2/ecom/bench-read"
+        servers = []
+        try:
+            token = sim.token()
+            vh = sim.vipps_headers(token)
+            receipt10 = facade_receipt(10)
+            # a stored order for the read cases
+            self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
+                       self.vipps_receipt(sim, receipt10))
+            if case == "direct":
+                servers = [sim.proc]
+                port, path, hdr, method, body, unique = sim.port, read_path, vh, "GET", None, False
+            elif case == "bare_forwarder":
+                bf, port = start_bare_forwarder(wd, sim, sim.token())
+                servers = [bf, sim.proc]
+                path, hdr, method, body, unique = "/vipps" + read_path, {}, "GET", None, False
+            elif case in ("nginx", "nginx_receipt"):
+                ng, port = start_nginx(wd, sim, sim.token())
+                servers = [ng, sim.proc]
+                hdr = {"Merchant-Serial-Number": DEMO["msn"]}
+                if case == "nginx":
+                    path, method, body, unique = read_path, "GET", None, False
+                else:
+                    method, unique = "POST", True
+                    path = "/order-management/v2/ecom/receipts/{id}"
+                    body = self.write_body("vipps-receipt-10.json", self.vipps_receipt(sim, receipt10))
+                    hdr["Content-Type"] = "application/json"
+            else:
+                gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info")
+                servers = [gw, sim.proc]
+                if case == "gateway_proxy":
+                    hdr = {"Merchant-Serial-Number": DEMO["msn"]}
+                    path, method, body, unique = "/vipps" + read_path, "GET", None, False
+                elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
+                    hdr = {}
+                    path, method, body, unique = f"/v1/merchants/{DEMO['msn']}/orders/bench-read", "GET", None, False
+                else:
+                    hdr = {"Content-Type": "application/json"}
+                    method, unique = "POST", True
+                    path = f"/v1/merchants/{DEMO['msn']}/orders/{{id}}/receipt"
+                    body = self.write_body("facade-receipt-10.json", receipt10)
+            probe_path = path.replace("{id}", f"probe-{case}")
+            self.check(port, method, probe_path, hdr, body.read_bytes() if body else None)
+        except BaseException:
+            for srv in servers:
+                if srv is not sim.proc:
+                    srv.stop()
+            raise
+        return port, wrk_script(wd, case, method, path, hdr, body), servers, path
+
     def side_by_side(self):
+        """The reads, then the receipts, each group measured in rounds: one run
+        of every case of the group, then the next round, so that a slow
+        stretch of the machine falls on every front of the group alike."""
         a, wd = self.args, self.workdir
         out = {}
-        read_path = "/order-management/v2/ecom/bench-read"
-        # --- direct and nginx share one simulator process per case
-        for case in ("direct", "nginx", "gateway_proxy", "bare_forwarder", "gateway_facade_read",
-                     "gateway_facade_read_warn", "nginx_receipt", "gateway_facade_receipt"):
-            sim = Sim(wd)
-            servers = []
+        groups = (("direct", "nginx", "gateway_proxy", "bare_forwarder", "gateway_facade_read",
+                   "gateway_facade_read_warn"), ("nginx_receipt", "gateway_facade_receipt"))
+        for group in groups:
+            live = {}
             try:
-                token = sim.token()
-                vh = sim.vipps_headers(token)
-                receipt10 = facade_receipt(10)
-                # a stored order for the read cases
-                self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
-                           self.vipps_receipt(sim, receipt10))
-                if case == "direct":
-                    servers = [sim.proc]
-                    port, path, hdr, method, body, unique = sim.port, read_path, vh, "GET", None, False
-                elif case == "bare_forwarder":
-                    bf, port = start_bare_forwarder(wd, sim, sim.token())
-                    servers = [bf, sim.proc]
-                    path, hdr, method, body, unique = "/vipps" + read_path, {}, "GET", None, False
-                elif case in ("nginx", "nginx_receipt"):
-                    ng, port = start_nginx(wd, sim, sim.token())
-                    servers = [ng, sim.proc]
-                    hdr = {"Merchant-Serial-Number": DEMO["msn"]}
-                    if case == "nginx":
-                        path, method, body, unique = read_path, "GET", None, False
-                    else:
-                        method, unique = "POST", True
-                        path = "/order-management/v2/ecom/receipts/{id}"
-                        body = self.write_body("vipps-receipt-10.json", self.vipps_receipt(sim, receipt10))
-                        hdr["Content-Type"] = "application/json"
-                else:
-                    gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info")
-                    servers = [gw, sim.proc]
-                    if case == "gateway_proxy":
-                        hdr = {"Merchant-Serial-Number": DEMO["msn"]}
-                        path, method, body, unique = "/vipps" + read_path, "GET", None, False
-                    elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
-                        hdr = {}
-                        path, method, body, unique = f"/v1/merchants/{DEMO['msn']}/orders/bench-read", "GET", None, False
-                    else:
-                        hdr = {"Content-Type": "application/json"}
-                        method, unique = "POST", True
-                        path = f"/v1/merchants/{DEMO['msn']}/orders/{{id}}/receipt"
-                        body = self.write_body("facade-receipt-10.json", receipt10)
-                probe_path = path.replace("{id}", f"probe-{case}")
-                self.check(port, method, probe_path, hdr, body.read_bytes() if body else None)
-                script = wrk_script(wd, case, method, path, hdr, body)
-                log(f"case {case}")
-                r = self.measure(case, port, script, servers)
-                out[case] = r
-                if case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
-                    out[case]["probe_path"] = path
-            except BenchError as e:
-                log(f"case {case} FAILED: {e}")
-                out[case] = {"failed": str(e)}
+                for case in group:
+                    sim = Sim(wd)
+                    live[case] = {"sim": sim, "servers": [sim.proc], "runs": []}
+                    try:
+                        port, script, servers, path = self.setup_case(case, sim)
+                        live[case].update(port=port, script=script, servers=servers, path=path)
+                        run_wrk(port, script, min(2, a.seconds), a.connections, servers=servers)  # warm-up
+                    except BenchError as e:
+                        log(f"case {case} FAILED: {e}")
+                        out[case] = {"failed": str(e)}
+                for i in range(a.runs):
+                    for case in group:
+                        c = live[case]
+                        if case in out:
+                            continue
+                        r = run_wrk(c["port"], c["script"], a.seconds, a.connections, servers=c["servers"])
+                        if r["errors"]:
+                            log(f"case {case} FAILED: {r['errors']} errors in a run")
+                            out[case] = {"failed": f"{case}: {r['errors']} errors in a run ({r})"}
+                            continue
+                        c["runs"].append(r)
+                        log(f"  {case} round {i + 1}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs")
+                for case in group:
+                    if case in out:
+                        continue
+                    c = live[case]
+                    chosen = best_of(c["runs"])
+                    chosen["runs_rps"] = [round(r["rps"]) for r in c["runs"]]
+                    chosen["peak_rss_kb"] = {s.name: s.status_kb("VmHWM") for s in c["servers"]}
+                    if case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
+                        chosen["probe_path"] = c["path"]
+                    out[case] = chosen
             finally:
-                for s in servers:
-                    if s is not sim.proc:
-                        s.stop()
-                sim.stop()
+                for c in live.values():
+                    for s in c["servers"]:
+                        if s is not c["sim"].proc:
+                            s.stop()
+                    c["sim"].stop()
         self.results["cases"] = out
 
     def vipps_receipt(self, sim, facade):
@@ -746,7 +785,8 @@ def markdown(res):
     L = []
     L.append(f"Run {res['date']} on {res['machine']['nproc']} CPUs ({res['machine']['cpu']}), "
              f"kernel {res['machine']['kernel']}; commit `{res['machine']['git']}`; "
-             f"{res['args']['runs']} runs of {res['args']['seconds']} s per case (median-throughput run shown), "
+             f"{res['args']['runs']} runs of {res['args']['seconds']} s per case, taken in rounds across the reads and "
+             f"across the receipts (median-throughput run shown), "
              f"wrk 1 thread × {res['args']['connections']} connections on CPU {LOAD_CPU}; servers on CPU {SERVER_CPU}.")
     L.append("")
     if not c:

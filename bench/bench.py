@@ -507,55 +507,73 @@ class Run:
     def side_by_side(self):
         """The reads, then the receipts, each group measured in rounds: one run
         of every case of the group, then the next round, so that a slow
-        stretch of the machine falls on every front of the group alike."""
+        stretch of the machine falls on every front of the group alike. The
+        read cases stay up across the rounds (they store nothing); each
+        receipt run gets a fresh simulator and front, so that neither
+        simulator grows by gigabytes of stored receipts while the other runs."""
         a, wd = self.args, self.workdir
         out = {}
-        groups = (("direct", "nginx", "gateway_proxy", "bare_forwarder", "gateway_facade_read",
-                   "gateway_facade_read_warn"), ("nginx_receipt", "gateway_facade_receipt"))
-        for group in groups:
-            live = {}
+        groups = ((("direct", "nginx", "gateway_proxy", "bare_forwarder", "gateway_facade_read",
+                    "gateway_facade_read_warn"), False), (("nginx_receipt", "gateway_facade_receipt"), True))
+
+        def start(case, c):
+            sim = Sim(wd)
+            c.update(sim=sim, servers=[sim.proc])
+            port, script, servers, path = self.setup_case(case, sim)
+            c.update(port=port, script=script, servers=servers, path=path)
+            run_wrk(port, script, min(2, a.seconds), a.connections, servers=servers)  # warm-up
+
+        def stop(c):
+            if "sim" not in c:
+                return
+            for srv in c["servers"]:
+                rss = srv.status_kb("VmHWM")
+                if rss is not None:
+                    c["peak"][srv.name] = max(c["peak"].get(srv.name, 0), rss)
+                if srv is not c["sim"].proc:
+                    srv.stop()
+            c["sim"].stop()
+            del c["sim"]
+
+        for group, fresh in groups:
+            live = {case: {"runs": [], "peak": {}} for case in group}
             try:
-                for case in group:
-                    sim = Sim(wd)
-                    live[case] = {"sim": sim, "servers": [sim.proc], "runs": []}
-                    try:
-                        port, script, servers, path = self.setup_case(case, sim)
-                        live[case].update(port=port, script=script, servers=servers, path=path)
-                        run_wrk(port, script, min(2, a.seconds), a.connections, servers=servers)  # warm-up
-                    except BenchError as e:
-                        log(f"case {case} FAILED: {e}")
-                        out[case] = {"failed": str(e)}
                 for i in range(a.runs):
                     for case in group:
                         c = live[case]
                         if case in out:
                             continue
-                        r = run_wrk(c["port"], c["script"], a.seconds, a.connections, servers=c["servers"])
-                        if r["errors"]:
-                            log(f"case {case} FAILED: {r['errors']} errors in a run")
-                            out[case] = {"failed": f"{case}: {r['errors']} errors in a run ({r})"}
+                        try:
+                            if "sim" not in c:
+                                start(case, c)
+                            r = run_wrk(c["port"], c["script"], a.seconds, a.connections, servers=c["servers"])
+                            if r["errors"]:
+                                raise BenchError(f"{case}: {r['errors']} errors in a run ({r})")
+                        except BenchError as e:
+                            log(f"case {case} FAILED: {e}")
+                            out[case] = {"failed": str(e)}
+                            stop(c)
                             continue
                         c["runs"].append(r)
                         log(f"  {case} round {i + 1}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs")
-                for case in group:
-                    if case in out:
-                        continue
-                    c = live[case]
-                    chosen = best_of(c["runs"])
-                    chosen["runs_rps"] = [round(r["rps"]) for r in c["runs"]]
-                    # Every round's figures, for ratios taken round by round.
-                    chosen["rounds"] = [{k: r[k] for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req")}
-                                        for r in c["runs"]]
-                    chosen["peak_rss_kb"] = {s.name: s.status_kb("VmHWM") for s in c["servers"]}
-                    if case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
-                        chosen["probe_path"] = c["path"]
-                    out[case] = chosen
+                        if fresh:
+                            stop(c)
             finally:
                 for c in live.values():
-                    for s in c["servers"]:
-                        if s is not c["sim"].proc:
-                            s.stop()
-                    c["sim"].stop()
+                    stop(c)
+            for case in group:
+                if case in out:
+                    continue
+                c = live[case]
+                chosen = best_of(c["runs"])
+                chosen["runs_rps"] = [round(r["rps"]) for r in c["runs"]]
+                # Every round's figures, for ratios taken round by round.
+                chosen["rounds"] = [{k: r[k] for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req")}
+                                    for r in c["runs"]]
+                chosen["peak_rss_kb"] = c["peak"]
+                if case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
+                    chosen["probe_path"] = c["path"]
+                out[case] = chosen
         self.results["cases"] = out
 
     def vipps_receipt(self, sim, facade):

@@ -317,7 +317,13 @@ impl Client {
                     complete = true;
                     break;
                 }
-                // The body ends with the connection.
+                // The connection ended. That ends a body without a declared
+                // length; one with a length or chunks was cut short.
+                None if headers.contains_key(header::CONTENT_LENGTH)
+                    || headers.contains_key(header::TRANSFER_ENCODING) =>
+                {
+                    return Err(SendError::Broken("answer ended before its end".into()));
+                }
                 None => break,
                 Some(Err(e)) => return Err(SendError::Broken(format!("bad response body: {e}"))),
             }
@@ -707,6 +713,31 @@ mod tests {
         assert_eq!(r.status, StatusCode::NO_CONTENT);
         assert!(r.body.is_empty());
         assert_eq!(accepted.get(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_cut_short_answer_is_broken_and_one_without_a_length_ends_with_the_connection() {
+        let (port, _, _) = upstream(|n| Reply {
+            bytes: match n {
+                0 => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_vec(),
+                1 => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n".to_vec(),
+                // HTTP/1.0 without a length: the body runs to the close.
+                _ => b"HTTP/1.0 200 OK\r\n\r\nuntil the end".to_vec(),
+            },
+            close: true,
+        })
+        .await;
+        let c = client(port);
+        for _ in 0..2 {
+            let e = c.send(get("/x")).await.unwrap_err();
+            assert!(
+                matches!(&e, SendError::Broken(m) if m.contains("ended")),
+                "{e:?}"
+            );
+        }
+        let r = c.send(get("/x")).await.unwrap();
+        assert_eq!(r.body, "until the end");
+        assert_eq!(c.idle_connections(), 0);
     }
 
     #[actix_rt::test]

@@ -314,7 +314,7 @@ def lua_string(s):
     return "[==[" + s + "]==]"
 
 
-def wrk_script(workdir, name, method, path, headers, body_file=None, unique=None, msns=None, delay_ms=None):
+def wrk_script(workdir, name, method, path, headers, body_file=None, msns=None, delay_ms=None):
     """A wrk Lua script. `path` may hold {id} (a per-request unique order id)
     and {msn} (a merchant drawn in turn from msns)."""
     hdrs = ", ".join(f"[ {lua_string(k)} ] = {lua_string(v)}" for k, v in headers.items())
@@ -465,19 +465,19 @@ class Run:
                        self.vipps_receipt(sim, receipt10))
             if case == "direct":
                 servers = [sim.proc]
-                port, path, hdr, method, body, unique = sim.port, read_path, vh, "GET", None, False
+                port, path, hdr, method, body = sim.port, read_path, vh, "GET", None
             elif case == "bare_forwarder":
                 bf, port = start_bare_forwarder(wd, sim, sim.token())
                 servers = [bf, sim.proc]
-                path, hdr, method, body, unique = "/vipps" + read_path, {}, "GET", None, False
+                path, hdr, method, body = "/vipps" + read_path, {}, "GET", None
             elif case in ("nginx", "nginx_receipt"):
                 ng, port = start_nginx(wd, sim, sim.token())
                 servers = [ng, sim.proc]
                 hdr = {"Merchant-Serial-Number": DEMO["msn"]}
                 if case == "nginx":
-                    path, method, body, unique = read_path, "GET", None, False
+                    path, method, body = read_path, "GET", None
                 else:
-                    method, unique = "POST", True
+                    method = "POST"
                     path = "/order-management/v2/ecom/receipts/{id}"
                     body = self.write_body("vipps-receipt-10.json", self.vipps_receipt(sim, receipt10))
                     hdr["Content-Type"] = "application/json"
@@ -486,13 +486,13 @@ class Run:
                 servers = [gw, sim.proc]
                 if case == "gateway_proxy":
                     hdr = {"Merchant-Serial-Number": DEMO["msn"]}
-                    path, method, body, unique = "/vipps" + read_path, "GET", None, False
+                    path, method, body = "/vipps" + read_path, "GET", None
                 elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
                     hdr = {}
-                    path, method, body, unique = f"/v1/merchants/{DEMO['msn']}/orders/bench-read", "GET", None, False
+                    path, method, body = f"/v1/merchants/{DEMO['msn']}/orders/bench-read", "GET", None
                 else:
                     hdr = {"Content-Type": "application/json"}
-                    method, unique = "POST", True
+                    method = "POST"
                     path = f"/v1/merchants/{DEMO['msn']}/orders/{{id}}/receipt"
                     body = self.write_body("facade-receipt-10.json", receipt10)
             probe_path = path.replace("{id}", f"probe-{case}")
@@ -609,7 +609,6 @@ class Run:
         conns = a.connections
         delay_ms = max(1, round(conns / rate * 1000))
         out = {"target_rps": round(rate), "connections": conns, "delay_ms": delay_ms}
-        read_path = "/order-management/v2/ecom/bench-read"
         for case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
             if "failed" in cases.get(case, {"failed": "not run"}):
                 out[case] = {"failed": cases.get(case, {}).get("failed", "not run")}
@@ -797,10 +796,6 @@ def ms(us):
     return f"{us / 1000:.2f}"
 
 
-def ratio(a, b):
-    return f"{a / b:.2f}×" if a is not None and b else "n/a"
-
-
 def markdown(res):
     c = res.get("cases", {})
     L = []
@@ -828,7 +823,6 @@ def markdown(res):
         if "failed" in r:
             L.append(f"| {label} | FAILED: {r['failed'][:120]} | | | | | | | |")
             continue
-        front = [n for n in r["cpu_us_per_req"] if n != "simulator"]
         cpu = ", ".join(f"{n} {v:.1f}" for n, v in r["cpu_us_per_req"].items())
         rss = ", ".join(f"{n} {v / 1024:.1f}" for n, v in r["peak_rss_kb"].items())
         L.append(f"| {label} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {cpu} | {rss} | "
@@ -913,7 +907,7 @@ def markdown(res):
 
     h = res.get("half_load")
     if h:
-        L.append(f"### Latency added over direct at about half load")
+        L.append("### Latency added over direct at about half load")
         L.append("")
         L.append(f"wrk has no fixed-rate mode here (wrk2 is not packaged), so each of the {h['connections']} connections "
                  f"waits a random time between requests (`delay()`, exponential with a mean of {h['delay_ms']} ms, so "

@@ -112,8 +112,6 @@ pub struct RawResponse {
 /// What every worker's client shares: settings, static headers, tokens.
 pub struct Upstream {
     origin: Origin,
-    /// The base URL's path ("" or "/prefix"), put before every call's path.
-    base_path: String,
     timeout: Duration,
     connect_timeout: Duration,
     system_headers: Vec<(HeaderName, HeaderValue)>,
@@ -140,15 +138,8 @@ impl Upstream {
                 .map_err(|_| format!("{name} is not a valid header value"))?;
             system_headers.push((HeaderName::from_static(name), v));
         }
-        let base_url = settings.upstream.base_url.trim_end_matches('/');
-        let origin = Origin::parse(base_url)?;
-        let base_path = base_url
-            .parse::<actix_web::http::Uri>()
-            .map(|u| u.path().trim_end_matches('/').to_owned())
-            .unwrap_or_default();
         Ok(Self {
-            origin,
-            base_path,
+            origin: Origin::parse(&settings.upstream.base_url)?,
             timeout: settings.upstream.timeout,
             connect_timeout: settings.upstream.connect_timeout,
             system_headers,
@@ -410,8 +401,9 @@ impl VippsClient {
         } else {
             UpstreamError::Timeout
         };
-        let mut path = String::with_capacity(self.up.base_path.len() + call.path.len());
-        path.push_str(&self.up.base_path);
+        let base = self.up.origin.path();
+        let mut path = String::with_capacity(base.len() + call.path.len());
+        path.push_str(base);
         path.push_str(call.path);
         let bearer = token.bearer.clone().ok_or_else(|| {
             UpstreamError::TokenFailed("credential is not a valid header value".into())
@@ -666,7 +658,7 @@ async fn fetch_token_now(
     for (name, value) in &up.system_headers {
         headers.insert(name.clone(), value.clone());
     }
-    let path = format!("{}/accesstoken/get", up.base_path);
+    let path = format!("{}/accesstoken/get", up.origin.path());
     let observe = |status: Option<StatusCode>| {
         let code = status.map(|s| s.as_u16());
         let elapsed = started.elapsed();

@@ -39,10 +39,12 @@ pub const MAX_IDLE: usize = 128;
 /// A request body larger than this is written straight from its own buffer.
 const BUFFERED_BODY: usize = 16 * 1024;
 
-/// The scheme, host and port every call goes to.
+/// The scheme, host and port every call goes to, and the base URL's path.
 #[derive(Debug, Clone)]
 pub struct Origin {
     host: String,
+    /// "" or "/prefix": put before every call's path.
+    path: String,
     port: u16,
     /// The `Host` header: the host, and the port unless it is the scheme's.
     host_header: HeaderValue,
@@ -50,9 +52,9 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// The origin of an `http://` or `https://` base URL (its path, if any,
-    /// is the caller's to prepend). HTTPS verifies the server against the
-    /// Mozilla root certificates bundled with the gateway.
+    /// The origin of an `http://` or `https://` base URL, with its path (see
+    /// [`Origin::path`]). HTTPS verifies the server against the Mozilla root
+    /// certificates bundled with the gateway.
     pub fn parse(base_url: &str) -> Result<Self, String> {
         let uri: Uri = base_url
             .parse()
@@ -85,10 +87,17 @@ impl Origin {
         };
         Ok(Self {
             host: bare,
+            path: uri.path().trim_end_matches('/').to_owned(),
             port,
             host_header,
             tls,
         })
+    }
+
+    /// The base URL's path without a trailing `/` ("" for none), which the
+    /// caller puts before each call's path.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// The same origin, verified against `config` instead of the bundled roots.
@@ -865,6 +874,8 @@ mod tests {
             ("::1", 8080, false)
         );
         assert_eq!(o.host_header, "[::1]:8080");
+        assert_eq!(o.path(), "/prefix");
+        assert_eq!(Origin::parse("https://api.vipps.no/").unwrap().path(), "");
         assert!(Origin::parse("ftp://x").is_err());
         assert!(Origin::parse("http://").is_err());
     }

@@ -1,14 +1,11 @@
 //! `POST /v1/merchants/{msn}/orders/{orderId}/receipt`.
 
 use actix_web::http::StatusCode;
-use actix_web::web;
+use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Serialize;
-use serde_json::value::RawValue;
 
 use super::{
-    json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
-    PaymentQuery,
+    parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget, PaymentQuery,
 };
 use crate::auth::Grant;
 use crate::config::Merchant;
@@ -19,12 +16,20 @@ use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::vipps::model::Receipt;
 use crate::vipps::{UpstreamError, VippsClient};
 
-#[derive(Serialize)]
-pub struct ReceiptResponse<'a> {
-    /// The receipt as sent to Vipps, serialized once for both.
-    pub receipt: &'a RawValue,
-    pub totals: Totals,
-    pub replayed: bool,
+/// The `201` body: `{"receipt": …, "totals": …, "replayed": …}`, where
+/// `receipt` is the very JSON sent to Vipps, written once for both.
+fn response_body(sent: &[u8], totals: &Totals, replayed: bool) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::with_capacity(sent.len() + 256);
+    body.extend_from_slice(b"{\"receipt\":");
+    body.extend_from_slice(sent);
+    body.extend_from_slice(b",\"totals\":");
+    serde_json::to_writer(&mut body, totals).map_err(|e| ApiError::internal(&e))?;
+    body.extend_from_slice(if replayed {
+        b",\"replayed\":true}"
+    } else {
+        b",\"replayed\":false}"
+    });
+    Ok(body)
 }
 
 pub async fn post(
@@ -59,9 +64,9 @@ pub async fn post(
             )
         })?;
 
-        let sent = serde_json::value::to_raw_value(&receipt).map_err(|e| ApiError::internal(&e))?;
+        let sent = Bytes::from(receipt.to_json());
         let replayed = match client
-            .post_receipt(&merchant, payment_type, &order, &sent)
+            .post_receipt(&merchant, payment_type, &order, sent.clone())
             .await
         {
             Ok(()) => false,
@@ -70,14 +75,10 @@ pub async fn post(
             }
             Err(e) => return Err(upstream_problem(e, Operation::Receipt)),
         };
-        json_response(
-            StatusCode::CREATED,
-            &ReceiptResponse {
-                totals: totals(&receipt),
-                receipt: &sent,
-                replayed,
-            },
-        )
+        let body = response_body(&sent, &totals(&receipt), replayed)?;
+        Ok(HttpResponse::Created()
+            .content_type("application/json")
+            .body(body))
     })
     .await
 }
@@ -113,5 +114,37 @@ async fn resolve_conflict(
             Kind::UpstreamConflict,
             "Vipps reported a conflict but holds no receipt for this order.",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::receipt::RateTotals;
+
+    #[test]
+    fn response_body_is_json_with_the_sent_receipt_verbatim() {
+        let totals = Totals {
+            total: "10.00".into(),
+            tax: "2.00".into(),
+            by_tax_percent: vec![RateTotals {
+                tax_percent: "25".into(),
+                gross: "10.00".into(),
+                tax: "2.00".into(),
+                excluding_tax: "8.00".into(),
+            }],
+        };
+        let sent = br#"{"orderLines":[],"bottomLine":{"currency":"NOK","tipAmount":0}}"#;
+        for replayed in [false, true] {
+            let body = response_body(sent, &totals, replayed).expect("written");
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(
+                v["receipt"],
+                serde_json::from_slice::<serde_json::Value>(sent).unwrap()
+            );
+            assert_eq!(v["totals"]["byTaxPercent"][0]["excludingTax"], "8.00");
+            assert_eq!(v["replayed"], replayed);
+            assert!(body.windows(sent.len()).any(|w| w == sent), "sent verbatim");
+        }
     }
 }

@@ -10,7 +10,6 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::web::Bytes;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde_json::value::RawValue;
 
 use super::http1::{self, Origin, SendError};
 use super::model::{ImageUpload, OrderCategory, OrderResponse, TokenResponse, VippsProblem};
@@ -532,7 +531,7 @@ impl VippsClient {
         m: &Merchant,
         pt: PaymentType,
         order: &OrderId,
-        receipt: &RawValue,
+        receipt: Bytes,
     ) -> Result<(), UpstreamError> {
         let path = format!(
             "/order-management/v2/{}/receipts/{}",
@@ -544,7 +543,7 @@ impl VippsClient {
         let call = Call {
             method: Method::POST,
             path: &path,
-            body: Some(Bytes::copy_from_slice(receipt.get().as_bytes())),
+            body: Some(receipt),
             retry: Retry::Safe,
             extra: None,
         };

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod http1;
+mod json;
 pub mod model;
 pub mod resilience;
 pub mod token;

@@ -41,8 +41,8 @@ use crate::vipps::{Upstream, VippsClient};
 /// checked once as a whole and read as text, instead of serde_json checking
 /// each of its strings separately (about 7 % of a façade read); any other
 /// body is read as bytes, for serde_json's own error.
-pub(crate) fn json_from_bytes<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
+pub(crate) fn json_from_bytes<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
 ) -> serde_json::Result<T> {
     match std::str::from_utf8(bytes) {
         Ok(text) => serde_json::from_str(text),

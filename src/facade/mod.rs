@@ -13,7 +13,6 @@ use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError as _};
 use futures_util::StreamExt as _;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::auth::Grant;
@@ -242,7 +241,10 @@ fn is_json(media: &str) -> bool {
 
 /// Parses a JSON body into `T`, naming the field at fault in the caller's
 /// terms (`lines[1].taxPercent`). A body without a content type is read as JSON.
-pub fn parse_json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'a, T: Deserialize<'a>>(
+    req: &HttpRequest,
+    body: &'a [u8],
+) -> Result<T, ApiError> {
     if let Some(media) = media_type(req) {
         if !is_json(&media) {
             return Err(ApiError::new(
@@ -257,7 +259,7 @@ pub fn parse_json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result
 /// Deserializes JSON with the path of the first error. Well-formed bodies
 /// are read once without tracking the path (which costs about as much as the
 /// parse itself); only a body that fails is read again to name the field.
-pub fn json_from_slice<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn json_from_slice<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if let Ok(parsed) = crate::json_from_bytes(body) {
         return Ok(parsed);
     }

@@ -1,29 +1,66 @@
 //! Exact decimal parsing and minor-unit arithmetic. No floating point:
 //! amounts arrive as decimal text and become integers of minor units.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use rust_decimal::{Decimal, RoundingStrategy};
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A decimal number as the caller wrote it: a JSON string, or a JSON number
 /// read from its text (serde_json `arbitrary_precision`), never through `f64`.
+/// Borrowed from the request body when the string holds no escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecimalText(pub String);
+pub struct DecimalText<'a>(pub Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for DecimalText {
+const DECIMAL_EXPECTED: &str = "a decimal number or a string holding one";
+
+impl<'de: 'a, 'a> Deserialize<'de> for DecimalText<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Self(s)),
-            serde_json::Value::Number(n) => Ok(Self(n.to_string())),
-            _ => Err(serde::de::Error::custom(
-                "expected a decimal number or a string holding one",
-            )),
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Cow<'de, str>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(DECIMAL_EXPECTED)
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_string()))
+            }
+
+            // serde_json hands an `arbitrary_precision` number over as a
+            // one-entry map from its private token to the number's text.
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+                match map.next_key::<Cow<'de, str>>()? {
+                    Some(key) if key == NUMBER_TOKEN => map.next_value::<String>().map(Cow::Owned),
+                    _ => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
+                }
+            }
         }
+        d.deserialize_any(Visit).map(DecimalText)
     }
 }
 
-impl fmt::Display for DecimalText {
+impl fmt::Display for DecimalText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -115,12 +152,41 @@ pub fn div_round_half_away(numerator: i128, denominator: i128) -> i128 {
 
 /// Formats minor units as a decimal string with `decimals` places: `44700` → `"447.00"`.
 pub fn format_minor(minor: i64, decimals: u32) -> String {
-    Decimal::new(minor, decimals).to_string()
+    point_digits(minor < 0, u128::from(minor.unsigned_abs()), decimals)
 }
 
 /// A decimal without trailing zeros: `"1.500"` → `"1.5"`, `"2.0"` → `"2"`.
 pub fn format_plain(value: Decimal) -> String {
-    value.normalize().to_string()
+    let v = value.normalize();
+    point_digits(
+        v.is_sign_negative() && !v.is_zero(),
+        v.mantissa().unsigned_abs(),
+        v.scale(),
+    )
+}
+
+/// `digits × 10^-scale` as plain decimal text, written from the integer
+/// digits (rust_decimal's `Display` costs several times more).
+fn point_digits(negative: bool, digits: u128, scale: u32) -> String {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(digits);
+    let scale = scale as usize;
+    let mut out = String::with_capacity(digits.len() + scale + 3);
+    if negative {
+        out.push('-');
+    }
+    let int_len = digits.len().saturating_sub(scale);
+    if int_len == 0 {
+        out.push('0');
+    } else {
+        out.push_str(&digits[..int_len]);
+    }
+    if scale > 0 {
+        out.push('.');
+        out.extend(std::iter::repeat_n('0', scale.saturating_sub(digits.len())));
+        out.push_str(&digits[int_len..]);
+    }
+    out
 }
 
 /// The currencies the upstream accepts; all have two decimals.
@@ -188,5 +254,41 @@ mod tests {
         assert_eq!(format_minor(0, 2), "0.00");
         assert_eq!(format_plain(Decimal::new(1500, 3)), "1.5");
         assert_eq!(format_plain(Decimal::new(20, 1)), "2");
+    }
+
+    #[test]
+    fn formatting_agrees_with_rust_decimal() {
+        let mut minors = vec![0, 1, -1, 9, 10, 99, 100, -100, 12345, i64::MAX, i64::MIN];
+        minors.extend((0..2000).map(|_| fastrand::i64(..) >> fastrand::u32(0..63)));
+        for m in minors {
+            for dp in 0..=6 {
+                assert_eq!(
+                    format_minor(m, dp),
+                    Decimal::new(m, dp).to_string(),
+                    "{m} {dp}"
+                );
+            }
+        }
+        let texts = [
+            "0",
+            "0.000",
+            "-0",
+            "-0.0",
+            "1",
+            "10",
+            "100.00",
+            "0.5",
+            "0.05000",
+            "12.3400",
+            "-7.10",
+            "0.00000001",
+            "99999999.99",
+            "1000000000000",
+            "123456789.123456789",
+        ];
+        for t in texts {
+            let d = parse_decimal(t, 28).unwrap();
+            assert_eq!(format_plain(d), d.normalize().to_string(), "{t}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use super::money::{
     div_round_half_away, format_minor, format_plain, parse_decimal, parse_non_negative, to_minor,
     Currency, DecimalError, DecimalText,
 };
+use super::Text;
 use crate::error::InvalidParam;
 use crate::vipps::model::{
     Barcode, BarcodeFormat, BottomLine, OrderLine, PaymentSources, QuantityUnit, Receipt, UnitInfo,
@@ -22,41 +23,45 @@ use crate::vipps::model::{
 /// The façade's receipt request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReceiptRequest {
+pub struct ReceiptRequest<'a> {
     pub currency: Currency,
-    pub lines: Vec<LineRequest>,
-    #[serde(default)]
-    pub tip: Option<DecimalText>,
-    #[serde(default)]
-    pub pos_id: Option<String>,
-    #[serde(default)]
-    pub receipt_number: Option<String>,
-    #[serde(default)]
-    pub barcode: Option<BarcodeRequest>,
-    #[serde(default)]
-    pub payment_sources: Option<PaymentSourcesRequest>,
-    #[serde(default)]
-    pub expected_total: Option<DecimalText>,
+    #[serde(borrow)]
+    pub lines: Vec<LineRequest<'a>>,
+    #[serde(default, borrow)]
+    pub tip: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub pos_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub receipt_number: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub barcode: Option<BarcodeRequest<'a>>,
+    #[serde(default, borrow)]
+    pub payment_sources: Option<PaymentSourcesRequest<'a>>,
+    #[serde(default, borrow)]
+    pub expected_total: Option<DecimalText<'a>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LineRequest {
-    pub id: String,
-    pub name: String,
-    pub tax_percent: DecimalText,
-    #[serde(default)]
-    pub quantity: Option<DecimalText>,
+pub struct LineRequest<'a> {
+    #[serde(borrow)]
+    pub id: Text<'a>,
+    #[serde(borrow)]
+    pub name: Text<'a>,
+    #[serde(borrow)]
+    pub tax_percent: DecimalText<'a>,
+    #[serde(default, borrow)]
+    pub quantity: Option<DecimalText<'a>>,
     #[serde(default)]
     pub unit: Option<QuantityUnit>,
-    #[serde(default)]
-    pub unit_price: Option<DecimalText>,
-    #[serde(default)]
-    pub total_amount: Option<DecimalText>,
-    #[serde(default)]
-    pub discount: Option<DecimalText>,
-    #[serde(default)]
-    pub product_url: Option<String>,
+    #[serde(default, borrow)]
+    pub unit_price: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub total_amount: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub discount: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub product_url: Option<Text<'a>>,
     #[serde(default)]
     pub is_return: bool,
     #[serde(default)]
@@ -65,22 +70,23 @@ pub struct LineRequest {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BarcodeRequest {
+pub struct BarcodeRequest<'a> {
     pub format: BarcodeFormat,
-    pub data: String,
+    #[serde(borrow)]
+    pub data: Text<'a>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PaymentSourcesRequest {
-    #[serde(default)]
-    pub gift_card: Option<DecimalText>,
-    #[serde(default)]
-    pub card: Option<DecimalText>,
-    #[serde(default)]
-    pub voucher: Option<DecimalText>,
-    #[serde(default)]
-    pub cash: Option<DecimalText>,
+pub struct PaymentSourcesRequest<'a> {
+    #[serde(default, borrow)]
+    pub gift_card: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub card: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub voucher: Option<DecimalText<'a>>,
+    #[serde(default, borrow)]
+    pub cash: Option<DecimalText<'a>>,
 }
 
 /// Sums of a receipt, as decimal strings in major units.
@@ -258,13 +264,13 @@ pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
         bottom_line: BottomLine {
             currency: cur,
             tip_amount: Some(tip),
-            pos_id: req.pos_id.clone(),
+            pos_id: req.pos_id.as_deref().map(str::to_owned),
             payment_sources,
             barcode: req.barcode.as_ref().map(|b| Barcode {
                 format: b.format,
-                data: b.data.clone(),
+                data: b.data.to_string(),
             }),
-            receipt_number: req.receipt_number.clone(),
+            receipt_number: req.receipt_number.as_deref().map(str::to_owned),
         },
     })
 }
@@ -301,21 +307,26 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
         }
     };
 
+    // The quantity with its upstream text, written once.
     let quantity = match &line.quantity {
-        None => Some(Decimal::ONE),
+        None => Some((Decimal::ONE, String::from("1"))),
         Some(q) => match parse_non_negative(&q.0, QUANTITY_DECIMALS) {
             Ok(q) if q.is_zero() => {
                 c.fail(at("quantity"), "must be greater than zero");
                 None
             }
-            Ok(q) if format_plain(q).len() > QUANTITY_MAX_CHARS => {
-                c.fail(
-                    at("quantity"),
-                    format!("must be at most {QUANTITY_MAX_CHARS} characters"),
-                );
-                None
+            Ok(q) => {
+                let text = format_plain(q);
+                if text.len() > QUANTITY_MAX_CHARS {
+                    c.fail(
+                        at("quantity"),
+                        format!("must be at most {QUANTITY_MAX_CHARS} characters"),
+                    );
+                    None
+                } else {
+                    Some((q, text))
+                }
             }
-            Ok(q) => Some(q),
             Err(e) => {
                 c.decimal(at("quantity"), e);
                 None
@@ -345,7 +356,7 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
     if c.params.len() > errors_before {
         return None;
     }
-    let (rate, quantity, discount) = (rate?, quantity?, discount?);
+    let (rate, (quantity, quantity_text), discount) = (rate?, quantity?, discount?);
 
     let mut unit_info = None;
     let gross = match unit_price {
@@ -388,7 +399,7 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
             };
             unit_info = Some(UnitInfo {
                 unit_price,
-                quantity: format_plain(quantity),
+                quantity: quantity_text,
                 quantity_unit: Some(line.unit.unwrap_or_default()),
             });
             gross
@@ -401,15 +412,15 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
         return None;
     };
     Some(OrderLine {
-        name: line.name.clone(),
-        id: line.id.clone(),
+        name: line.name.to_string(),
+        id: line.id.to_string(),
         total_amount: gross,
         total_amount_excluding_tax: gross - tax,
         total_tax_amount: tax,
         tax_percentage: rate,
         unit_info,
         discount: Some(discount),
-        product_url: line.product_url.clone(),
+        product_url: line.product_url.as_deref().map(str::to_owned),
         is_return: Some(line.is_return),
         is_shipping: Some(line.is_shipping),
     })
@@ -452,8 +463,11 @@ pub fn totals(receipt: &Receipt) -> Totals {
 mod tests {
     use super::*;
 
-    fn request(json: serde_json::Value) -> ReceiptRequest {
-        serde_json::from_value(json).expect("valid request")
+    /// Builds the receipt of a request given as JSON, read from its text
+    /// as the handler reads it.
+    fn build(json: serde_json::Value) -> Result<Receipt, Rejected> {
+        let text = json.to_string();
+        build_receipt(&serde_json::from_str(&text).expect("valid request"))
     }
 
     /// (quantity, unitPrice, discount, totalAmount, taxPercent) → (gross, tax, excl).
@@ -475,9 +489,7 @@ mod tests {
                 l[k] = serde_json::Value::String(v.into());
             }
         }
-        let r = build_receipt(&request(
-            serde_json::json!({"currency": "NOK", "lines": [l]}),
-        ))?;
+        let r = build(serde_json::json!({"currency": "NOK", "lines": [l]}))?;
         let o = &r.order_lines[0];
         Ok((
             o.total_amount,
@@ -531,14 +543,14 @@ mod tests {
 
     #[test]
     fn totals_count_returns_negative_and_include_tip() {
-        let r = build_receipt(&request(serde_json::json!({
+        let r = build(serde_json::json!({
             "currency": "NOK", "tip": "10",
             "lines": [
                 {"id": "a", "name": "A", "unitPrice": "100", "taxPercent": "25"},
                 {"id": "b", "name": "B", "totalAmount": "20", "taxPercent": "15", "isReturn": true}
             ],
             "expectedTotal": "90.00"
-        })))
+        }))
         .expect("valid");
         let t = totals(&r);
         assert_eq!(t.total, "90.00");

@@ -92,33 +92,73 @@ pub const MAX_MAJOR: i64 = 1_000_000_000_000;
 /// `max_decimals` digits after the point. Exponents, `NaN`, spaces and a
 /// leading `+` are refused.
 pub fn parse_decimal(text: &str, max_decimals: u32) -> Result<Decimal, DecimalError> {
-    let unsigned = text.strip_prefix('-').unwrap_or(text);
-    let (int, frac) = match unsigned.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (unsigned, None),
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
     };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+    // One pass: the syntax, the integer part's value and the mantissa of
+    // all digits (in a u64 while it fits, then in a u128).
+    let (mut int_value, mut int_digits, mut decimals) = (0u64, 0usize, None::<usize>);
+    let (mut small, mut big) = (0u64, None::<u128>);
+    let mut frac_nonzero = false;
+    for b in unsigned.bytes() {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'.' if decimals.is_none() && int_digits > 0 => {
+                decimals = Some(0);
+                continue;
+            }
+            _ => return Err(DecimalError::Syntax),
+        };
+        match &mut decimals {
+            None => {
+                int_digits += 1;
+                // Up to 19 digits fit; more than 13 significant are refused below.
+                int_value = int_value
+                    .saturating_mul(10)
+                    .saturating_add(u64::from(digit));
+            }
+            Some(d) => {
+                *d += 1;
+                frac_nonzero |= digit != 0;
+            }
+        }
+        match &mut big {
+            Some(m) => {
+                *m = m
+                    .checked_mul(10)
+                    .and_then(|m| m.checked_add(u128::from(digit)))
+                    .unwrap_or(u128::MAX);
+            }
+            None if small < 1_000_000_000_000_000_000 => small = small * 10 + u64::from(digit),
+            None => big = Some(u128::from(small) * 10 + u128::from(digit)),
+        }
+    }
+    if int_digits == 0 || decimals == Some(0) {
         return Err(DecimalError::Syntax);
     }
-    let decimals = frac.map_or(0, str::len);
+    let decimals = decimals.unwrap_or(0);
     if decimals > max_decimals as usize {
         return Err(DecimalError::Range(format!(
             "must have at most {max_decimals} decimals"
         )));
     }
-    if int.trim_start_matches('0').len() > 13 {
+    let max = MAX_MAJOR.unsigned_abs();
+    if int_value > max || (int_value == max && frac_nonzero) {
         return Err(DecimalError::Range(format!("must be at most {MAX_MAJOR}")));
     }
-    // Plain notation that still does not fit: more significant digits
+    // Plain notation that still does not fit has more significant digits
     // than exact decimal arithmetic carries (28).
-    let value = Decimal::from_str_exact(text).map_err(|_| {
-        DecimalError::Range("has more significant digits than can be computed exactly".into())
-    })?;
-    if value.abs() > Decimal::from(MAX_MAJOR) {
-        return Err(DecimalError::Range(format!("must be at most {MAX_MAJOR}")));
-    }
-    Ok(value)
+    let mantissa = big.unwrap_or(u128::from(small));
+    i128::try_from(mantissa)
+        .ok()
+        .zip(u32::try_from(decimals).ok())
+        .and_then(|(m, scale)| {
+            Decimal::try_from_i128_with_scale(if negative { -m } else { m }, scale).ok()
+        })
+        .ok_or_else(|| {
+            DecimalError::Range("has more significant digits than can be computed exactly".into())
+        })
 }
 
 /// Parses a non-negative decimal.
@@ -234,6 +274,59 @@ mod tests {
             parse_decimal("10.0000000000000000000000000001", 30),
             Err(DecimalError::Range(_))
         ));
+    }
+
+    #[test]
+    fn parsing_agrees_with_rust_decimal_exact_parsing() {
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "00012.50",
+            "0.0000000000000000000000000001",
+            "9999999999999.99",
+            "1000000000000",
+            "-1000000000000.000",
+            "1000000000000.01",
+            "7922816251426.4337593543950335",
+            "7922816251426.4337593543950336",
+            "0.9999999999999999999999999999",
+            "1.0000000000000000000000000000",
+        ]
+        .map(String::from)
+        .to_vec();
+        for _ in 0..20_000 {
+            let digits = |n: usize| -> String {
+                (0..n)
+                    .map(|_| char::from(b'0' + fastrand::u8(0..10)))
+                    .collect()
+            };
+            let mut t = String::new();
+            if fastrand::bool() {
+                t.push('-');
+            }
+            t += &digits(fastrand::usize(1..15));
+            if fastrand::bool() {
+                t.push('.');
+                t += &digits(fastrand::usize(1..31));
+            }
+            texts.push(t);
+        }
+        for t in texts {
+            let ours = parse_decimal(&t, 30);
+            let exact = Decimal::from_str_exact(&t).ok().filter(|v| {
+                let int_digits = t.trim_start_matches('-').split('.').next().unwrap();
+                int_digits.trim_start_matches('0').len() <= 13
+                    && v.abs() <= Decimal::from(MAX_MAJOR)
+            });
+            match (&ours, exact) {
+                (Ok(a), Some(b)) => {
+                    assert_eq!(*a, b, "{t}");
+                    assert_eq!(a.scale(), b.scale(), "{t}");
+                }
+                (Err(DecimalError::Range(_)), None) => {}
+                _ => panic!("{t}: ours {ours:?}, rust_decimal {exact:?}"),
+            }
+        }
     }
 
     #[test]

@@ -294,15 +294,56 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// The route patterns of the API listener, besides the proxy's prefix: a
+/// request's log line and metrics name the one its path matches. The API
+/// test suite holds this list to the routes registered in the source.
+pub mod route {
+    pub const CATEGORY: &str = "/v1/merchants/{msn}/orders/{orderId}/category";
+    pub const RECEIPT: &str = "/v1/merchants/{msn}/orders/{orderId}/receipt";
+    pub const ORDER: &str = "/v1/merchants/{msn}/orders/{orderId}";
+    pub const IMAGES: &str = "/v1/merchants/{msn}/images";
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+    pub const OPENAPI: &str = "/openapi.json";
+    pub const METRICS: &str = "/metrics";
+
+    pub const ALL: [&str; 8] = [
+        CATEGORY, RECEIPT, ORDER, IMAGES, HEALTHZ, READYZ, OPENAPI, METRICS,
+    ];
+}
+
+/// The pattern of [`route::ALL`] that a raw path matches, as actix-web
+/// matches it: literal segments equal, each `{name}` one non-empty segment.
+/// A plain comparison, where asking actix-web's resource map costs a regex
+/// search per pattern.
+pub fn route_pattern(path: &str) -> Option<&'static str> {
+    route::ALL.into_iter().find(|pattern| {
+        let mut want = pattern.split('/');
+        let mut got = path.split('/');
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some(w), Some(g)) if w.starts_with('{') => {
+                    if g.is_empty() {
+                        return false;
+                    }
+                }
+                (Some(w), Some(g)) if w == g => {}
+                _ => return false,
+            }
+        }
+    })
+}
+
 /// The `operation` label of a matched route pattern (`None`: no route matched).
 pub fn operation(pattern: Option<&str>) -> &'static str {
     match pattern {
-        Some("/v1/merchants/{msn}/orders/{orderId}/category") => "category",
-        Some("/v1/merchants/{msn}/orders/{orderId}/receipt") => "receipt",
-        Some("/v1/merchants/{msn}/orders/{orderId}") => "order",
-        Some("/v1/merchants/{msn}/images") => "image",
-        Some("/healthz" | "/readyz") => "health",
-        Some("/metrics") => "metrics",
+        Some(route::CATEGORY) => "category",
+        Some(route::RECEIPT) => "receipt",
+        Some(route::ORDER) => "order",
+        Some(route::IMAGES) => "image",
+        Some(route::HEALTHZ | route::READYZ) => "health",
+        Some(route::METRICS) => "metrics",
         _ => "other",
     }
 }
@@ -355,6 +396,48 @@ fn segments(s: &str) -> Option<([&str; 3], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_patterns_match_as_actix_web_matches_them() {
+        let paths = [
+            "/v1/merchants/123/orders/o-1/receipt",
+            "/v1/merchants/123/orders/o-1/receipt/",
+            "/v1/merchants/123/orders/o-1/category",
+            "/v1/merchants/123/orders/o-1",
+            "/v1/merchants/123/orders/o-1/",
+            "/v1/merchants/123/orders/",
+            "/v1/merchants/123/orders//receipt",
+            "/v1/merchants//orders/o-1",
+            "/v1/merchants/123/images",
+            "/v1/merchants/123/images/x",
+            "/v1/merchants/a%2Fb/images",
+            "/v1/merchants/{msn}/images",
+            "/v1/merchants/æ/orders/ø/receipt",
+            "/v1/Merchants/123/images",
+            "//v1/merchants/123/images",
+            "/healthz",
+            "/healthz/",
+            "/readyz",
+            "/openapi.json",
+            "/openapi.jsonx",
+            "/metrics",
+            "/",
+            "",
+            "/v1",
+        ];
+        for path in paths {
+            let actix = route::ALL
+                .into_iter()
+                .find(|p| actix_web::dev::ResourceDef::new(*p).is_match(path));
+            assert_eq!(route_pattern(path), actix, "{path:?}");
+        }
+        for pattern in route::ALL {
+            let path = pattern
+                .replace("{msn}", "123456")
+                .replace("{orderId}", "o-1");
+            assert_eq!(route_pattern(&path), Some(pattern));
+        }
+    }
 
     #[test]
     fn v1_paths_have_their_own_endpoint_names() {

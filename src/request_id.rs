@@ -9,7 +9,6 @@
 //! layer writes under `span` on each line (`crate::telemetry`); the text
 //! format, read in a terminal, gets a tracing span carrying the same fields.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
@@ -242,13 +241,16 @@ pub async fn middleware(
     // the caller's path, so a log line never carries an arbitrary path.
     // Only the façade's routes are matched again for their pattern.
     let (operation, route) = if proxied {
-        ("proxy", Cow::Borrowed(PROXY_ROUTE))
+        ("proxy", PROXY_ROUTE)
     } else {
-        let pattern = req.match_pattern();
-        (
-            metrics::operation(pattern.as_deref()),
-            pattern.map_or(Cow::Borrowed("unmatched"), Cow::Owned),
-        )
+        let pattern = metrics::route_pattern(req.path());
+        debug_assert_eq!(
+            pattern,
+            req.match_pattern().as_deref(),
+            "the route table and the registered routes differ for {}",
+            req.path()
+        );
+        (metrics::operation(pattern), pattern.unwrap_or("unmatched"))
     };
     let (msn_log, msn_label) = merchant_labels(&req);
     let span = if spans {
@@ -256,7 +258,7 @@ pub async fn middleware(
             "request",
             request_id = &*id,
             method = req.method().as_str(),
-            route = route.as_ref(),
+            route,
             operation,
             msn = msn_log.as_deref(),
             status = tracing::field::Empty,
@@ -270,13 +272,7 @@ pub async fn middleware(
     let mut log = Fields::with_capacity(9);
     log.set("request_id", Value::Shared(id.clone()));
     log.set("method", method_value(req.method()));
-    log.set(
-        "route",
-        match route {
-            Cow::Borrowed(r) => Value::Static(r),
-            Cow::Owned(r) => Value::Str(r),
-        },
-    );
+    log.set("route", Value::Static(route));
     log.set("operation", Value::Static(operation));
     if let Some(msn) = msn_log {
         log.set("msn", Value::Str(msn));

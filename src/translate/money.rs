@@ -173,6 +173,11 @@ pub fn parse_non_negative(text: &str, max_decimals: u32) -> Result<Decimal, Deci
 /// Rounds half away from zero to `decimals` places and returns the integer
 /// of minor units. `None` when it does not fit an `i64`.
 pub fn to_minor(value: Decimal, decimals: u32) -> Option<i64> {
+    if let Some(up) = decimals.checked_sub(value.scale()) {
+        // No more decimals than minor units: exact, no rounding.
+        let mantissa = i64::try_from(value.mantissa()).ok()?;
+        return mantissa.checked_mul(10i64.checked_pow(up)?);
+    }
     let rounded = value.round_dp_with_strategy(decimals, RoundingStrategy::MidpointAwayFromZero);
     let scaled = rounded.checked_mul(Decimal::from(10i64.checked_pow(decimals)?))?;
     i64::try_from(scaled).ok()
@@ -209,7 +214,11 @@ pub fn format_plain(value: Decimal) -> String {
 /// digits (rust_decimal's `Display` costs several times more).
 fn point_digits(negative: bool, digits: u128, scale: u32) -> String {
     let mut buf = itoa::Buffer::new();
-    let digits = buf.format(digits);
+    // u128 division is slow; the usual value fits a u64.
+    let digits = match u64::try_from(digits) {
+        Ok(small) => buf.format(small),
+        Err(_) => buf.format(digits),
+    };
     let scale = scale as usize;
     let mut out = String::with_capacity(digits.len() + scale + 3);
     if negative {
@@ -334,6 +343,27 @@ mod tests {
         assert_eq!(to_minor(Decimal::new(525, 3), 2), Some(53));
         assert_eq!(to_minor(Decimal::new(-525, 3), 2), Some(-53));
         assert_eq!(to_minor(Decimal::new(1232178, 4), 2), Some(12322));
+        assert_eq!(to_minor(Decimal::new(19900, 2), 2), Some(19900));
+        assert_eq!(to_minor(Decimal::new(-3, 0), 2), Some(-300));
+        assert_eq!(to_minor(Decimal::new(5, 1), 2), Some(50));
+        assert_eq!(to_minor(Decimal::new(i64::MAX, 2), 2), Some(i64::MAX));
+        assert_eq!(to_minor(Decimal::new(i64::MAX, 1), 2), None);
+        assert_eq!(to_minor(Decimal::new(i64::MIN, 0), 2), None);
+        assert_eq!(
+            to_minor(Decimal::from_i128_with_scale(1 << 70, 10), 2),
+            Some(11_805_916_207_174)
+        );
+        for _ in 0..10_000 {
+            let v = Decimal::new(
+                fastrand::i64(..) >> fastrand::u32(0..63),
+                fastrand::u32(0..6),
+            );
+            let slow = v
+                .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+                .checked_mul(Decimal::from(100))
+                .and_then(|s| i64::try_from(s).ok());
+            assert_eq!(to_minor(v, 2), slow, "{v}");
+        }
         assert_eq!(div_round_half_away(45, 10), 5);
         assert_eq!(div_round_half_away(-45, 10), -5);
         assert_eq!(div_round_half_away(44, 10), 4);

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod facade;
+mod json;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

@@ -2,8 +2,8 @@
 
 pub mod client;
 pub mod http1;
-mod json;
 pub mod model;
+mod receipt_json;
 pub mod resilience;
 pub mod token;
 

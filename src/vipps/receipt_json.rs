@@ -1,6 +1,7 @@
 //! The Vipps receipt written as JSON by hand. A receipt is the largest body
 //! the gateway builds, and serde's writer checks every key for characters to
-//! escape; here the keys are literals and only the caller's text is checked.
+//! escape; here the keys are literals and only the caller's text is checked
+//! (with the log's string writer).
 //! The output is byte for byte what `serde_json` writes for the same
 //! [`Receipt`] (a test holds the two together).
 
@@ -54,33 +55,8 @@ impl Writer {
         });
     }
 
-    /// A JSON string, escaped as serde_json escapes it: quote, backslash
-    /// and control characters below U+0020.
     fn str(&mut self, s: &str) {
-        self.raw(b"\"");
-        let plain = |b: u8| b >= 0x20 && b != b'"' && b != b'\\';
-        if s.bytes().all(plain) {
-            self.raw(s.as_bytes());
-        } else {
-            for b in s.bytes() {
-                match b {
-                    b'"' => self.raw(b"\\\""),
-                    b'\\' => self.raw(b"\\\\"),
-                    b'\n' => self.raw(b"\\n"),
-                    b'\r' => self.raw(b"\\r"),
-                    b'\t' => self.raw(b"\\t"),
-                    0x08 => self.raw(b"\\b"),
-                    0x0c => self.raw(b"\\f"),
-                    b if b < 0x20 => {
-                        const HEX: &[u8; 16] = b"0123456789abcdef";
-                        self.raw(b"\\u00");
-                        self.raw(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
-                    }
-                    b => self.0.push(b),
-                }
-            }
-        }
-        self.raw(b"\"");
+        crate::json::write_str(&mut self.0, s);
     }
 
     fn order_line(&mut self, l: &OrderLine) {

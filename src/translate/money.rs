@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A decimal number as the caller wrote it: a JSON string, or a JSON number
@@ -14,49 +13,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecimalText<'a>(pub Cow<'a, str>);
 
-const DECIMAL_EXPECTED: &str = "a decimal number or a string holding one";
-
 impl<'de: 'a, 'a> Deserialize<'de> for DecimalText<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> Visitor<'de> for Visit {
-            type Value = Cow<'de, str>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(DECIMAL_EXPECTED)
-            }
-
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_string()))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_string()))
-            }
-
-            // serde_json hands an `arbitrary_precision` number over as a
-            // one-entry map from its private token to the number's text.
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-                match map.next_key::<Cow<'de, str>>()? {
-                    Some(key) if key == NUMBER_TOKEN => map.next_value::<String>().map(Cow::Owned),
-                    _ => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
-                }
-            }
-        }
-        d.deserialize_any(Visit).map(DecimalText)
+        d.deserialize_any(super::TextVisitor {
+            expecting: "a decimal number or a string holding one",
+            numbers: true,
+        })
+        .map(DecimalText)
     }
 }
 

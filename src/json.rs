@@ -61,6 +61,50 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// A JSON object written field by field, for an answer that embeds JSON
+/// the gateway already holds (the receipt sent to Vipps) next to values
+/// serde writes.
+pub(crate) struct Object(Vec<u8>);
+
+impl Object {
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        let mut out = Vec::with_capacity(bytes);
+        out.push(b'{');
+        Self(out)
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        write_str(&mut self.0, key);
+        self.0.push(b':');
+    }
+
+    /// A field whose value is JSON text already.
+    pub(crate) fn raw(mut self, key: &str, json: &[u8]) -> Self {
+        self.key(key);
+        self.0.extend_from_slice(json);
+        self
+    }
+
+    /// A field whose value serde writes.
+    pub(crate) fn value(
+        mut self,
+        key: &str,
+        value: &impl serde::Serialize,
+    ) -> serde_json::Result<Self> {
+        self.key(key);
+        serde_json::to_writer(&mut self.0, value)?;
+        Ok(self)
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.0.push(b'}');
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +129,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn objects_are_written_as_serde_writes_them() {
+        let empty = Object::with_capacity(0).finish();
+        assert_eq!(empty, b"{}");
+        let obj = Object::with_capacity(64)
+            .raw("raw", br#"{"a":[1,2]}"#)
+            .value("n", &None::<u8>)
+            .unwrap()
+            .value("s\"q", &"x\ny")
+            .unwrap()
+            .finish();
+        assert_eq!(
+            String::from_utf8(obj).unwrap(),
+            r#"{"raw":{"a":[1,2]},"n":null,"s\"q":"x\ny"}"#
+        );
     }
 
     #[test]

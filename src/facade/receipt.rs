@@ -11,6 +11,7 @@ use crate::auth::Grant;
 use crate::config::Merchant;
 use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
+use crate::json::Object;
 use crate::request_id::within_deadline;
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::vipps::model::Receipt;
@@ -19,17 +20,16 @@ use crate::vipps::{UpstreamError, VippsClient};
 /// The `201` body: `{"receipt": …, "totals": …, "replayed": …}`, where
 /// `receipt` is the very JSON sent to Vipps, written once for both.
 fn response_body(sent: &[u8], totals: &Totals, replayed: bool) -> Result<Vec<u8>, ApiError> {
-    let mut body = Vec::with_capacity(sent.len() + 256);
-    body.extend_from_slice(b"{\"receipt\":");
-    body.extend_from_slice(sent);
-    body.extend_from_slice(b",\"totals\":");
-    serde_json::to_writer(&mut body, totals).map_err(|e| ApiError::internal(&e))?;
-    body.extend_from_slice(if replayed {
-        b",\"replayed\":true}"
-    } else {
-        b",\"replayed\":false}"
-    });
-    Ok(body)
+    let body = || {
+        Ok::<_, serde_json::Error>(
+            Object::with_capacity(sent.len() + 256)
+                .raw("receipt", sent)
+                .value("totals", totals)?
+                .value("replayed", &replayed)?
+                .finish(),
+        )
+    };
+    body().map_err(|e| ApiError::internal(&e))
 }
 
 pub async fn post(

@@ -17,7 +17,7 @@ use crate::vipps::VippsClient;
 /// `totals` only with a receipt.
 fn order_view(
     category: Option<&OrderCategory>,
-    receipt: Option<&Receipt>,
+    receipt: Option<&Receipt<'_>>,
 ) -> serde_json::Result<Vec<u8>> {
     let receipt_json = receipt.map(Receipt::to_json);
     let obj = Object::with_capacity(receipt_json.as_ref().map_or(0, Vec::len) + 512)
@@ -76,7 +76,7 @@ mod tests {
     #[derive(serde::Serialize)]
     struct Reference<'a> {
         category: Option<&'a OrderCategory>,
-        receipt: Option<&'a Receipt>,
+        receipt: Option<&'a Receipt<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         totals: Option<Totals>,
     }

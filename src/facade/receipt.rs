@@ -91,7 +91,7 @@ async fn resolve_conflict(
     merchant: &Merchant,
     payment_type: PaymentType,
     order: &OrderId,
-    receipt: &Receipt,
+    receipt: &Receipt<'_>,
 ) -> Result<bool, ApiError> {
     let stored = client
         .get_order(merchant, payment_type, order)

@@ -5,6 +5,7 @@
 //! `totalAmount`), `tax = round(gross × p / (100 + p))`, `excl = gross − tax`,
 //! all rounded half away from zero, so `excl + tax == gross` always.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
@@ -164,14 +165,20 @@ impl Collector {
     }
 
     fn text(&mut self, name: impl FnOnce() -> String, value: &str, required: bool) {
+        // ASCII text (the usual) is measured and checked byte by byte.
+        let (chars, control) = if value.is_ascii() {
+            (value.len(), value.bytes().any(|b| b < 0x20 || b == 0x7f))
+        } else {
+            (value.chars().count(), value.chars().any(char::is_control))
+        };
         if required && value.trim().is_empty() {
             self.fail(name(), "must not be empty");
-        } else if value.chars().count() > TEXT_MAX_CHARS {
+        } else if chars > TEXT_MAX_CHARS {
             self.fail(
                 name(),
                 format!("must be at most {TEXT_MAX_CHARS} characters"),
             );
-        } else if value.chars().any(char::is_control) {
+        } else if control {
             self.fail(name(), "must not contain control characters");
         }
     }
@@ -179,7 +186,7 @@ impl Collector {
 
 /// Builds the upstream receipt from the façade request, or names every
 /// field that prevents it.
-pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
+pub fn build_receipt<'a>(req: &'a ReceiptRequest<'_>) -> Result<Receipt<'a>, Rejected> {
     let mut c = Collector {
         syntax: false,
         params: Vec::new(),
@@ -264,18 +271,23 @@ pub fn build_receipt(req: &ReceiptRequest) -> Result<Receipt, Rejected> {
         bottom_line: BottomLine {
             currency: cur,
             tip_amount: Some(tip),
-            pos_id: req.pos_id.as_deref().map(str::to_owned),
+            pos_id: req.pos_id.as_deref().map(Cow::Borrowed),
             payment_sources,
             barcode: req.barcode.as_ref().map(|b| Barcode {
                 format: b.format,
-                data: b.data.to_string(),
+                data: Cow::Borrowed(&b.data),
             }),
-            receipt_number: req.receipt_number.as_deref().map(str::to_owned),
+            receipt_number: req.receipt_number.as_deref().map(Cow::Borrowed),
         },
     })
 }
 
-fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) -> Option<OrderLine> {
+fn build_line<'a>(
+    c: &mut Collector,
+    i: usize,
+    line: &'a LineRequest<'_>,
+    cur: Currency,
+) -> Option<OrderLine<'a>> {
     let at = |field: &str| format!("lines[{i}].{field}");
     let errors_before = c.params.len();
     c.text(|| at("id"), &line.id, true);
@@ -412,15 +424,15 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
         return None;
     };
     Some(OrderLine {
-        name: line.name.to_string(),
-        id: line.id.to_string(),
+        name: Cow::Borrowed(&line.name),
+        id: Cow::Borrowed(&line.id),
         total_amount: gross,
         total_amount_excluding_tax: gross - tax,
         total_tax_amount: tax,
         tax_percentage: rate,
         unit_info,
         discount: Some(discount),
-        product_url: line.product_url.as_deref().map(str::to_owned),
+        product_url: line.product_url.as_deref().map(Cow::Borrowed),
         is_return: Some(line.is_return),
         is_shipping: Some(line.is_shipping),
     })
@@ -428,7 +440,7 @@ fn build_line(c: &mut Collector, i: usize, line: &LineRequest, cur: Currency) ->
 
 /// Totals of an upstream receipt: returns count negative, the tip is in
 /// `total`, rates are listed in ascending order.
-pub fn totals(receipt: &Receipt) -> Totals {
+pub fn totals(receipt: &Receipt<'_>) -> Totals {
     let dp = receipt.bottom_line.currency.decimals();
     let mut by_rate: BTreeMap<u8, (i64, i64, i64)> = BTreeMap::new();
     let (mut total, mut tax) = (0i64, 0i64);
@@ -465,9 +477,10 @@ mod tests {
 
     /// Builds the receipt of a request given as JSON, read from its text
     /// as the handler reads it.
-    fn build(json: serde_json::Value) -> Result<Receipt, Rejected> {
+    fn build<T>(json: serde_json::Value, f: impl FnOnce(&Receipt) -> T) -> Result<T, Rejected> {
         let text = json.to_string();
-        build_receipt(&serde_json::from_str(&text).expect("valid request"))
+        let request: ReceiptRequest = serde_json::from_str(&text).expect("valid request");
+        build_receipt(&request).map(|r| f(&r))
     }
 
     /// (quantity, unitPrice, discount, totalAmount, taxPercent) → (gross, tax, excl).
@@ -489,13 +502,14 @@ mod tests {
                 l[k] = serde_json::Value::String(v.into());
             }
         }
-        let r = build(serde_json::json!({"currency": "NOK", "lines": [l]}))?;
-        let o = &r.order_lines[0];
-        Ok((
-            o.total_amount,
-            o.total_tax_amount,
-            o.total_amount_excluding_tax,
-        ))
+        build(serde_json::json!({"currency": "NOK", "lines": [l]}), |r| {
+            let o = &r.order_lines[0];
+            (
+                o.total_amount,
+                o.total_tax_amount,
+                o.total_amount_excluding_tax,
+            )
+        })
     }
 
     #[test]
@@ -531,6 +545,38 @@ mod tests {
     }
 
     #[test]
+    fn text_is_measured_in_characters_and_refuses_control_characters() {
+        let check = |value: &str| {
+            let mut c = Collector {
+                syntax: false,
+                params: Vec::new(),
+            };
+            c.text(|| "name".into(), value, true);
+            c.params.first().map(|p| p.reason.clone())
+        };
+        assert_eq!(check("Socks"), None);
+        assert_eq!(check(&"é".repeat(TEXT_MAX_CHARS)), None, "chars, not bytes");
+        assert_eq!(check(&"a".repeat(TEXT_MAX_CHARS)), None);
+        for long in [
+            "a".repeat(TEXT_MAX_CHARS + 1),
+            "é".repeat(TEXT_MAX_CHARS + 1),
+        ] {
+            assert_eq!(
+                check(&long).as_deref(),
+                Some("must be at most 256 characters")
+            );
+        }
+        for bad in ["a\tb", "a\u{7f}", "\u{0}", "é\u{85}", "日本\u{9f}"] {
+            assert_eq!(
+                check(bad).as_deref(),
+                Some("must not contain control characters"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check(" ").as_deref(), Some("must not be empty"));
+    }
+
+    #[test]
     fn unexpressible_rate_is_refused_not_rounded() {
         let err = line(None, None, None, Some("10"), "12.5").unwrap_err();
         assert!(!err.syntax);
@@ -543,16 +589,18 @@ mod tests {
 
     #[test]
     fn totals_count_returns_negative_and_include_tip() {
-        let r = build(serde_json::json!({
-            "currency": "NOK", "tip": "10",
-            "lines": [
-                {"id": "a", "name": "A", "unitPrice": "100", "taxPercent": "25"},
-                {"id": "b", "name": "B", "totalAmount": "20", "taxPercent": "15", "isReturn": true}
-            ],
-            "expectedTotal": "90.00"
-        }))
+        let t = build(
+            serde_json::json!({
+                "currency": "NOK", "tip": "10",
+                "lines": [
+                    {"id": "a", "name": "A", "unitPrice": "100", "taxPercent": "25"},
+                    {"id": "b", "name": "B", "totalAmount": "20", "taxPercent": "15", "isReturn": true}
+                ],
+                "expectedTotal": "90.00"
+            }),
+            totals,
+        )
         .expect("valid");
-        let t = totals(&r);
         assert_eq!(t.total, "90.00");
         assert_eq!(t.tax, "17.39");
         assert_eq!(t.by_tax_percent[0].tax_percent, "15");

@@ -2,25 +2,29 @@
 //! Token APIs: what it sends and what it reads back. Amounts are integers
 //! of minor units, as the upstream defines them.
 
+use std::borrow::Cow;
+
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Category;
 use crate::translate::money::Currency;
 
-/// `POST /order-management/v2/{paymentType}/receipts/{orderId}` body.
+/// `POST /order-management/v2/{paymentType}/receipts/{orderId}` body. Its
+/// text borrows from the caller's request when the gateway builds it, and
+/// is owned when read back from Vipps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Receipt {
-    pub order_lines: Vec<OrderLine>,
-    pub bottom_line: BottomLine,
+pub struct Receipt<'a> {
+    pub order_lines: Vec<OrderLine<'a>>,
+    pub bottom_line: BottomLine<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OrderLine {
-    pub name: String,
-    pub id: String,
+pub struct OrderLine<'a> {
+    pub name: Cow<'a, str>,
+    pub id: Cow<'a, str>,
     pub total_amount: i64,
     pub total_amount_excluding_tax: i64,
     pub total_tax_amount: i64,
@@ -31,7 +35,7 @@ pub struct OrderLine {
     #[serde(default)]
     pub discount: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub product_url: Option<String>,
+    pub product_url: Option<Cow<'a, str>>,
     #[serde(default)]
     pub is_return: Option<bool>,
     #[serde(default)]
@@ -61,18 +65,18 @@ pub enum QuantityUnit {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct BottomLine {
+pub struct BottomLine<'a> {
     pub currency: Currency,
     #[serde(default)]
     pub tip_amount: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pos_id: Option<String>,
+    pub pos_id: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_sources: Option<PaymentSources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub barcode: Option<Barcode>,
+    pub barcode: Option<Barcode<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub receipt_number: Option<String>,
+    pub receipt_number: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -99,16 +103,16 @@ pub enum BarcodeFormat {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Barcode {
+pub struct Barcode<'a> {
     pub format: BarcodeFormat,
-    pub data: String,
+    pub data: Cow<'a, str>,
 }
 
-impl Receipt {
+impl<'a> Receipt<'a> {
     /// The receipt with the upstream's defaults made explicit, so one read
     /// back from Vipps (which may return `null` or omit optional fields) and
     /// one about to be sent compare equal when they mean the same.
-    pub fn canonical(&self) -> Receipt {
+    pub fn canonical(&self) -> Receipt<'a> {
         let mut r = self.clone();
         for line in &mut r.order_lines {
             line.discount = Some(line.discount.unwrap_or(0));
@@ -155,7 +159,7 @@ pub struct OrderResponse {
     #[serde(default)]
     pub category: Option<OrderCategory>,
     #[serde(default)]
-    pub receipt: Option<Receipt>,
+    pub receipt: Option<Receipt<'static>>,
 }
 
 /// `POST /accesstoken/get` answer. Times are strings of seconds.

@@ -10,7 +10,7 @@ use super::model::{
 };
 use crate::translate::money::Currency;
 
-impl Receipt {
+impl Receipt<'_> {
     /// The receipt as the JSON body of `POST .../receipts/{orderId}`.
     pub fn to_json(&self) -> Vec<u8> {
         // About 300 bytes per line; one allocation for the usual receipt.
@@ -59,7 +59,7 @@ impl Writer {
         crate::json::write_str(&mut self.0, s);
     }
 
-    fn order_line(&mut self, l: &OrderLine) {
+    fn order_line(&mut self, l: &OrderLine<'_>) {
         self.raw(b"{\"name\":");
         self.str(&l.name);
         self.raw(b",\"id\":");
@@ -97,7 +97,7 @@ impl Writer {
         self.raw(b"}");
     }
 
-    fn bottom_line(&mut self, b: &BottomLine) {
+    fn bottom_line(&mut self, b: &BottomLine<'_>) {
         self.raw(b"{\"currency\":\"");
         self.raw(currency(b.currency).as_bytes());
         self.raw(b"\",\"tipAmount\":");
@@ -183,10 +183,10 @@ mod tests {
     use super::*;
     use crate::vipps::model::UnitInfo;
 
-    fn line(name: &str, id: &str) -> OrderLine {
+    fn line(name: &str, id: &str) -> OrderLine<'static> {
         OrderLine {
-            name: name.into(),
-            id: id.into(),
+            name: name.to_owned().into(),
+            id: id.to_owned().into(),
             total_amount: 39800,
             total_amount_excluding_tax: 31840,
             total_tax_amount: 7960,
@@ -203,7 +203,7 @@ mod tests {
         }
     }
 
-    fn bottom(currency: Currency) -> BottomLine {
+    fn bottom(currency: Currency) -> BottomLine<'static> {
         BottomLine {
             currency,
             tip_amount: Some(0),
@@ -319,7 +319,7 @@ mod tests {
         );
         for t in texts {
             let mut b = bottom(Currency::NOK);
-            b.pos_id = Some(t.clone());
+            b.pos_id = Some(t.clone().into());
             same_as_serde(&Receipt {
                 order_lines: vec![line(&t, &t)],
                 bottom_line: b,

@@ -475,9 +475,14 @@ pub fn json_response(
     body: &impl serde::Serialize,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = serde_json::to_vec(body).map_err(|e| ApiError::internal(&e))?;
-    Ok(HttpResponse::build(status)
+    Ok(json_bytes_response(status, bytes))
+}
+
+/// A response whose body is JSON written already.
+pub fn json_bytes_response(status: actix_web::http::StatusCode, body: Vec<u8>) -> HttpResponse {
+    HttpResponse::build(status)
         .content_type("application/json")
-        .body(bytes))
+        .body(body)
 }
 
 #[cfg(test)]

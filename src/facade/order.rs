@@ -1,9 +1,12 @@
 //! `GET /v1/merchants/{msn}/orders/{orderId}`.
 
+use actix_web::http::StatusCode;
 use actix_web::web;
 use actix_web::HttpResponse;
 
-use super::{upstream_problem, AppState, Operation, OrderTarget, PaymentQuery};
+use super::{
+    json_bytes_response, upstream_problem, AppState, Operation, OrderTarget, PaymentQuery,
+};
 use crate::auth::Grant;
 use crate::error::{ApiError, Kind};
 use crate::json::Object;
@@ -51,9 +54,7 @@ pub async fn get(
             Some(o) if o.category.is_some() || o.receipt.is_some() => {
                 let body = order_view(o.category.as_ref(), o.receipt.as_ref())
                     .map_err(|e| ApiError::internal(&e))?;
-                Ok(HttpResponse::Ok()
-                    .content_type("application/json")
-                    .body(body))
+                Ok(json_bytes_response(StatusCode::OK, body))
             }
             _ => Err(ApiError::new(
                 Kind::OrderNotFound,

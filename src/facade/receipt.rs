@@ -5,7 +5,8 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::{
-    parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget, PaymentQuery,
+    json_bytes_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
+    PaymentQuery,
 };
 use crate::auth::Grant;
 use crate::config::Merchant;
@@ -19,17 +20,12 @@ use crate::vipps::{UpstreamError, VippsClient};
 
 /// The `201` body: `{"receipt": …, "totals": …, "replayed": …}`, where
 /// `receipt` is the very JSON sent to Vipps, written once for both.
-fn response_body(sent: &[u8], totals: &Totals, replayed: bool) -> Result<Vec<u8>, ApiError> {
-    let body = || {
-        Ok::<_, serde_json::Error>(
-            Object::with_capacity(sent.len() + 256)
-                .raw("receipt", sent)
-                .value("totals", totals)?
-                .value("replayed", &replayed)?
-                .finish(),
-        )
-    };
-    body().map_err(|e| ApiError::internal(&e))
+fn response_body(sent: &[u8], totals: &Totals, replayed: bool) -> serde_json::Result<Vec<u8>> {
+    Ok(Object::with_capacity(sent.len() + 256)
+        .raw("receipt", sent)
+        .value("totals", totals)?
+        .value("replayed", &replayed)?
+        .finish())
 }
 
 pub async fn post(
@@ -75,10 +71,9 @@ pub async fn post(
             }
             Err(e) => return Err(upstream_problem(e, Operation::Receipt)),
         };
-        let body = response_body(&sent, &totals(&receipt), replayed)?;
-        Ok(HttpResponse::Created()
-            .content_type("application/json")
-            .body(body))
+        let body = response_body(&sent, &totals(&receipt), replayed)
+            .map_err(|e| ApiError::internal(&e))?;
+        Ok(json_bytes_response(StatusCode::CREATED, body))
     })
     .await
 }

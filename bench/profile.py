@@ -51,6 +51,7 @@ def case_script(wd, run, case, name, proxy_headers):
 
 
 DISPATCH = "h1::dispatcher::Dispatcher<T,S,B,X,U> as core::future::future::Future>::poll"
+LOCAL_SET = "tokio::task::local::LocalSet::tick"
 
 
 def inclusive(data):
@@ -69,16 +70,18 @@ def instructions(out):
     """User-space instructions per request under callgrind (valgrind counts
     instructions, not time, so the figures repeat on a busy machine): the
     gateway's proxy, façade read and 10-line receipt, and the bare actix-web +
-    awc forwarder, each serving 4 wrk connections for 10 s. Per request = the
-    inclusive count of actix-http's connection dispatcher (every request's
-    work, start-up excluded) ÷ requests answered."""
+    awc and hyper forwarders, each serving 4 wrk connections for 10 s. Per
+    request = the inclusive count of actix-http's connection dispatcher (every
+    request's work, start-up excluded) ÷ requests answered; for the hyper
+    forwarder, whose upstream connections run as tasks of their own, the
+    inclusive count of the tokio LocalSet that runs every task."""
     wd = Path(bench.tempfile.mkdtemp(prefix="vog-callgrind-"))
     args = type("Args", (), {"connections": 4, "seconds": 10, "runs": 1})()
     lines = ["# User-space instructions per request (valgrind --tool=callgrind, 4 connections, 10 s)",
              "", "| server | case | requests | instructions per request |", "|---|---|---|---|"]
     tops = []
-    for server, case in (("gateway", "proxy"), ("bare-forwarder", "proxy"), ("gateway", "read"),
-                         ("gateway", "receipt")):
+    for server, case in (("gateway", "proxy"), ("bare-forwarder", "proxy"), ("hyper-forwarder", "proxy"),
+                         ("gateway", "read"), ("gateway", "receipt")):
         sim, run = seeded_simulator(wd, args)
         proc = None
         try:
@@ -94,8 +97,9 @@ def instructions(out):
             else:
                 port = bench.free_port()
                 headers = [f"{k}={v}" for k, v in vh.items()]
-                proc = bench.Proc("callgrind-bare", [*vg, str(bench.BARE), str(port),
-                                                     f"http://127.0.0.1:{sim.port}", *headers], wd)
+                binary = bench.BARE if server == "bare-forwarder" else bench.HYPER
+                proc = bench.Proc(f"callgrind-{server}", [*vg, str(binary), str(port),
+                                                         f"http://127.0.0.1:{sim.port}", *headers], wd)
             bench.wait_http(port, "/healthz", timeout=120, proc=proc.popen)
             hdr = {"Merchant-Serial-Number": bench.DEMO["msn"]} if server == "gateway" else {}
             script = case_script(wd, run, case, f"cg-{server}-{case}", hdr)
@@ -105,7 +109,8 @@ def instructions(out):
             proc.popen.send_signal(15)
             proc.popen.wait(timeout=120)
             rows = inclusive(data)
-            total = next(n for n, sym in rows if DISPATCH in sym)
+            anchor = LOCAL_SET if server == "hyper-forwarder" else DISPATCH
+            total = next(n for n, sym in rows if anchor in sym)
             lines.append(f"| {server} | {case} | {r['requests']} | {total // r['requests']:,} |")
             if server == "gateway":
                 own = [(n, sym) for n, sym in rows if "vipps_order_gateway::" in sym][:15]

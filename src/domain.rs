@@ -5,6 +5,23 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The header naming the merchant of a Vipps call (and of a proxied one).
+pub const MSN_HEADER: &str = "merchant-serial-number";
+
+/// The currencies the upstream accepts; all have two decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Currency {
+    NOK,
+    DKK,
+    EUR,
+}
+
+impl Currency {
+    pub const fn decimals(self) -> u32 {
+        2
+    }
+}
+
 /// Why a value was refused, in words a caller can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

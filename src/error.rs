@@ -9,7 +9,9 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::request_id;
+use crate::middleware;
+use crate::vipps::resilience::retry_after_secs;
+use crate::vipps::UpstreamError;
 
 /// Prefix of every problem `type` URI.
 pub const PROBLEM_TYPE_BASE: &str = "https://vipps-order-gateway.dev/problems/";
@@ -263,6 +265,91 @@ impl fmt::Display for ApiError {
     }
 }
 
+impl ApiError {
+    /// Maps an upstream failure to the caller's problem (SPEC §3, Errors).
+    /// `field` names a Vipps field in the caller's terms.
+    pub fn upstream(e: UpstreamError, field: &dyn Fn(&str) -> String) -> ApiError {
+        match e {
+        UpstreamError::Status {
+            status,
+            problem,
+            retry_after,
+        } => match status.as_u16() {
+            400 => {
+                let problem = problem.map(|p| *p).unwrap_or_default();
+                let params = problem
+                    .invalid_params
+                    .iter()
+                    .map(|p| InvalidParam::new(field(&p.name), p.reason.clone()))
+                    .collect();
+                let detail = problem
+                    .detail
+                    .or(problem.title)
+                    .unwrap_or_else(|| "Vipps rejected the request.".into());
+                ApiError::invalid(Kind::UpstreamRejected, format!("Vipps: {detail}"), params)
+            }
+            404 => ApiError::new(Kind::OrderNotFound, "Vipps has no such order."),
+            409 => ApiError::new(
+                Kind::UpstreamConflict,
+                problem
+                    .and_then(|p| p.detail)
+                    .map_or_else(|| "Vipps reported a conflict.".into(), |d| format!("Vipps: {d}")),
+            ),
+            401 | 403 => ApiError::new(
+                Kind::UpstreamAuth,
+                "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
+            ),
+            429 => ApiError::new(Kind::UpstreamBusy, "Vipps is rate limiting this merchant; retry later.")
+                .with_retry_after(retry_after.unwrap_or(1)),
+            _ => {
+                let e = ApiError::new(
+                    Kind::UpstreamFailed,
+                    format!("Vipps answered {}.", status.as_u16()),
+                );
+                // Vipps' own hint of when to come back is the caller's to keep.
+                match retry_after {
+                    Some(secs) => e.with_retry_after(secs),
+                    None => e,
+                }
+            }
+        },
+        UpstreamError::TokenRejected(_) => ApiError::new(
+            Kind::UpstreamAuth,
+            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
+        ),
+        UpstreamError::TokenFailed(_) => {
+            ApiError::new(Kind::TokenUnavailable, "No Vipps access token could be obtained; retry later.").with_retry_after(1)
+        }
+        UpstreamError::TokenUnavailable(wait) => ApiError::new(
+            Kind::TokenUnavailable,
+            "Fetching a Vipps access token for this merchant failed recently; the gateway is backing off.",
+        )
+        .with_retry_after(retry_after_secs(wait)),
+        UpstreamError::DeadlineExceeded => ApiError::new(
+            Kind::DeadlineExceeded,
+            "The request took longer than the gateway's deadline; its outcome at Vipps is unknown, retry it.",
+        ),
+        UpstreamError::CircuitOpen(wait) => ApiError::new(
+            Kind::CircuitOpen,
+            "Vipps failed repeatedly for this merchant; calls are paused.",
+        )
+        .with_retry_after(retry_after_secs(wait)),
+        UpstreamError::Overloaded(wait) => ApiError::new(
+            Kind::Overloaded,
+            "Too many Vipps calls are in flight for this merchant.",
+        )
+        .with_retry_after(retry_after_secs(wait)),
+        UpstreamError::Timeout => ApiError::new(Kind::UpstreamTimeout, "Vipps did not answer in time."),
+        UpstreamError::Connect(_) => ApiError::new(Kind::UpstreamFailed, "Vipps could not be reached."),
+        UpstreamError::Broken(_) => ApiError::new(
+            Kind::UpstreamFailed,
+            "The exchange with Vipps broke off; the outcome is unknown, retry the request.",
+        ),
+        UpstreamError::BadResponse(_) => ApiError::new(Kind::UpstreamFailed, "Vipps answered something the gateway could not read."),
+    }
+    }
+}
+
 /// The RFC 9457 body.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -286,7 +373,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, slug, title) = self.kind.row();
-        let ctx = request_id::current();
+        let ctx = middleware::current();
         let problem = Problem {
             type_: format!("{PROBLEM_TYPE_BASE}{slug}"),
             title,

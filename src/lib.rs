@@ -11,11 +11,10 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod facade;
-mod json;
 pub mod metrics;
+pub mod middleware;
 pub mod ops;
 pub mod proxy;
-pub mod request_id;
 pub mod simulator;
 pub mod telemetry;
 pub mod translate;
@@ -30,26 +29,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::Authenticator;
-use crate::config::{ConfigError, LogFormat, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
 use crate::metrics::Metrics;
 use crate::vipps::resilience::Guards;
 use crate::vipps::{Upstream, VippsClient};
-
-/// Parses JSON bytes. A body that is valid UTF-8 (every well-formed one) is
-/// checked once as a whole and read as text, instead of serde_json checking
-/// each of its strings separately (about 7 % of a façade read); any other
-/// body is read as bytes, for serde_json's own error.
-pub(crate) fn json_from_bytes<'a, T: serde::Deserialize<'a>>(
-    bytes: &'a [u8],
-) -> serde_json::Result<T> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(bytes),
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -206,9 +192,8 @@ impl Application {
             limits: settings.limits.clone(),
             guards,
         });
-        let request_settings = request_id::RequestSettings {
+        let request_settings = middleware::RequestSettings {
             deadline: settings.resilience.request_deadline,
-            spans: settings.log.format == LogFormat::Text,
         };
         let reloader = Reloader {
             settings: Arc::new(settings.clone()),
@@ -224,7 +209,7 @@ impl Application {
         let proxy_settings = settings.proxy.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(from_fn(request_id::middleware))
+                .wrap(from_fn(middleware::middleware))
                 .app_data(app_state.clone())
                 .app_data(request_settings)
                 .app_data(up_data.clone())
@@ -291,22 +276,4 @@ impl Application {
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::new(Kind::NotFound, "No such resource."))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::json_from_bytes;
-
-    #[test]
-    fn json_bytes_are_read_as_text_when_they_are_utf8() {
-        let parsed: Vec<String> = json_from_bytes("[\"blåbær\", \"a\\u00e5\"]".as_bytes()).unwrap();
-        assert_eq!(parsed, ["blåbær", "aå"]);
-        // Invalid UTF-8 inside a string is refused, as serde_json refuses it.
-        let bad = b"[\"a\xff\"]";
-        assert!(json_from_bytes::<Vec<String>>(bad).is_err());
-        assert!(serde_json::from_slice::<Vec<String>>(bad).is_err());
-        // Malformed JSON that is valid UTF-8 still fails with serde_json's error.
-        let e = json_from_bytes::<Vec<String>>(b"[\"a\",]").unwrap_err();
-        assert!(e.to_string().contains("trailing comma"), "{e}");
-    }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secrecy::SecretString;
+use tracing_appender::non_blocking::NonBlocking;
 use vipps_order_gateway::cli::{Cli, Command};
 use vipps_order_gateway::config::{InlineSecrets, LogFormat, MerchantSettings, Settings};
 use vipps_order_gateway::domain::Msn;
@@ -14,8 +15,10 @@ use vipps_order_gateway::{telemetry, Application};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = actix_web::rt::System::new().block_on(run(cli));
-    telemetry::flush();
+    // The log writer's guard writes the lines still queued when dropped,
+    // after the server has stopped.
+    let (stdout, _guard) = telemetry::stdout_writer();
+    let result = actix_web::rt::System::new().block_on(run(cli, stdout));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -25,15 +28,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli, stdout: NonBlocking) -> Result<(), String> {
     match cli.command {
         Command::Serve {
             config,
             simulator,
             listen,
-        } => serve(config, simulator, listen).await,
+        } => serve(config, simulator, listen, stdout).await,
         Command::Simulate { listen, workers } => {
-            init_logging(LogFormat::Text, "info");
+            init_logging(LogFormat::Text, "info", stdout);
             let listener = TcpListener::bind(&listen)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let settings = SimulatorSettings {
@@ -56,13 +59,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// JSON lines go through the buffered stdout (a background writer); text
-/// lines, read by a person at a terminal, are written at once.
-fn init_logging(format: LogFormat, level: &str) {
+/// JSON lines go through the background writer; text lines, read by a
+/// person at a terminal, are written at once.
+fn init_logging(format: LogFormat, level: &str, stdout: NonBlocking) {
     let subscriber = match format {
-        LogFormat::Json => {
-            telemetry::get_subscriber(format, level, telemetry::BufferedStdout::get())
-        }
+        LogFormat::Json => telemetry::get_subscriber(format, level, stdout),
         LogFormat::Text => telemetry::get_subscriber(format, level, std::io::stdout),
     };
     telemetry::init_subscriber(subscriber);
@@ -72,6 +73,7 @@ async fn serve(
     config: Option<std::path::PathBuf>,
     with_simulator: bool,
     listen: Option<String>,
+    stdout: NonBlocking,
 ) -> Result<(), String> {
     let mut settings = match &config {
         Some(path) => Settings::load(path, std::env::vars()).map_err(|e| e.to_string())?,
@@ -102,7 +104,7 @@ async fn serve(
         settings.merchants = vec![demo_merchant()?];
         sim_server = Some(sim.run());
     }
-    init_logging(settings.log.format, &settings.log.level);
+    init_logging(settings.log.format, &settings.log.level, stdout);
     if let Some(url) = with_simulator.then(|| settings.upstream.base_url.clone()) {
         tracing::info!(upstream = %url, msn = simulator::DEMO_MSN, "running against the built-in simulator");
     }

@@ -22,7 +22,6 @@ use prometheus::{
 };
 
 use crate::domain::Msn;
-use crate::vipps::token::TokenCache;
 
 /// The `msn` label of a merchant path whose MSN is not configured.
 pub const UNKNOWN_MSN: &str = "unknown";
@@ -257,11 +256,14 @@ impl Metrics {
     }
 
     /// The text exposition, with the token expiry gauge computed from the
-    /// cache as it is now.
-    pub fn render(&self, tokens: &TokenCache) -> Result<String, prometheus::Error> {
+    /// cached tokens' expiry instants as they are now.
+    pub fn render(
+        &self,
+        token_expiries: impl IntoIterator<Item = (Msn, Instant)>,
+    ) -> Result<String, prometheus::Error> {
         self.token_expiry.reset();
         let now = Instant::now();
-        for (msn, expires_at) in tokens.expiries() {
+        for (msn, expires_at) in token_expiries {
             let left = expires_at.saturating_duration_since(now).as_secs_f64();
             self.token_expiry
                 .with_label_values(&[msn.as_str()])
@@ -294,57 +296,26 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// The route patterns of the API listener, besides the proxy's prefix: a
-/// request's log line and metrics name the one its path matches. The API
-/// test suite holds this list to the routes registered in the source.
-pub mod route {
-    pub const CATEGORY: &str = "/v1/merchants/{msn}/orders/{orderId}/category";
-    pub const RECEIPT: &str = "/v1/merchants/{msn}/orders/{orderId}/receipt";
-    pub const ORDER: &str = "/v1/merchants/{msn}/orders/{orderId}";
-    pub const IMAGES: &str = "/v1/merchants/{msn}/images";
-    pub const HEALTHZ: &str = "/healthz";
-    pub const READYZ: &str = "/readyz";
-    pub const OPENAPI: &str = "/openapi.json";
-    pub const METRICS: &str = "/metrics";
-
-    pub const ALL: [&str; 8] = [
-        CATEGORY, RECEIPT, ORDER, IMAGES, HEALTHZ, READYZ, OPENAPI, METRICS,
-    ];
-}
-
-/// The pattern of [`route::ALL`] that a raw path matches, as actix-web
-/// matches it: literal segments equal, each `{name}` one non-empty segment.
-/// A plain comparison, where asking actix-web's resource map costs a regex
-/// search per pattern.
-pub fn route_pattern(path: &str) -> Option<&'static str> {
-    route::ALL.into_iter().find(|pattern| {
-        let mut want = pattern.split('/');
-        let mut got = path.split('/');
-        loop {
-            match (want.next(), got.next()) {
-                (None, None) => return true,
-                (Some(w), Some(g)) if w.starts_with('{') => {
-                    if g.is_empty() {
-                        return false;
-                    }
-                }
-                (Some(w), Some(g)) if w == g => {}
-                _ => return false,
-            }
-        }
-    })
-}
-
-/// The `operation` label of a matched route pattern (`None`: no route matched).
+/// The `operation` label of a matched route pattern (`None`: no route
+/// matched): a fixed word, never the raw path.
 pub fn operation(pattern: Option<&str>) -> &'static str {
-    match pattern {
-        Some(route::CATEGORY) => "category",
-        Some(route::RECEIPT) => "receipt",
-        Some(route::ORDER) => "order",
-        Some(route::IMAGES) => "image",
-        Some(route::HEALTHZ | route::READYZ) => "health",
-        Some(route::METRICS) => "metrics",
-        _ => "other",
+    let Some(pattern) = pattern else {
+        return "other";
+    };
+    if pattern.starts_with("/vipps/") {
+        return "proxy";
+    }
+    match pattern.strip_prefix("/v1/merchants/{msn}") {
+        Some("/orders/{orderId}/category") => "category",
+        Some("/orders/{orderId}/receipt") => "receipt",
+        Some("/orders/{orderId}") => "order",
+        Some("/images") => "image",
+        Some(_) => "other",
+        None => match pattern {
+            "/healthz" | "/readyz" => "health",
+            "/metrics" => "metrics",
+            _ => "other",
+        },
     }
 }
 
@@ -354,116 +325,9 @@ pub fn path_msn(path: &str) -> Option<&str> {
         .map(|rest| rest.split('/').next().unwrap_or(rest))
 }
 
-/// The upstream endpoint name of a Vipps path: a fixed word, never the path.
-pub fn upstream_endpoint(path: &str) -> &'static str {
-    let path = path.split('?').next().unwrap_or(path);
-    if path == "/accesstoken/get" {
-        return "token";
-    }
-    if path == "/order-management/v1/images" {
-        return "image";
-    }
-    // The deprecated v1 order and receipt calls, reachable through the proxy.
-    if let Some(rest) = path.strip_prefix("/order-management/v1/") {
-        return match segments(rest).as_ref().map(|(s, n)| &s[..*n]) {
-            Some(["orders", _]) => "v1-orders",
-            Some(["receipts", _]) => "v1-receipts",
-            _ => "other",
-        };
-    }
-    match path.strip_prefix("/order-management/v2/") {
-        Some(rest) => match segments(rest).as_ref().map(|(s, n)| &s[..*n]) {
-            Some([_, "categories", _]) => "category",
-            Some([_, "receipts", _]) => "receipt",
-            Some([_, _]) => "order",
-            _ => "other",
-        },
-        None => "other",
-    }
-}
-
-/// Up to three `/`-separated segments, without allocating; `None` for more.
-fn segments(s: &str) -> Option<([&str; 3], usize)> {
-    let mut out = [""; 3];
-    let mut n = 0;
-    for segment in s.split('/') {
-        *out.get_mut(n)? = segment;
-        n += 1;
-    }
-    Some((out, n))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_patterns_match_as_actix_web_matches_them() {
-        let paths = [
-            "/v1/merchants/123/orders/o-1/receipt",
-            "/v1/merchants/123/orders/o-1/receipt/",
-            "/v1/merchants/123/orders/o-1/category",
-            "/v1/merchants/123/orders/o-1",
-            "/v1/merchants/123/orders/o-1/",
-            "/v1/merchants/123/orders/",
-            "/v1/merchants/123/orders//receipt",
-            "/v1/merchants//orders/o-1",
-            "/v1/merchants/123/images",
-            "/v1/merchants/123/images/x",
-            "/v1/merchants/a%2Fb/images",
-            "/v1/merchants/{msn}/images",
-            "/v1/merchants/æ/orders/ø/receipt",
-            "/v1/Merchants/123/images",
-            "//v1/merchants/123/images",
-            "/healthz",
-            "/healthz/",
-            "/readyz",
-            "/openapi.json",
-            "/openapi.jsonx",
-            "/metrics",
-            "/",
-            "",
-            "/v1",
-        ];
-        for path in paths {
-            let actix = route::ALL
-                .into_iter()
-                .find(|p| actix_web::dev::ResourceDef::new(*p).is_match(path));
-            assert_eq!(route_pattern(path), actix, "{path:?}");
-        }
-        for pattern in route::ALL {
-            let path = pattern
-                .replace("{msn}", "123456")
-                .replace("{orderId}", "o-1");
-            assert_eq!(route_pattern(&path), Some(pattern));
-        }
-    }
-
-    #[test]
-    fn v1_paths_have_their_own_endpoint_names() {
-        assert_eq!(
-            upstream_endpoint("/order-management/v1/orders/t-1"),
-            "v1-orders"
-        );
-        assert_eq!(
-            upstream_endpoint("/order-management/v1/receipts/t-1"),
-            "v1-receipts"
-        );
-        assert_eq!(upstream_endpoint("/order-management/v1/other/t-1"), "other");
-        assert_eq!(
-            upstream_endpoint("/order-management/v1/orders/t-1/x"),
-            "other"
-        );
-        assert_eq!(
-            upstream_endpoint("/order-management/v2/ecom/receipts/o/x"),
-            "other"
-        );
-        assert_eq!(upstream_endpoint("/order-management/v2/ecom"), "other");
-        assert_eq!(
-            upstream_endpoint("/order-management/v2/ecom/receipts/o"),
-            "receipt"
-        );
-    }
 
     #[test]
     fn labels_are_fixed_words() {
@@ -479,18 +343,18 @@ mod tests {
         assert_eq!(path_msn("/v1/merchants/123456/images"), Some("123456"));
         assert_eq!(path_msn("/v1/merchants/12"), Some("12"));
         assert_eq!(path_msn("/healthz"), None);
-        assert_eq!(upstream_endpoint("/accesstoken/get"), "token");
-        assert_eq!(upstream_endpoint("/order-management/v1/images"), "image");
-        assert_eq!(
-            upstream_endpoint("/order-management/v2/ecom/categories/o-1"),
-            "category"
-        );
-        assert_eq!(
-            upstream_endpoint("/order-management/v2/recurring/receipts/o-1"),
-            "receipt"
-        );
-        assert_eq!(upstream_endpoint("/order-management/v2/ecom/o-1"), "order");
-        assert_eq!(upstream_endpoint("/elsewhere/x"), "other");
+        for (pattern, label) in [
+            ("/v1/merchants/{msn}/orders/{orderId}/category", "category"),
+            ("/v1/merchants/{msn}/orders/{orderId}", "order"),
+            ("/v1/merchants/{msn}/images", "image"),
+            ("/healthz", "health"),
+            ("/readyz", "health"),
+            ("/metrics", "metrics"),
+            ("/openapi.json", "other"),
+            ("/vipps/order-management/...", "proxy"),
+        ] {
+            assert_eq!(operation(Some(pattern)), label, "{pattern}");
+        }
     }
 
     #[test]
@@ -502,7 +366,7 @@ mod tests {
         m.observe_upstream(&msn, "token", Some(9999), Duration::from_millis(3));
         m.observe_upstream(&msn, "token", None, Duration::from_millis(3));
         let text = m
-            .render(&TokenCache::new(Duration::from_secs(1)))
+            .render([(msn.clone(), Instant::now() + Duration::from_secs(30))])
             .expect("render");
         assert!(text.contains(
             r#"gateway_upstream_requests_total{endpoint="token",msn="123456",status="201"} 1"#
@@ -513,5 +377,12 @@ mod tests {
         assert!(text.contains(
             r#"gateway_upstream_requests_total{endpoint="token",msn="123456",status="error"} 1"#
         ));
+        let expiry = text
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"gateway_token_expiry_seconds{msn="123456"} "#))
+            .expect("expiry gauge")
+            .parse::<f64>()
+            .expect("a number");
+        assert!((29.0..=30.0).contains(&expiry), "{expiry}");
     }
 }

@@ -30,10 +30,13 @@ pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
 
 /// The Prometheus text exposition.
 async fn metrics(upstream: web::Data<Upstream>) -> Result<HttpResponse, ApiError> {
-    let text = upstream.metrics.render(&upstream.tokens).map_err(|e| {
-        tracing::error!(error = %e, "cannot encode metrics");
-        ApiError::new(Kind::Internal, "The metrics could not be encoded.")
-    })?;
+    let text = upstream
+        .metrics
+        .render(upstream.tokens.expiries())
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot encode metrics");
+            ApiError::new(Kind::Internal, "The metrics could not be encoded.")
+        })?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))

@@ -11,20 +11,17 @@
 
 use std::sync::LazyLock;
 
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse, ResponseError as _};
 
 use crate::auth::Grant;
 use crate::config::ProxySettings;
-use crate::domain::OrderId;
+use crate::domain::{OrderId, MSN_HEADER};
 use crate::error::{ApiError, Kind};
-use crate::facade::{read_body, upstream_problem, AppState, Operation};
-use crate::request_id::RequestId;
+use crate::facade::{read_body, AppState};
+use crate::middleware::{call_context, RequestId};
 use crate::vipps::VippsClient;
-
-/// The header naming the merchant of a proxied call.
-pub const MSN_HEADER: HeaderName = HeaderName::from_static("merchant-serial-number");
 
 /// The gateway's prefix; what follows it is the upstream path below `/order-management`.
 pub const PREFIX: &str = "/vipps/order-management";
@@ -43,8 +40,9 @@ const FORWARDED_REQUEST: [HeaderName; 3] = [
 
 /// Response headers passed back from Vipps. Hop-by-hop and framing headers
 /// are the gateway's own; `X-Request-Id` is the gateway's request id.
-const FORWARDED_RESPONSE: [HeaderName; 6] = [
+const FORWARDED_RESPONSE: [HeaderName; 7] = [
     header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
     header::CONTENT_LANGUAGE,
     header::RETRY_AFTER,
     header::CACHE_CONTROL,
@@ -187,7 +185,7 @@ fn refusal_response(refusal: Refusal, method: &Method) -> HttpResponse {
 
 /// The request headers to pass on: the allow-list, minus any header the
 /// caller's `Connection` names (those are hop-by-hop by declaration).
-fn forwarded_request_headers(req: &HttpRequest) -> HeaderMap {
+fn forwarded_request_headers(req: &HttpRequest) -> http::HeaderMap {
     let connection_named: Vec<String> = req
         .headers()
         .get_all(&header::CONNECTION)
@@ -195,18 +193,25 @@ fn forwarded_request_headers(req: &HttpRequest) -> HeaderMap {
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    let mut out = HeaderMap::new();
+    // actix-web's header types and the client's (hyper's) are separate
+    // crates' types: values cross as bytes.
+    let mut out = http::HeaderMap::new();
     for name in &FORWARDED_REQUEST {
         if connection_named.iter().any(|c| c == name.as_str()) {
             continue;
         }
         for value in req.headers().get_all(name) {
-            out.append(name.clone(), value.clone());
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_str().as_bytes()),
+                http::HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                out.append(n, v);
+            }
         }
     }
     if let Some(id) = req.extensions().get::<RequestId>() {
-        if let Ok(v) = HeaderValue::from_str(&id.0) {
-            out.insert(crate::request_id::HEADER_NAME, v);
+        if let Ok(v) = http::HeaderValue::from_str(&id.0) {
+            out.insert(crate::middleware::HEADER, v);
         }
     }
     out
@@ -229,7 +234,7 @@ pub async fn forward(
     };
     let msn = req
         .headers()
-        .get(&MSN_HEADER)
+        .get(MSN_HEADER)
         .ok_or_else(|| {
             ApiError::field(
                 Kind::InvalidRequest,
@@ -245,20 +250,20 @@ pub async fn forward(
                 "must be visible ASCII",
             )
         })?;
-    let merchant = state.merchant(&grant, msn)?;
+    let ctx = call_context(&req, state.merchant(&grant, msn)?);
     let body = read_body(&req, payload, settings.body_limit).await?;
     let body = (!body.is_empty()).then_some(body);
     let headers = forwarded_request_headers(&req);
+    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|e| ApiError::internal(&e))?;
     let answer = client
-        .send_with_headers(&merchant, req.method().clone(), &path, body, &headers)
+        .send_with_headers(&ctx, method, &path, body, &headers)
         .await;
-    // Transport failures and token trouble map as on the façade (502/504);
-    // any complete answer from Order Management is passed back as it is.
-    let resp = answer.map_err(|e| upstream_problem(e, Operation::Order))?;
-    if matches!(
-        resp.status,
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-    ) {
+    // Transport failures and token trouble map as on the façade (502/504),
+    // Vipps' field names unchanged; any complete answer from Order
+    // Management is passed back as it is.
+    let resp = answer.map_err(|e| ApiError::upstream(e, &str::to_owned))?;
+    if matches!(resp.status.as_u16(), 401 | 403) {
         // A 401 is already the answer to a fresh token, and a 403 refuses the
         // gateway's subscription key: the gateway's credentials are wrong,
         // which the caller cannot fix (and passing it on would blame the caller).
@@ -267,10 +272,14 @@ pub async fn forward(
             "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
         ));
     }
-    let mut out = HttpResponse::build(resp.status);
+    let status = actix_web::http::StatusCode::from_u16(resp.status.as_u16())
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut out = HttpResponse::build(status);
     for name in &FORWARDED_RESPONSE {
-        for value in resp.headers.get_all(name) {
-            out.append_header((name.clone(), value.clone()));
+        for value in resp.headers.get_all(name.as_str()) {
+            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                out.append_header((name.clone(), v));
+            }
         }
     }
     Ok(out.body(resp.body))

@@ -8,12 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::images::{image_problem, parse_image_id, upload};
 use super::{
     json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
-    PaymentQuery,
 };
-use crate::auth::Grant;
 use crate::domain::{check_url, Category, PaymentType};
 use crate::error::{ApiError, Kind};
-use crate::request_id::within_deadline;
+use crate::middleware::within_deadline;
 use crate::translate::image::check_base64;
 use crate::vipps::model::OrderCategory;
 use crate::vipps::VippsClient;
@@ -48,20 +46,18 @@ struct CategoryResponse<'a> {
 
 pub async fn put(
     // First, so an unauthenticated caller gets its 401 before any other check.
-    grant: Grant,
+    target: OrderTarget,
     req: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<PaymentQuery>,
     payload: web::Payload,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
         let OrderTarget {
-            merchant,
+            ctx,
             order,
             payment_type,
-        } = state.order_target(&grant, path.into_inner(), &query)?;
+        } = target;
         let body = read_body(&req, payload, state.limits.image_body).await?;
         let request: CategoryRequest = parse_json(&req, &body)?;
         check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
@@ -82,7 +78,7 @@ pub async fn put(
                     .transpose()?;
                 let image =
                     check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?;
-                Some(upload(&client, &merchant, image, named).await?.0)
+                Some(upload(&client, &ctx, image, named).await?.0)
             }
             (None, None) => None,
         };
@@ -93,7 +89,7 @@ pub async fn put(
             image_id: image_id.as_ref().map(|i| i.as_str().to_owned()),
         };
         client
-            .put_category(&merchant, payment_type, &order, &upstream)
+            .put_category(&ctx, payment_type, &order, &upstream)
             .await
             .map_err(|e| upstream_problem(e, Operation::Category))?;
         json_response(

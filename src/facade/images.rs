@@ -6,16 +6,14 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    json_response, media_type, parse_json, read_body, upstream_problem, AppState, Operation,
+    json_response, media_type, parse_json, read_body, upstream_problem, AppState, MerchantTarget,
+    Operation,
 };
-use crate::auth::Grant;
-use crate::config::Merchant;
 use crate::domain::ImageId;
 use crate::error::{ApiError, Kind};
-use crate::request_id::within_deadline;
+use crate::middleware::within_deadline;
 use crate::translate::image::{check_base64, check_bytes, CheckedImage, ImageError};
-use crate::vipps::client::Retry;
-use crate::vipps::{UpstreamError, VippsClient};
+use crate::vipps::{CallContext, Retry, UpstreamError, VippsClient};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -39,16 +37,15 @@ struct ImageResponse<'a> {
 
 pub async fn post(
     // First, so an unauthenticated caller gets its 401 before any other check.
-    grant: Grant,
+    target: MerchantTarget,
     req: HttpRequest,
-    path: web::Path<String>,
     query: web::Query<ImageQuery>,
     payload: web::Payload,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
-        let merchant = state.merchant(&grant, &path)?;
+        let MerchantTarget { ctx } = target;
         let media = media_type(&req).unwrap_or_default();
         let (image, named) = match media.as_str() {
             "image/png" | "image/jpeg" | "image/jpg" => {
@@ -84,7 +81,7 @@ pub async fn post(
             }
         };
         let named = named.map(|id| parse_image_id(&id, "imageId")).transpose()?;
-        let (id, created) = upload(&client, &merchant, image, named).await?;
+        let (id, created) = upload(&client, &ctx, image, named).await?;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -121,7 +118,7 @@ pub fn image_problem(e: ImageError, field: &str) -> ApiError {
 /// the upstream offers no way to read an image back and compare.
 pub async fn upload(
     client: &VippsClient,
-    merchant: &Merchant,
+    ctx: &CallContext,
     image: CheckedImage,
     named: Option<ImageId>,
 ) -> Result<(ImageId, bool), ApiError> {
@@ -133,11 +130,11 @@ pub async fn upload(
         Retry::IfNotProcessed
     };
     match client
-        .upload_image(merchant, &id, image.to_base64(), retry)
+        .upload_image(ctx, &id, image.to_base64(), retry)
         .await
     {
         Ok(()) => Ok((id, true)),
-        Err(UpstreamError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+        Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
             if content_derived {
                 Ok((id, false))
             } else {

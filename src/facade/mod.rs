@@ -6,8 +6,10 @@ pub mod images;
 pub mod order;
 pub mod receipt;
 
+use std::future::{ready, Ready};
 use std::sync::{Arc, RwLock};
 
+use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
@@ -18,9 +20,10 @@ use serde::Deserialize;
 use crate::auth::Grant;
 use crate::config::{Limits, Merchant, Merchants};
 use crate::domain::{OrderId, PaymentType};
-use crate::error::{ApiError, InvalidParam, Kind};
+use crate::error::{ApiError, Kind};
+use crate::middleware::call_context;
 use crate::vipps::resilience::{retry_after_secs, Guards};
-use crate::vipps::UpstreamError;
+use crate::vipps::{CallContext, UpstreamError};
 
 /// The configured merchants, replaceable at run time (secrets reloaded).
 #[derive(Default)]
@@ -86,27 +89,59 @@ impl AppState {
     }
 }
 
-/// What an order route acts on, checked in the order SPEC §3 gives: the
-/// caller's grant, the merchant, then the order id and payment type.
+/// The merchant a request acts for, checked as SPEC §3 says (the caller's
+/// grant, then a configured merchant, then its rate), with the context of
+/// the request's upstream calls.
+pub struct MerchantTarget {
+    pub ctx: CallContext,
+}
+
+impl FromRequest for MerchantTarget {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(merchant_target(req, payload))
+    }
+}
+
+fn merchant_target(req: &HttpRequest, payload: &mut Payload) -> Result<MerchantTarget, ApiError> {
+    let grant = Grant::from_request(req, payload).into_inner()?;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal(&"no application state is registered"))?;
+    let msn = req.match_info().get("msn").unwrap_or_default();
+    let merchant = state.merchant(&grant, msn)?;
+    Ok(MerchantTarget {
+        ctx: call_context(req, merchant),
+    })
+}
+
+/// What an order route acts on: the merchant (as [`MerchantTarget`]), then
+/// the order id and payment type.
 pub struct OrderTarget {
-    pub merchant: Arc<Merchant>,
+    pub ctx: CallContext,
     pub order: OrderId,
     pub payment_type: PaymentType,
 }
 
-impl AppState {
-    /// Resolves `/v1/merchants/{msn}/orders/{orderId}` and `?paymentType=`.
-    pub fn order_target(
-        &self,
-        grant: &Grant,
-        (msn, order): (String, String),
-        query: &PaymentQuery,
-    ) -> Result<OrderTarget, ApiError> {
-        Ok(OrderTarget {
-            merchant: self.merchant(grant, &msn)?,
-            order: order_id(&order)?,
-            payment_type: query.parse()?,
-        })
+impl FromRequest for OrderTarget {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(
+            merchant_target(req, payload).and_then(|MerchantTarget { ctx }| {
+                let order = order_id(req.match_info().get("orderId").unwrap_or_default())?;
+                let query = web::Query::<PaymentQuery>::from_query(req.query_string())
+                    .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?;
+                Ok(OrderTarget {
+                    ctx,
+                    order,
+                    payment_type: query.parse()?,
+                })
+            }),
+        )
     }
 }
 
@@ -257,10 +292,10 @@ pub fn parse_json<'a, T: Deserialize<'a>>(
 }
 
 /// Deserializes JSON with the path of the first error. Well-formed bodies
-/// are read once without tracking the path (which costs about as much as the
-/// parse itself); only a body that fails is read again to name the field.
+/// are read once without tracking the path; only a body that fails is read
+/// again to name the field.
 pub fn json_from_slice<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    if let Ok(parsed) = crate::json_from_bytes(body) {
+    if let Ok(parsed) = serde_json::from_slice(body) {
         return Ok(parsed);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -313,87 +348,10 @@ pub enum Operation {
     Order,
 }
 
-/// Maps an upstream failure to the caller's problem (SPEC §3, Errors).
+/// Maps an upstream failure to the caller's problem, naming Vipps' invalid
+/// fields in the façade's terms.
 pub fn upstream_problem(e: UpstreamError, op: Operation) -> ApiError {
-    use actix_web::http::StatusCode as S;
-    match e {
-        UpstreamError::Status {
-            status,
-            problem,
-            retry_after,
-        } => match status {
-            S::BAD_REQUEST => {
-                let problem = problem.map(|p| *p).unwrap_or_default();
-                let params = problem
-                    .invalid_params
-                    .iter()
-                    .map(|p| InvalidParam::new(facade_field(op, &p.name), p.reason.clone()))
-                    .collect();
-                let detail = problem
-                    .detail
-                    .or(problem.title)
-                    .unwrap_or_else(|| "Vipps rejected the request.".into());
-                ApiError::invalid(Kind::UpstreamRejected, format!("Vipps: {detail}"), params)
-            }
-            S::NOT_FOUND => ApiError::new(Kind::OrderNotFound, "Vipps has no such order."),
-            S::CONFLICT => ApiError::new(
-                Kind::UpstreamConflict,
-                problem
-                    .and_then(|p| p.detail)
-                    .map_or_else(|| "Vipps reported a conflict.".into(), |d| format!("Vipps: {d}")),
-            ),
-            S::UNAUTHORIZED | S::FORBIDDEN => ApiError::new(
-                Kind::UpstreamAuth,
-                "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
-            ),
-            S::TOO_MANY_REQUESTS => ApiError::new(Kind::UpstreamBusy, "Vipps is rate limiting this merchant; retry later.")
-                .with_retry_after(retry_after.unwrap_or(1)),
-            _ => {
-                let e = ApiError::new(
-                    Kind::UpstreamFailed,
-                    format!("Vipps answered {}.", status.as_u16()),
-                );
-                // Vipps' own hint of when to come back is the caller's to keep.
-                match retry_after {
-                    Some(secs) => e.with_retry_after(secs),
-                    None => e,
-                }
-            }
-        },
-        UpstreamError::TokenRejected(_) => ApiError::new(
-            Kind::UpstreamAuth,
-            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
-        ),
-        UpstreamError::TokenFailed(_) => {
-            ApiError::new(Kind::TokenUnavailable, "No Vipps access token could be obtained; retry later.").with_retry_after(1)
-        }
-        UpstreamError::TokenUnavailable(wait) => ApiError::new(
-            Kind::TokenUnavailable,
-            "Fetching a Vipps access token for this merchant failed recently; the gateway is backing off.",
-        )
-        .with_retry_after(retry_after_secs(wait)),
-        UpstreamError::DeadlineExceeded => ApiError::new(
-            Kind::DeadlineExceeded,
-            "The request took longer than the gateway's deadline; its outcome at Vipps is unknown, retry it.",
-        ),
-        UpstreamError::CircuitOpen(wait) => ApiError::new(
-            Kind::CircuitOpen,
-            "Vipps failed repeatedly for this merchant; calls are paused.",
-        )
-        .with_retry_after(retry_after_secs(wait)),
-        UpstreamError::Overloaded(wait) => ApiError::new(
-            Kind::Overloaded,
-            "Too many Vipps calls are in flight for this merchant.",
-        )
-        .with_retry_after(retry_after_secs(wait)),
-        UpstreamError::Timeout => ApiError::new(Kind::UpstreamTimeout, "Vipps did not answer in time."),
-        UpstreamError::Connect(_) => ApiError::new(Kind::UpstreamFailed, "Vipps could not be reached."),
-        UpstreamError::Broken(_) => ApiError::new(
-            Kind::UpstreamFailed,
-            "The exchange with Vipps broke off; the outcome is unknown, retry the request.",
-        ),
-        UpstreamError::BadResponse(_) => ApiError::new(Kind::UpstreamFailed, "Vipps answered something the gateway could not read."),
-    }
+    ApiError::upstream(e, &|name| facade_field(op, name))
 }
 
 /// Translates an upstream field name into the façade's, where there is one.
@@ -475,14 +433,9 @@ pub fn json_response(
     body: &impl serde::Serialize,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = serde_json::to_vec(body).map_err(|e| ApiError::internal(&e))?;
-    Ok(json_bytes_response(status, bytes))
-}
-
-/// A response whose body is JSON written already.
-pub fn json_bytes_response(status: actix_web::http::StatusCode, body: Vec<u8>) -> HttpResponse {
-    HttpResponse::build(status)
+    Ok(HttpResponse::build(status)
         .content_type("application/json")
-        .body(body)
+        .body(bytes))
 }
 
 #[cfg(test)]

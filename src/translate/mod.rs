@@ -26,40 +26,18 @@ impl std::ops::Deref for Text<'_> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(TextVisitor {
-            expecting: "a string",
-            numbers: false,
-        })
-        .map(Text)
+        d.deserialize_str(TextVisitor).map(Text)
     }
 }
 
-/// Reads a JSON string as text borrowed from the body where it can be;
-/// with `numbers`, also an exact JSON number as the text it was written as.
-pub(crate) struct TextVisitor {
-    pub expecting: &'static str,
-    pub numbers: bool,
-}
-
-impl TextVisitor {
-    fn number<'de, E: de::Error>(
-        self,
-        text: String,
-        seen: de::Unexpected,
-    ) -> Result<Cow<'de, str>, E> {
-        if self.numbers {
-            Ok(Cow::Owned(text))
-        } else {
-            Err(de::Error::invalid_type(seen, &self))
-        }
-    }
-}
+/// Reads a JSON string as text borrowed from the body where it can be.
+struct TextVisitor;
 
 impl<'de> Visitor<'de> for TextVisitor {
     type Value = Cow<'de, str>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.expecting)
+        f.write_str("a string")
     }
 
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
@@ -72,26 +50,6 @@ impl<'de> Visitor<'de> for TextVisitor {
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
         Ok(Cow::Owned(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        self.number(v.to_string(), de::Unexpected::Unsigned(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        self.number(v.to_string(), de::Unexpected::Signed(v))
-    }
-
-    // serde_json hands an `arbitrary_precision` number over as a one-entry
-    // map from its private token to the number's text.
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-        match map.next_key::<Cow<'de, str>>()? {
-            Some(key) if key == NUMBER_TOKEN && self.numbers => {
-                map.next_value::<String>().map(Cow::Owned)
-            }
-            _ => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
-        }
     }
 }
 

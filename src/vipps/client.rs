@@ -1,29 +1,35 @@
 //! The upstream client: sends Vipps calls with the merchant's credentials
-//! and a cached token, and retries once with a new token on a 401.
-//! It knows nothing of the façade.
+//! and a cached token, within the caller's deadline and the merchant's
+//! limits, and retries what is safe to repeat. It knows nothing of its
+//! callers: they pass a [`CallContext`] and read back what it observed.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
-use actix_web::web::Bytes;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
-use super::http1::{self, Origin, SendError};
-use super::model::{ImageUpload, OrderCategory, OrderResponse, TokenResponse, VippsProblem};
+use super::model::{
+    ImageUpload, OrderCategory, OrderResponse, Receipt, TokenResponse, VippsProblem,
+};
 use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
+use super::transport::{self, SendError, Transport};
 use crate::config::{expose, Merchant, Settings};
-use crate::domain::{ImageId, OrderId, PaymentType};
-use crate::metrics::{upstream_endpoint, Metrics, TokenFetch};
+use crate::domain::{ImageId, OrderId, PaymentType, MSN_HEADER};
+use crate::metrics::{Metrics, TokenFetch};
 
 /// The header carrying the merchant's subscription key.
 const SUBSCRIPTION_KEY: HeaderName = HeaderName::from_static("ocp-apim-subscription-key");
 
-/// Most bytes read from an upstream response.
+/// Most bytes read from an upstream answer.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes read from a token answer.
+const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
 /// Why an upstream call did not produce a usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,11 +89,49 @@ pub enum Retry {
     /// Repeating is harmless whatever happened (reads, overwriting PUTs,
     /// receipts — a repeat that meets the stored receipt is resolved by
     /// reading it back): retry on connection errors, timeouts, broken
-    /// exchanges, 429, 502, 503 and 504.
+    /// exchanges, 429, 500, 502, 503 and 504.
     Safe,
     /// Only when the upstream cannot have acted on it: connection errors
     /// before sending, and 429.
     IfNotProcessed,
+}
+
+/// What the last upstream exchange of a caller's request showed: its status
+/// (`None`: no answer) and how long it took. The caller reads it for its log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exchange {
+    pub status: Option<u16>,
+    pub latency: Duration,
+}
+
+/// Where the client leaves the last [`Exchange`] of a caller's request.
+#[derive(Debug, Clone, Default)]
+pub struct Observed(Arc<Mutex<Option<Exchange>>>);
+
+impl Observed {
+    /// The last exchange, if any call was made.
+    pub fn last(&self) -> Option<Exchange> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, exchange: Exchange) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exchange);
+    }
+}
+
+/// What one caller request's upstream calls share: the merchant they act
+/// for, the instant they must be done by, and where to leave what they saw.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub merchant: Arc<Merchant>,
+    pub deadline: Instant,
+    pub observed: Observed,
 }
 
 /// One upstream call.
@@ -110,9 +154,11 @@ pub struct RawResponse {
 
 /// What every worker's client shares: settings, static headers, tokens.
 pub struct Upstream {
-    origin: Origin,
+    /// `upstream.base_url` without a trailing `/`; call paths are appended.
+    base: String,
     timeout: Duration,
     connect_timeout: Duration,
+    tls: rustls::ClientConfig,
     system_headers: Vec<(HeaderName, HeaderValue)>,
     pub tokens: TokenCache,
     pub guards: Arc<Guards>,
@@ -137,22 +183,42 @@ impl Upstream {
                 .map_err(|_| format!("{name} is not a valid header value"))?;
             system_headers.push((HeaderName::from_static(name), v));
         }
+        let base = settings.upstream.base_url.trim_end_matches('/').to_owned();
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| format!("upstream.base_url is not a URL: {base}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err("upstream.base_url must be an http or https URL with a host".into());
+        }
         Ok(Self {
-            origin: Origin::parse(&settings.upstream.base_url)?,
+            base,
             timeout: settings.upstream.timeout,
             connect_timeout: settings.upstream.connect_timeout,
+            tls: transport::default_tls_config()?,
             system_headers,
             tokens: TokenCache::new(settings.upstream.token_margin),
             guards,
             metrics,
         })
     }
+
+    /// The same upstream, verified against `tls` instead of the bundled roots.
+    pub fn with_tls_config(mut self, tls: rustls::ClientConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    fn uri(&self, path: &str) -> Result<http::Uri, UpstreamError> {
+        format!("{}{path}", self.base)
+            .parse()
+            .map_err(|_| UpstreamError::Connect("invalid upstream path".into()))
+    }
 }
 
-/// One worker's client. Its connections are the worker's own (not `Send`),
-/// so each worker builds one.
+/// One worker's client. Each worker builds its own, so a connection's task
+/// runs on the worker that uses it.
 pub struct VippsClient {
-    http: http1::Client,
+    http: Transport,
     up: Arc<Upstream>,
 }
 
@@ -165,21 +231,48 @@ fn secret_header(value: &str) -> Result<HeaderValue, UpstreamError> {
 
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
     headers
-        .get(&header::RETRY_AFTER)
+        .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The upstream endpoint name of a Vipps path, for metrics and logs: a
+/// fixed word, never the path.
+pub fn endpoint(path: &str) -> &'static str {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["accesstoken", "get"] => "token",
+        ["order-management", "v1", "images"] => "image",
+        // The deprecated v1 order and receipt calls, reachable through the proxy.
+        ["order-management", "v1", "orders", _] => "v1-orders",
+        ["order-management", "v1", "receipts", _] => "v1-receipts",
+        ["order-management", "v2", _, "categories", _] => "category",
+        ["order-management", "v2", _, "receipts", _] => "receipt",
+        ["order-management", "v2", _, _] => "order",
+        _ => "other",
+    }
+}
+
 impl VippsClient {
     pub fn new(up: Arc<Upstream>) -> Self {
-        let http = http1::Client::new(up.origin.clone(), up.connect_timeout);
+        let http = Transport::new(up.tls.clone(), up.connect_timeout);
         Self { http, up }
+    }
+
+    /// A usable token for the merchant (see [`Self::token_for`]).
+    pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
+        self.token_for(merchant, None).await
     }
 
     /// A usable token for the merchant, fetched once for concurrent
     /// callers; when its refresh is due, a new one is fetched in the
     /// background while this one is still used.
-    pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
+    async fn token_for(
+        &self,
+        merchant: &Merchant,
+        observed: Option<&Observed>,
+    ) -> Result<Arc<AccessToken>, UpstreamError> {
         let cached = self.up.tokens.fresh(&merchant.msn).await;
         self.up
             .metrics
@@ -191,7 +284,7 @@ impl VippsClient {
             .up
             .tokens
             .get(&merchant.msn, || {
-                fetch_token(&self.http, &self.up, merchant)
+                fetch_token(&self.http, &self.up, merchant, observed)
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -203,7 +296,7 @@ impl VippsClient {
                 old.clone(),
             );
             actix_web::rt::spawn(async move {
-                match fetch_token(&http, &up, &m).await {
+                match fetch_token(&http, &up, &m, None).await {
                     Ok(new) => up.tokens.replace(m.msn.clone(), &old, new).await,
                     Err(e) => {
                         // The old token stays in use while it is valid; the
@@ -217,27 +310,16 @@ impl VippsClient {
         Ok(lookup.token().clone())
     }
 
-    /// Sends a call with the default retry rule for its method: reads and
-    /// PUTs are safe to repeat, POSTs only when not processed.
-    pub async fn send(
-        &self,
-        merchant: &Merchant,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> Result<RawResponse, UpstreamError> {
-        self.send_with_headers(merchant, method, path, body, &HeaderMap::new())
-            .await
-    }
-
-    /// [`Self::send`] with extra request headers (the reverse proxy's
-    /// `Content-Type`, `Accept`, `X-Request-Id`). The caller filters them:
-    /// the credential, MSN and `Vipps-System-*` headers are set afterwards
-    /// and replace any of the same name. A `Content-Type` among them is used
-    /// for the body instead of `application/json`.
+    /// [`Self::call`] with extra request headers (the reverse proxy's
+    /// `Content-Type`, `Accept`, `X-Request-Id`) and the default retry rule
+    /// for the method: POSTs only when not processed, others when safe. The
+    /// caller filters the headers: the credential, MSN and `Vipps-System-*`
+    /// headers are set afterwards and replace any of the same name. A
+    /// `Content-Type` among them is used for the body instead of
+    /// `application/json`.
     pub async fn send_with_headers(
         &self,
-        merchant: &Merchant,
+        ctx: &CallContext,
         method: Method,
         path: &str,
         body: Option<Bytes>,
@@ -255,7 +337,7 @@ impl VippsClient {
             retry,
             extra: Some(extra),
         };
-        self.call(merchant, call).await
+        self.call(ctx, call).await
     }
 
     /// Sends one call with the merchant's credentials, within the request's
@@ -264,13 +346,14 @@ impl VippsClient {
     /// exponential backoff. Any complete answer is returned, whatever its status.
     pub async fn call(
         &self,
-        merchant: &Merchant,
+        ctx: &CallContext,
         call: Call<'_>,
     ) -> Result<RawResponse, UpstreamError> {
+        let merchant = &*ctx.merchant;
         let cfg = self.up.guards.config();
         let guard = self.up.guards.get(&merchant.msn);
-        let deadline =
-            crate::request_id::deadline().unwrap_or_else(|| Instant::now() + cfg.request_deadline);
+        let deadline = ctx.deadline;
+        let endpoint = endpoint(call.path);
         let mut flight = guard.call_started();
         let mut attempt: u32 = 1;
         loop {
@@ -286,7 +369,7 @@ impl VippsClient {
                     cfg.queue_timeout.max(Duration::from_secs(1)),
                 ));
             };
-            let outcome = self.send_authorized(merchant, &call, deadline).await;
+            let outcome = self.send_authorized(ctx, &call).await;
             drop(slot);
             match &outcome {
                 Ok(r) if r.status.is_server_error() => guard.record(cfg, false),
@@ -295,11 +378,11 @@ impl VippsClient {
                 _ => {}
             }
             let retryable = match &outcome {
-                // A 429 was refused before any work. A 502/503/504 may come
-                // after Vipps acted (a proxy in front of it timing out), so
-                // only calls that are safe to repeat are resent after one.
+                // A 429 was refused before any work. A 5xx may come after
+                // Vipps acted (a proxy in front of it timing out), so only
+                // calls that are safe to repeat are resent after one.
                 Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => true,
-                Ok(r) => call.retry == Retry::Safe && matches!(r.status.as_u16(), 502..=504),
+                Ok(r) => call.retry == Retry::Safe && matches!(r.status.as_u16(), 500 | 502..=504),
                 Err(UpstreamError::Connect(_)) => true,
                 Err(UpstreamError::Timeout | UpstreamError::Broken(_)) => call.retry == Retry::Safe,
                 Err(_) => false,
@@ -329,10 +412,10 @@ impl VippsClient {
             };
             self.up
                 .metrics
-                .observe_retry(&merchant.msn, upstream_endpoint(call.path), reason);
+                .observe_retry(&merchant.msn, endpoint, reason);
             tracing::info!(
                 msn = %merchant.msn,
-                endpoint = upstream_endpoint(call.path),
+                endpoint,
                 attempt,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "retrying upstream call"
@@ -346,51 +429,59 @@ impl VippsClient {
     /// fetches a new one and sends once more.
     async fn send_authorized(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         call: &Call<'_>,
-        deadline: Instant,
     ) -> Result<RawResponse, UpstreamError> {
-        let token = self.token(m).await?;
-        let first = self.send_once(m, &token, call, deadline).await?;
+        let m = &*ctx.merchant;
+        let token = self.token_for(m, Some(&ctx.observed)).await?;
+        let first = self.send_once(ctx, &token, call).await?;
         if first.status != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
         tracing::info!(msn = %m.msn, "upstream answered 401; fetching a new token");
         self.up
             .metrics
-            .observe_retry(&m.msn, upstream_endpoint(call.path), "unauthorized");
+            .observe_retry(&m.msn, endpoint(call.path), "unauthorized");
         self.up.tokens.invalidate_if_same(&m.msn, &token).await;
-        let token = self.token(m).await?;
-        self.send_once(m, &token, call, deadline).await
+        let token = self.token_for(m, Some(&ctx.observed)).await?;
+        self.send_once(ctx, &token, call).await
     }
 
-    /// One exchange, counted and timed under its fixed endpoint name.
+    /// One exchange, counted, timed and logged under its endpoint name.
     async fn send_once(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         token: &AccessToken,
         call: &Call<'_>,
-        deadline: Instant,
     ) -> Result<RawResponse, UpstreamError> {
         let started = Instant::now();
-        let result = self.exchange(m, token, call, deadline).await;
-        let code = result.as_ref().ok().map(|r| r.status.as_u16());
-        let elapsed = started.elapsed();
-        self.up
-            .metrics
-            .observe_upstream(&m.msn, upstream_endpoint(call.path), code, elapsed);
-        record_upstream(code, elapsed);
+        let result = self.exchange(ctx, token, call).await;
+        let endpoint = endpoint(call.path);
+        let exchange = Exchange {
+            status: result.as_ref().ok().map(|r| r.status.as_u16()),
+            latency: started.elapsed(),
+        };
+        self.up.metrics.observe_upstream(
+            &ctx.merchant.msn,
+            endpoint,
+            exchange.status,
+            exchange.latency,
+        );
+        ctx.observed.set(exchange);
+        if let Err(e) = &result {
+            tracing::warn!(msn = %ctx.merchant.msn, endpoint, error = %e, "upstream exchange failed");
+        }
         result
     }
 
     async fn exchange(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         token: &AccessToken,
         call: &Call<'_>,
-        deadline: Instant,
     ) -> Result<RawResponse, UpstreamError> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let m = &*ctx.merchant;
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(UpstreamError::DeadlineExceeded);
         }
@@ -400,20 +491,16 @@ impl VippsClient {
         } else {
             UpstreamError::Timeout
         };
-        let base = self.up.origin.path();
-        let mut path = String::with_capacity(base.len() + call.path.len());
-        path.push_str(base);
-        path.push_str(call.path);
         let bearer = token.bearer.clone().ok_or_else(|| {
             UpstreamError::TokenFailed("credential is not a valid header value".into())
         })?;
         let msn = HeaderValue::from_str(m.msn.as_str())
             .map_err(|_| UpstreamError::TokenFailed("MSN is not a valid header value".into()))?;
-        let extra = call.extra.filter(|h| !h.is_empty());
-        let mut headers = HeaderMap::with_capacity(
-            8 + self.up.system_headers.len() + extra.map_or(0, HeaderMap::len),
-        );
-        for (name, value) in extra.into_iter().flatten() {
+        let mut req = Request::new(Full::new(call.body.clone().unwrap_or_default()));
+        *req.method_mut() = call.method.clone();
+        *req.uri_mut() = self.up.uri(call.path)?;
+        let headers = req.headers_mut();
+        for (name, value) in call.extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());
         }
         headers.insert(header::AUTHORIZATION, bearer);
@@ -421,57 +508,49 @@ impl VippsClient {
             SUBSCRIPTION_KEY,
             secret_header(expose(&m.subscription_key))?,
         );
-        headers.insert(crate::proxy::MSN_HEADER, msn);
+        headers.insert(HeaderName::from_static(MSN_HEADER), msn);
         for (name, value) in &self.up.system_headers {
             headers.insert(name.clone(), value.clone());
         }
+        // The gateway reads and forwards bodies as they are: no compression.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         if call.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
         }
-        let resp = self
-            .http
-            .send(http1::Request {
-                method: call.method.clone(),
-                path: &path,
-                headers,
-                body: call.body.clone(),
-                timeout: self.up.timeout.min(remaining),
-                limit: MAX_RESPONSE_BYTES,
-            })
+        let sent = self.http.send(req, MAX_RESPONSE_BYTES);
+        let answer = tokio::time::timeout(self.up.timeout.min(remaining), sent)
             .await
+            .map_err(|_| timed_out)?
             .map_err(|e| match e {
-                SendError::Timeout => timed_out,
                 SendError::Connect(c) => UpstreamError::Connect(c),
-                // The request may have arrived: that outcome is unknown,
-                // not "never sent".
-                SendError::Closed => {
-                    UpstreamError::Broken("connection closed without an answer".into())
-                }
                 SendError::Broken(b) => UpstreamError::Broken(b),
             })?;
         Ok(RawResponse {
-            status: resp.status,
-            headers: resp.headers,
-            body: resp.body,
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
         })
     }
 
     async fn json_call<T: DeserializeOwned>(
         &self,
-        merchant: &Merchant,
+        ctx: &CallContext,
         call: Call<'_>,
     ) -> Result<Option<T>, UpstreamError> {
-        let resp = self.call(merchant, call).await?;
+        let resp = self.call(ctx, call).await?;
         if !resp.status.is_success() {
             return Err(status_error(&resp));
         }
         if resp.body.is_empty() {
             return Ok(None);
         }
-        crate::json_from_bytes(&resp.body)
+        serde_json::from_slice(&resp.body)
             .map(Some)
             .map_err(|e| UpstreamError::BadResponse(e.to_string()))
     }
@@ -481,7 +560,7 @@ impl VippsClient {
     /// image) and `IfNotProcessed` for a caller-named one.
     pub async fn upload_image(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         id: &ImageId,
         base64: String,
         retry: Retry,
@@ -498,13 +577,13 @@ impl VippsClient {
             retry,
             extra: None,
         };
-        self.json_call::<IgnoredAny>(m, call).await.map(drop)
+        self.json_call::<IgnoredAny>(ctx, call).await.map(drop)
     }
 
     /// `PUT /order-management/v2/{paymentType}/categories/{orderId}`.
     pub async fn put_category(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         pt: PaymentType,
         order: &OrderId,
         category: &OrderCategory,
@@ -521,17 +600,16 @@ impl VippsClient {
             retry: Retry::Safe,
             extra: None,
         };
-        self.json_call::<IgnoredAny>(m, call).await.map(drop)
+        self.json_call::<IgnoredAny>(ctx, call).await.map(drop)
     }
 
-    /// `POST /order-management/v2/{paymentType}/receipts/{orderId}`, with
-    /// the receipt already serialized (the façade answers with the same JSON).
+    /// `POST /order-management/v2/{paymentType}/receipts/{orderId}`.
     pub async fn post_receipt(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         pt: PaymentType,
         order: &OrderId,
-        receipt: Bytes,
+        receipt: &Receipt<'_>,
     ) -> Result<(), UpstreamError> {
         let path = format!(
             "/order-management/v2/{}/receipts/{}",
@@ -543,17 +621,17 @@ impl VippsClient {
         let call = Call {
             method: Method::POST,
             path: &path,
-            body: Some(receipt),
+            body: Some(to_body(receipt)?),
             retry: Retry::Safe,
             extra: None,
         };
-        self.json_call::<IgnoredAny>(m, call).await.map(drop)
+        self.json_call::<IgnoredAny>(ctx, call).await.map(drop)
     }
 
     /// `GET /order-management/v2/{paymentType}/{orderId}`; `None` on 404.
     pub async fn get_order(
         &self,
-        m: &Merchant,
+        ctx: &CallContext,
         pt: PaymentType,
         order: &OrderId,
     ) -> Result<Option<OrderResponse>, UpstreamError> {
@@ -565,7 +643,7 @@ impl VippsClient {
             retry: Retry::Safe,
             extra: None,
         };
-        match self.json_call::<OrderResponse>(m, call).await {
+        match self.json_call::<OrderResponse>(ctx, call).await {
             Ok(Some(o)) => Ok(Some(o)),
             Ok(None) => Err(UpstreamError::BadResponse("empty order answer".into())),
             Err(UpstreamError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
@@ -591,19 +669,13 @@ pub fn status_error(resp: &RawResponse) -> UpstreamError {
     }
 }
 
-/// Puts the last upstream call's status (0: no answer) and latency on the
-/// request's log record.
-fn record_upstream(code: Option<u16>, elapsed: Duration) {
-    crate::request_id::record_u64("upstream_status", u64::from(code.unwrap_or(0)));
-    crate::request_id::record_f64("upstream_latency_ms", elapsed.as_secs_f64() * 1000.0);
-}
-
 /// Fetches a token with the merchant's credentials, unless fetches for it are
 /// backing off after failures (then fails at once, without a call).
 async fn fetch_token(
-    http: &http1::Client,
+    http: &Transport,
     up: &Upstream,
     m: &Merchant,
+    observed: Option<&Observed>,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
     let guard = up.guards.get(&m.msn);
     if let Err((wait, rejected)) = guard.token_fetch_allowed() {
@@ -613,7 +685,7 @@ async fn fetch_token(
             UpstreamError::TokenUnavailable(wait)
         });
     }
-    let result = fetch_token_now(http, up, m).await;
+    let result = fetch_token_now(http, up, m, observed).await;
     let outcome = match &result {
         Ok(_) => TokenFetch::Ok,
         Err(UpstreamError::TokenRejected(_)) => TokenFetch::Rejected,
@@ -631,16 +703,20 @@ async fn fetch_token(
 }
 
 async fn fetch_token_now(
-    http: &http1::Client,
+    http: &Transport,
     up: &Upstream,
     m: &Merchant,
+    observed: Option<&Observed>,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
     let started = Instant::now();
     let plain = |v: &str, what: &str| {
         HeaderValue::from_str(v)
             .map_err(|_| UpstreamError::TokenFailed(format!("{what} is not a valid header value")))
     };
-    let mut headers = HeaderMap::with_capacity(4 + up.system_headers.len());
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = up.uri("/accesstoken/get")?;
+    let headers = req.headers_mut();
     headers.insert(
         HeaderName::from_static("client_id"),
         plain(&m.client_id, "client_id")?,
@@ -653,33 +729,42 @@ async fn fetch_token_now(
         SUBSCRIPTION_KEY,
         secret_header(expose(&m.subscription_key))?,
     );
-    headers.insert(crate::proxy::MSN_HEADER, plain(m.msn.as_str(), "MSN")?);
+    headers.insert(
+        HeaderName::from_static(MSN_HEADER),
+        plain(m.msn.as_str(), "MSN")?,
+    );
     for (name, value) in &up.system_headers {
         headers.insert(name.clone(), value.clone());
     }
-    let path = format!("{}/accesstoken/get", up.origin.path());
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let observe = |status: Option<StatusCode>| {
-        let code = status.map(|s| s.as_u16());
-        let elapsed = started.elapsed();
-        up.metrics.observe_upstream(&m.msn, "token", code, elapsed);
-        record_upstream(code, elapsed);
+        let exchange = Exchange {
+            status: status.map(|s| s.as_u16()),
+            latency: started.elapsed(),
+        };
+        up.metrics
+            .observe_upstream(&m.msn, "token", exchange.status, exchange.latency);
+        if let Some(o) = observed {
+            o.set(exchange);
+        }
     };
-    let resp = http
-        .send(http1::Request {
-            method: Method::POST,
-            path: &path,
-            headers,
-            body: None,
-            timeout: up.timeout,
-            limit: 64 * 1024,
-        })
-        .await
-        .map_err(|e| {
+    let answer = match tokio::time::timeout(up.timeout, http.send(req, MAX_TOKEN_BYTES)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(SendError::Connect(e) | SendError::Broken(e))) => {
             observe(None);
             tracing::warn!(msn = %m.msn, error = %e, "token fetch failed");
-            UpstreamError::TokenFailed(e.to_string())
-        })?;
-    let (status, body) = (resp.status, resp.body);
+            return Err(UpstreamError::TokenFailed(e));
+        }
+        Err(_) => {
+            observe(None);
+            tracing::warn!(msn = %m.msn, "token fetch timed out");
+            return Err(UpstreamError::TokenFailed("timeout".into()));
+        }
+    };
+    let status = answer.status;
     observe(Some(status));
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::warn!(msn = %m.msn, %status, "token endpoint refused the merchant's credentials");
@@ -691,12 +776,12 @@ async fn fetch_token_now(
             "token endpoint answered {status}"
         )));
     }
-    let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+    let parsed: TokenResponse = serde_json::from_slice(&answer.body).map_err(|e| {
+        // Only where it failed: serde_json's message may quote a value.
+        tracing::warn!(msn = %m.msn, line = e.line(), column = e.column(), "token answer is not the documented JSON");
         UpstreamError::TokenFailed("token answer is not the documented JSON".into())
     })?;
-    let secs: u64 = parsed.expires_in.trim().parse().map_err(|_| {
-        UpstreamError::TokenFailed("token expires_in is not a number of seconds".into())
-    })?;
+    let secs = parsed.expires_in.0;
     let lifetime = Duration::from_secs(secs);
     tracing::info!(msn = %m.msn, expires_in = secs, "fetched access token");
     // Counted from before the request was sent, so the local expiry is

@@ -1,10 +1,12 @@
-//! The upstream: the typed model of the Vipps API, the client and the token cache.
+//! The upstream: the typed model of the Vipps API, the client, its
+//! transport and the token cache. Nothing here knows who calls it.
 
 pub mod client;
-pub mod http1;
 pub mod model;
-mod receipt_json;
 pub mod resilience;
 pub mod token;
+pub mod transport;
 
-pub use client::{RawResponse, Upstream, UpstreamError, VippsClient};
+pub use client::{
+    CallContext, Exchange, Observed, RawResponse, Retry, Upstream, UpstreamError, VippsClient,
+};

@@ -1,14 +1,14 @@
 //! The gateway's typed model of the Vipps Order Management 2.0 and Access
 //! Token APIs: what it sends and what it reads back. Amounts are integers
-//! of minor units, as the upstream defines them.
+//! of minor units, as the upstream defines them. These types are the one
+//! place that names Vipps' fields; serde writes and reads them.
 
 use std::borrow::Cow;
 
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::domain::Category;
-use crate::translate::money::Currency;
+use crate::domain::{Category, Currency};
 
 /// `POST /order-management/v2/{paymentType}/receipts/{orderId}` body. Its
 /// text borrows from the caller's request when the gateway builds it, and
@@ -162,13 +162,50 @@ pub struct OrderResponse {
     pub receipt: Option<Receipt<'static>>,
 }
 
-/// `POST /accesstoken/get` answer. Times are strings of seconds.
+/// `POST /accesstoken/get` answer.
 #[derive(Deserialize)]
 pub struct TokenResponse {
     pub access_token: SecretString,
-    pub expires_in: String,
-    #[serde(default)]
-    pub expires_on: Option<String>,
+    pub expires_in: Seconds,
+}
+
+/// A whole number of seconds. Vipps documents a string (`"3600"`); a JSON
+/// number is read too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub u64);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Seconds;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number of seconds, as a string or a number")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(v))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Seconds, E> {
+                v.trim()
+                    .parse()
+                    .map(Seconds)
+                    .map_err(|_| E::custom("expires_in is not a whole number of seconds"))
+            }
+
+            // serde_json hands an exact (`arbitrary_precision`) number over
+            // as a map that its own `Number` reads.
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Seconds, A::Error> {
+                let n = serde_json::Number::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                self.visit_str(n.as_str())
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// The upstream's error body. Every field is optional when reading: an

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::HeaderValue;
+use http::HeaderValue;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use secrecy::{ExposeSecret as _, SecretString};

@@ -1,119 +1,62 @@
-//! Request ids: taken from the caller's `X-Request-Id` when it is sane,
-//! generated otherwise, returned on every response and put on every log line
-//! of the request. The id and path are also kept in a task-local so an error
-//! body can name them without threading the request through every function.
-//!
-//! The same middleware counts and times every request (`crate::metrics`) and
-//! records the merchant, operation, upstream status and latency for the log.
-//! Those fields live in the request's task-local record, which the JSON log
-//! layer writes under `span` on each line (`crate::telemetry`); the text
-//! format, read in a terminal, gets a tracing span carrying the same fields.
+//! The request middleware: each request gets an id (the caller's
+//! `X-Request-Id` when it is sane, a new one otherwise, returned on every
+//! response), a deadline, a tracing span with its log fields, and its
+//! metrics. The id, path and deadline are also kept in a task-local so an
+//! error body can name them without threading the request through every
+//! function.
 
-use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
+use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::config::Merchant;
-use crate::domain::Msn;
+use crate::domain::{Msn, MSN_HEADER};
 use crate::error::{ApiError, Kind};
 use crate::facade::AppState;
 use crate::metrics::{self, Metrics};
-use crate::telemetry::{Fields, Value};
+use crate::telemetry::REQUEST_SPAN;
+use crate::vipps::{CallContext, Observed};
 
 pub const HEADER: &str = "x-request-id";
 /// [`HEADER`] as a header name, for lookups without parsing the name.
 pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
-/// What an error body needs to know about the request being served.
+/// What an error body and a handler need to know about the request being
+/// served.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub id: Arc<str>,
     pub path: String,
     /// When the request must be answered; upstream calls and retries stop
     /// before it.
-    pub deadline: Option<Instant>,
+    pub deadline: Instant,
 }
 
 /// How requests are served, as app data: the most time one may take
-/// (`resilience.request_deadline`), and whether its log fields also go on a
-/// tracing span (the text log format, which shows spans; the JSON layer reads
-/// the task-local record instead).
+/// (`resilience.request_deadline`).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestSettings {
-    pub deadline: std::time::Duration,
-    pub spans: bool,
+    pub deadline: Duration,
 }
 
 /// The request id, as handlers read it from the request extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// The request being served: its context and its log fields.
-struct Served {
-    ctx: RequestContext,
-    /// The fields every log line of the request carries, in the order they
-    /// were first recorded.
-    log: RefCell<Fields>,
-    /// Whether the fields also go on the request's tracing span.
-    spans: bool,
-}
-
 tokio::task_local! {
-    static CONTEXT: Served;
+    static CONTEXT: RequestContext;
 }
 
 /// The context of the request being served, if any.
 pub fn current() -> Option<RequestContext> {
-    CONTEXT.try_with(|s| s.ctx.clone()).ok()
-}
-
-/// The deadline of the request being served, if any.
-pub fn deadline() -> Option<Instant> {
-    CONTEXT.try_with(|s| s.ctx.deadline).ok().flatten()
-}
-
-/// Runs `write` on the log fields of the request being served, if any (the
-/// JSON log layer, for each line written).
-pub(crate) fn with_log(write: impl FnOnce(&Fields)) {
-    let _ = CONTEXT.try_with(|s| {
-        if let Ok(fields) = s.log.try_borrow() {
-            write(&fields);
-        }
-    });
-}
-
-/// Records one log field of the request being served (nothing outside a
-/// request). A field recorded again keeps its place and takes the new value.
-fn record(name: &'static str, value: Value, on_span: impl FnOnce(&tracing::Span)) {
-    let _ = CONTEXT.try_with(|s| {
-        if let Ok(mut fields) = s.log.try_borrow_mut() {
-            fields.set(name, value);
-        }
-        if s.spans {
-            on_span(&tracing::Span::current());
-        }
-    });
-}
-
-/// Records a number field (statuses).
-pub fn record_u64(name: &'static str, value: u64) {
-    record(name, Value::U64(value), |span| {
-        span.record(name, value);
-    });
-}
-
-/// Records a fractional field (latencies in milliseconds).
-pub fn record_f64(name: &'static str, value: f64) {
-    record(name, Value::F64(value), |span| {
-        span.record(name, value);
-    });
+    CONTEXT.try_with(Clone::clone).ok()
 }
 
 /// Runs a handler's work within the request's deadline: past it the caller
@@ -122,7 +65,7 @@ pub fn record_f64(name: &'static str, value: f64) {
 pub async fn within_deadline<T>(
     work: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    match deadline() {
+    match CONTEXT.try_with(|c| c.deadline).ok() {
         Some(at) => tokio::time::timeout_at(at.into(), work).await.unwrap_or_else(|_| {
             Err(ApiError::new(
                 Kind::DeadlineExceeded,
@@ -133,15 +76,31 @@ pub async fn within_deadline<T>(
     }
 }
 
+/// The context of a request's upstream calls for `merchant`: its deadline
+/// and where the client leaves what the last exchange showed.
+pub fn call_context(req: &actix_web::HttpRequest, merchant: Arc<Merchant>) -> CallContext {
+    let extensions = req.extensions();
+    let deadline = extensions
+        .get::<RequestContext>()
+        .map_or_else(|| Instant::now() + DEFAULT_DEADLINE, |c| c.deadline);
+    let observed = extensions.get::<Observed>().cloned().unwrap_or_default();
+    CallContext {
+        merchant,
+        deadline,
+        observed,
+    }
+}
+
+/// The deadline of a request served without [`RequestSettings`].
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
+
 /// The merchant of a request, for the log (the path's MSN when it is well
 /// formed) and for metrics (a configured MSN, `unknown` or `none`: never an
 /// arbitrary value, so the label stays bounded).
 fn merchant_labels(req: &ServiceRequest) -> (Option<String>, MsnLabel) {
     // The proxy names its merchant in a header, the façade in the path.
     let raw = if req.path().starts_with(crate::proxy::PREFIX) {
-        req.headers()
-            .get(&crate::proxy::MSN_HEADER)
-            .and_then(|v| v.to_str().ok())
+        req.headers().get(MSN_HEADER).and_then(|v| v.to_str().ok())
     } else {
         metrics::path_msn(req.path())
     };
@@ -197,26 +156,8 @@ fn usable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
-/// A request method as a log value: the usual ones without a copy.
-fn method_value(method: &actix_web::http::Method) -> Value {
-    use actix_web::http::Method;
-    let known = [
-        (Method::GET, "GET"),
-        (Method::POST, "POST"),
-        (Method::PUT, "PUT"),
-        (Method::DELETE, "DELETE"),
-        (Method::HEAD, "HEAD"),
-        (Method::OPTIONS, "OPTIONS"),
-        (Method::PATCH, "PATCH"),
-    ];
-    known.into_iter().find(|(m, _)| m == method).map_or_else(
-        || Value::Str(method.as_str().to_owned()),
-        |(_, s)| Value::Static(s),
-    )
-}
-
-/// Middleware: assigns the id and the deadline, records the request's log
-/// fields, and logs one line per request.
+/// Middleware: assigns the id and the deadline, serves the request in its
+/// span, records what it ended with, and logs one line per request.
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -227,65 +168,41 @@ pub async fn middleware(
         .and_then(|v| v.to_str().ok())
         .filter(|v| usable(v))
         .map_or_else(new_id, Arc::from);
-    req.extensions_mut().insert(RequestId(id.clone()));
     let settings = req.app_data::<RequestSettings>().copied();
     let started = Instant::now();
     let ctx = RequestContext {
         id: id.clone(),
         path: req.path().to_owned(),
-        deadline: settings.map(|s| started + s.deadline),
+        deadline: started + settings.map_or(DEFAULT_DEADLINE, |s| s.deadline),
     };
-    let spans = settings.is_some_and(|s| s.spans);
-    let proxied = req.path().starts_with(crate::proxy::PREFIX);
+    let observed = Observed::default();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(ctx.clone());
+    req.extensions_mut().insert(observed.clone());
     // The proxy judges its raw path itself; its log names the surface, not
     // the caller's path, so a log line never carries an arbitrary path.
-    // Only the façade's routes are matched again for their pattern.
-    let (operation, route) = if proxied {
-        ("proxy", PROXY_ROUTE)
+    let route = if req.path().starts_with(crate::proxy::PREFIX) {
+        Some(PROXY_ROUTE.to_owned())
     } else {
-        let pattern = metrics::route_pattern(req.path());
-        debug_assert_eq!(
-            pattern,
-            req.match_pattern().as_deref(),
-            "the route table and the registered routes differ for {}",
-            req.path()
-        );
-        (metrics::operation(pattern), pattern.unwrap_or("unmatched"))
+        req.match_pattern()
     };
+    let operation = metrics::operation(route.as_deref());
     let (msn_log, msn_label) = merchant_labels(&req);
-    let span = if spans {
-        tracing::info_span!(
-            "request",
-            request_id = &*id,
-            method = req.method().as_str(),
-            route,
-            operation,
-            msn = msn_log.as_deref(),
-            status = tracing::field::Empty,
-            upstream_status = tracing::field::Empty,
-            upstream_latency_ms = tracing::field::Empty,
-        )
-    } else {
-        tracing::Span::none()
-    };
-    // The same fields, in the same order, as the span's.
-    let mut log = Fields::with_capacity(9);
-    log.set("request_id", Value::Shared(id.clone()));
-    log.set("method", method_value(req.method()));
-    log.set("route", Value::Static(route));
-    log.set("operation", Value::Static(operation));
-    if let Some(msn) = msn_log {
-        log.set("msn", Value::Str(msn));
-    }
-    let served = Served {
-        ctx,
-        log: RefCell::new(log),
-        spans,
-    };
+    let span = tracing::info_span!(
+        REQUEST_SPAN,
+        request_id = &*id,
+        method = req.method().as_str(),
+        route = route.as_deref().unwrap_or("unmatched"),
+        operation,
+        msn = msn_log.as_deref(),
+        status = Empty,
+        upstream_status = Empty,
+        upstream_latency_ms = Empty,
+    );
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let _in_flight = metrics.as_ref().map(|m| m.in_flight());
-    // The closing line is written within the request's task-local record
-    // (and span), so it carries the request's fields.
+    // The closing line is written within the request's span, so it
+    // carries the request's fields.
     let served_request = async move {
         let result = next.call(req).await;
         let elapsed = started.elapsed();
@@ -296,8 +213,13 @@ pub async fn middleware(
         if let Some(m) = &metrics {
             m.observe_request(msn_label.as_str(), operation, status, elapsed);
         }
+        let span = tracing::Span::current();
+        if let Some(last) = observed.last() {
+            span.record("upstream_status", last.status.unwrap_or(0));
+            span.record("upstream_latency_ms", last.latency.as_secs_f64() * 1000.0);
+        }
         if result.is_ok() {
-            record_u64("status", u64::from(status));
+            span.record("status", status);
             tracing::info!(
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 "request finished"
@@ -306,7 +228,7 @@ pub async fn middleware(
         result
     };
     let mut res = CONTEXT
-        .scope(served, served_request.instrument(span))
+        .scope(ctx, served_request.instrument(span))
         .await?
         .map_into_boxed_body();
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -317,18 +239,8 @@ pub async fn middleware(
 
 #[cfg(test)]
 mod tests {
-    use super::{method_value, new_id, usable, Value, PROXY_ROUTE};
-    use actix_web::http::Method;
+    use super::{new_id, usable, PROXY_ROUTE};
     use std::sync::Arc;
-
-    #[test]
-    fn methods_are_logged_by_name() {
-        assert_eq!(method_value(&Method::GET), Value::Static("GET"));
-        assert_eq!(method_value(&Method::POST), Value::Static("POST"));
-        assert_eq!(method_value(&Method::PATCH), Value::Static("PATCH"));
-        let custom = Method::from_bytes(b"PURGE").unwrap();
-        assert_eq!(method_value(&custom), Value::Str("PURGE".into()));
-    }
 
     #[test]
     fn caller_ids_must_be_short_and_printable() {

@@ -1,0 +1,255 @@
+//! One worker's HTTP/1.1 connections to Vipps, on hyper-util's pooled
+//! client with rustls, and the gateway's policies on top of it: a total
+//! time per exchange, a size limit on answers, idle and lifetime limits on
+//! connections, no redirects, and failures sorted into "nothing was sent"
+//! and "the outcome is unknown".
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{
+    capture_connection, Connected, Connection, HttpConnector,
+};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// An idle connection older than this is closed instead of reused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connection is not reused once it has been open this long, so a
+/// changed DNS answer or a drained upstream node is picked up.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(75);
+/// Most idle connections a worker keeps.
+pub const MAX_IDLE: usize = 128;
+
+/// A complete answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why an exchange produced no answer.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent.
+    Connect(String),
+    /// The exchange broke after the request may have been sent (cut short,
+    /// unparsable, over the size limit): the outcome is unknown.
+    Broken(String),
+}
+
+/// A client configuration trusting `roots`, with rustls' ring provider.
+pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A client configuration trusting the Mozilla roots bundled with the gateway.
+pub fn default_tls_config() -> Result<rustls::ClientConfig, String> {
+    tls_config(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+}
+
+type Connector = HttpsConnector<Stamped<HttpConnector>>;
+
+/// One worker's pooled connections. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Transport {
+    client: Client<Connector, Full<Bytes>>,
+    max_lifetime: Duration,
+}
+
+impl Transport {
+    pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
+        Self::with_reuse(tls, connect_timeout, IDLE_TIMEOUT, MAX_LIFETIME)
+    }
+
+    /// A transport that closes connections idle for `idle_timeout` or open
+    /// for `max_lifetime` instead of the defaults.
+    pub fn with_reuse(
+        tls: rustls::ClientConfig,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(Stamped(http));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(MAX_IDLE)
+            .build(connector);
+        Self {
+            client,
+            max_lifetime,
+        }
+    }
+
+    /// Sends `req` and reads the whole answer, at most `limit` body bytes.
+    /// The caller bounds the time.
+    pub async fn send(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<Answer, SendError> {
+        let captured = capture_connection(&mut req);
+        let resp = self.client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                SendError::Connect(cause(&e))
+            } else {
+                SendError::Broken(cause(&e))
+            }
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    SendError::Broken(format!("answer body over {limit} bytes"))
+                } else {
+                    SendError::Broken(format!("answer body: {}", cause(&*e)))
+                }
+            })?
+            .to_bytes();
+        if let Some(connected) = captured.connection_metadata().as_ref() {
+            let mut extras = http::Extensions::new();
+            connected.get_extras(&mut extras);
+            if extras
+                .get::<OpenedAt>()
+                .is_some_and(|at| at.0.elapsed() >= self.max_lifetime)
+            {
+                connected.poison();
+            }
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// An error and its causes in one line, for the log. hyper's messages name
+/// what broke ("connection closed before message completed"); none carries
+/// a header value or a body.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// When a connection was opened, carried in its [`Connected`] extras.
+#[derive(Debug, Clone, Copy)]
+struct OpenedAt(Instant);
+
+/// A connector whose connections remember when they were opened.
+#[derive(Clone)]
+pub struct Stamped<C>(C);
+
+impl<C> tower_service::Service<Uri> for Stamped<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+{
+    type Response = StampedIo<C::Response>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(StampedIo {
+                io,
+                opened: Instant::now(),
+            })
+        })
+    }
+}
+
+/// A connection with the instant it was opened.
+pub struct StampedIo<T> {
+    io: T,
+    opened: Instant,
+}
+
+impl<T: Connection> Connection for StampedIo<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(OpenedAt(self.opened))
+    }
+}
+
+impl<T: Read + Unpin> Read for StampedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for StampedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}

@@ -1,4 +1,5 @@
-//! Operational endpoints: liveness, readiness and the OpenAPI document.
+//! Operational endpoints: liveness, readiness, the OpenAPI document and the
+//! pages that problem `type` URIs point to.
 
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
@@ -11,7 +12,34 @@ use crate::vipps::Upstream;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", Method::GET, healthz))
         .service(resource("/readyz", Method::GET, readyz))
-        .service(resource("/openapi.json", Method::GET, openapi));
+        .service(resource("/openapi.json", Method::GET, openapi))
+        .service(resource("/problems/{kind}", Method::GET, problem));
+}
+
+/// The route a problem's relative `type` URI resolves to.
+///
+/// `metrics::route::ALL` does not list it; [`problem_route`] names it for
+/// the request's log fields instead (its `operation` is `other`).
+pub const PROBLEM_ROUTE: &str = "/problems/{kind}";
+
+/// [`PROBLEM_ROUTE`] when `path` is one of its pages, matched as actix-web
+/// matches it: one non-empty segment after `/problems/`.
+pub fn problem_route(path: &str) -> Option<&'static str> {
+    let kind = path.strip_prefix("/problems/")?;
+    (!kind.is_empty() && !kind.contains('/')).then_some(PROBLEM_ROUTE)
+}
+
+/// What a problem kind means: its entry of `docs/problems.md`, in Markdown.
+async fn problem(kind: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let page = crate::error::problem_page(&kind).ok_or_else(|| {
+        ApiError::new(
+            Kind::NotFound,
+            "No problem type has this name; docs/problems.md lists them.",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/markdown; charset=utf-8")
+        .body(page))
 }
 
 /// The gateway's OpenAPI 3.1 document, as kept in `openapi/`.

@@ -243,7 +243,8 @@ pub async fn middleware(
     let (operation, route) = if proxied {
         ("proxy", PROXY_ROUTE)
     } else {
-        let pattern = metrics::route_pattern(req.path());
+        let pattern =
+            metrics::route_pattern(req.path()).or_else(|| crate::ops::problem_route(req.path()));
         debug_assert_eq!(
             pattern,
             req.match_pattern().as_deref(),

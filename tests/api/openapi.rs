@@ -349,7 +349,12 @@ async fn every_registered_route_is_documented_and_nothing_more() {
         .cloned()
         .collect();
     assert_eq!(typed, facade, "routes in src/ and in the document differ");
-    let labelled: BTreeSet<&str> = vipps_order_gateway::metrics::route::ALL.into();
+    // The problem pages are named by `ops::problem_route`, the rest by
+    // `metrics::route::ALL`.
+    let labelled: BTreeSet<&str> = vipps_order_gateway::metrics::route::ALL
+        .into_iter()
+        .chain([vipps_order_gateway::ops::PROBLEM_ROUTE])
+        .collect();
     assert_eq!(
         typed
             .iter()

@@ -1,7 +1,8 @@
 //! One error type for the whole gateway, serialized as RFC 9457
 //! `application/problem+json`. Every kind has one row in [`Kind::row`]:
 //! status, slug (the end of the `type` URI) and title. `docs/problems.md`
-//! documents the same table for callers.
+//! documents the same table for callers, and the gateway serves each kind's
+//! row of it at its `type` URI (see [`problem_page`]).
 
 use std::fmt;
 
@@ -13,8 +14,13 @@ use crate::middleware;
 use crate::vipps::resilience::retry_after_secs;
 use crate::vipps::UpstreamError;
 
-/// Prefix of every problem `type` URI.
-pub const PROBLEM_TYPE_BASE: &str = "https://vipps-order-gateway.dev/problems/";
+/// Prefix of every problem `type` URI. Relative (RFC 9457 §3.1.1): it
+/// resolves against the request URI to this gateway, which answers
+/// `GET /problems/{slug}` with the kind's description.
+pub const PROBLEM_TYPE_BASE: &str = "/problems/";
+
+/// The callers' description of every kind, served piecewise by [`problem_page`].
+const PROBLEMS_MD: &str = include_str!("../docs/problems.md");
 
 /// The kinds of error the gateway answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +76,34 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order of the enum.
+    pub const ALL: [Kind; 24] = [
+        Kind::InvalidRequest,
+        Kind::Unprocessable,
+        Kind::PayloadTooLarge,
+        Kind::UnsupportedMediaType,
+        Kind::Unauthorized,
+        Kind::Forbidden,
+        Kind::MerchantNotFound,
+        Kind::OrderNotFound,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::ReceiptConflict,
+        Kind::ImageIdTaken,
+        Kind::UpstreamConflict,
+        Kind::UpstreamRejected,
+        Kind::UpstreamAuth,
+        Kind::UpstreamFailed,
+        Kind::UpstreamTimeout,
+        Kind::UpstreamBusy,
+        Kind::TokenUnavailable,
+        Kind::CircuitOpen,
+        Kind::Overloaded,
+        Kind::RateLimited,
+        Kind::DeadlineExceeded,
+        Kind::Internal,
+    ];
+
     /// The one table of error kinds: status, slug, title.
     pub const fn row(self) -> (StatusCode, &'static str, &'static str) {
         use Kind::*;
@@ -188,6 +222,48 @@ impl Kind {
     pub fn status(self) -> StatusCode {
         self.row().0
     }
+
+    /// The kind whose slug this is.
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.row().1 == slug)
+    }
+}
+
+/// The page at a problem's `type` URI, `/problems/{slug}`, in Markdown: the
+/// kind's row of the table in `docs/problems.md` under the table's header,
+/// and the note on retrying receipts when the row refers to it. `None` for
+/// an unknown slug.
+pub fn problem_page(slug: &str) -> Option<String> {
+    let (status, slug, title) = Kind::from_slug(slug)?.row();
+    let mut lines = PROBLEMS_MD.lines();
+    let header = lines.by_ref().find(|l| l.starts_with("| slug |"))?;
+    let rule = lines.next()?;
+    let cell = format!("| `{slug}` |");
+    let row = lines
+        .take_while(|l| l.starts_with('|'))
+        .find(|l| l.starts_with(&cell))?;
+    let mut page = format!(
+        "# {title}\n\n\
+         `type` `{PROBLEM_TYPE_BASE}{slug}`, status {status}, as \
+         `application/problem+json` (RFC 9457). Match on `type`, not on \
+         `title` or `detail`.\n\n{header}\n{rule}\n{row}\n",
+        status = status.as_u16()
+    );
+    if row.contains("(see below)") {
+        page.push('\n');
+        page.push_str(&doc_section(RETRY_NOTE)?);
+    }
+    Some(page)
+}
+
+/// The heading of the note some rows point to with "(see below)".
+const RETRY_NOTE: &str = "## Retrying a receipt is always safe";
+
+/// A `## ` section of `docs/problems.md`, its heading included.
+fn doc_section(heading: &str) -> Option<String> {
+    let (_, after) = PROBLEMS_MD.split_once(&format!("\n{heading}\n"))?;
+    let body = after.split("\n## ").next().unwrap_or(after);
+    Some(format!("{heading}\n{body}"))
 }
 
 /// One bad field, named in the caller's terms (`lines[1].taxPercent`).
@@ -396,6 +472,79 @@ impl ResponseError for ApiError {
         match serde_json::to_vec(&problem) {
             Ok(body) => resp.body(body),
             Err(_) => resp.finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new variant fails to compile here until it is handled; add it to
+    /// [`Kind::ALL`] too, which this test then checks.
+    fn listed(kind: Kind) -> bool {
+        use Kind::*;
+        match kind {
+            InvalidRequest | Unprocessable | PayloadTooLarge | UnsupportedMediaType
+            | Unauthorized | Forbidden | MerchantNotFound | OrderNotFound | NotFound
+            | MethodNotAllowed | ReceiptConflict | ImageIdTaken | UpstreamConflict
+            | UpstreamRejected | UpstreamAuth | UpstreamFailed | UpstreamTimeout | UpstreamBusy
+            | TokenUnavailable | CircuitOpen | Overloaded | RateLimited | DeadlineExceeded
+            | Internal => Kind::ALL.contains(&kind),
+        }
+    }
+
+    #[test]
+    fn every_kind_is_listed_once_with_its_own_slug() {
+        for kind in Kind::ALL {
+            assert!(listed(kind));
+            let slug = kind.row().1;
+            assert_eq!(Kind::from_slug(slug), Some(kind), "{slug}");
+        }
+        assert_eq!(Kind::from_slug("no-such-kind"), None);
+        assert_eq!(Kind::from_slug(""), None);
+    }
+
+    #[test]
+    fn every_slug_has_a_row_in_docs_problems_md_and_the_table_no_other() {
+        for kind in Kind::ALL {
+            let (status, slug, title) = kind.row();
+            let page = problem_page(slug)
+                .unwrap_or_else(|| panic!("docs/problems.md has no row for `{slug}`"));
+            assert!(page.starts_with(&format!("# {title}\n")), "{page}");
+            assert!(page.contains(&format!("`/problems/{slug}`")), "{page}");
+            assert!(page.contains("| slug | status |"), "{page}");
+            let row = page
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{slug}` |")))
+                .unwrap_or_else(|| panic!("{page}"));
+            // The table's status is the one the gateway answers with.
+            let doc_status = row.split('|').nth(2).map(str::trim);
+            assert_eq!(doc_status, Some(status.as_str()), "{slug}: {row}");
+            if row.contains("(see below)") {
+                assert!(page.contains("## Retrying a receipt"), "{page}");
+                assert!(!page.contains("## The reverse proxy"), "{page}");
+            }
+        }
+        // Every row of the table is a kind the gateway has.
+        let rows = PROBLEMS_MD
+            .lines()
+            .skip_while(|l| !l.starts_with("| slug |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'));
+        let mut n = 0;
+        for row in rows {
+            let slug = row.split('`').nth(1).unwrap_or_default();
+            assert!(Kind::from_slug(slug).is_some(), "unknown slug in {row}");
+            n += 1;
+        }
+        assert_eq!(n, Kind::ALL.len());
+    }
+
+    #[test]
+    fn an_unknown_slug_has_no_page() {
+        for slug in ["", "nope", "circuit-open/", "CIRCUIT-OPEN", "slug |", "`"] {
+            assert_eq!(problem_page(slug), None, "{slug:?}");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Operational endpoints: liveness, readiness and the OpenAPI document.
+//! Operational endpoints: liveness, readiness, the OpenAPI document and the
+//! pages that problem `type` URIs point to.
 
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
@@ -11,7 +12,21 @@ use crate::vipps::Upstream;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", Method::GET, healthz))
         .service(resource("/readyz", Method::GET, readyz))
-        .service(resource("/openapi.json", Method::GET, openapi));
+        .service(resource("/openapi.json", Method::GET, openapi))
+        .service(resource("/problems/{kind}", Method::GET, problem));
+}
+
+/// What a problem kind means: its entry of `docs/problems.md`, in Markdown.
+async fn problem(kind: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let page = crate::error::problem_page(&kind).ok_or_else(|| {
+        ApiError::new(
+            Kind::NotFound,
+            "No problem type has this name; docs/problems.md lists them.",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/markdown; charset=utf-8")
+        .body(page))
 }
 
 /// The gateway's OpenAPI 3.1 document, as kept in `openapi/`.

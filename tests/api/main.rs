@@ -15,6 +15,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod openapi;
+mod problems;
 mod properties;
 mod proxy;
 mod receipts;

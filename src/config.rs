@@ -3,12 +3,18 @@
 //! The settings value is passed into [`crate::Application::build`]; nothing
 //! here is global.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::Msn;
@@ -52,10 +58,10 @@ pub struct Settings {
     #[serde(default)]
     pub metrics_listen: Option<String>,
     /// HTTP worker threads; the number of CPUs when unset.
-    #[serde(default, deserialize_with = "lenient::opt_usize")]
+    #[serde(default)]
     pub workers: Option<usize>,
     /// On SIGTERM, how long in-flight requests may take to finish.
-    #[serde(default = "defaults::shutdown_grace", deserialize_with = "duration")]
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub log: LogSettings,
@@ -69,7 +75,9 @@ pub struct Settings {
     pub resilience: Resilience,
     #[serde(default)]
     pub proxy: ProxySettings,
-    #[serde(default)]
+    /// A list in the file; `VOG_MERCHANTS__<index>__*` override or add
+    /// entries (see [`ByIndex`]).
+    #[serde(default, deserialize_with = "list_or_indexed")]
     pub merchants: Vec<MerchantSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -109,15 +117,15 @@ pub struct UpstreamSettings {
     #[serde(default = "defaults::base_url")]
     pub base_url: String,
     /// Total time allowed for one upstream call.
-    #[serde(default = "defaults::timeout", deserialize_with = "duration")]
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// A token is replaced (in the background) once less than this much of
     /// its life remains (capped at a fifth of its lifetime, for short-lived
     /// tokens).
-    #[serde(default = "defaults::token_margin", deserialize_with = "duration")]
+    #[serde(default = "defaults::token_margin", with = "humantime_serde")]
     pub token_margin: Duration,
     /// Time allowed to open a connection.
-    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
 
@@ -162,11 +170,11 @@ impl Default for SystemSettings {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// JSON bodies without images (receipts).
-    #[serde(default = "defaults::json_body", deserialize_with = "lenient::usize")]
+    #[serde(default = "defaults::json_body")]
     pub json_body: usize,
     /// Bodies that may carry an image: 2,000,000 bytes of image, base64
     /// encoded (4/3), plus room for the JSON around it.
-    #[serde(default = "defaults::image_body", deserialize_with = "lenient::usize")]
+    #[serde(default = "defaults::image_body")]
     pub image_body: usize,
 }
 
@@ -184,66 +192,48 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct Resilience {
     /// Most time one façade or proxy request may take, retries included.
-    #[serde(default = "defaults::request_deadline", deserialize_with = "duration")]
+    #[serde(default = "defaults::request_deadline", with = "humantime_serde")]
     pub request_deadline: Duration,
     /// Attempts per upstream call, the first included (1 = no retries).
-    #[serde(
-        default = "defaults::max_attempts",
-        deserialize_with = "lenient::usize"
-    )]
+    #[serde(default = "defaults::max_attempts")]
     pub max_attempts: usize,
     /// Backoff before retry n is random in [0, min(max, base × 2^(n−1))].
-    #[serde(default = "defaults::backoff_base", deserialize_with = "duration")]
+    #[serde(default = "defaults::backoff_base", with = "humantime_serde")]
     pub backoff_base: Duration,
-    #[serde(default = "defaults::backoff_max", deserialize_with = "duration")]
+    #[serde(default = "defaults::backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
     /// Retries in flight may be at most this percentage of a merchant's
     /// upstream calls in flight (but `retry_budget_min` are always allowed).
-    #[serde(
-        default = "defaults::retry_budget_percent",
-        deserialize_with = "lenient::usize"
-    )]
+    #[serde(default = "defaults::retry_budget_percent")]
     pub retry_budget_percent: usize,
-    #[serde(
-        default = "defaults::retry_budget_min",
-        deserialize_with = "lenient::usize"
-    )]
+    #[serde(default = "defaults::retry_budget_min")]
     pub retry_budget_min: usize,
     /// Most upstream calls in flight per merchant; a call waits up to
     /// `queue_timeout` for a slot, then is answered 503.
-    #[serde(
-        default = "defaults::max_concurrent",
-        deserialize_with = "lenient::usize"
-    )]
+    #[serde(default = "defaults::max_concurrent")]
     pub max_concurrent: usize,
-    #[serde(default = "defaults::queue_timeout", deserialize_with = "duration")]
+    #[serde(default = "defaults::queue_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
     /// Requests per second per merchant (token bucket; 0 = no limit), with
     /// bursts up to `rate_burst`; beyond: 429.
-    #[serde(
-        default = "defaults::rate_per_second",
-        deserialize_with = "lenient::usize"
-    )]
+    #[serde(default = "defaults::rate_per_second")]
     pub rate_per_second: usize,
-    #[serde(default = "defaults::rate_burst", deserialize_with = "lenient::usize")]
+    #[serde(default = "defaults::rate_burst")]
     pub rate_burst: usize,
     /// Consecutive upstream failures that open a merchant's circuit (0 = never).
-    #[serde(
-        default = "defaults::breaker_failures",
-        deserialize_with = "lenient::usize"
-    )]
+    #[serde(default = "defaults::breaker_failures")]
     pub breaker_failures: usize,
     /// How long an open circuit refuses calls before one probe is let through.
-    #[serde(default = "defaults::breaker_open", deserialize_with = "duration")]
+    #[serde(default = "defaults::breaker_open", with = "humantime_serde")]
     pub breaker_open: Duration,
     /// After a failed token fetch, fetches for that merchant wait this long,
     /// doubling per failure up to `token_backoff_max`.
-    #[serde(default = "defaults::token_backoff", deserialize_with = "duration")]
+    #[serde(default = "defaults::token_backoff", with = "humantime_serde")]
     pub token_backoff: Duration,
-    #[serde(default = "defaults::token_backoff_max", deserialize_with = "duration")]
+    #[serde(default = "defaults::token_backoff_max", with = "humantime_serde")]
     pub token_backoff_max: Duration,
     /// How often mounted secret files are checked for changes (0s = never).
-    #[serde(default = "defaults::secret_poll", deserialize_with = "duration")]
+    #[serde(default = "defaults::secret_poll", with = "humantime_serde")]
     pub secret_poll: Duration,
 }
 
@@ -276,7 +266,7 @@ pub struct ProxySettings {
     /// Most bytes of a request body forwarded to Vipps. The body is held
     /// whole, because a 401 from Vipps makes the gateway send it again with
     /// a new token.
-    #[serde(default = "defaults::image_body", deserialize_with = "lenient::usize")]
+    #[serde(default = "defaults::image_body")]
     pub body_limit: usize,
 }
 
@@ -322,7 +312,7 @@ pub struct JwtSettings {
     /// The `aud` every token must carry (one of its values when an array).
     pub audience: String,
     /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default = "defaults::jwt_leeway", deserialize_with = "duration")]
+    #[serde(default = "defaults::jwt_leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// A shared HS256 secret (at least 32 bytes).
     #[serde(default)]
@@ -487,58 +477,6 @@ mod defaults {
     }
 }
 
-/// Numbers from the environment arrive as strings; accept both.
-mod lenient {
-    use serde::{Deserialize, Deserializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Num {
-        N(usize),
-        S(String),
-    }
-
-    pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-        match Num::deserialize(d)? {
-            Num::N(n) => Ok(n),
-            Num::S(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
-        }
-    }
-
-    pub fn opt_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-        usize(d).map(Some)
-    }
-}
-
-/// Parses `"10s"`, `"1500ms"`, `"5m"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        _ => Err(format!(
-            "duration {s:?} has an unknown unit (use ms, s, m or h)"
-        )),
-    }
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
 impl Settings {
     /// Reads the file, applies `VOG_*` variables from `env`, and checks the result.
     pub fn load(
@@ -557,13 +495,13 @@ impl Settings {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
-        apply_env(&mut table, env)?;
-        let settings: Settings = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        // `extract_lossy`: a number setting also accepts its digits as a
+        // string, which is how every environment value arrives.
+        let settings: Settings = Figment::new()
+            .merge(ByIndex(Toml::string(text)))
+            .merge(EnvVars(env.into_iter().collect()))
+            .extract_lossy()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -763,81 +701,151 @@ fn read_secret(
     Ok(SecretString::from(trimmed.to_owned()))
 }
 
-/// Applies `VOG_A__B=value` as `a.b = "value"`. A numeric segment indexes an
-/// array (`VOG_MERCHANTS__0__CLIENT_ID`), creating entries as needed.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    vars.sort();
-    for (key, value) in vars {
-        let path: Vec<String> = key[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
+/// The `VOG_*` variables among the given pairs: `VOG_A__B=value` sets
+/// `a.b`. They are passed in rather than read from the process (figment's
+/// `Env` can only read the process environment), so tests own theirs.
+/// Values stay strings: a string setting keeps `007` as written, and number
+/// settings read their digits through `extract_lossy`.
+struct EnvVars(Vec<(String, String)>);
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable(s)")
+            .interpolater(|_, path| format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut vars: Vec<_> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| Some((k, k.strip_prefix(ENV_PREFIX)?, v)))
             .collect();
-        if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Invalid(format!(
-                "environment variable {key} has an empty segment"
-            )));
-        }
-        set_path(table, &path, value).map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
-    }
-    Ok(())
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: String) -> Result<(), String> {
-    let (first, rest) = path.split_first().ok_or("empty path")?;
-    if rest.is_empty() {
-        table.insert(first.clone(), toml::Value::String(value));
-        return Ok(());
-    }
-    let next = table
-        .entry(first.clone())
-        .or_insert_with(|| empty_for(&rest[0]));
-    set_in_value(next, rest, value)
-}
-
-fn empty_for(segment: &str) -> toml::Value {
-    if segment.parse::<usize>().is_ok() {
-        toml::Value::Array(Vec::new())
-    } else {
-        toml::Value::Table(toml::Table::new())
-    }
-}
-
-fn set_in_value(target: &mut toml::Value, path: &[String], value: String) -> Result<(), String> {
-    match target {
-        toml::Value::Table(t) => set_path(t, path, value),
-        toml::Value::Array(items) => {
-            let (first, rest) = path.split_first().ok_or("empty path")?;
-            let index: usize = first
-                .parse()
-                .map_err(|_| format!("{first:?} is not an array index"))?;
-            if index > items.len() {
-                return Err(format!(
-                    "index {index} skips entries (the array has {})",
-                    items.len()
-                ));
+        vars.sort();
+        let mut dict = Dict::new();
+        for (key, name, value) in vars {
+            let path: Vec<String> = name.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(format!("environment variable {key} has an empty segment").into());
             }
-            if index == items.len() {
-                items.push(match rest.first() {
-                    Some(seg) => empty_for(seg),
-                    None => toml::Value::String(String::new()),
-                });
-            }
-            if rest.is_empty() {
-                items[index] = toml::Value::String(value);
-                Ok(())
-            } else {
-                set_in_value(&mut items[index], rest, value)
+            if !insert(&mut dict, &path, value.as_str().into()) {
+                return Err(
+                    format!("environment variable {key} sets a field inside a value").into(),
+                );
             }
         }
-        _ => Err("cannot set a field inside a plain value".into()),
+        Ok(Profile::Default.collect(dict))
     }
+}
+
+/// Sets `path` in `dict`, adding tables on the way; false if the way
+/// crosses a value that is not a table.
+fn insert(dict: &mut Dict, path: &[String], value: Value) -> bool {
+    match path {
+        [] => false,
+        [last] => {
+            dict.insert(last.clone(), value);
+            true
+        }
+        [first, rest @ ..] => match dict
+            .entry(first.clone())
+            .or_insert_with(|| Dict::new().into())
+        {
+            Value::Dict(_, inner) => insert(inner, rest, value),
+            _ => false,
+        },
+    }
+}
+
+/// A provider with every list of tables presented as a table keyed by
+/// index (`[[merchants]]` as `merchants.0`, `merchants.1`, …). figment's
+/// merge replaces a list whole but merges tables key by key, so this is what
+/// lets `VOG_MERCHANTS__0__CLIENT_ID` replace one field of the first entry.
+/// [`list_or_indexed`] reads such a table back as a list.
+struct ByIndex<P>(P);
+
+impl<P: Provider> Provider for ByIndex<P> {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(self
+            .0
+            .data()?
+            .into_iter()
+            .map(|(profile, dict)| (profile, index_lists(dict)))
+            .collect())
+    }
+}
+
+fn index_lists(dict: Dict) -> Dict {
+    dict.into_iter()
+        .map(|(key, value)| (key, index_list(value)))
+        .collect()
+}
+
+fn index_list(value: Value) -> Value {
+    match value {
+        Value::Dict(tag, dict) => Value::Dict(tag, index_lists(dict)),
+        Value::Array(tag, items)
+            if !items.is_empty() && items.iter().all(|i| matches!(i, Value::Dict(..))) =>
+        {
+            let by_index = items.into_iter().enumerate();
+            Value::Dict(
+                tag,
+                by_index
+                    .map(|(i, item)| (i.to_string(), index_list(item)))
+                    .collect(),
+            )
+        }
+        other => other,
+    }
+}
+
+/// Reads a list, or a table keyed by list index (see [`ByIndex`]) in index
+/// order; the indices must run from 0 without gaps.
+fn list_or_indexed<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ListOrIndexed<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListOrIndexed<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list, or a table keyed by list index")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            let mut items = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let index: usize = key
+                    .parse()
+                    .map_err(|_| A::Error::custom(format!("{key:?} is not a list index")))?;
+                if items.insert(index, map.next_value()?).is_some() {
+                    return Err(A::Error::custom(format!("index {index} is given twice")));
+                }
+            }
+            if let Some((missing, _)) = items.keys().enumerate().find(|(i, index)| i != *index) {
+                return Err(A::Error::custom(format!(
+                    "index {missing} is missing (indices run from 0 without gaps)"
+                )));
+            }
+            Ok(items.into_values().collect())
+        }
+    }
+
+    d.deserialize_any(ListOrIndexed(PhantomData))
 }
 
 /// Exposes a secret for a header value. Kept in one place so every use is easy to find.
@@ -878,12 +886,120 @@ subscription_key_env = "KEY"
         assert_eq!(s.workers, Some(3));
     }
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn timeout(value: &str) -> Result<Duration, String> {
+        Settings::from_toml(BASE, env(&[("VOG_UPSTREAM__TIMEOUT", value)]))
+            .map(|s| s.upstream.timeout)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn durations_need_units() {
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("10 days").is_err());
+        assert_eq!(timeout("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(timeout("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(timeout("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(timeout("10").is_err());
+        assert!(timeout("ten seconds").is_err());
+    }
+
+    #[test]
+    fn a_duration_with_a_bad_unit_names_the_key() {
+        let err = timeout("10parsecs").expect_err("bad unit");
+        assert!(err.contains("VOG_UPSTREAM__TIMEOUT"), "{err}");
+        let in_file = BASE.replace("\"1500ms\"", "\"10parsecs\"");
+        let err = Settings::from_toml(&in_file, [])
+            .expect_err("bad unit")
+            .to_string();
+        assert!(err.contains("upstream.timeout"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_a_nested_key_and_keeps_its_siblings() {
+        let s = Settings::from_toml(
+            BASE,
+            env(&[
+                ("VOG_RESILIENCE__BREAKER_OPEN", "30s"),
+                ("VOG_LOG__FORMAT", "text"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.resilience.breaker_open, Duration::from_secs(30));
+        assert_eq!(s.resilience.queue_timeout, defaults::queue_timeout());
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!(s.upstream.timeout, Duration::from_millis(1500));
+        assert_eq!(s.upstream.base_url, "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn numbers_come_from_env_strings() {
+        let s = Settings::from_toml(
+            BASE,
+            env(&[
+                ("VOG_WORKERS", "3"),
+                ("VOG_RESILIENCE__MAX_ATTEMPTS", "5"),
+                ("VOG_LIMITS__JSON_BODY", "1024"),
+                ("VOG_SYSTEM__VERSION", "2"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.workers, Some(3));
+        assert_eq!(s.resilience.max_attempts, 5);
+        assert_eq!(s.limits.json_body, 1024);
+        // A string setting keeps digits as text.
+        assert_eq!(s.system.version, "2");
+        let err = Settings::from_toml(BASE, env(&[("VOG_WORKERS", "three")]))
+            .expect_err("not a number")
+            .to_string();
+        assert!(err.contains("VOG_WORKERS"), "{err}");
+    }
+
+    #[test]
+    fn an_index_overrides_one_field_of_a_merchant() {
+        let s = Settings::from_toml(BASE, env(&[("VOG_MERCHANTS__0__CLIENT_ID", "other")]))
+            .expect("valid");
+        assert_eq!(s.merchants.len(), 1);
+        let m = &s.merchants[0];
+        assert_eq!(m.client_id, "other");
+        assert_eq!(m.msn.to_string(), "123456");
+        assert_eq!(m.client_secret_env.as_deref(), Some("SECRET"));
+        assert_eq!(m.subscription_key_env.as_deref(), Some("KEY"));
+
+        let merchant = |i: usize| {
+            let var = |field: &str| format!("VOG_MERCHANTS__{i}__{field}");
+            [
+                (var("MSN"), "654321".to_owned()),
+                (var("CLIENT_ID"), "second".to_owned()),
+                (var("CLIENT_SECRET_ENV"), "SECRET2".to_owned()),
+                (var("SUBSCRIPTION_KEY_ENV"), "KEY2".to_owned()),
+            ]
+        };
+        let s = Settings::from_toml(BASE, merchant(1)).expect("valid");
+        let ids: Vec<_> = s.merchants.iter().map(|m| m.client_id.as_str()).collect();
+        assert_eq!(ids, ["id", "second"]);
+        assert_eq!(s.merchants[1].msn.to_string(), "654321");
+
+        let err = Settings::from_toml(BASE, merchant(2))
+            .expect_err("index 1 is missing")
+            .to_string();
+        assert!(err.contains("index 1 is missing"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_env_key_is_named() {
+        let err = Settings::from_toml(BASE, env(&[("VOG_SURPRISE", "1")]))
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("surprise"), "{err}");
+        let err = Settings::from_toml(BASE, env(&[("VOG_UPSTREAM__RETRIES", "1")]))
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("retries"), "{err}");
     }
 
     #[test]

@@ -464,3 +464,38 @@ pub fn spec_receipt() -> Value {
         "expectedTotal": "447.00"
     })
 }
+
+/// The gateway alone, against `base_url` instead of a simulator (a scripted
+/// upstream, say), with the demo merchant (MSN 123456) and its credentials.
+/// `extra_toml` is appended inside the `[upstream]` table: its leading bare
+/// keys are upstream settings (`timeout = "5s"`), and it may open further
+/// tables (`[resilience]`, `[log]`). `sim_address` is `base_url`.
+pub async fn spawn_gateway_against(base_url: &str, extra_toml: &str) -> TestApp {
+    init_test_log();
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[upstream]\nbase_url = \"{base_url}\"\n{extra_toml}\n"
+    );
+    let mut settings = Settings::from_toml(&toml, []).expect("test settings");
+    settings.merchants = vec![merchant(
+        MSN,
+        DEMO_CLIENT_ID,
+        DEMO_CLIENT_SECRET,
+        DEMO_SUBSCRIPTION_KEY,
+    )];
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway");
+    let app =
+        Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
+    let reloader = app.reloader();
+    actix_rt::spawn(app.server());
+    TestApp {
+        address,
+        metrics_address,
+        sim_address: base_url.to_owned(),
+        reloader,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+    }
+}

@@ -24,3 +24,4 @@ mod secrets;
 mod simulator;
 mod tokens;
 mod upstream_errors;
+mod upstream_http;

@@ -58,8 +58,8 @@ struct Reply {
     /// Written as they are: status lines, heads and body, interim answers
     /// or garbage included.
     bytes: Vec<u8>,
-    /// Read the request's body before answering (otherwise the connection
-    /// is closed after the answer, unread bytes and all).
+    /// Read the request's body before answering (otherwise the answer goes
+    /// out first and the connection is closed in stages after it).
     read_body: bool,
     /// Filler bytes written after `bytes`, 64 KiB at a time, never held whole.
     stream: usize,
@@ -247,8 +247,22 @@ async fn serve(mut sock: TcpStream, connection: usize, shared: Rc<Shared>) {
             }
             left -= n;
         }
-        if reply.close || !reply.read_body {
-            // Dropping the socket closes it (with a reset when bytes were left unread).
+        if !reply.read_body {
+            // A staged close (RFC 9112 §9.6): the answer and a FIN first,
+            // then the rest of the upload read and dropped, so the client
+            // is not reset before it has read the answer.
+            let _ = sock.shutdown().await;
+            let mut sink = [0u8; 64 * 1024];
+            let mut drained = 0usize;
+            while drained < 8 << 20 {
+                match sock.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            return;
+        }
+        if reply.close {
             return;
         }
     }

@@ -14,7 +14,7 @@
 //! A label combination appears when it is first used, so configured merchants
 //! without traffic cost no series.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
@@ -260,7 +260,7 @@ impl Metrics {
     /// cache as it is now.
     pub fn render(&self, tokens: &TokenCache) -> Result<String, prometheus::Error> {
         self.token_expiry.reset();
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         for (msn, expires_at) in tokens.expiries() {
             let left = expires_at.saturating_duration_since(now).as_secs_f64();
             self.token_expiry

@@ -2,13 +2,17 @@
 //! a limit on concurrent calls, a request rate limit, a retry budget, a
 //! circuit breaker, and backoff for failing token fetches. One merchant's
 //! outage or burst uses only its own slots, budget and breaker.
+//!
+//! Time is tokio's clock: the real one in the gateway, and one that tests
+//! pause and advance, so every timer here is tested without waiting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::Resilience;
 use crate::domain::Msn;

@@ -10,12 +10,14 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use secrecy::{ExposeSecret as _, SecretString};
+// Tokio's clock, so tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::domain::Msn;
 

@@ -316,7 +316,8 @@ async fn no_secret_or_token_reaches_logs_responses_or_metrics() {
 fn debug_output_redacts_secrets() {
     use secrecy::SecretString;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    use tokio::time::Instant;
     use vipps_order_gateway::config::{InlineSecrets, Merchant};
     use vipps_order_gateway::domain::Msn;
     use vipps_order_gateway::vipps::token::AccessToken;

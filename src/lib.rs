@@ -18,6 +18,8 @@ pub mod proxy;
 pub mod request_id;
 pub mod simulator;
 pub mod telemetry;
+#[cfg(test)]
+mod test_seed;
 pub mod translate;
 pub mod vipps;
 

@@ -17,6 +17,8 @@ pub mod ops;
 pub mod proxy;
 pub mod simulator;
 pub mod telemetry;
+#[cfg(test)]
+mod test_seed;
 pub mod translate;
 pub mod vipps;
 

@@ -14,7 +14,7 @@
 //! A label combination appears when it is first used, so configured merchants
 //! without traffic cost no series.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
@@ -259,10 +259,10 @@ impl Metrics {
     /// cached tokens' expiry instants as they are now.
     pub fn render(
         &self,
-        token_expiries: impl IntoIterator<Item = (Msn, Instant)>,
+        token_expiries: impl IntoIterator<Item = (Msn, tokio::time::Instant)>,
     ) -> Result<String, prometheus::Error> {
         self.token_expiry.reset();
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         for (msn, expires_at) in token_expiries {
             let left = expires_at.saturating_duration_since(now).as_secs_f64();
             self.token_expiry
@@ -366,7 +366,10 @@ mod tests {
         m.observe_upstream(&msn, "token", Some(9999), Duration::from_millis(3));
         m.observe_upstream(&msn, "token", None, Duration::from_millis(3));
         let text = m
-            .render([(msn.clone(), Instant::now() + Duration::from_secs(30))])
+            .render([(
+                msn.clone(),
+                tokio::time::Instant::now() + Duration::from_secs(30),
+            )])
             .expect("render");
         assert!(text.contains(
             r#"gateway_upstream_requests_total{endpoint="token",msn="123456",status="201"} 1"#

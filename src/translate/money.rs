@@ -154,17 +154,6 @@ pub fn format_plain(value: Decimal) -> String {
 mod tests {
     use super::*;
 
-    /// Seeds the random cases from `TEST_SEED`, or at random, and prints
-    /// the seed so a failure can be repeated.
-    fn seeded() {
-        let seed = std::env::var("TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
-        println!("seed = {seed}");
-        fastrand::seed(seed);
-    }
-
     #[test]
     fn parses_plain_decimals_exactly() {
         assert_eq!(parse_decimal("199.00", 2), Ok(Decimal::new(19900, 2)));
@@ -197,7 +186,7 @@ mod tests {
 
     #[test]
     fn parsing_agrees_with_rust_decimal_exact_parsing() {
-        seeded();
+        crate::test_seed::seeded();
         let mut texts: Vec<String> = [
             "0",
             "-0",
@@ -251,7 +240,7 @@ mod tests {
 
     #[test]
     fn rounds_half_away_from_zero() {
-        seeded();
+        crate::test_seed::seeded();
         assert_eq!(to_minor(Decimal::new(525, 3), 2), Some(53));
         assert_eq!(to_minor(Decimal::new(-525, 3), 2), Some(-53));
         assert_eq!(to_minor(Decimal::new(1232178, 4), 2), Some(12322));

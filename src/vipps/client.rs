@@ -708,7 +708,7 @@ async fn fetch_token_now(
     m: &Merchant,
     observed: Option<&Observed>,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let plain = |v: &str, what: &str| {
         HeaderValue::from_str(v)
             .map_err(|_| UpstreamError::TokenFailed(format!("{what} is not a valid header value")))

@@ -2,13 +2,17 @@
 //! a limit on concurrent calls, a request rate limit, a retry budget, a
 //! circuit breaker, and backoff for failing token fetches. One merchant's
 //! outage or burst uses only its own slots, budget and breaker.
+//!
+//! Time is tokio's clock: the real one in the gateway, and one that tests
+//! pause and advance, so every timer here is tested without waiting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::Resilience;
 use crate::domain::Msn;
@@ -379,11 +383,50 @@ mod tests {
 
     #[test]
     fn jittered_backoff_stays_within_its_cap() {
+        crate::test_seed::seeded();
         let c = Resilience::default();
         for retry in 1..10 {
             let cap = (c.backoff_base * (1 << (retry - 1))).min(c.backoff_max);
             for _ in 0..100 {
                 assert!(backoff_delay(&c, retry) <= cap);
+            }
+        }
+        // Far past the doubling range: the cap is the configured max, with
+        // no overflow of the doubling.
+        for retry in [20, 21, 32, 1000, u32::MAX] {
+            for _ in 0..100 {
+                assert!(backoff_delay(&c, retry) <= c.backoff_max);
+            }
+        }
+        // Retry 0 (the first attempt) is not doubled below the base.
+        for _ in 0..100 {
+            assert!(backoff_delay(&c, 0) <= c.backoff_base);
+        }
+    }
+
+    /// The retry loop sleeps the drawn delay on tokio's clock: on paused
+    /// time it wakes exactly after that delay, never after more than the cap.
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_sleep_ends_within_the_backoff_cap() {
+        crate::test_seed::seeded();
+        let c = Resilience {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+            ..Resilience::default()
+        };
+        for (retry, cap) in [(1, 100), (2, 200), (3, 350), (9, 350)] {
+            let cap = Duration::from_millis(cap);
+            for _ in 0..20 {
+                let delay = backoff_delay(&c, retry);
+                assert!(delay <= cap, "retry {retry}: {delay:?} over {cap:?}");
+                let t0 = Instant::now();
+                tokio::time::sleep(delay).await;
+                // The timer wheel rounds up to the next millisecond.
+                let slept = t0.elapsed();
+                assert!(
+                    slept >= delay && slept <= cap + Duration::from_millis(1),
+                    "retry {retry}: slept {slept:?} for {delay:?}"
+                );
             }
         }
     }
@@ -410,6 +453,134 @@ mod tests {
             .filter_map(|f| f.try_retry(&c).then_some(()))
             .count();
         assert_eq!(granted, 2, "the floor allows retries at low traffic");
+    }
+
+    /// A guard with a 3-failure, 10 s breaker, a bucket of 2 at 4/s and
+    /// token-fetch backoff from 1 s to 5 s, on tokio's (paused) clock.
+    fn paused_guard() -> (Resilience, MerchantGuard) {
+        let c = Resilience {
+            breaker_failures: 3,
+            breaker_open: Duration::from_secs(10),
+            rate_per_second: 4,
+            rate_burst: 2,
+            token_backoff: Duration::from_secs(1),
+            token_backoff_max: Duration::from_secs(5),
+            ..Resilience::default()
+        };
+        let g = MerchantGuard::new(&c);
+        (c, g)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_refuses_until_the_open_period_passes_then_probes_once() {
+        let (c, g) = paused_guard();
+        for _ in 0..2 {
+            assert!(g.breaker_allows(&c).is_ok());
+            g.record(&c, false);
+        }
+        assert!(g.breaker_allows(&c).is_ok(), "two failures keep it closed");
+        g.record(&c, false);
+        // Open: refused, with the time left of the open period.
+        assert_eq!(g.breaker_allows(&c), Err(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_eq!(g.breaker_allows(&c), Err(Duration::from_millis(1)));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // Half open: exactly one probe goes out.
+        assert!(g.breaker_allows(&c).is_ok(), "one probe");
+        assert!(g.breaker_allows(&c).is_err(), "only one probe");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            g.breaker_allows(&c),
+            Err(Duration::from_secs(7)),
+            "still waiting for the probe"
+        );
+        // The probe succeeds: closed, every call goes out again.
+        g.record(&c, true);
+        for _ in 0..5 {
+            assert!(g.breaker_allows(&c).is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_the_breaker_for_a_full_period() {
+        let (c, g) = paused_guard();
+        for _ in 0..3 {
+            g.record(&c, false);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(g.breaker_allows(&c).is_ok(), "the probe");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        g.record(&c, false);
+        assert_eq!(g.breaker_allows(&c), Err(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(g.breaker_allows(&c).is_ok(), "the next probe");
+        assert!(g.breaker_allows(&c).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_is_replaced_after_an_open_period() {
+        let (c, g) = paused_guard();
+        for _ in 0..3 {
+            g.record(&c, false);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(g.breaker_allows(&c).is_ok(), "a probe that never reports");
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(g.breaker_allows(&c).is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(g.breaker_allows(&c).is_ok(), "a new probe");
+        assert!(g.breaker_allows(&c).is_err(), "one at a time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_bucket_refills_with_time_up_to_its_burst() {
+        let (c, g) = paused_guard();
+        assert!(g.admit(&c).is_ok());
+        assert!(g.admit(&c).is_ok());
+        assert_eq!(g.admit(&c), Err(Duration::from_millis(250)));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(g.admit(&c), Err(Duration::from_millis(150)));
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert!(g.admit(&c).is_ok(), "one request refilled after 250 ms");
+        assert!(g.admit(&c).is_err());
+        // A long idle time refills only up to the burst.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(g.admit(&c).is_ok());
+        assert!(g.admit(&c).is_ok());
+        assert!(g.admit(&c).is_err());
+        // No rate limit configured: always admitted.
+        let unlimited = Resilience {
+            rate_per_second: 0,
+            ..c
+        };
+        for _ in 0..10 {
+            assert!(g.admit(&unlimited).is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_fetch_backoff_doubles_up_to_its_max_and_resets_on_success() {
+        let (c, g) = paused_guard();
+        assert!(g.token_fetch_allowed().is_ok());
+        for (wait, rejected) in [(1, false), (2, true), (4, false), (5, false), (5, true)] {
+            g.token_fetch_failed(&c, rejected);
+            let wait = Duration::from_secs(wait);
+            assert_eq!(g.token_fetch_allowed(), Err((wait, rejected)));
+            tokio::time::advance(wait - Duration::from_millis(1)).await;
+            assert_eq!(
+                g.token_fetch_allowed(),
+                Err((Duration::from_millis(1), rejected))
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(g.token_fetch_allowed().is_ok(), "allowed after {wait:?}");
+        }
+        g.token_fetch_succeeded();
+        g.token_fetch_failed(&c, false);
+        assert_eq!(
+            g.token_fetch_allowed(),
+            Err((Duration::from_secs(1), false)),
+            "a success starts the doubling again"
+        );
     }
 
     #[test]

@@ -10,12 +10,14 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderValue;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use secrecy::{ExposeSecret as _, SecretString};
+// Tokio's clock, so tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::domain::Msn;
 
@@ -195,6 +197,8 @@ impl TokenCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     fn token(lifetime: Duration, left: Duration) -> AccessToken {
@@ -227,5 +231,198 @@ mod tests {
         let two = Duration::from_secs(2);
         assert!(token(two, Duration::from_millis(200)).is_usable(now));
         assert!(!token(two, Duration::from_millis(50)).is_usable(now));
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const MARGIN: Duration = Duration::from_secs(300);
+
+    fn msn() -> Msn {
+        Msn::parse("123456").unwrap()
+    }
+
+    /// A fetch that counts its calls and issues `lifetime` tokens, after
+    /// `latency` (on tokio's clock).
+    struct Issuer {
+        fetches: AtomicUsize,
+        lifetime: Duration,
+        latency: Duration,
+    }
+
+    impl Issuer {
+        fn new(lifetime: Duration) -> Self {
+            Self {
+                fetches: AtomicUsize::new(0),
+                lifetime,
+                latency: Duration::ZERO,
+            }
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+
+        /// Counted when the fetch runs, not when its future is made: moka
+        /// makes every caller's future but runs only one.
+        async fn fetch(&self) -> Result<Arc<AccessToken>, ()> {
+            let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.latency).await;
+            Ok(Arc::new(AccessToken::new(
+                SecretString::from(format!("token-{n}")),
+                Instant::now() + self.lifetime,
+                self.lifetime,
+            )))
+        }
+    }
+
+    fn value(t: &AccessToken) -> &str {
+        t.value.expose_secret()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_fresh_until_the_margin_usable_until_the_travel_allowance_then_replaced() {
+        let (cache, msn, issuer) = (TokenCache::new(MARGIN), msn(), Issuer::new(HOUR));
+        let (c, m, i) = (&cache, &msn, &issuer);
+        let get = move || c.get(m, move || i.fetch());
+
+        let first = get().await.unwrap();
+        assert!(matches!(first, Lookup::Fresh(_)));
+        assert_eq!(value(first.token()), "token-1");
+        assert_eq!(issuer.fetches(), 1);
+
+        // Fresh until the margin (5 min before expiry).
+        tokio::time::advance(HOUR - MARGIN - Duration::from_millis(1)).await;
+        assert!(matches!(get().await.unwrap(), Lookup::Fresh(_)));
+        assert!(cache.fresh(&msn).await.is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(cache.fresh(&msn).await.is_none());
+
+        // Inside the margin: still served, and exactly one caller is told
+        // to refresh it in the background.
+        let due = get().await.unwrap();
+        assert!(
+            matches!(due, Lookup::RefreshDue(_)),
+            "the first caller refreshes"
+        );
+        assert_eq!(value(due.token()), "token-1");
+        for _ in 0..3 {
+            let again = get().await.unwrap();
+            assert!(matches!(again, Lookup::Fresh(_)), "a refresh is under way");
+            assert!(Arc::ptr_eq(again.token(), due.token()));
+        }
+        assert_eq!(issuer.fetches(), 1, "no fetch while the token is usable");
+
+        // Usable until the travel allowance (5 s before expiry for an hour).
+        tokio::time::advance(MARGIN - Duration::from_secs(5) - Duration::from_millis(1)).await;
+        assert_eq!(value(get().await.unwrap().token()), "token-1");
+        tokio::time::advance(Duration::from_millis(1)).await;
+
+        // Then it is never sent: a new one is fetched.
+        let next = get().await.unwrap();
+        assert!(matches!(next, Lookup::Fresh(_)));
+        assert_eq!(value(next.token()), "token-2");
+        assert_eq!(issuer.fetches(), 2);
+        assert_eq!(value(get().await.unwrap().token()), "token-2");
+        assert_eq!(issuer.fetches(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_fetch() {
+        let cache = TokenCache::new(MARGIN);
+        let msn = msn();
+        let issuer = Issuer {
+            latency: Duration::from_secs(2),
+            ..Issuer::new(HOUR)
+        };
+        let lookups =
+            futures_util::future::join_all((0..50).map(|_| cache.get(&msn, || issuer.fetch())))
+                .await;
+        assert_eq!(issuer.fetches(), 1);
+        let first = lookups[0].as_ref().unwrap().token().clone();
+        for l in &lookups {
+            let l = l.as_ref().unwrap();
+            assert!(matches!(l, Lookup::Fresh(_)));
+            assert!(Arc::ptr_eq(l.token(), &first));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_the_fetch_that_replaces_an_unusable_token() {
+        let cache = TokenCache::new(MARGIN);
+        let msn = msn();
+        let issuer = Issuer {
+            latency: Duration::from_millis(500),
+            ..Issuer::new(HOUR)
+        };
+        cache.get(&msn, || issuer.fetch()).await.unwrap();
+        tokio::time::advance(HOUR).await;
+        let lookups =
+            futures_util::future::join_all((0..20).map(|_| cache.get(&msn, || issuer.fetch())))
+                .await;
+        assert_eq!(issuer.fetches(), 2, "one fetch replaced the expired token");
+        for l in &lookups {
+            assert_eq!(value(l.as_ref().unwrap().token()), "token-2");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_unusable_on_arrival_is_still_used() {
+        // Lifetime 0: unusable as soon as it is issued, but valid at Vipps.
+        let (cache, msn, issuer) = (TokenCache::new(MARGIN), msn(), Issuer::new(Duration::ZERO));
+        let l = cache.get(&msn, || issuer.fetch()).await.unwrap();
+        assert!(matches!(l, Lookup::Fresh(_)));
+        // Two rounds replaced the unusable token, the third is kept.
+        assert_eq!(issuer.fetches(), 3);
+        assert_eq!(value(l.token()), "token-3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_and_invalidate_if_same_keep_a_newer_token() {
+        let (cache, msn, issuer) = (TokenCache::new(MARGIN), msn(), Issuer::new(HOUR));
+        let t1 = cache
+            .get(&msn, || issuer.fetch())
+            .await
+            .unwrap()
+            .token()
+            .clone();
+        let t2 = issuer.fetch().await.unwrap();
+        let t3 = issuer.fetch().await.unwrap();
+        let (c, m) = (&cache, &msn);
+        let cached = move || async move { c.fresh(m).await.map(|t| value(&t).to_owned()) };
+
+        // A background refresh replaces the token it started from.
+        cache.replace(msn.clone(), &t1, t2.clone()).await;
+        assert_eq!(cached().await.as_deref(), Some("token-2"));
+        // A refresh that started from a token since replaced is dropped.
+        cache.replace(msn.clone(), &t1, t3.clone()).await;
+        assert_eq!(cached().await.as_deref(), Some("token-2"));
+        // A 401 on the old token does not drop the newer one.
+        cache.invalidate_if_same(&msn, &t1).await;
+        assert_eq!(cached().await.as_deref(), Some("token-2"));
+        // A 401 on the cached token drops it, and the next caller fetches.
+        cache.invalidate_if_same(&msn, &t2).await;
+        assert_eq!(cached().await, None);
+        let fetched = cache.get(&msn, || issuer.fetch()).await.unwrap();
+        assert_eq!(value(fetched.token()), "token-4");
+        // Nothing is put back in place of a dropped token (a reload
+        // invalidated the merchant while a refresh was under way).
+        cache.invalidate(&msn).await;
+        cache.replace(msn.clone(), fetched.token(), t3).await;
+        assert_eq!(cached().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiries_follow_the_clock() {
+        let (cache, msn, issuer) = (TokenCache::new(MARGIN), msn(), Issuer::new(HOUR));
+        let t0 = Instant::now();
+        cache.get(&msn, || issuer.fetch()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let expiries = cache.expiries();
+        assert_eq!(expiries.len(), 1);
+        assert_eq!(expiries[0].0, msn);
+        assert_eq!(expiries[0].1, t0 + HOUR);
+        assert_eq!(
+            expiries[0].1.saturating_duration_since(Instant::now()),
+            HOUR - Duration::from_secs(600)
+        );
     }
 }

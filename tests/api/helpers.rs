@@ -499,3 +499,31 @@ pub async fn spawn_gateway_against(base_url: &str, extra_toml: &str) -> TestApp 
             .finish(),
     }
 }
+
+/// Tries `attempt` until it returns `Some`, 20 ms apart, at most 1,000
+/// times (a cap only a hung gateway reaches), and returns what it found.
+/// For what a server-side timer or a background task brings about: the
+/// test waits for the outcome instead of guessing how long it takes.
+pub async fn poll_until<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1000 {
+        if let Some(found) = attempt().await {
+            return found;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: still not the case after 1,000 tries");
+}
+
+impl TestApp {
+    /// Calls the simulator has received at `endpoint`, counted on arrival
+    /// (the request log has a call only once it is answered).
+    pub async fn sim_calls(&self, endpoint: &str) -> u64 {
+        self.sim_counters().await["calls"][endpoint]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}

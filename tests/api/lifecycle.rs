@@ -6,9 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde_json::json;
+use futures_util::future::{select, Either};
+use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spec_receipt};
+use crate::helpers::{poll_until, spawn_app, spec_receipt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vipps-order-gateway");
 
@@ -62,7 +63,7 @@ impl Process {
     }
 
     async fn saw(&self, what: &str) -> bool {
-        for _ in 0..60 {
+        for _ in 0..200 {
             while let Ok(line) = self.lines.try_recv() {
                 if line.contains(what) {
                     return true;
@@ -102,28 +103,47 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         .finish();
     client
         .post(format!("{sim}/_simulator/faults"))
-        .send_json(&json!({"endpoint": "order", "delayMs": 1500}))
+        .send_json(&json!({"endpoint": "order", "delayMs": 3000}))
         .await
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/merchants/123456/orders/slow");
-    let in_flight = client.get(url.clone()).send();
-    let terminate = async {
-        actix_rt::time::sleep(Duration::from_millis(400)).await;
-        p.signal("-TERM");
-        actix_rt::time::sleep(Duration::from_millis(300)).await;
-        // No new connections once stopping.
-        client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_err()
+    let in_flight = Box::pin(client.get(url.clone()).send());
+    let (p_ref, client_ref, sim, port) = (&p, &client, sim.as_str(), port.as_str());
+    let terminate = Box::pin(async move {
+        // The request is in flight: its upstream call is held at the simulator.
+        poll_until("the slow call at the simulator", || async move {
+            let mut resp = client_ref
+                .get(format!("{sim}/_simulator/counters"))
+                .send()
+                .await
+                .ok()?;
+            let counters: Value = resp.json().await.ok()?;
+            (counters["calls"]["order"].as_u64() >= Some(1)).then_some(())
+        })
+        .await;
+        p_ref.signal("-TERM");
+        // No new connections once stopping (each try on a new connection).
+        poll_until("a new connection refused", || async move {
+            awc::Client::new()
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    });
+    // Refused while the request is still in flight, which is then answered.
+    let answer = match select(in_flight, terminate).await {
+        Either::Right(((), in_flight)) => in_flight.await,
+        Either::Left(_) => {
+            panic!("the in-flight request ended before new connections were refused")
+        }
     };
-    let (answer, refused) = futures_util::join!(in_flight, terminate);
     assert_eq!(
         answer.expect("the in-flight request is answered").status(),
         404
     );
-    assert!(refused, "a new connection was accepted after SIGTERM");
     let status = actix_rt::task::spawn_blocking(move || p.child.wait())
         .await
         .unwrap()

@@ -2,13 +2,12 @@
 //! labels, token and upstream counters, and the metrics-only listener.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, select, Either};
 use serde_json::json;
 
 use crate::helpers::{
-    spawn_app, spawn_app_with, spec_receipt, Options, TestApp, MSN, MSN2, UNKNOWN_MSN,
+    poll_until, spawn_app, spawn_app_with, spec_receipt, Options, TestApp, MSN, MSN2, UNKNOWN_MSN,
 };
 
 /// One sample of the text exposition.
@@ -374,24 +373,25 @@ async fn requests_in_flight_are_a_gauge() {
         .await;
     let path = format!("/v1/merchants/{MSN}/orders/f-1/category");
     let body = json!({"category": "GENERAL", "url": "https://shop.example/"});
-    let slow = app.put_json(&path, &body);
-    let watch = async {
+    let slow = Box::pin(app.put_json(&path, &body));
+    let app_ref = &app;
+    let watch = Box::pin(async move {
+        // The slow request is held upstream, so in flight at the gateway.
+        poll_until("the slow call at the simulator", || async move {
+            (app_ref.sim_calls("category").await >= 1).then_some(())
+        })
+        .await;
         // The slow request and the scrape itself.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let m = scrape(&app).await;
-            if m.value("gateway_requests_in_flight", &[]) == 2.0 {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        scrape(app_ref)
+            .await
+            .value("gateway_requests_in_flight", &[])
+    });
+    let (in_flight, slow) = match select(slow, watch).await {
+        Either::Right(seen) => seen,
+        Either::Left(_) => panic!("the slow request was answered before it was seen upstream"),
     };
-    let (answer, seen) = futures_util::join!(slow, watch);
-    assert_eq!(answer.status, 200);
-    assert!(seen, "the slow request was never counted in flight");
+    assert_eq!(in_flight, 2.0, "the slow request is counted in flight");
+    assert_eq!(slow.await.status, 200);
     assert_eq!(
         scrape(&app).await.value("gateway_requests_in_flight", &[]),
         1.0

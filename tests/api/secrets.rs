@@ -8,7 +8,7 @@ use serde_json::json;
 use vipps_order_gateway::simulator::{DEMO_CLIENT_SECRET, DEMO_SUBSCRIPTION_KEY};
 
 use crate::auth::{bearer, call, claims, hs256, now, spawn_hs256};
-use crate::helpers::{b64, png, spec_receipt, Answer, LogCapture, MSN, MSN2};
+use crate::helpers::{b64, png, poll_until, spec_receipt, Answer, LogCapture, MSN, MSN2};
 
 /// Everything a caller could read from an answer.
 fn visible(a: &Answer) -> String {
@@ -168,8 +168,16 @@ async fn no_secret_or_token_reaches_logs_responses_or_metrics() {
         call(&app, Method::GET, &order(MSN, "s-1"), a, None).await,
         503,
     );
-    // Token fetches back off for a second after the failure.
-    actix_rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Token fetches back off for a second after the failure: until then a
+    // request fails at once, then a token is fetched again.
+    let (app_ref, s1) = (&app, order(MSN, "s-1"));
+    let s1 = s1.as_str();
+    let after_backoff = poll_until("a token after the backoff", || async move {
+        let b = call(app_ref, Method::GET, s1, a, None).await;
+        (b.status != 503).then_some(b)
+    })
+    .await;
+    run("order after the token backoff", after_backoff, 200);
     // Three attempts (the first and two retries) all fail.
     app.add_fault(json!({"endpoint": "receipt", "status": 500, "times": 3}))
         .await;
@@ -279,17 +287,24 @@ async fn no_secret_or_token_reaches_logs_responses_or_metrics() {
         secrets.push((format!("access token #{i}"), t.clone()));
     }
 
-    // Give the workers a moment to write their last lines.
-    actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    let log = logs.text();
-    // The capture worked: trace lines, the gateway's own lines, both merchants.
-    assert!(log.contains("TRACE"), "no trace-level line was captured");
-    assert!(
-        log.contains("fetched access token"),
-        "gateway lines missing"
-    );
-    assert!(log.contains("token endpoint refused"), "refusal not logged");
-    assert!(log.contains("caller refused"), "caller refusals not logged");
+    // The capture worked: trace lines, the gateway's own lines, both
+    // merchants, refused callers. The workers write on their own threads:
+    // wait for them.
+    let expected = [
+        "TRACE",
+        "fetched access token",
+        "token endpoint refused",
+        "caller refused",
+    ];
+    let logs = &logs;
+    let log = poll_until(
+        &format!("log lines with each of {expected:?}"),
+        || async move {
+            let log = logs.text();
+            expected.iter().all(|l| log.contains(l)).then_some(log)
+        },
+    )
+    .await;
 
     for (what, secret) in &secrets {
         assert!(secret.len() >= 10, "{what} is too short to search for");
@@ -316,7 +331,8 @@ async fn no_secret_or_token_reaches_logs_responses_or_metrics() {
 fn debug_output_redacts_secrets() {
     use secrecy::SecretString;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    use tokio::time::Instant;
     use vipps_order_gateway::config::{InlineSecrets, Merchant};
     use vipps_order_gateway::domain::Msn;
     use vipps_order_gateway::vipps::token::AccessToken;

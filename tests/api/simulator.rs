@@ -3,15 +3,18 @@
 // A failed expectation in a test should stop it with its message.
 
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use awc::http::StatusCode;
 use base64::Engine as _;
+use futures_util::future::{select, Either};
 use serde_json::{json, Value};
 use vipps_order_gateway::simulator::{
     SimMerchant, Simulator, SimulatorSettings, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_MSN,
     DEMO_SUBSCRIPTION_KEY,
 };
+
+use crate::helpers::poll_until;
 
 struct Sim {
     base: String,
@@ -376,13 +379,16 @@ async fn tokens_expire_after_their_lifetime() {
             .0,
         StatusCode::NOT_FOUND
     );
-    actix_rt::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        sim.send(sim.om(Method::GET, "/v2/ecom/o-1", &token), None)
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    // Accepted until its lifetime has passed, then refused.
+    let (sim_ref, token_ref) = (&sim, token.as_str());
+    let status = poll_until("the token refused once expired", || async move {
+        let (status, _) = sim_ref
+            .send(sim_ref.om(Method::GET, "/v2/ecom/o-1", token_ref), None)
+            .await;
+        (status != StatusCode::NOT_FOUND).then_some(status)
+    })
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // The lifetime can be changed at run time for tokens issued afterwards.
     let (status, _) = sim
@@ -919,25 +925,35 @@ async fn a_status_fault_applies_the_given_number_of_times() {
 async fn a_delay_fault_delays_then_answers_normally() {
     let sim = spawn();
     let token = sim.token().await;
-    let fault = json!({"endpoint": "order", "delayMs": 400, "times": 1});
+    let fault = json!({"endpoint": "order", "delayMs": 2000, "times": 1});
     assert_eq!(
         sim.control(Method::POST, "/faults", Some(fault)).await.0,
         StatusCode::CREATED
     );
-    let started = Instant::now();
-    let (status, _) = sim
-        .send(sim.om(Method::GET, "/v2/ecom/o-1", &token), None)
-        .await;
+    let mut delayed = Box::pin(sim.send(sim.om(Method::GET, "/v2/ecom/o-1", &token), None));
+    // The first call has arrived (and taken the fault) while its answer is
+    // still held.
+    let sim_ref = &sim;
+    let arrived = Box::pin(poll_until(
+        "the delayed call at the simulator",
+        || async move {
+            let calls = sim_ref.get_control("/counters").await["calls"]["order"].as_u64();
+            (calls == Some(1)).then_some(())
+        },
+    ));
+    if let Either::Left(_) = select(delayed.as_mut(), arrived).await {
+        panic!("the delayed call was answered before it was counted");
+    }
+    // The fault is used up: a second call, sent after the first, is
+    // answered normally while the first is still held.
+    let second = Box::pin(sim.send(sim.om(Method::GET, "/v2/ecom/o-1", &token), None));
+    let ((status, _), delayed) = match select(second, delayed).await {
+        Either::Left(done) => done,
+        Either::Right(_) => panic!("the delayed call was answered before the undelayed one"),
+    };
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(started.elapsed() >= Duration::from_millis(400));
-    let started = Instant::now();
-    assert_eq!(
-        sim.send(sim.om(Method::GET, "/v2/ecom/o-1", &token), None)
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
-    assert!(started.elapsed() < Duration::from_millis(400));
+    // Then the delayed one is answered, normally.
+    assert_eq!(delayed.await.0, StatusCode::NOT_FOUND);
 }
 
 #[actix_web::test]

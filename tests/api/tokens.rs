@@ -1,12 +1,13 @@
 //! Access tokens: one fetch per merchant however many requests arrive at
 //! once, refreshed before expiry, and fetched again after a 401.
 
-use std::time::{Duration, Instant};
+use std::cell::Cell;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with, spec_receipt, Options, MSN, MSN2};
+use crate::helpers::{poll_until, spawn_app, spawn_app_with, spec_receipt, Options, MSN, MSN2};
 
 #[actix_web::test]
 async fn two_hundred_concurrent_requests_on_a_cold_merchant_fetch_one_token() {
@@ -50,39 +51,66 @@ async fn tokens_expiring_under_sustained_traffic_fail_no_request() {
         ..Options::default()
     })
     .await;
-    let deadline = Instant::now() + Duration::from_millis(5500);
+    // Traffic runs until the simulator has issued a fourth token, however
+    // long that takes: three replacements under load.
+    let (sent, stop) = (Cell::new(0usize), Cell::new(false));
     let worker = |w: usize| {
-        let app = &app;
+        let (app, sent, stop) = (&app, &sent, &stop);
         async move {
-            let (mut sent, mut failed) = (0, Vec::new());
-            while Instant::now() < deadline {
+            let (mut i, mut failed) = (0, Vec::new());
+            while !stop.get() {
                 let a = app
                     .put_json(
-                        &format!("/v1/merchants/{MSN}/orders/w{w}-{sent}/category"),
+                        &format!("/v1/merchants/{MSN}/orders/w{w}-{i}/category"),
                         &json!({"category": "GENERAL", "url": "https://shop.example/"}),
                     )
                     .await;
                 if a.status != 200 {
                     failed.push(a.body);
                 }
-                sent += 1;
+                i += 1;
+                sent.set(sent.get() + 1);
             }
-            (sent, failed)
+            failed
         }
     };
-    let results = join_all((0..4).map(worker)).await;
-    let sent: usize = results.iter().map(|r| r.0).sum();
-    let failed: Vec<_> = results.into_iter().flat_map(|r| r.1).collect();
-    assert!(sent > 100, "only {sent} requests were sent");
+    let watch = async {
+        // Requests sent by the time each new token was seen.
+        let mut sent_by_token = Vec::new();
+        let mut seen = 0;
+        for _ in 0..1000 {
+            let fetches = app.token_fetches(MSN).await;
+            if fetches > seen {
+                seen = fetches;
+                sent_by_token.push(sent.get());
+            }
+            if seen >= 4 {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.set(true);
+        (seen, sent_by_token)
+    };
+    let (results, (seen, sent_by_token)) = futures_util::join!(join_all((0..4).map(worker)), watch);
+    let sent = sent.get();
+    let failed: Vec<_> = results.into_iter().flatten().collect();
+    assert!(seen >= 4, "only {seen} tokens were issued");
+    // Requests went out between every two tokens and after the last: the
+    // traffic was sustained across every replacement.
+    assert!(
+        sent_by_token.windows(2).all(|w| w[0] < w[1]) && sent_by_token.last() < Some(&sent),
+        "requests sent by each new token: {sent_by_token:?}, {sent} in all"
+    );
     assert!(
         failed.is_empty(),
         "{} of {sent} failed: {:?}",
         failed.len(),
         failed.first()
     );
-    // 5.5 s of 2 s tokens: at least three were needed.
+    // One fetch per replacement, not one per request.
     let fetches = app.token_fetches(MSN).await;
-    assert!((3..=6).contains(&fetches), "{fetches} token fetches");
+    assert!((4..=6).contains(&fetches), "{fetches} token fetches");
     // Refreshing ahead of expiry means the upstream never saw an expired token.
     let rejected = app
         .sim_requests_to("category")
@@ -193,10 +221,26 @@ async fn a_failing_token_endpoint_fails_fast_with_backoff_and_recovers() {
         );
     }
     assert_eq!(app.sim_requests_to("token").await.len(), 1);
-    // The endpoint recovers; after the backoff the next request succeeds.
+    // The endpoint recovers; until the backoff ends requests still fail
+    // at once, then the next one succeeds.
     app.clear_faults().await;
-    actix_rt::time::sleep(Duration::from_millis(1100)).await;
-    let c = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
+    let app = &app;
+    let c = poll_until("a request after the backoff", || async move {
+        let c = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
+        if c.status == 503 {
+            assert!(
+                c.body["type"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/token-unavailable"),
+                "{}",
+                c.body
+            );
+            return None;
+        }
+        Some(c)
+    })
+    .await;
     assert_eq!(c.status, 201, "{}", c.body);
     assert_eq!(app.token_fetches(MSN).await, 1);
     assert!(

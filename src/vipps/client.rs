@@ -202,12 +202,6 @@ impl Upstream {
         })
     }
 
-    /// The same upstream, verified against `tls` instead of the bundled roots.
-    pub fn with_tls_config(mut self, tls: rustls::ClientConfig) -> Self {
-        self.tls = tls;
-        self
-    }
-
     fn uri(&self, path: &str) -> Result<http::Uri, UpstreamError> {
         format!("{}{path}", self.base)
             .parse()

@@ -253,3 +253,171 @@ impl<T: Write + Unpin> Write for StampedIo<T> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A keep-alive upstream answering every request `200 ok`; counts the
+    /// connections it accepted.
+    async fn upstream() -> (u16, Rc<Cell<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Rc::new(Cell::new(0));
+        let counter = accepted.clone();
+        actix_rt::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                counter.set(counter.get() + 1);
+                actix_rt::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if sock.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    fn get(url: &str) -> Request<Full<Bytes>> {
+        Request::get(url).body(Full::new(Bytes::new())).unwrap()
+    }
+
+    fn plain_tls() -> rustls::ClientConfig {
+        default_tls_config().unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn connections_are_reused_until_their_lifetime_is_over() {
+        let (port, accepted) = upstream().await;
+        let url = format!("http://127.0.0.1:{port}/x");
+        let hour = Duration::from_secs(3600);
+        let keep = Transport::with_reuse(plain_tls(), hour, hour, hour);
+        for _ in 0..3 {
+            let a = keep.send(get(&url), 1024).await.unwrap();
+            assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"ok"[..]));
+        }
+        assert_eq!(accepted.get(), 1, "one connection for three calls");
+        // A lifetime of zero: every connection is too old once used.
+        let fresh = Transport::with_reuse(plain_tls(), hour, hour, Duration::ZERO);
+        for _ in 0..3 {
+            fresh.send(get(&url), 1024).await.unwrap();
+        }
+        assert_eq!(accepted.get(), 4, "a new connection for each call");
+    }
+
+    #[actix_rt::test]
+    async fn an_answer_over_the_limit_is_broken() {
+        let (port, _) = upstream().await;
+        let t = Transport::new(plain_tls(), Duration::from_secs(2));
+        let e = t
+            .send(get(&format!("http://127.0.0.1:{port}/x")), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, SendError::Broken(m) if m.contains("over 1 bytes")),
+            "{e:?}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_closed_port_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let t = Transport::new(plain_tls(), Duration::from_secs(2));
+        let e = t
+            .send(get(&format!("http://127.0.0.1:{port}/x")), 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SendError::Connect(_)), "{e:?}");
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    /// A TLS upstream with the test certificate for `localhost`, answering
+    /// one request per connection.
+    async fn tls_upstream() -> u16 {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let key = PrivateKeyDer::try_from(fixture("tls-key.der")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(fixture("tls-cert.der"))], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        actix_rt::spawn(async move {
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                actix_rt::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(sock).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    if tls.read(&mut buf).await.is_ok() {
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntls")
+                            .await;
+                        let _ = tls.flush().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[actix_rt::test]
+    async fn https_verifies_the_upstream_certificate() {
+        let port = tls_upstream().await;
+        let url = format!("https://localhost:{port}/x");
+        // The bundled public roots do not trust the test CA: nothing is sent.
+        let e = Transport::new(plain_tls(), Duration::from_secs(2))
+            .send(get(&url), 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, SendError::Connect(m) if m.contains("certificate")),
+            "{e:?}"
+        );
+        // Trusting it, the exchange goes over TLS.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(fixture(
+                "tls-ca.der",
+            )))
+            .unwrap();
+        let trusted = Transport::new(tls_config(roots).unwrap(), Duration::from_secs(2));
+        let a = trusted.send(get(&url), 1024).await.unwrap();
+        assert_eq!(&a.body[..], b"tls");
+    }
+}

@@ -37,6 +37,41 @@ async fn a_503_is_retried_and_the_caller_sees_success() {
 }
 
 #[actix_web::test]
+async fn a_500_is_retried_for_calls_safe_to_repeat_only() {
+    let app = spawn_app_with(with("")).await;
+    // A read, a category PUT and a receipt are safe to repeat.
+    for endpoint in ["order", "category", "receipt"] {
+        app.add_fault(json!({"endpoint": endpoint, "status": 500, "times": 1}))
+            .await;
+    }
+    app.get(&format!("/v1/merchants/{MSN}/orders/o-1"))
+        .await
+        .problem(404);
+    let put = app
+        .put_json(
+            &format!("/v1/merchants/{MSN}/orders/o-1/category"),
+            &json!({"category": "GENERAL", "url": "https://shop.example/o/1"}),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let receipt = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
+    assert_eq!(receipt.status, 201, "{}", receipt.body);
+    assert_eq!(statuses(&app, "order").await, [500, 404]);
+    assert_eq!(statuses(&app, "category").await, [500, 200]);
+    assert_eq!(statuses(&app, "receipt").await, [500, 201]);
+    // A caller-named image is not: Vipps may have stored it.
+    app.add_fault(json!({"endpoint": "image", "status": 500, "times": 1}))
+        .await;
+    app.post_json(
+        &format!("/v1/merchants/{MSN}/images"),
+        &json!({"data": b64(&png(200)), "imageId": "logo-500"}),
+    )
+    .await
+    .problem(502);
+    assert_eq!(statuses(&app, "image").await, [500]);
+}
+
+#[actix_web::test]
 async fn a_receipt_whose_answer_was_lost_is_retried_and_replayed() {
     let app = spawn_app_with(with("")).await;
     // Stored, then the connection drops: the outcome is unknown to the gateway.

@@ -68,7 +68,10 @@ pub struct OrderLine {
     pub total_amount: i64,
     pub total_amount_excluding_tax: i64,
     pub total_tax_amount: i64,
-    pub tax_percentage: i64,
+    #[serde(default)]
+    pub tax_percentage: Option<i64>,
+    #[serde(default)]
+    pub tax_rate: Option<i64>,
     #[serde(default)]
     pub unit_info: Option<UnitInfo>,
     #[serde(default)]

@@ -226,8 +226,22 @@ impl Call<'_> {
         self.req.match_info().get(name).unwrap_or_default()
     }
 
-    /// The body as JSON; malformed or absent JSON is a 400.
+    /// The body as JSON; malformed or absent JSON is a 400, a body sent as
+    /// another media type a 415 (as an ASP.NET API answers a JSON operation
+    /// sent, say, `text/plain`). A body without a `Content-Type` is read as
+    /// JSON.
     fn json(&self) -> Result<Value, Problem> {
+        if let Some(media) = self.header("content-type") {
+            let media = media.split(';').next().unwrap_or_default().trim();
+            let json = media.eq_ignore_ascii_case("application/json")
+                || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"));
+            if !json {
+                return Err(Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Unsupported media type {media}: send application/json"),
+                ));
+            }
+        }
         serde_json::from_slice(self.body).map_err(|e| {
             Problem::invalid(vec![InvalidParam::new(
                 "body",

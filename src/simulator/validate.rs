@@ -1,7 +1,10 @@
-//! Body validation as the Order Management 2.0 document defines it, plus one
+//! Body validation as the Order Management 2.1 document defines it, plus one
 //! deliberate strictness: a field the document does not define is rejected by
 //! name, so a misspelt field in the gateway fails its tests instead of being
-//! silently dropped.
+//! silently dropped. An order line carries its VAT rate as `taxRate`
+//! (hundredths of a percent, 2.1) or `taxPercentage` (whole percents, 2.0 and
+//! deprecated in 2.1): at least one, and the two must agree when both are
+//! given.
 //!
 //! Validation runs on the raw JSON value so that every error can name the field
 //! by its JSON path as sent (`orderLines[1].totalTaxAmount`); the business rules
@@ -66,6 +69,11 @@ const ANY_INT: Kind = Kind::Int {
 const PERCENT: Kind = Kind::Int {
     min: Some(0),
     max: Some(100),
+};
+/// A rate in hundredths of a percent: 2550 is 25.5 %.
+const RATE: Kind = Kind::Int {
+    min: Some(0),
+    max: Some(10_000),
 };
 const ID_PATTERN: &str = "must match ^[0-9A-Za-z-_\\.]+$";
 const IMAGE_ID: Kind = Kind::Str {
@@ -133,7 +141,8 @@ const ORDER_LINE: &[Field] = &[
     field("totalAmount", AMOUNT, true, false),
     field("totalAmountExcludingTax", AMOUNT, true, false),
     field("totalTaxAmount", AMOUNT, true, false),
-    field("taxPercentage", PERCENT, true, false),
+    field("taxPercentage", PERCENT, false, true),
+    field("taxRate", RATE, false, true),
     field("unitInfo", Kind::Object(UNIT_INFO), false, false),
     field("discount", AMOUNT, false, true),
     field("productUrl", ANY_STRING, false, true),
@@ -317,8 +326,11 @@ fn check_object(
     }
     for key in map.keys() {
         if !fields.iter().any(|f| f.name == key) {
+            // A field named by the empty string is named `""`: an error's
+            // `name` is never empty.
+            let name = if key.is_empty() { "\"\"" } else { key };
             errors.push(InvalidParam::new(
-                join(path, key),
+                join(path, name),
                 "unknown field: the API defines no such field (the simulator rejects unknown fields)",
             ));
         }
@@ -351,24 +363,36 @@ pub fn receipt(body: &Value) -> Result<Receipt, Vec<InvalidParam>> {
         return Err(errors);
     }
     let receipt: Receipt = typed(body)?;
-    let errors: Vec<InvalidParam> = receipt
-        .order_lines
-        .iter()
-        .enumerate()
-        .filter(|(_, line)| {
-            line.total_amount.checked_sub(line.total_amount_excluding_tax)
-                != Some(line.total_tax_amount)
-        })
-        .map(|(i, line)| {
-            InvalidParam::new(
-                format!("orderLines[{i}].totalTaxAmount"),
+    let mut errors = Vec::new();
+    for (i, line) in receipt.order_lines.iter().enumerate() {
+        let at = |field: &str| format!("orderLines[{i}].{field}");
+        if line
+            .total_amount
+            .checked_sub(line.total_amount_excluding_tax)
+            != Some(line.total_tax_amount)
+        {
+            errors.push(InvalidParam::new(
+                at("totalTaxAmount"),
                 format!(
                     "totalAmount - totalAmountExcludingTax must equal totalTaxAmount ({} - {} != {})",
                     line.total_amount, line.total_amount_excluding_tax, line.total_tax_amount
                 ),
-            )
-        })
-        .collect();
+            ));
+        }
+        match (line.tax_percentage, line.tax_rate) {
+            (None, None) => errors.push(InvalidParam::new(
+                at("taxRate"),
+                "taxRate or taxPercentage is required",
+            )),
+            (Some(percent), Some(rate)) if percent * 100 != rate => {
+                errors.push(InvalidParam::new(
+                    at("taxRate"),
+                    format!("must equal taxPercentage × 100 when both are given ({rate} != {percent} × 100)"),
+                ));
+            }
+            _ => {}
+        }
+    }
     if errors.is_empty() {
         Ok(receipt)
     } else {

@@ -1159,3 +1159,111 @@ async fn reset_forgets_everything_but_merchants() {
     };
     assert!(!sim.token_for(&added).await.is_empty());
 }
+
+#[actix_web::test]
+async fn order_lines_carry_tax_rate_or_tax_percentage_and_both_must_agree() {
+    let sim = spawn();
+    let token = sim.token().await;
+    // Each shape alone is stored as sent; so is a line with both, agreeing.
+    let shape = |percentage: Option<Value>, rate: Option<Value>| {
+        let mut body = receipt();
+        for line in body["orderLines"].as_array_mut().unwrap() {
+            let line = line.as_object_mut().unwrap();
+            line.remove("taxPercentage");
+            if let Some(p) = &percentage {
+                line.insert("taxPercentage".into(), p.clone());
+            }
+            if let Some(r) = &rate {
+                line.insert("taxRate".into(), r.clone());
+            }
+        }
+        body
+    };
+    let accepted = [
+        shape(Some(json!(25)), None),
+        shape(None, Some(json!(2500))),
+        shape(Some(json!(25)), Some(json!(2500))),
+        shape(Some(json!(null)), Some(json!(2500))),
+    ];
+    for (i, body) in accepted.iter().enumerate() {
+        let (status, problem) = sim.post_receipt(&token, &format!("ok-{i}"), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}: {problem}");
+        let (_, order) = sim
+            .send(
+                sim.om(Method::GET, &format!("/v2/ecom/ok-{i}"), &token),
+                None,
+            )
+            .await;
+        assert_eq!(order["receipt"], *body, "stored and returned as sent");
+    }
+    let refused = [
+        (shape(None, None), "orderLines[0].taxRate"),
+        (
+            shape(Some(json!(null)), Some(json!(null))),
+            "orderLines[0].taxRate",
+        ),
+        (
+            shape(Some(json!(25)), Some(json!(2550))),
+            "orderLines[0].taxRate",
+        ),
+        (shape(None, Some(json!(10001))), "orderLines[0].taxRate"),
+        (shape(None, Some(json!(-1))), "orderLines[0].taxRate"),
+        (shape(None, Some(json!(25.5))), "orderLines[0].taxRate"),
+        (shape(None, Some(json!("2500"))), "orderLines[0].taxRate"),
+    ];
+    for (i, (body, name)) in refused.iter().enumerate() {
+        let (status, problem) = sim.post_receipt(&token, &format!("bad-{i}"), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert!(
+            param_names(&problem).iter().any(|n| n == name),
+            "{name}: {problem}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn an_unknown_field_named_by_the_empty_string_is_named_in_quotes() {
+    let sim = spawn();
+    let token = sim.token().await;
+    let mut body = receipt();
+    body[""] = json!(1);
+    body["orderLines"][0][""] = json!(1);
+    let (status, problem) = sim.post_receipt(&token, "empty-name", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let names = param_names(&problem);
+    assert!(names.iter().all(|n| !n.is_empty()), "{problem}");
+    assert!(names.contains(&"\"\"".to_owned()), "{problem}");
+    assert!(
+        names.contains(&"orderLines[0].\"\"".to_owned()),
+        "{problem}"
+    );
+}
+
+#[actix_web::test]
+async fn a_json_operation_sent_as_another_media_type_is_415() {
+    let sim = spawn();
+    let token = sim.token().await;
+    let body = receipt().to_string();
+    for media in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "text/json",
+    ] {
+        let resp = sim
+            .om(Method::POST, "/v2/ecom/receipts/media", &token)
+            .content_type(media)
+            .send_body(body.clone())
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{media}");
+    }
+    let resp = sim
+        .om(Method::POST, "/v2/ecom/receipts/media", &token)
+        .content_type("application/json; charset=utf-8")
+        .send_body(body)
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let state = sim.get_control("/state").await;
+    assert_eq!(state["orders"].as_array().map(Vec::len), Some(1));
+}

@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::domain::Msn;
+use crate::domain::{ApiVersion, Msn};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "VOG_";
@@ -127,6 +127,10 @@ pub struct UpstreamSettings {
     /// Time allowed to open a connection.
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The Order Management version spoken: `"2.1"` (VAT rates in hundredths
+    /// of a percent) or `"2.0"` (whole percents only).
+    #[serde(default)]
+    pub api_version: ApiVersion,
 }
 
 impl Default for UpstreamSettings {
@@ -136,6 +140,7 @@ impl Default for UpstreamSettings {
             timeout: defaults::timeout(),
             token_margin: defaults::token_margin(),
             connect_timeout: defaults::connect_timeout(),
+            api_version: ApiVersion::default(),
         }
     }
 }

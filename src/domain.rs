@@ -22,6 +22,27 @@ impl Currency {
     }
 }
 
+/// The Order Management version the gateway speaks (`upstream.api_version`).
+/// 2.1 carries an order line's VAT rate as `taxRate` in hundredths of a
+/// percent; 2.0 only as `taxPercentage` in whole percents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ApiVersion {
+    #[serde(rename = "2.0")]
+    V2_0,
+    #[default]
+    #[serde(rename = "2.1")]
+    V2_1,
+}
+
+impl ApiVersion {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V2_0 => "2.0",
+            Self::V2_1 => "2.1",
+        }
+    }
+}
+
 /// Why a value was refused, in words a caller can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

@@ -191,6 +191,7 @@ impl Application {
         let metrics_server = Self::metrics_server(&settings, &upstream)?;
         let state = web::Data::new(AppState {
             merchants: MerchantRegistry::new(merchants),
+            api_version: settings.upstream.api_version,
             limits: settings.limits.clone(),
             guards,
         });

@@ -82,9 +82,10 @@ pub async fn check_config(path: &std::path::Path, connect: bool) -> Result<(), S
         .map_err(|e| e.to_string())?;
     let auth = crate::auth::Authenticator::load(&settings.auth).map_err(|e| e.to_string())?;
     println!(
-        "config ok: {} merchant(s), upstream {}, caller auth {:?}",
+        "config ok: {} merchant(s), upstream {} (Order Management {}), caller auth {:?}",
         merchants.len(),
         settings.upstream.base_url,
+        settings.upstream.api_version.as_str(),
         auth.mode()
     );
     if !connect {

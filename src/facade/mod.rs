@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::auth::Grant;
 use crate::config::{Limits, Merchant, Merchants};
-use crate::domain::{OrderId, PaymentType};
+use crate::domain::{ApiVersion, OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::call_context;
 use crate::vipps::resilience::{retry_after_secs, Guards};
@@ -59,6 +59,8 @@ impl MerchantRegistry {
 /// State shared by every worker.
 pub struct AppState {
     pub merchants: MerchantRegistry,
+    /// The Order Management version receipts are built for.
+    pub api_version: ApiVersion,
     pub limits: Limits,
     pub guards: Arc<Guards>,
 }
@@ -372,6 +374,7 @@ pub fn facade_field(op: Operation, upstream: &str) -> String {
                         ("id", "id"),
                         ("totalAmount", "totalAmount"),
                         ("taxPercentage", "taxPercent"),
+                        ("taxRate", "taxPercent"),
                         ("discount", "discount"),
                         ("productUrl", "productUrl"),
                         ("isReturn", "isReturn"),

@@ -40,7 +40,7 @@ pub async fn post(
         } = target;
         let body = read_body(&req, payload, state.limits.json_body).await?;
         let request: ReceiptRequest = parse_json(&req, &body)?;
-        let receipt = build_receipt(&request).map_err(|r| {
+        let receipt = build_receipt(&request, state.api_version).map_err(|r| {
             let kind = if r.syntax {
                 Kind::InvalidRequest
             } else {

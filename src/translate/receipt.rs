@@ -2,8 +2,9 @@
 //!
 //! Per line, in integer minor units:
 //! `gross = round(quantity × unitPrice) − discount` (or the given
-//! `totalAmount`), `tax = round(gross × p / (100 + p))`, `excl = gross − tax`,
-//! all rounded half away from zero, so `excl + tax == gross` always.
+//! `totalAmount`), `tax = round(gross × rate / (10000 + rate))` with the rate
+//! in hundredths of a percent (25.5 % is 2550), `excl = gross − tax`, all
+//! rounded half away from zero, so `excl + tax == gross` always.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use super::money::{
     Currency, DecimalError, DecimalText,
 };
 use super::Text;
+use crate::domain::ApiVersion;
 use crate::error::InvalidParam;
 use crate::vipps::model::{
     Barcode, BarcodeFormat, BottomLine, OrderLine, PaymentSources, QuantityUnit, Receipt, UnitInfo,
@@ -186,7 +188,10 @@ impl Collector {
 
 /// Builds the upstream receipt from the façade request, or names every
 /// field that prevents it.
-pub fn build_receipt<'a>(req: &'a ReceiptRequest<'_>) -> Result<Receipt<'a>, Rejected> {
+pub fn build_receipt<'a>(
+    req: &'a ReceiptRequest<'_>,
+    version: ApiVersion,
+) -> Result<Receipt<'a>, Rejected> {
     let mut c = Collector {
         syntax: false,
         params: Vec::new(),
@@ -205,7 +210,7 @@ pub fn build_receipt<'a>(req: &'a ReceiptRequest<'_>) -> Result<Receipt<'a>, Rej
     let mut signed_sum: i128 = 0;
     for (i, line) in req.lines.iter().enumerate() {
         let errors_before = c.params.len();
-        let built = build_line(&mut c, i, line, cur);
+        let built = build_line(&mut c, i, line, cur, version);
         if built.is_none() && c.params.len() == errors_before {
             // Every refusal names its field; a line is never dropped silently.
             c.fail(format!("lines[{i}]"), "cannot be translated");
@@ -287,6 +292,7 @@ fn build_line<'a>(
     i: usize,
     line: &'a LineRequest<'_>,
     cur: Currency,
+    version: ApiVersion,
 ) -> Option<OrderLine<'a>> {
     let at = |field: &str| format!("lines[{i}].{field}");
     let errors_before = c.params.len();
@@ -298,26 +304,7 @@ fn build_line<'a>(
         }
     }
 
-    // v2.0 carries whole percents only; a rate it cannot express is refused
-    // rather than rounded.
-    let rate = match parse_non_negative(&line.tax_percent.0, 28) {
-        Ok(p) if p > Decimal::ONE_HUNDRED => {
-            c.fail(at("taxPercent"), "must be between 0 and 100");
-            None
-        }
-        Ok(p) if !p.fract().is_zero() => {
-            c.fail(
-                at("taxPercent"),
-                format!("{p} % cannot be sent: Order Management 2.0 takes whole percents only"),
-            );
-            None
-        }
-        Ok(p) => rust_decimal::prelude::ToPrimitive::to_u8(&p),
-        Err(e) => {
-            c.decimal(at("taxPercent"), e);
-            None
-        }
-    };
+    let rate = parse_rate(c, &at("taxPercent"), &line.tax_percent, version);
 
     // The quantity with its upstream text, written once.
     let quantity = match &line.quantity {
@@ -418,7 +405,10 @@ fn build_line<'a>(
         }
         None => total?,
     };
-    let tax = div_round_half_away(i128::from(gross) * i128::from(rate), 100 + i128::from(rate));
+    let tax = div_round_half_away(
+        i128::from(gross) * i128::from(rate),
+        i128::from(FULL_RATE) + i128::from(rate),
+    );
     let Ok(tax) = i64::try_from(tax) else {
         c.fail(at("totalAmount"), "is too large");
         return None;
@@ -429,7 +419,14 @@ fn build_line<'a>(
         total_amount: gross,
         total_amount_excluding_tax: gross - tax,
         total_tax_amount: tax,
-        tax_percentage: rate,
+        tax_percentage: match version {
+            ApiVersion::V2_0 => Some(rate / 100),
+            ApiVersion::V2_1 => None,
+        },
+        tax_rate: match version {
+            ApiVersion::V2_0 => None,
+            ApiVersion::V2_1 => Some(rate),
+        },
         unit_info,
         discount: Some(discount),
         product_url: line.product_url.as_deref().map(Cow::Borrowed),
@@ -438,22 +435,73 @@ fn build_line<'a>(
     })
 }
 
+/// A VAT rate of 100 %, in hundredths of a percent.
+const FULL_RATE: u16 = 10_000;
+
+/// The line's `taxPercent` as a rate in hundredths of a percent: 0 to 100
+/// with at most two decimals, and whole under Order Management 2.0, which
+/// cannot express more. A rate the version cannot carry is refused, never
+/// rounded.
+fn parse_rate(
+    c: &mut Collector,
+    name: &str,
+    text: &DecimalText,
+    version: ApiVersion,
+) -> Option<u16> {
+    let percent = match parse_non_negative(&text.0, 2) {
+        Ok(p) => p,
+        Err(e) => {
+            c.decimal(name.to_owned(), e);
+            return None;
+        }
+    };
+    let Some(rate) = to_minor(percent, 2)
+        .and_then(|r| u16::try_from(r).ok())
+        .filter(|r| *r <= FULL_RATE)
+    else {
+        c.fail(name.to_owned(), "must be between 0 and 100");
+        return None;
+    };
+    if version == ApiVersion::V2_0 && rate % 100 != 0 {
+        c.fail(
+            name.to_owned(),
+            format!(
+                "{} % cannot be sent: Order Management 2.0 takes whole percents only",
+                format_rate(rate)
+            ),
+        );
+        return None;
+    }
+    Some(rate)
+}
+
+/// A rate in hundredths of a percent as the percent's plain text:
+/// 2550 → `"25.5"`, 2500 → `"25"`, 1 → `"0.01"`.
+pub fn format_rate(rate: u16) -> String {
+    format_plain(Decimal::new(i64::from(rate), 2))
+}
+
 /// Totals of an upstream receipt: returns count negative, the tip is in
-/// `total`, rates are listed in ascending order.
+/// `total`, rates are listed in ascending order, grouped by the exact rate
+/// whichever field carries it. A line with no rate at all (Vipps refuses
+/// one) counts in `total` and `tax` but in no rate's group.
 pub fn totals(receipt: &Receipt<'_>) -> Totals {
     let dp = receipt.bottom_line.currency.decimals();
-    let mut by_rate: BTreeMap<u8, (i64, i64, i64)> = BTreeMap::new();
+    let mut by_rate: BTreeMap<u32, (i64, i64, i64)> = BTreeMap::new();
     let (mut total, mut tax) = (0i64, 0i64);
     for line in &receipt.order_lines {
         let sign = if line.is_return == Some(true) { -1 } else { 1 };
-        let entry = by_rate.entry(line.tax_percentage).or_default();
+        total = total.saturating_add(sign * line.total_amount);
+        tax = tax.saturating_add(sign * line.total_tax_amount);
+        let Some(rate) = line.rate() else {
+            continue;
+        };
+        let entry = by_rate.entry(rate).or_default();
         entry.0 = entry.0.saturating_add(sign * line.total_amount);
         entry.1 = entry.1.saturating_add(sign * line.total_tax_amount);
         entry.2 = entry
             .2
             .saturating_add(sign * line.total_amount_excluding_tax);
-        total = total.saturating_add(sign * line.total_amount);
-        tax = tax.saturating_add(sign * line.total_tax_amount);
     }
     total = total.saturating_add(receipt.bottom_line.tip_amount.unwrap_or(0));
     Totals {
@@ -462,7 +510,7 @@ pub fn totals(receipt: &Receipt<'_>) -> Totals {
         by_tax_percent: by_rate
             .into_iter()
             .map(|(rate, (gross, tax, excl))| RateTotals {
-                tax_percent: rate.to_string(),
+                tax_percent: format_plain(Decimal::new(i64::from(rate), 2)),
                 gross: format_minor(gross, dp),
                 tax: format_minor(tax, dp),
                 excluding_tax: format_minor(excl, dp),
@@ -474,13 +522,22 @@ pub fn totals(receipt: &Receipt<'_>) -> Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::money::MAX_MAJOR;
 
     /// Builds the receipt of a request given as JSON, read from its text
     /// as the handler reads it.
     fn build<T>(json: serde_json::Value, f: impl FnOnce(&Receipt) -> T) -> Result<T, Rejected> {
+        build_for(ApiVersion::V2_1, json, f)
+    }
+
+    fn build_for<T>(
+        version: ApiVersion,
+        json: serde_json::Value,
+        f: impl FnOnce(&Receipt) -> T,
+    ) -> Result<T, Rejected> {
         let text = json.to_string();
         let request: ReceiptRequest = serde_json::from_str(&text).expect("valid request");
-        build_receipt(&request).map(|r| f(&r))
+        build_receipt(&request, version).map(|r| f(&r))
     }
 
     /// (quantity, unitPrice, discount, totalAmount, taxPercent) → (gross, tax, excl).
@@ -577,14 +634,195 @@ mod tests {
     }
 
     #[test]
-    fn unexpressible_rate_is_refused_not_rounded() {
-        let err = line(None, None, None, Some("10"), "12.5").unwrap_err();
+    fn a_rate_order_management_2_0_cannot_express_is_refused_not_rounded() {
+        let request = |rate: &str| {
+            serde_json::json!({"currency": "EUR", "lines": [
+                {"id": "l", "name": "n", "totalAmount": "10", "taxPercent": rate}]})
+        };
+        let rates = |r: &Receipt| {
+            let l = &r.order_lines[0];
+            (l.tax_percentage, l.tax_rate)
+        };
+        let err = build_for(ApiVersion::V2_0, request("12.5"), rates).unwrap_err();
         assert!(!err.syntax);
         assert_eq!(err.params[0].name, "lines[0].taxPercent");
+        assert!(err.params[0].reason.contains("12.5 %"), "{:?}", err.params);
         assert_eq!(
-            line(None, None, None, Some("10"), "25.00"),
-            Ok((1000, 200, 800))
+            build_for(ApiVersion::V2_0, request("25.00"), rates),
+            Ok((Some(25), None))
         );
+        // 2.1 carries the rate in hundredths, and only that field.
+        assert_eq!(
+            build_for(ApiVersion::V2_1, request("12.5"), rates),
+            Ok((None, Some(1250)))
+        );
+        assert_eq!(
+            build_for(ApiVersion::V2_1, request("25"), rates),
+            Ok((None, Some(2500)))
+        );
+    }
+
+    /// The worked examples of fractional rates, in EUR.
+    #[test]
+    fn fractional_rates_work_in_hundredths() {
+        let eur = |l: serde_json::Value| {
+            build(serde_json::json!({"currency": "EUR", "lines": [l]}), |r| {
+                let o = &r.order_lines[0];
+                (
+                    o.total_amount,
+                    o.total_tax_amount,
+                    o.total_amount_excluding_tax,
+                )
+            })
+        };
+        let table = [
+            (
+                serde_json::json!({"id": "a", "name": "a", "unitPrice": "100.00", "taxPercent": "25.5"}),
+                (10000, 2032, 7968),
+            ),
+            (
+                serde_json::json!({"id": "b", "name": "b", "quantity": "2", "unitPrice": "3.20", "taxPercent": "25.5"}),
+                (640, 130, 510),
+            ),
+            (
+                serde_json::json!({"id": "c", "name": "c", "totalAmount": "4.79", "taxPercent": "13.5"}),
+                (479, 57, 422),
+            ),
+            (
+                serde_json::json!({"id": "d", "name": "d", "quantity": "41.37", "unit": "LITRE", "unitPrice": "1.899", "taxPercent": "25.5"}),
+                (7856, 1596, 6260),
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(eur(line.clone()), Ok(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn rates_are_parsed_to_two_decimals_between_0_and_100() {
+        let rate = |text: serde_json::Value| {
+            build(
+                serde_json::json!({"currency": "EUR", "lines": [
+                    {"id": "l", "name": "n", "totalAmount": "1", "taxPercent": text}]}),
+                |r| r.order_lines[0].tax_rate,
+            )
+        };
+        for (text, want) in [
+            ("0", 0),
+            ("0.01", 1),
+            ("99.99", 9999),
+            ("100", 10000),
+            ("25.5", 2550),
+            ("13.50", 1350),
+        ] {
+            assert_eq!(rate(text.into()), Ok(Some(want)), "{text}");
+        }
+        // A JSON number is read from its text too.
+        let number: serde_json::Value = serde_json::from_str("25.5").unwrap();
+        assert_eq!(rate(number), Ok(Some(2550)));
+        for (text, syntax) in [
+            ("100.01", false),
+            ("25.555", false),
+            ("-1", false),
+            ("1e1", true),
+            ("", true),
+        ] {
+            let err = rate(text.into()).unwrap_err();
+            assert_eq!(err.params[0].name, "lines[0].taxPercent", "{text}");
+            assert_eq!(err.syntax, syntax, "{text}: {:?}", err.params);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the rate (two decimals) and the amount, up to the largest
+        /// one accepted, the three amounts add up and the tax is the rate's.
+        #[test]
+        fn excluding_tax_and_tax_add_up_to_the_gross(
+            rate in 0u16..=10_000,
+            gross in proptest::prop_oneof![
+                0i64..=100_000,
+                0i64..=MAX_MAJOR * 100,
+                (MAX_MAJOR * 100 - 1_000)..=MAX_MAJOR * 100,
+            ],
+        ) {
+            let request = serde_json::json!({"currency": "NOK", "lines": [{
+                "id": "l", "name": "n",
+                "totalAmount": format_minor(gross, 2),
+                "taxPercent": format_rate(rate),
+            }]});
+            let (total, excl, tax, tax_rate) = build(request, |r| {
+                let l = &r.order_lines[0];
+                (l.total_amount, l.total_amount_excluding_tax, l.total_tax_amount, l.tax_rate)
+            })
+            .expect("valid");
+            proptest::prop_assert_eq!(total, gross);
+            proptest::prop_assert_eq!(excl + tax, gross);
+            proptest::prop_assert_eq!(tax_rate, Some(rate));
+            // tax / excl is the rate, to within half a minor unit of the tax.
+            let exact = i128::from(gross) * i128::from(rate);
+            let tax = i128::from(tax);
+            let error = (tax * (10_000 + i128::from(rate)) - exact).abs();
+            proptest::prop_assert!(2 * error <= 10_000 + i128::from(rate));
+        }
+    }
+
+    #[test]
+    fn either_rate_field_is_the_same_rate_in_comparisons_and_totals() {
+        let stored = |line: serde_json::Value| -> Receipt<'static> {
+            serde_json::from_value(serde_json::json!({
+                "orderLines": [line],
+                "bottomLine": {"currency": "NOK", "tipAmount": 0}
+            }))
+            .expect("a Vipps receipt")
+        };
+        let base = serde_json::json!({"name": "n", "id": "l", "totalAmount": 1000,
+            "totalAmountExcludingTax": 800, "totalTaxAmount": 200});
+        let with = |field: &str, value: u16| {
+            let mut l = base.clone();
+            l[field] = value.into();
+            stored(l)
+        };
+        let old = with("taxPercentage", 25);
+        let new = with("taxRate", 2500);
+        assert_eq!(old.canonical(), new.canonical());
+        assert_ne!(old.canonical(), with("taxRate", 2550).canonical());
+        assert_eq!(totals(&old), totals(&new));
+        assert_eq!(totals(&old).by_tax_percent[0].tax_percent, "25");
+        // Both given: taxRate, the current field, is read.
+        let mut both = base.clone();
+        both["taxPercentage"] = 25.into();
+        both["taxRate"] = 2550.into();
+        assert_eq!(stored(both).order_lines[0].rate(), Some(2550));
+    }
+
+    #[test]
+    fn a_thousand_lines_of_the_largest_amount_still_add_up() {
+        let lines: Vec<serde_json::Value> = (0..MAX_LINES)
+            .map(|i| {
+                let rate = ["25.5", "13.5", "10", "0.01"][i % 4];
+                serde_json::json!({"id": format!("l{i}"), "name": "n",
+                    "totalAmount": MAX_MAJOR.to_string(), "taxPercent": rate})
+            })
+            .collect();
+        let (t, lines_ok) = build(
+            serde_json::json!({"currency": "EUR", "lines": lines}),
+            |r| {
+                let ok = r
+                    .order_lines
+                    .iter()
+                    .all(|l| l.total_amount_excluding_tax + l.total_tax_amount == l.total_amount);
+                (totals(r), ok)
+            },
+        )
+        .expect("valid");
+        assert!(lines_ok);
+        assert_eq!(t.total, format_minor(MAX_MAJOR * 100 * 1000, 2));
+        let rates: Vec<&str> = t
+            .by_tax_percent
+            .iter()
+            .map(|r| r.tax_percent.as_str())
+            .collect();
+        assert_eq!(rates, ["0.01", "10", "13.5", "25.5"]);
     }
 
     #[test]

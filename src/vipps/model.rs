@@ -28,8 +28,13 @@ pub struct OrderLine<'a> {
     pub total_amount: i64,
     pub total_amount_excluding_tax: i64,
     pub total_tax_amount: i64,
-    /// Whole percent: the 2.0 API cannot express fractional rates.
-    pub tax_percentage: u8,
+    /// The VAT rate in whole percents: the only form of Order Management
+    /// 2.0, deprecated in 2.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_percentage: Option<u16>,
+    /// The VAT rate in hundredths of a percent (2.1): 2550 is 25.5 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_rate: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit_info: Option<UnitInfo>,
     #[serde(default)]
@@ -108,13 +113,27 @@ pub struct Barcode<'a> {
     pub data: Cow<'a, str>,
 }
 
+impl OrderLine<'_> {
+    /// The line's VAT rate in hundredths of a percent, from whichever field
+    /// carries it: `taxPercentage` 25 and `taxRate` 2500 are the same rate.
+    /// When both are given, `taxRate` (the current field) is read.
+    pub fn rate(&self) -> Option<u32> {
+        self.tax_rate
+            .map(u32::from)
+            .or_else(|| self.tax_percentage.map(|p| u32::from(p) * 100))
+    }
+}
+
 impl<'a> Receipt<'a> {
     /// The receipt with the upstream's defaults made explicit, so one read
     /// back from Vipps (which may return `null` or omit optional fields) and
-    /// one about to be sent compare equal when they mean the same.
+    /// one about to be sent compare equal when they mean the same. The VAT
+    /// rate is compared as a rate, whichever field carries it.
     pub fn canonical(&self) -> Receipt<'a> {
         let mut r = self.clone();
         for line in &mut r.order_lines {
+            line.tax_rate = line.rate().and_then(|r| u16::try_from(r).ok());
+            line.tax_percentage = None;
             line.discount = Some(line.discount.unwrap_or(0));
             line.is_return = Some(line.is_return.unwrap_or(false));
             line.is_shipping = Some(line.is_shipping.unwrap_or(false));

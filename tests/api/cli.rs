@@ -51,7 +51,8 @@ async fn check_config_reads_secrets_and_connects() {
         if connect {
             cmd.arg("--connect");
         }
-        cmd.env_remove("TEST_DEMO_KEY");
+        cmd.env_remove("TEST_DEMO_KEY")
+            .env_remove("VOG_UPSTREAM__API_VERSION");
         if let Some(k) = key {
             cmd.env("TEST_DEMO_KEY", k);
         }
@@ -67,7 +68,23 @@ async fn check_config_reads_secrets_and_connects() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("1 merchant"));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.contains("1 merchant"), "{out}");
+    assert!(
+        out.contains("Order Management 2.1"),
+        "the default version: {out}"
+    );
+    let mut old = Command::new(BIN);
+    old.arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .env("TEST_DEMO_KEY", "k")
+        .env("VOG_UPSTREAM__API_VERSION", "2.0");
+    let old = tokio::task::spawn_blocking(move || old.output().unwrap())
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&old.stdout);
+    assert!(out.contains("Order Management 2.0"), "{out}");
 
     let missing = run(false, None).await;
     assert!(!missing.status.success());

@@ -57,11 +57,11 @@ async fn receipt_is_translated_and_sent_for_each_payment_type() {
         let expected = json!({
             "orderLines": [
                 {"name": "Socks", "id": "sku-1", "totalAmount": 39800, "totalAmountExcludingTax": 31840,
-                 "totalTaxAmount": 7960, "taxPercentage": 25,
+                 "totalTaxAmount": 7960, "taxRate": 2500,
                  "unitInfo": {"unitPrice": 19900, "quantity": "2", "quantityUnit": "PCS"},
                  "discount": 0, "productUrl": "https://shop.example/socks", "isReturn": false, "isShipping": false},
                 {"name": "Home delivery", "id": "ship", "totalAmount": 4900, "totalAmountExcludingTax": 3920,
-                 "totalTaxAmount": 980, "taxPercentage": 25, "discount": 0, "isReturn": false, "isShipping": true}
+                 "totalTaxAmount": 980, "taxRate": 2500, "discount": 0, "isReturn": false, "isShipping": true}
             ],
             "bottomLine": {"currency": "NOK", "tipAmount": 0, "posId": "pos-7",
                            "paymentSources": {"card": 44700},

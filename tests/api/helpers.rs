@@ -37,6 +37,8 @@ pub struct Options {
     pub msn2_secret: String,
     /// The gateway's `[upstream] timeout`.
     pub upstream_timeout: &'static str,
+    /// The gateway's `[upstream] api_version`.
+    pub api_version: &'static str,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             gateway_workers: 1,
             msn2_secret: "second-secret".into(),
             upstream_timeout: "5s",
+            api_version: "2.1",
         }
     }
 }
@@ -195,8 +198,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     actix_rt::spawn(sim.run());
 
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\nworkers = {}\n{}\n[upstream]\nbase_url = \"{sim_address}\"\ntimeout = \"{}\"\n",
-        opts.gateway_workers, opts.extra_toml, opts.upstream_timeout
+        "listen = \"127.0.0.1:0\"\nworkers = {}\n{}\n[upstream]\nbase_url = \"{sim_address}\"\ntimeout = \"{}\"\napi_version = \"{}\"\n",
+        opts.gateway_workers, opts.extra_toml, opts.upstream_timeout, opts.api_version
     );
     let mut settings = Settings::from_toml(&toml, []).expect("test settings");
     settings.merchants = vec![

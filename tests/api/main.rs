@@ -22,6 +22,7 @@ mod receipts;
 mod resilience;
 mod secrets;
 mod simulator;
+mod tax_rates;
 mod tokens;
 mod upstream_errors;
 mod upstream_http;

@@ -5,10 +5,10 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use vipps_order_gateway::domain::{ImageId, OrderId};
+use vipps_order_gateway::domain::{ApiVersion, ImageId, OrderId};
 use vipps_order_gateway::facade::json_from_slice;
 use vipps_order_gateway::translate::money::parse_decimal;
-use vipps_order_gateway::translate::receipt::{build_receipt, totals, ReceiptRequest};
+use vipps_order_gateway::translate::receipt::{build_receipt, format_rate, totals, ReceiptRequest};
 
 /// Receipt cases: each builds and checks a receipt of up to 8 lines.
 const RECEIPT_CASES: u32 = 1000;
@@ -29,9 +29,10 @@ fn decimal_text() -> impl Strategy<Value = String> {
 
 fn rate_text() -> impl Strategy<Value = String> {
     prop_oneof![
-        6 => prop::sample::select(vec!["0", "10", "12", "15", "25", "60", "100"]).prop_map(str::to_owned),
+        6 => prop::sample::select(vec!["0", "10", "12", "13.5", "15", "25", "25.5", "60", "100"]).prop_map(str::to_owned),
         1 => (0u32..200).prop_map(|r| r.to_string()),
         1 => (0u32..100, 1u32..10).prop_map(|(r, f)| format!("{r}.{f}")),
+        1 => (0u32..101, 0u32..100).prop_map(|(r, f)| format!("{r}.{f:02}")),
     ]
 }
 
@@ -151,25 +152,28 @@ proptest! {
     fn accepted_receipts_add_up(body in receipt()) {
         let text = body.to_string();
         let req: ReceiptRequest = serde_json::from_str(&text).expect("the shape is valid");
-        match build_receipt(&req) {
+        match build_receipt(&req, ApiVersion::V2_1) {
             Ok(r) => {
                 prop_assert_eq!(r.order_lines.len(), req.lines.len(), "a line went missing");
                 let (mut total, mut tax) = (0i128, 0i128);
-                let mut by_rate = std::collections::BTreeMap::<u8, (i128, i128, i128)>::new();
+                let mut by_rate = std::collections::BTreeMap::<u32, (i128, i128, i128)>::new();
                 for (l, asked) in r.order_lines.iter().zip(&req.lines) {
                     prop_assert_eq!(l.total_amount_excluding_tax + l.total_tax_amount, l.total_amount);
                     prop_assert!(l.total_amount >= 0 && l.total_tax_amount >= 0);
                     prop_assert!(l.total_tax_amount <= l.total_amount);
-                    prop_assert!(l.tax_percentage <= 100);
-                    // tax = round(gross × p / (100 + p)), half away from zero.
-                    let (g, p) = (i128::from(l.total_amount), i128::from(l.tax_percentage));
-                    let exact2 = 2 * g * p; // twice the numerator, over 100 + p
+                    // 2.1: the rate in hundredths, as taxRate only.
+                    prop_assert_eq!(l.tax_percentage, None);
+                    let rate = l.rate().expect("a rate");
+                    prop_assert!(rate <= 10_000);
+                    // tax = round(gross × r / (10000 + r)), half away from zero.
+                    let (g, p) = (i128::from(l.total_amount), i128::from(rate));
+                    let exact2 = 2 * g * p; // twice the numerator, over 10000 + r
                     let t = i128::from(l.total_tax_amount);
-                    prop_assert!((2 * t * (100 + p) - exact2).abs() <= 100 + p, "tax not rounded to nearest");
+                    prop_assert!((2 * t * (10_000 + p) - exact2).abs() <= 10_000 + p, "tax not rounded to nearest");
                     let sign = if asked.is_return { -1 } else { 1 };
                     total += sign * g;
                     tax += sign * t;
-                    let e = by_rate.entry(l.tax_percentage).or_default();
+                    let e = by_rate.entry(rate).or_default();
                     e.0 += sign * g;
                     e.1 += sign * t;
                     e.2 += sign * i128::from(l.total_amount_excluding_tax);
@@ -180,7 +184,7 @@ proptest! {
                 prop_assert_eq!(minor(&t.tax), tax);
                 prop_assert_eq!(t.by_tax_percent.len(), by_rate.len());
                 for (rt, (rate, (g, tx, ex))) in t.by_tax_percent.iter().zip(by_rate) {
-                    prop_assert_eq!(&rt.tax_percent, &rate.to_string());
+                    prop_assert_eq!(&rt.tax_percent, &format_rate(u16::try_from(rate).unwrap()));
                     prop_assert_eq!(minor(&rt.gross), g);
                     prop_assert_eq!(minor(&rt.tax), tx);
                     prop_assert_eq!(minor(&rt.excluding_tax), ex);
@@ -228,7 +232,7 @@ proptest! {
             _ => body.truncate(i),
         }
         match json_from_slice::<ReceiptRequest>(&body) {
-            Ok(req) => { let _ = build_receipt(&req).map(|r| totals(&r)); }
+            Ok(req) => { let _ = build_receipt(&req, ApiVersion::V2_1).map(|r| totals(&r)); }
             Err(e) => prop_assert!(!e.invalid_params.is_empty()),
         }
     }

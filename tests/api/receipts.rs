@@ -1,6 +1,7 @@
 //! The receipt arithmetic of SPEC §3 over HTTP: what the caller gets back
 //! and what the simulator (the upstream) received, line by line.
 
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spec_receipt, TestApp, MSN};
@@ -248,12 +249,19 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// A line's `taxPercent` as Order Management 2.1's `taxRate`: hundredths of
+/// a percent.
 fn rate_of(line: &Value) -> u64 {
     let rate = &line["taxPercent"];
-    rate.as_u64().unwrap_or_else(|| {
-        let text = rate.as_str().expect("taxPercent");
-        text.split('.').next().unwrap().parse().expect("whole rate")
-    })
+    let text = rate
+        .as_str()
+        .map_or_else(|| rate.to_string(), str::to_owned);
+    let percent: Decimal = text.parse().expect("a decimal rate");
+    (percent * Decimal::from(100))
+        .normalize()
+        .to_string()
+        .parse()
+        .expect("a rate of at most two decimals")
 }
 
 /// The last receipt POST the simulator logged for `order` (ecom).
@@ -290,7 +298,8 @@ async fn each_line_becomes_exactly_the_upstream_amounts() {
             "{}: {got}",
             c.name
         );
-        assert_eq!(got["taxPercentage"], rate_of(&c.line), "{}", c.name);
+        assert_eq!(got["taxRate"], rate_of(&c.line), "{}", c.name);
+        assert!(got.get("taxPercentage").is_none(), "{}: {got}", c.name);
         assert_eq!(got["discount"], c.discount, "{}", c.name);
         assert_eq!(
             got["isShipping"],
@@ -357,12 +366,12 @@ async fn the_spec_receipt_is_sent_with_its_bottom_line_and_totals() {
         body["orderLines"],
         json!([
             {"name": "Socks", "id": "sku-1", "totalAmount": 39800,
-             "totalAmountExcludingTax": 31840, "totalTaxAmount": 7960, "taxPercentage": 25,
+             "totalAmountExcludingTax": 31840, "totalTaxAmount": 7960, "taxRate": 2500,
              "unitInfo": {"unitPrice": 19900, "quantity": "2", "quantityUnit": "PCS"},
              "discount": 0, "productUrl": "https://shop.example/socks",
              "isReturn": false, "isShipping": false},
             {"name": "Home delivery", "id": "ship", "totalAmount": 4900,
-             "totalAmountExcludingTax": 3920, "totalTaxAmount": 980, "taxPercentage": 25,
+             "totalAmountExcludingTax": 3920, "totalTaxAmount": 980, "taxRate": 2500,
              "discount": 0, "isReturn": false, "isShipping": true}
         ])
     );
@@ -475,8 +484,8 @@ async fn receipts_that_cannot_be_translated_are_422_naming_the_field() {
             "lines[0].totalAmount",
         ),
         (
-            "a rate v2.0 cannot express",
-            one_line(json!({"totalAmount": "10", "taxPercent": "12.5"})),
+            "a rate with more than two decimals",
+            one_line(json!({"totalAmount": "10", "taxPercent": "12.555"})),
             "lines[0].taxPercent",
         ),
         (
@@ -624,7 +633,7 @@ async fn receipts_that_cannot_be_translated_are_422_naming_the_field() {
 async fn every_untranslatable_field_is_named_in_one_answer() {
     let app = spawn_app().await;
     let body = json!({"currency": "NOK", "tip": "0.001", "lines": [
-        {"id": "a", "name": "A", "totalAmount": "10", "taxPercent": "12.5"},
+        {"id": "a", "name": "A", "totalAmount": "10", "taxPercent": "12.555"},
         {"id": "b", "name": "B", "unitPrice": "10.00", "discount": "10.01", "taxPercent": "25"}
     ]});
     let resp = app.post_receipt(MSN, "many-faults", &body).await;

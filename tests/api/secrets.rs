@@ -89,7 +89,7 @@ async fn no_secret_or_token_reaches_logs_responses_or_metrics() {
         409,
     );
     let mut bad = spec_receipt();
-    bad["lines"][0]["taxPercent"] = json!("12.5");
+    bad["lines"][0]["taxPercent"] = json!("12.555");
     run(
         "untranslatable receipt",
         call(&app, Method::POST, &receipt(MSN, "s-2"), a, Some(&bad)).await,

@@ -205,7 +205,7 @@ impl Upstream {
     fn uri(&self, path: &str) -> Result<http::Uri, UpstreamError> {
         format!("{}{path}", self.base)
             .parse()
-            .map_err(|_| UpstreamError::Connect("invalid upstream path".into()))
+            .map_err(|_| UpstreamError::BadResponse("invalid upstream path".into()))
     }
 }
 

@@ -1124,6 +1124,10 @@ async fn reset_forgets_everything_but_merchants() {
     let token = sim.token().await;
     sim.post_receipt(&token, "order-1", &receipt()).await;
     sim.post_image(&token, "logo", &png(200)).await;
+    let link = json!({"orderId": "order-1", "paymentType": "ECOM", "type": "TICKET",
+                      "url": "https://shop.example/t"});
+    let req = sim.om(Method::POST, "/v3/categories", &token);
+    assert_eq!(sim.send(req, Some(&link)).await.0, StatusCode::CREATED);
     sim.control(
         Method::POST,
         "/faults",
@@ -1137,7 +1141,7 @@ async fn reset_forgets_everything_but_merchants() {
     );
     assert_eq!(
         sim.get_control("/state").await,
-        json!({"orders": [], "images": []})
+        json!({"orders": [], "images": [], "categories": []})
     );
     assert_eq!(sim.get_control("/faults").await, json!([]));
     assert_eq!(sim.get_control("/requests").await, json!([]));

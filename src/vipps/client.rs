@@ -887,3 +887,30 @@ async fn fetch_token_now(
         lifetime,
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn endpoint_names_are_fixed_words() {
+        for (path, name) in [
+            ("/accesstoken/get", "token"),
+            ("/order-management/v2/ecom/categories/o-1", "category"),
+            ("/order-management/v2/ecom/o-1", "order"),
+            ("/order-management/v3/categories", "categories-v3"),
+            (
+                "/order-management/v3/categories?orderId=o-1",
+                "categories-v3",
+            ),
+            (
+                "/order-management/v3/categories/337f5e5d-288b-40d5-be14-901cc3acacc0",
+                "category-v3",
+            ),
+            ("/order-management/v3/categories/a/b", "other"),
+            ("/order-management/v3/elsewhere", "other"),
+        ] {
+            assert_eq!(endpoint(path), name, "{path}");
+        }
+    }
+}

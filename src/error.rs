@@ -41,6 +41,8 @@ pub enum Kind {
     MerchantNotFound,
     /// Vipps has neither a category nor a receipt for the order.
     OrderNotFound,
+    /// No v3 category link with this id belongs to the order (or merchant).
+    CategoryNotFound,
     /// No such route.
     NotFound,
     /// The route exists but not with this method.
@@ -77,7 +79,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [Kind; 24] = [
+    pub const ALL: [Kind; 25] = [
         Kind::InvalidRequest,
         Kind::Unprocessable,
         Kind::PayloadTooLarge,
@@ -86,6 +88,7 @@ impl Kind {
         Kind::Forbidden,
         Kind::MerchantNotFound,
         Kind::OrderNotFound,
+        Kind::CategoryNotFound,
         Kind::NotFound,
         Kind::MethodNotAllowed,
         Kind::ReceiptConflict,
@@ -140,6 +143,11 @@ impl Kind {
                 "Merchant not found",
             ),
             OrderNotFound => (StatusCode::NOT_FOUND, "order-not-found", "Order not found"),
+            CategoryNotFound => (
+                StatusCode::NOT_FOUND,
+                "category-not-found",
+                "Category link not found",
+            ),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -486,8 +494,8 @@ mod tests {
         use Kind::*;
         match kind {
             InvalidRequest | Unprocessable | PayloadTooLarge | UnsupportedMediaType
-            | Unauthorized | Forbidden | MerchantNotFound | OrderNotFound | NotFound
-            | MethodNotAllowed | ReceiptConflict | ImageIdTaken | UpstreamConflict
+            | Unauthorized | Forbidden | MerchantNotFound | OrderNotFound | CategoryNotFound
+            | NotFound | MethodNotAllowed | ReceiptConflict | ImageIdTaken | UpstreamConflict
             | UpstreamRejected | UpstreamAuth | UpstreamFailed | UpstreamTimeout | UpstreamBusy
             | TokenUnavailable | CircuitOpen | Overloaded | RateLimited | DeadlineExceeded
             | Internal => Kind::ALL.contains(&kind),

@@ -308,6 +308,9 @@ pub fn operation(pattern: Option<&str>) -> &'static str {
     match pattern.strip_prefix("/v1/merchants/{msn}") {
         Some("/orders/{orderId}/category") => "category",
         Some("/orders/{orderId}/receipt") => "receipt",
+        Some("/orders/{orderId}/categories" | "/orders/{orderId}/categories/{categoryId}") => {
+            "categories"
+        }
         Some("/orders/{orderId}") => "order",
         Some("/images") => "image",
         Some(_) => "other",
@@ -345,6 +348,14 @@ mod tests {
         assert_eq!(path_msn("/healthz"), None);
         for (pattern, label) in [
             ("/v1/merchants/{msn}/orders/{orderId}/category", "category"),
+            (
+                "/v1/merchants/{msn}/orders/{orderId}/categories",
+                "categories",
+            ),
+            (
+                "/v1/merchants/{msn}/orders/{orderId}/categories/{categoryId}",
+                "categories",
+            ),
             ("/v1/merchants/{msn}/orders/{orderId}", "order"),
             ("/v1/merchants/{msn}/images", "image"),
             ("/healthz", "health"),

@@ -53,15 +53,26 @@ const FORWARDED_RESPONSE: [HeaderName; 7] = [
 /// The allow-list (SPEC §2): each path below [`PREFIX`] (and below Vipps'
 /// `/order-management`) with the methods forwarded on it. `{paymentType}`
 /// is `ecom` or `recurring`; `{orderId}` and `{transactionId}` follow the
-/// order id rules.
-pub const ROUTES: [(&str, &[Method]); 6] = [
+/// order id rules; `{categoryId}` is a hyphenated UUID.
+pub const ROUTES: [(&str, &[Method]); 8] = [
     ("/v1/images", &[Method::POST]),
     ("/v1/orders/{transactionId}", &[Method::PUT, Method::GET]),
     ("/v1/receipts/{transactionId}", &[Method::GET, Method::POST]),
     ("/v2/{paymentType}/categories/{orderId}", &[Method::PUT]),
     ("/v2/{paymentType}/receipts/{orderId}", &[Method::POST]),
     ("/v2/{paymentType}/{orderId}", &[Method::GET]),
+    // Order Management 2.1's several links per order.
+    ("/v3/categories", &[Method::POST, Method::GET]),
+    (
+        "/v3/categories/{categoryId}",
+        &[Method::GET, Method::DELETE],
+    ),
 ];
+
+/// The one operation that takes a query: 2.1's list of an order's links,
+/// `GET /v3/categories?orderId=`. Its query must be exactly that one
+/// parameter, with a valid order id; every other query is refused.
+const ORDER_QUERY_ROUTE: (&str, Method) = ("/v3/categories", Method::GET);
 
 /// Why a path is not forwarded.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +81,7 @@ enum Refusal {
     NoRoute,
     /// An allow-listed path with another method.
     Method(&'static [Method]),
-    /// A query string, which the operations do not take.
+    /// A query string the operation does not take.
     Query,
 }
 
@@ -82,8 +93,27 @@ fn segment_ok(pattern: &str, raw: &str) -> bool {
         // `transactionId` is documented only as a string; Vipps ids are
         // digits or order ids, so the order id rules (and length) apply.
         "{orderId}" | "{transactionId}" => OrderId::is_valid(raw),
+        "{categoryId}" => is_uuid(raw),
         literal => literal == raw,
     }
+}
+
+/// A hyphenated UUID (`8-4-4-4-12` hex digits, either case), as 2.1's
+/// `categoryId` is: checked byte by byte, so nothing else reaches Vipps.
+fn is_uuid(raw: &str) -> bool {
+    raw.len() == 36
+        && raw.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// Whether a query is exactly `orderId=<order id>`. An order id holds only
+/// unreserved characters, so a percent-encoded one is refused too.
+fn order_query_ok(query: &str) -> bool {
+    query
+        .strip_prefix("orderId=")
+        .is_some_and(OrderId::is_valid)
 }
 
 /// Most segments of an allow-listed path.
@@ -98,8 +128,9 @@ static ROUTE_SEGMENTS: LazyLock<Vec<(Vec<&'static str>, &'static [Method])>> =
             .collect()
     });
 
-/// Matches the raw path below [`PREFIX`] against the allow-list.
-fn route(method: &Method, rest: &str) -> Result<(), Refusal> {
+/// Matches the raw path below [`PREFIX`] against the allow-list; the
+/// matched pattern.
+fn route(method: &Method, rest: &str) -> Result<&'static str, Refusal> {
     let rest = rest.strip_prefix('/').ok_or(Refusal::NoRoute)?;
     // Split once, without allocating; a longer path matches nothing.
     let mut raw = [""; MAX_SEGMENTS];
@@ -109,14 +140,15 @@ fn route(method: &Method, rest: &str) -> Result<(), Refusal> {
         count += 1;
     }
     let raw = &raw[..count];
-    let (_, methods) = ROUTE_SEGMENTS
+    let (index, (_, methods)) = ROUTE_SEGMENTS
         .iter()
-        .find(|(pattern, _)| {
+        .enumerate()
+        .find(|(_, (pattern, _))| {
             pattern.len() == raw.len() && pattern.iter().zip(raw).all(|(p, r)| segment_ok(p, r))
         })
         .ok_or(Refusal::NoRoute)?;
     if methods.contains(method) {
-        Ok(())
+        Ok(ROUTES[index].0)
     } else {
         Err(Refusal::Method(methods))
     }
@@ -131,22 +163,34 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &ProxySettings) {
     );
 }
 
-/// The upstream path for a request, or why it is refused. Judged on the raw
-/// request target: an absolute-form target (`GET http://host/...`) is
-/// refused, since the gateway is not a forward proxy, and so is any query.
+/// The upstream path (and query) for a request, or why it is refused.
+/// Judged on the raw request target: an absolute-form target (`GET
+/// http://host/...`) is refused, since the gateway is not a forward proxy,
+/// and so is any query but [`ORDER_QUERY_ROUTE`]'s.
 fn upstream_path(req: &HttpRequest) -> Result<String, Refusal> {
     let uri = req.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
         return Err(Refusal::NoRoute);
     }
     let rest = uri.path().strip_prefix(PREFIX).ok_or(Refusal::NoRoute)?;
-    route(req.method(), rest)?;
-    if uri.query().is_some() {
-        return Err(Refusal::Query);
+    let pattern = route(req.method(), rest)?;
+    let query = uri.query();
+    if let Some(q) = query {
+        let takes_order_query =
+            (pattern, req.method()) == (ORDER_QUERY_ROUTE.0, &ORDER_QUERY_ROUTE.1);
+        if !(takes_order_query && order_query_ok(q)) {
+            return Err(Refusal::Query);
+        }
     }
-    let mut path = String::with_capacity(UPSTREAM_PREFIX.len() + rest.len());
+    let mut path = String::with_capacity(
+        UPSTREAM_PREFIX.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
+    );
     path.push_str(UPSTREAM_PREFIX);
     path.push_str(rest);
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(q);
+    }
     Ok(path)
 }
 
@@ -161,7 +205,7 @@ fn refusal_response(refusal: Refusal, method: &Method) -> HttpResponse {
         Refusal::Query => ApiError::field(
             Kind::InvalidRequest,
             "query",
-            "the Vipps Order Management operations take no query parameters",
+            "this operation takes no query parameters; only GET /v3/categories takes one, exactly orderId=<order id>",
         )
         .error_response(),
         Refusal::Method(allowed) => {
@@ -340,10 +384,31 @@ mod tests {
             (Method::GET, "/v1/orders/123"),
             (Method::GET, "/v1/receipts/123"),
             (Method::POST, "/v1/receipts/123"),
+            (Method::POST, "/v3/categories"),
+            (Method::GET, "/v3/categories"),
+            (
+                Method::GET,
+                "/v3/categories/337f5e5d-288b-40d5-be14-901cc3acacc0",
+            ),
+            (
+                Method::DELETE,
+                "/v3/categories/337F5E5D-288B-40D5-BE14-901CC3ACACC0",
+            ),
         ];
         for (m, p) in ok {
             assert!(route(&m, p).is_ok(), "{m} {p} refused");
         }
+        assert_eq!(
+            route(&Method::DELETE, "/v3/categories"),
+            Err(Refusal::Method(&[Method::POST, Method::GET]))
+        );
+        assert_eq!(
+            route(
+                &Method::PUT,
+                "/v3/categories/337f5e5d-288b-40d5-be14-901cc3acacc0"
+            ),
+            Err(Refusal::Method(&[Method::GET, Method::DELETE]))
+        );
         assert_eq!(
             route(&Method::DELETE, "/v2/ecom/o-1"),
             Err(Refusal::Method(&[Method::GET]))
@@ -353,7 +418,50 @@ mod tests {
             Err(Refusal::Method(&[Method::PUT]))
         );
         // An order may be called "categories": with GET it is an order.
-        assert_eq!(route(&Method::GET, "/v2/ecom/categories"), Ok(()));
+        assert_eq!(
+            route(&Method::GET, "/v2/ecom/categories"),
+            Ok("/v2/{paymentType}/{orderId}")
+        );
+    }
+
+    #[test]
+    fn only_the_category_list_takes_a_query_and_only_an_order_id() {
+        assert!(order_query_ok("orderId=o-1"));
+        assert!(order_query_ok("orderId=PaymentReference123"));
+        for bad in [
+            "",
+            "orderId=",
+            "orderId=..",
+            "orderId=a%2Fb",
+            "orderId=o-1&orderId=o-2",
+            "orderId=o-1&x=1",
+            "x=1&orderId=o-1",
+            "orderid=o-1",
+            "orderId=o 1",
+        ] {
+            assert!(!order_query_ok(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn category_ids_are_uuid_shaped() {
+        assert!(is_uuid("337f5e5d-288b-40d5-be14-901cc3acacc0"));
+        for bad in [
+            "",
+            "337f5e5d288b40d5be14901cc3acacc0",
+            "337f5e5d-288b-40d5-be14-901cc3acacc",
+            "337f5e5d-288b-40d5-be14-901cc3acacc00",
+            "337f5e5d-288b-40d5-be14-901cc3acaccg",
+            "337f5e5d-288b-40d5-be1-4901cc3acacc0",
+            "..",
+        ] {
+            assert!(!is_uuid(bad), "{bad:?}");
+            assert_eq!(
+                route(&Method::GET, &format!("/v3/categories/{bad}")),
+                Err(Refusal::NoRoute),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -377,6 +485,9 @@ mod tests {
             "/v1/orders/..",
             "/v1/orders/a;b",
             "/v3/ecom/o-1",
+            "/v3/categories/",
+            "/v3/categories/x/y",
+            "/v3/categories/%33%33%37f5e5d-288b-40d5-be14-901cc3acacc0",
             "//v2/ecom/o-1",
             "/v2/ecom/http:",
         ] {

@@ -1,4 +1,5 @@
-//! `PUT /v1/merchants/{msn}/orders/{orderId}/category`.
+//! `PUT /v1/merchants/{msn}/orders/{orderId}/category`, and the link body it
+//! shares with the v3 links (`categories`).
 
 use actix_web::http::StatusCode;
 use actix_web::web;
@@ -9,12 +10,12 @@ use super::images::{image_problem, parse_image_id, upload};
 use super::{
     json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
 };
-use crate::domain::{check_url, Category, PaymentType};
+use crate::domain::{check_url, Category, ImageId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::translate::image::check_base64;
 use crate::vipps::model::OrderCategory;
-use crate::vipps::VippsClient;
+use crate::vipps::{CallContext, VippsClient};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -44,6 +45,52 @@ struct CategoryResponse<'a> {
     payment_type: PaymentType,
 }
 
+/// A category link as the caller asked for it, any inline image uploaded.
+pub struct Link {
+    pub category: Category,
+    pub url: String,
+    pub image_id: Option<ImageId>,
+}
+
+/// Reads the body of a category PUT (v2) or POST (v3 links): checks every
+/// field first, then uploads an inline image, so bad input never reaches Vipps.
+pub async fn read_link(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    client: &VippsClient,
+    ctx: &CallContext,
+) -> Result<Link, ApiError> {
+    let body = read_body(req, payload, state.limits.image_body).await?;
+    let request: CategoryRequest = parse_json(req, &body)?;
+    check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
+
+    let image_id = match (request.image_id, request.image) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                Kind::InvalidRequest,
+                "image",
+                "give imageId or image, not both",
+            ));
+        }
+        (Some(id), None) => Some(parse_image_id(&id, "imageId")?),
+        (None, Some(inline)) => {
+            let named = inline
+                .image_id
+                .map(|id| parse_image_id(&id, "image.imageId"))
+                .transpose()?;
+            let image = check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?;
+            Some(upload(client, ctx, image, named).await?.0)
+        }
+        (None, None) => None,
+    };
+    Ok(Link {
+        category: request.category,
+        url: request.url,
+        image_id,
+    })
+}
+
 pub async fn put(
     // First, so an unauthenticated caller gets its 401 before any other check.
     target: OrderTarget,
@@ -58,35 +105,11 @@ pub async fn put(
             order,
             payment_type,
         } = target;
-        let body = read_body(&req, payload, state.limits.image_body).await?;
-        let request: CategoryRequest = parse_json(&req, &body)?;
-        check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
-
-        let image_id = match (request.image_id, request.image) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::field(
-                    Kind::InvalidRequest,
-                    "image",
-                    "give imageId or image, not both",
-                ));
-            }
-            (Some(id), None) => Some(parse_image_id(&id, "imageId")?),
-            (None, Some(inline)) => {
-                let named = inline
-                    .image_id
-                    .map(|id| parse_image_id(&id, "image.imageId"))
-                    .transpose()?;
-                let image =
-                    check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?;
-                Some(upload(&client, &ctx, image, named).await?.0)
-            }
-            (None, None) => None,
-        };
-
+        let link = read_link(&req, payload, &state, &client, &ctx).await?;
         let upstream = OrderCategory {
-            category: request.category,
-            order_details_url: request.url,
-            image_id: image_id.as_ref().map(|i| i.as_str().to_owned()),
+            category: link.category,
+            order_details_url: link.url,
+            image_id: link.image_id.as_ref().map(|i| i.as_str().to_owned()),
         };
         client
             .put_category(&ctx, payment_type, &order, &upstream)

@@ -1,6 +1,7 @@
 //! The REST façade: thin handlers that parse input into domain types, call
 //! `translate` and the upstream client, and map results to responses.
 
+pub mod categories;
 pub mod category;
 pub mod images;
 pub mod order;
@@ -9,7 +10,7 @@ pub mod receipt;
 use std::future::{ready, Ready};
 use std::sync::{Arc, RwLock};
 
-use actix_web::dev::Payload;
+use actix_web::dev::{AppService, HttpServiceFactory, Payload};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
@@ -159,6 +160,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         Method::POST,
         receipt::post,
     ))
+    .service(
+        resource(
+            "/v1/merchants/{msn}/orders/{orderId}/categories",
+            Method::POST,
+            categories::post,
+        )
+        .or(resource(
+            "/v1/merchants/{msn}/orders/{orderId}/categories",
+            Method::GET,
+            categories::list,
+        )),
+    )
+    .service(resource(
+        "/v1/merchants/{msn}/orders/{orderId}/categories/{categoryId}",
+        Method::DELETE,
+        categories::delete,
+    ))
     .service(resource(
         "/v1/merchants/{msn}/orders/{orderId}",
         Method::GET,
@@ -171,22 +189,55 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     ));
 }
 
-/// A resource served by one method; any other method gets a 405 problem
-/// whose `Allow` header names that method (RFC 9110 §15.5.6).
-pub fn resource<F, Args>(path: &str, method: Method, handler: F) -> actix_web::Resource
+/// A path and the methods it serves; any other method gets a 405 problem
+/// whose `Allow` header names them (RFC 9110 §15.5.6). Made by
+/// [`resource`]; a path served by several methods joins them with
+/// [`MethodResource::or`].
+pub struct MethodResource {
+    path: String,
+    routes: Vec<(Method, actix_web::Route)>,
+}
+
+/// A resource served by one method (see [`MethodResource`]).
+pub fn resource<F, Args>(path: &str, method: Method, handler: F) -> MethodResource
 where
     F: Handler<Args>,
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    // A method name is a token, always a valid header value.
-    let allow = HeaderValue::from_str(method.as_str()).ok();
-    web::resource(path)
-        .route(web::method(method).to(handler))
-        .default_service(web::to(move |req: HttpRequest| {
-            let allow = allow.clone();
-            async move { method_not_allowed(&req, allow) }
-        }))
+    MethodResource {
+        path: path.to_owned(),
+        routes: vec![(method.clone(), web::method(method).to(handler))],
+    }
+}
+
+impl MethodResource {
+    /// The same path served by another method too. Written
+    /// `resource(path, A, a).or(resource(path, B, b))`, so each method's
+    /// route reads (and is found by the OpenAPI test's scan) like any other.
+    pub fn or(mut self, other: MethodResource) -> Self {
+        debug_assert_eq!(self.path, other.path, "one resource, one path");
+        self.routes.extend(other.routes);
+        self
+    }
+}
+
+impl HttpServiceFactory for MethodResource {
+    fn register(self, config: &mut AppService) {
+        let names: Vec<&str> = self.routes.iter().map(|(m, _)| m.as_str()).collect();
+        // Method names are tokens, always a valid header value.
+        let allow = HeaderValue::from_str(&names.join(", ")).ok();
+        let mut resource = web::resource(self.path);
+        for (_, route) in self.routes {
+            resource = resource.route(route);
+        }
+        resource
+            .default_service(web::to(move |req: HttpRequest| {
+                let allow = allow.clone();
+                async move { method_not_allowed(&req, allow) }
+            }))
+            .register(config);
+    }
 }
 
 fn method_not_allowed(req: &HttpRequest, allow: Option<HeaderValue>) -> HttpResponse {
@@ -346,6 +397,8 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 pub enum Operation {
     Image,
     Category,
+    /// 2.1's v3 category links.
+    CategoryLink,
     Receipt,
     Order,
 }
@@ -416,6 +469,17 @@ pub fn facade_field(op: Operation, upstream: &str) -> String {
                 return f;
             }
         }
+        Operation::CategoryLink => {
+            let fields = [
+                ("type", "category"),
+                ("url", "url"),
+                ("imageId", "imageId"),
+                ("paymentType", "paymentType"),
+            ];
+            if let Some(f) = rename(&fields, upstream) {
+                return f;
+            }
+        }
         Operation::Image => {
             let fields = [("src", "data"), ("imageId", "imageId")];
             if let Some(f) = rename(&fields, upstream) {
@@ -465,6 +529,7 @@ mod tests {
         );
         assert_eq!(facade_field(Operation::Category, "orderDetailsUrl"), "url");
         assert_eq!(facade_field(Operation::Image, "src"), "data");
+        assert_eq!(facade_field(Operation::CategoryLink, "type"), "category");
     }
 
     #[derive(Debug, Deserialize)]

@@ -49,9 +49,22 @@ struct ImageView<'a> {
     height: u32,
 }
 
-/// `GET /_simulator/state`: orders and images, sorted by their keys.
+/// `GET /_simulator/state`: orders and images, sorted by their keys, and
+/// the v3 category links, oldest first.
 pub async fn state(shared: web::Data<Shared>) -> HttpResponse {
     let state = shared.lock();
+    let mut links: Vec<_> = state.categories.iter().collect();
+    links.sort_by_key(|(_, c)| c.seq);
+    let categories: Vec<Value> = links
+        .into_iter()
+        .map(|((msn, id), c)| {
+            let mut view = serde_json::to_value(c.link(*id)).unwrap_or(Value::Null);
+            if let Some(o) = view.as_object_mut() {
+                o.insert("msn".to_owned(), Value::String(msn.clone()));
+            }
+            view
+        })
+        .collect();
     let orders: Vec<OrderView> = state
         .orders
         .iter()
@@ -74,7 +87,7 @@ pub async fn state(shared: web::Data<Shared>) -> HttpResponse {
             height: i.height,
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "orders": orders, "images": images }))
+    HttpResponse::Ok().json(json!({ "orders": orders, "images": images, "categories": categories }))
 }
 
 /// `GET /_simulator/counters`.

@@ -1,5 +1,6 @@
 //! The built-in Vipps simulator: an in-memory stand-in for the access token
-//! API and the Order Management API 2.0, so the gateway runs and is tested with
+//! API and the Order Management API 2.0 (with 2.1's `/v3/categories`), so
+//! the gateway runs and is tested with
 //! no Vipps account and no network.
 //!
 //! It keeps its own model of the upstream ([`model`], [`validate`]), written
@@ -157,6 +158,16 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/order-management/v2/{paymentType}/{orderId}")
             .route(web::get().to(upstream!(Endpoint::Order))),
+    )
+    .service(
+        web::resource("/order-management/v3/categories")
+            .route(web::post().to(upstream!(Endpoint::V3CategoryPost)))
+            .route(web::get().to(upstream!(Endpoint::V3CategoryList))),
+    )
+    .service(
+        web::resource("/order-management/v3/categories/{categoryId}")
+            .route(web::get().to(upstream!(Endpoint::V3CategoryGet)))
+            .route(web::delete().to(upstream!(Endpoint::V3CategoryDelete))),
     )
     .service(web::resource("/_simulator/state").route(web::get().to(control::state)))
     .service(web::resource("/_simulator/counters").route(web::get().to(control::counters)))

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::image::ImageFormat;
+use super::model::v3::StoredCategory;
 use super::model::OrderCategory;
 use super::{SimMerchant, SimulatorSettings};
 
@@ -28,10 +29,15 @@ pub enum Endpoint {
     V1OrderGet,
     V1ReceiptGet,
     V1ReceiptPost,
+    /// Order Management 2.1's several links per order.
+    V3CategoryPost,
+    V3CategoryList,
+    V3CategoryGet,
+    V3CategoryDelete,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 13] = [
         Endpoint::Token,
         Endpoint::Image,
         Endpoint::Category,
@@ -41,6 +47,10 @@ impl Endpoint {
         Endpoint::V1OrderGet,
         Endpoint::V1ReceiptGet,
         Endpoint::V1ReceiptPost,
+        Endpoint::V3CategoryPost,
+        Endpoint::V3CategoryList,
+        Endpoint::V3CategoryGet,
+        Endpoint::V3CategoryDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +64,10 @@ impl Endpoint {
             Endpoint::V1OrderGet => "v1-order-get",
             Endpoint::V1ReceiptGet => "v1-receipt-get",
             Endpoint::V1ReceiptPost => "v1-receipt-post",
+            Endpoint::V3CategoryPost => "v3-category-post",
+            Endpoint::V3CategoryList => "v3-category-list",
+            Endpoint::V3CategoryGet => "v3-category-get",
+            Endpoint::V3CategoryDelete => "v3-category-delete",
         }
     }
 
@@ -156,6 +170,11 @@ pub struct State {
     pub orders: BTreeMap<(String, String, String), OrderRecord>,
     /// Keyed by (msn, imageId).
     pub images: BTreeMap<(String, String), ImageRecord>,
+    /// 2.1's category links, keyed by (msn, categoryId): an id is only
+    /// found by the merchant that created it.
+    pub categories: BTreeMap<(String, uuid::Uuid), StoredCategory>,
+    /// Creation order of the links, so lists come out oldest first.
+    pub next_category_seq: u64,
     pub faults: Vec<FaultRule>,
     pub next_fault_id: u64,
     /// State of the generator behind `percent` faults.
@@ -175,6 +194,8 @@ impl State {
             tokens: HashMap::new(),
             orders: BTreeMap::new(),
             images: BTreeMap::new(),
+            categories: BTreeMap::new(),
+            next_category_seq: 0,
             faults: Vec::new(),
             next_fault_id: 1,
             rng: DEFAULT_SEED,
@@ -291,6 +312,8 @@ impl State {
         self.tokens.clear();
         self.orders.clear();
         self.images.clear();
+        self.categories.clear();
+        self.next_category_seq = 0;
         self.faults.clear();
         self.log.clear();
         self.reset_counters();

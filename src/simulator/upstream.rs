@@ -24,6 +24,8 @@ use super::model::{
 use super::state::{Endpoint, FaultSpec, ImageRecord, IssuedToken, LoggedRequest, Shared, State};
 use super::validate;
 
+mod v3;
+
 const MSN: &str = "Merchant-Serial-Number";
 const SUBSCRIPTION_KEY: &str = "Ocp-Apim-Subscription-Key";
 const SYSTEM_HEADERS: [&str; 4] = [
@@ -268,6 +270,10 @@ fn handler(endpoint: Endpoint) -> Handler {
         Endpoint::V1OrderGet => v1_get_order,
         Endpoint::V1ReceiptGet => v1_get_receipt,
         Endpoint::V1ReceiptPost => v1_post_receipt,
+        Endpoint::V3CategoryPost => v3::post_category,
+        Endpoint::V3CategoryList => v3::list_categories,
+        Endpoint::V3CategoryGet => v3::get_category,
+        Endpoint::V3CategoryDelete => v3::delete_category,
     }
 }
 

@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 
 use super::model::{InvalidParam, OrderCategory, Receipt};
 
+pub mod v3;
+
 /// A string rule: the test and the reason given when it fails.
 type Pattern = (fn(&str) -> bool, &'static str);
 

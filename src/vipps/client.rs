@@ -14,7 +14,8 @@ use http_body_util::Full;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::model::{
-    ImageUpload, OrderCategory, OrderResponse, Receipt, TokenResponse, VippsProblem,
+    AddCategoryV3, AddCategoryV3Response, CategoriesV3, CategoryV3, ImageUpload, OrderCategory,
+    OrderResponse, Receipt, TokenResponse, VippsProblem,
 };
 use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
@@ -244,6 +245,9 @@ pub fn endpoint(path: &str) -> &'static str {
         ["order-management", "v2", _, "categories", _] => "category",
         ["order-management", "v2", _, "receipts", _] => "receipt",
         ["order-management", "v2", _, _] => "order",
+        // 2.1's several links per order: the collection (add, list) and one link.
+        ["order-management", "v3", "categories"] => "categories-v3",
+        ["order-management", "v3", "categories", _] => "category-v3",
         _ => "other",
     }
 }
@@ -648,6 +652,103 @@ impl VippsClient {
     }
 }
 
+/// 2.1's `/v3/categories`: several category links per order.
+impl VippsClient {
+    /// `POST /order-management/v3/categories`; the new link's id. Not safe
+    /// to repeat (a repeat adds a second link), so it is resent only when
+    /// Vipps cannot have acted on it: after a connect error or a 429.
+    pub async fn add_category_v3(
+        &self,
+        ctx: &CallContext,
+        link: &AddCategoryV3<'_>,
+    ) -> Result<String, UpstreamError> {
+        let call = Call {
+            method: Method::POST,
+            path: CATEGORIES_V3,
+            body: Some(to_body(link)?),
+            retry: Retry::IfNotProcessed,
+            extra: None,
+        };
+        match self.json_call::<AddCategoryV3Response>(ctx, call).await? {
+            Some(r) => Ok(r.category_id),
+            None => Err(UpstreamError::BadResponse("empty category answer".into())),
+        }
+    }
+
+    /// `GET /order-management/v3/categories?orderId=`: the order's links.
+    pub async fn list_categories_v3(
+        &self,
+        ctx: &CallContext,
+        order: &OrderId,
+    ) -> Result<Vec<CategoryV3>, UpstreamError> {
+        // An order id holds only unreserved characters: no escaping needed.
+        let path = format!("{CATEGORIES_V3}?orderId={}", order.as_str());
+        let call = Call {
+            method: Method::GET,
+            path: &path,
+            body: None,
+            retry: Retry::Safe,
+            extra: None,
+        };
+        match self.json_call::<CategoriesV3>(ctx, call).await? {
+            Some(list) => Ok(list.categories),
+            None => Err(UpstreamError::BadResponse("empty categories answer".into())),
+        }
+    }
+
+    /// `GET /order-management/v3/categories/{categoryId}`; `None` on 404.
+    pub async fn get_category_v3(
+        &self,
+        ctx: &CallContext,
+        id: uuid::Uuid,
+    ) -> Result<Option<CategoryV3>, UpstreamError> {
+        let path = format!("{CATEGORIES_V3}/{}", id.hyphenated());
+        let call = Call {
+            method: Method::GET,
+            path: &path,
+            body: None,
+            retry: Retry::Safe,
+            extra: None,
+        };
+        match self.json_call::<CategoryV3>(ctx, call).await {
+            Ok(Some(c)) => Ok(Some(c)),
+            Ok(None) => Err(UpstreamError::BadResponse("empty category answer".into())),
+            Err(UpstreamError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE /order-management/v3/categories/{categoryId}`. Safe to
+    /// repeat: a repeat finds nothing to delete. `false` when Vipps answered
+    /// 404 (no such link, or an earlier attempt already deleted it).
+    pub async fn delete_category_v3(
+        &self,
+        ctx: &CallContext,
+        id: uuid::Uuid,
+    ) -> Result<bool, UpstreamError> {
+        let path = format!("{CATEGORIES_V3}/{}", id.hyphenated());
+        let call = Call {
+            method: Method::DELETE,
+            path: &path,
+            body: None,
+            retry: Retry::Safe,
+            extra: None,
+        };
+        // Whatever the body of a success (the document defines none), it is done.
+        let resp = self.call(ctx, call).await?;
+        match resp.status {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(status_error(&resp)),
+        }
+    }
+}
+
+/// The path of 2.1's category links.
+const CATEGORIES_V3: &str = "/order-management/v3/categories";
+
 fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, UpstreamError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
@@ -785,4 +886,31 @@ async fn fetch_token_now(
         started + lifetime,
         lifetime,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn endpoint_names_are_fixed_words() {
+        for (path, name) in [
+            ("/accesstoken/get", "token"),
+            ("/order-management/v2/ecom/categories/o-1", "category"),
+            ("/order-management/v2/ecom/o-1", "order"),
+            ("/order-management/v3/categories", "categories-v3"),
+            (
+                "/order-management/v3/categories?orderId=o-1",
+                "categories-v3",
+            ),
+            (
+                "/order-management/v3/categories/337f5e5d-288b-40d5-be14-901cc3acacc0",
+                "category-v3",
+            ),
+            ("/order-management/v3/categories/a/b", "other"),
+            ("/order-management/v3/elsewhere", "other"),
+        ] {
+            assert_eq!(endpoint(path), name, "{path}");
+        }
+    }
 }

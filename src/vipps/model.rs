@@ -251,3 +251,67 @@ pub struct VippsInvalidParam {
     #[serde(default)]
     pub reason: String,
 }
+
+/// 2.1's `paymentType` in a v3 body: upper case, unlike the v2 path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PaymentTypeV3 {
+    Ecom,
+    Recurring,
+}
+
+impl From<crate::domain::PaymentType> for PaymentTypeV3 {
+    fn from(pt: crate::domain::PaymentType) -> Self {
+        match pt {
+            crate::domain::PaymentType::Ecom => Self::Ecom,
+            crate::domain::PaymentType::Recurring => Self::Recurring,
+        }
+    }
+}
+
+/// `POST /order-management/v3/categories` body (2.1's `AddCategoryRequest`).
+/// `imageId` is left out when there is none: 2.1 does not make it nullable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddCategoryV3<'a> {
+    pub order_id: &'a str,
+    pub payment_type: PaymentTypeV3,
+    #[serde(rename = "type")]
+    pub type_: Category,
+    pub url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<&'a str>,
+}
+
+/// `POST /order-management/v3/categories` answer (`AddCategoryResponse`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddCategoryV3Response {
+    pub category_id: String,
+}
+
+/// One v3 link as `GET /order-management/v3/categories[/{categoryId}]`
+/// answers it (2.1's `Category`). The document requires none of its
+/// fields; a link without an id, type or url is unusable and so unreadable,
+/// while a missing order id or payment type is read as unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryV3 {
+    pub category_id: String,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    #[serde(default)]
+    pub payment_type: Option<PaymentTypeV3>,
+    #[serde(rename = "type")]
+    pub type_: Category,
+    pub url: String,
+    #[serde(default)]
+    pub image_id: Option<String>,
+}
+
+/// `GET /order-management/v3/categories?orderId=` answer (`GetCategoriesResponse`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CategoriesV3 {
+    #[serde(default)]
+    pub categories: Vec<CategoryV3>,
+}

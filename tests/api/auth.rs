@@ -526,9 +526,10 @@ async fn a_pem_public_key_fixes_the_algorithm_rs256_or_es256() {
         401,
         "RS256 against an EC key"
     );
-    // Only the granted calls went upstream: a token fetch and the order read.
-    assert_eq!(rsa.upstream_call_count().await, 2);
-    assert_eq!(ec.upstream_call_count().await, 2);
+    // Only the granted calls went upstream: a token fetch and the order
+    // read (the v2 order and its v3 links).
+    assert_eq!(rsa.upstream_call_count().await, 3);
+    assert_eq!(ec.upstream_call_count().await, 3);
 }
 
 fn jwk(pem: &str, alg: Algorithm, kid: &str) -> Value {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod categories_v3;
 mod cli;
 mod facade;
 mod health;

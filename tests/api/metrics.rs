@@ -161,7 +161,14 @@ async fn requests_upstream_calls_and_tokens_are_counted_per_merchant() {
     assert_eq!(m.value("gateway_token_fetches_total", &fetches), 1.0);
     let lookups = "gateway_token_cache_lookups_total";
     assert_eq!(m.value(lookups, &[("msn", MSN), ("result", "miss")]), 1.0);
-    assert_eq!(m.value(lookups, &[("msn", MSN), ("result", "hit")]), 3.0);
+    // Hits: two more receipts, and the order read's second call (its links).
+    assert_eq!(m.value(lookups, &[("msn", MSN), ("result", "hit")]), 4.0);
+    let up_links = [
+        ("msn", MSN),
+        ("endpoint", "categories-v3"),
+        ("status", "200"),
+    ];
+    assert_eq!(m.value(up, &up_links), 1.0);
     // The simulator's tokens live an hour.
     let left = m.value("gateway_token_expiry_seconds", &[("msn", MSN)]);
     assert!((3000.0..=3600.0).contains(&left), "{left}");
@@ -463,9 +470,10 @@ async fn each_merchant_gets_the_same_series_for_the_same_traffic() {
     let (one, two) = (m.series_with("msn", MSN), m.series_with("msn", MSN2));
     assert_eq!(one, two);
     // Per merchant: 3 operations × (1 counter + 15 histogram samples) and
-    // 4 endpoints × (1 counter + 15 histogram samples) upstream, token
-    // fetch, lookups (hit, miss) and expiry.
-    assert_eq!(one, 3 * 16 + 4 * 16 + 1 + 2 + 1);
+    // 5 endpoints (the order read also lists the v3 links) × (1 counter +
+    // 15 histogram samples) upstream, token fetch, lookups (hit, miss) and
+    // expiry.
+    assert_eq!(one, 3 * 16 + 5 * 16 + 1 + 2 + 1);
     eprintln!(
         "series: {one} per merchant, {} in total ({} gateway_*)",
         m.len(),

@@ -1124,6 +1124,10 @@ async fn reset_forgets_everything_but_merchants() {
     let token = sim.token().await;
     sim.post_receipt(&token, "order-1", &receipt()).await;
     sim.post_image(&token, "logo", &png(200)).await;
+    let link = json!({"orderId": "order-1", "paymentType": "ECOM", "type": "TICKET",
+                      "url": "https://shop.example/t"});
+    let req = sim.om(Method::POST, "/v3/categories", &token);
+    assert_eq!(sim.send(req, Some(&link)).await.0, StatusCode::CREATED);
     sim.control(
         Method::POST,
         "/faults",
@@ -1137,7 +1141,7 @@ async fn reset_forgets_everything_but_merchants() {
     );
     assert_eq!(
         sim.get_control("/state").await,
-        json!({"orders": [], "images": []})
+        json!({"orders": [], "images": [], "categories": []})
     );
     assert_eq!(sim.get_control("/faults").await, json!([]));
     assert_eq!(sim.get_control("/requests").await, json!([]));
@@ -1266,4 +1270,117 @@ async fn a_json_operation_sent_as_another_media_type_is_415() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let state = sim.get_control("/state").await;
     assert_eq!(state["orders"].as_array().map(Vec::len), Some(1));
+}
+
+/// A 2.1 `/v3/categories` request with a merchant's headers.
+fn v3(sim: &Sim, method: Method, path: &str, token: &str, m: &SimMerchant) -> awc::ClientRequest {
+    sim.client
+        .request(
+            method,
+            sim.url(&format!("/order-management/v3/categories{path}")),
+        )
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .insert_header(("Ocp-Apim-Subscription-Key", m.subscription_key.as_str()))
+        .insert_header(("Merchant-Serial-Number", m.msn.as_str()))
+}
+
+#[actix_web::test]
+async fn v3_categories_are_validated_and_bad_fields_named() {
+    let sim = spawn();
+    let demo = SimMerchant::demo();
+    let token = sim.token().await;
+    for (body, names) in [
+        (json!({}), vec!["orderId", "paymentType", "type", "url"]),
+        (
+            json!({"orderId": "o 1", "paymentType": "ecom", "type": "SHOE",
+                   "url": "shop.example", "imageId": null}),
+            vec!["orderId", "paymentType", "type", "url", "imageId"],
+        ),
+        (
+            json!({"orderId": "o-1", "paymentType": "ECOM", "type": "RECEIPT",
+                   "url": "https://shop.example", "category": "RECEIPT"}),
+            vec!["category"],
+        ),
+    ] {
+        let req = v3(&sim, Method::POST, "", &token, &demo);
+        let (status, answer) = sim.send(req, Some(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(param_names(&answer), names, "{body}");
+    }
+    for query in ["", "?orderId=", "?orderId=a%20b"] {
+        let req = v3(&sim, Method::GET, query, &token, &demo);
+        let (status, answer) = sim.send(req, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(param_names(&answer), ["orderId"], "{query}");
+    }
+    for method in [Method::GET, Method::DELETE] {
+        let req = v3(&sim, method, "/not-a-uuid", &token, &demo);
+        let (status, answer) = sim.send(req, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(param_names(&answer), ["categoryId"]);
+    }
+    // Credentials are checked as on every Order Management endpoint.
+    let req = v3(&sim, Method::GET, "?orderId=o-1", "sim.unknown", &demo);
+    assert_eq!(sim.send(req, None).await.0, StatusCode::UNAUTHORIZED);
+    assert!(sim.get_control("/state").await["categories"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[actix_web::test]
+async fn v3_categories_are_kept_per_merchant() {
+    let sim = spawn_with(SimulatorSettings {
+        merchants: vec![SimMerchant::demo(), second_merchant()],
+        ..SimulatorSettings::demo()
+    });
+    let demo = SimMerchant::demo();
+    let other = second_merchant();
+    let token = sim.token().await;
+    let other_token = sim.token_for(&other).await;
+    let body = json!({"orderId": "o-1", "paymentType": "ECOM", "type": "TICKET",
+                      "url": "https://shop.example/t"});
+    let (status, added) = sim
+        .send(v3(&sim, Method::POST, "", &token, &demo), Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = added["categoryId"].as_str().unwrap().to_owned();
+    assert_eq!(added, json!({"categoryId": id}));
+
+    // The other merchant sees nothing of it and cannot delete it.
+    let path = format!("/{id}");
+    for method in [Method::GET, Method::DELETE] {
+        let req = v3(&sim, method, &path, &other_token, &other);
+        assert_eq!(sim.send(req, None).await.0, StatusCode::NOT_FOUND);
+    }
+    let req = v3(&sim, Method::GET, "?orderId=o-1", &other_token, &other);
+    assert_eq!(sim.send(req, None).await.1, json!({"categories": []}));
+
+    let link = json!({"categoryId": id, "orderId": "o-1", "paymentType": "ECOM",
+                      "type": "TICKET", "url": "https://shop.example/t"});
+    let req = v3(&sim, Method::GET, "?orderId=o-1", &token, &demo);
+    assert_eq!(sim.send(req, None).await.1, json!({"categories": [link]}));
+    let (status, one) = sim
+        .send(v3(&sim, Method::GET, &path, &token, &demo), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one, link);
+    let mut stored = link.clone();
+    stored["msn"] = json!(DEMO_MSN);
+    assert_eq!(
+        sim.get_control("/state").await["categories"],
+        json!([stored])
+    );
+
+    let (status, body) = sim
+        .send(v3(&sim, Method::DELETE, &path, &token, &demo), None)
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, Value::Null));
+    let req = v3(&sim, Method::GET, &path, &token, &demo);
+    assert_eq!(sim.send(req, None).await.0, StatusCode::NOT_FOUND);
+    let req = v3(&sim, Method::DELETE, &path, &token, &demo);
+    assert_eq!(sim.send(req, None).await.0, StatusCode::NOT_FOUND);
+    let counters = sim.get_control("/counters").await;
+    assert_eq!(counters["calls"]["v3-category-post"], 1);
+    assert_eq!(counters["calls"]["v3-category-delete"], 3);
 }

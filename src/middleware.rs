@@ -22,7 +22,7 @@ use crate::error::{ApiError, Kind};
 use crate::facade::AppState;
 use crate::metrics::{self, Metrics};
 use crate::telemetry::REQUEST_SPAN;
-use crate::vipps::{CallContext, Observed};
+use crate::vipps::{CallContext, Exchange, Observed};
 
 pub const HEADER: &str = "x-request-id";
 /// [`HEADER`] as a header name, for lookups without parsing the name.
@@ -156,6 +156,42 @@ fn usable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
+/// Records how the request ended on its span: its status (when it was
+/// answered) and the last upstream exchange's status (`0`: no answer) and
+/// latency. One `record` for all three, since the JSON formatter rewrites
+/// the span's stored fields on every `record`.
+fn record_end(span: &tracing::Span, status: Option<u16>, last: Option<Exchange>) {
+    let Some(meta) = span.metadata() else {
+        return;
+    };
+    let fields = meta.fields();
+    let (Some(status_field), Some(upstream_field), Some(latency_field)) = (
+        fields.field("status"),
+        fields.field("upstream_status"),
+        fields.field("upstream_latency_ms"),
+    ) else {
+        return;
+    };
+    let status = status.map(u64::from);
+    let upstream = last.map(|l| u64::from(l.status.unwrap_or(0)));
+    let latency = last.map(|l| l.latency.as_secs_f64() * 1000.0);
+    let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 3] = [
+        (
+            &status_field,
+            status.as_ref().map(|v| v as &dyn tracing::Value),
+        ),
+        (
+            &upstream_field,
+            upstream.as_ref().map(|v| v as &dyn tracing::Value),
+        ),
+        (
+            &latency_field,
+            latency.as_ref().map(|v| v as &dyn tracing::Value),
+        ),
+    ];
+    span.record_all(&fields.value_set(&values));
+}
+
 /// Middleware: assigns the id and the deadline, serves the request in its
 /// span, records what it ended with, and logs one line per request.
 pub async fn middleware(
@@ -213,13 +249,12 @@ pub async fn middleware(
         if let Some(m) = &metrics {
             m.observe_request(msn_label.as_str(), operation, status, elapsed);
         }
-        let span = tracing::Span::current();
-        if let Some(last) = observed.last() {
-            span.record("upstream_status", last.status.unwrap_or(0));
-            span.record("upstream_latency_ms", last.latency.as_secs_f64() * 1000.0);
-        }
+        record_end(
+            &tracing::Span::current(),
+            result.is_ok().then_some(status),
+            observed.last(),
+        );
         if result.is_ok() {
-            span.record("status", status);
             tracing::info!(
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 "request finished"

@@ -12,14 +12,14 @@ use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
-use crate::vipps::model::Receipt;
+use crate::vipps::model::{Receipt, ReceiptJson};
 use crate::vipps::{CallContext, UpstreamError, VippsClient};
 
 /// The `201` body: the very receipt sent to Vipps, its totals, and whether
 /// it was stored by an earlier attempt.
 #[derive(Serialize)]
 struct ReceiptCreated<'a> {
-    receipt: &'a Receipt<'a>,
+    receipt: &'a ReceiptJson,
     totals: Totals,
     replayed: bool,
 }
@@ -54,10 +54,9 @@ pub async fn post(
             )
         })?;
 
-        let replayed = match client
-            .post_receipt(&ctx, payment_type, &order, &receipt)
-            .await
-        {
+        // Written once: the body sent to Vipps and the receipt in the answer.
+        let sent = ReceiptJson::new(&receipt).map_err(|e| ApiError::internal(&e))?;
+        let replayed = match client.post_receipt(&ctx, payment_type, &order, &sent).await {
             Ok(()) => false,
             Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
                 resolve_conflict(&client, &ctx, payment_type, &order, &receipt).await?
@@ -67,7 +66,7 @@ pub async fn post(
         json_response(
             StatusCode::CREATED,
             &ReceiptCreated {
-                receipt: &receipt,
+                receipt: &sent,
                 totals: totals(&receipt),
                 replayed,
             },

@@ -15,7 +15,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::model::{
     AddCategoryV3, AddCategoryV3Response, CategoriesV3, CategoryV3, ImageUpload, OrderCategory,
-    OrderResponse, Receipt, TokenResponse, VippsProblem,
+    OrderResponse, ReceiptJson, TokenResponse, VippsProblem,
 };
 use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
@@ -607,7 +607,7 @@ impl VippsClient {
         ctx: &CallContext,
         pt: PaymentType,
         order: &OrderId,
-        receipt: &Receipt<'_>,
+        receipt: &ReceiptJson,
     ) -> Result<(), UpstreamError> {
         let path = format!(
             "/order-management/v2/{}/receipts/{}",
@@ -619,7 +619,7 @@ impl VippsClient {
         let call = Call {
             method: Method::POST,
             path: &path,
-            body: Some(to_body(receipt)?),
+            body: Some(Bytes::copy_from_slice(receipt.as_str().as_bytes())),
             retry: Retry::Safe,
             extra: None,
         };

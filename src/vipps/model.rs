@@ -113,6 +113,23 @@ pub struct Barcode<'a> {
     pub data: Cow<'a, str>,
 }
 
+/// A receipt serialized once, as sent to Vipps: the façade's answer embeds
+/// the same JSON instead of writing the receipt again.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ReceiptJson(Box<serde_json::value::RawValue>);
+
+impl ReceiptJson {
+    pub fn new(receipt: &Receipt<'_>) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(receipt).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
 impl OrderLine<'_> {
     /// The line's VAT rate in hundredths of a percent, from whichever field
     /// carries it: `taxPercentage` 25 and `taxRate` 2500 are the same rate.

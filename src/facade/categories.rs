@@ -6,6 +6,8 @@
 //! lists show the links of the request's payment type, and a link of
 //! another order, payment type or merchant is `404 category-not-found`.
 
+use std::time::Instant;
+
 use actix_web::http::StatusCode;
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
@@ -84,11 +86,25 @@ pub async fn post(
             url: &link.url,
             image_id: link.image_id.as_ref().map(|i| i.as_str()),
         };
-        let id = match client.add_category_v3(&ctx, &sent).await {
+        // The add gets the request's time less a share kept for reading
+        // the links back, so an add whose outcome is unknown can still be
+        // settled before the deadline.
+        let settle_time = ctx.deadline.saturating_duration_since(Instant::now()) / 4;
+        let add_ctx = CallContext {
+            deadline: ctx.deadline.checked_sub(settle_time).unwrap_or(ctx.deadline),
+            ..ctx.clone()
+        };
+        let id = match client.add_category_v3(&add_ctx, &sent).await {
             Ok(id) => id,
-            Err(e) if outcome_unknown(&e) => settle(&client, &ctx, &order, &sent)
-                .await
-                .ok_or_else(|| upstream_problem(e, Operation::CategoryLink))?,
+            Err(e) if outcome_unknown(&e) => match settle(&client, &ctx, &order, &sent).await {
+                Some(id) => id,
+                None => {
+                    // Not "retry": the link may exist, or be on its way.
+                    let mut problem = upstream_problem(e, Operation::CategoryLink);
+                    problem.detail = "Vipps' answer was lost and reading the order's links back did not show the link; it may still have been added. List the order's links before adding it again.".into();
+                    return Err(problem);
+                }
+            },
             Err(e) => return Err(upstream_problem(e, Operation::CategoryLink)),
         };
         json_response(
@@ -106,11 +122,15 @@ pub async fn post(
 }
 
 /// Whether Vipps may have stored a link although the gateway got no usable
-/// answer: no answer in time, a broken exchange, a 5xx (a proxy in front
-/// of Vipps may fail after Vipps acted), or a success it could not read.
+/// answer: no answer in time (the call's own timeout or the time left for
+/// it), a broken exchange, a 5xx (a proxy in front of Vipps may fail after
+/// Vipps acted), or a success it could not read.
 fn outcome_unknown(e: &UpstreamError) -> bool {
     match e {
-        UpstreamError::Timeout | UpstreamError::Broken(_) | UpstreamError::BadResponse(_) => true,
+        UpstreamError::Timeout
+        | UpstreamError::DeadlineExceeded
+        | UpstreamError::Broken(_)
+        | UpstreamError::BadResponse(_) => true,
         UpstreamError::Status { status, .. } => status.is_server_error(),
         _ => false,
     }
@@ -119,8 +139,8 @@ fn outcome_unknown(e: &UpstreamError) -> bool {
 /// Settles an add whose outcome is unknown by reading the order's links
 /// back: a link with the same payment type, category, url and image counts
 /// as the one added (the newest, when there are several). `None` when there
-/// is none or the read fails: the caller then gets the add's own problem,
-/// and may retry it without creating a second link only if none was made.
+/// is none or the read fails: the caller then gets the add's own status
+/// with a detail that says the link may exist, never a plain "retry".
 async fn settle(
     client: &VippsClient,
     ctx: &CallContext,
@@ -265,6 +285,7 @@ mod tests {
     #[test]
     fn an_unknown_outcome_is_a_lost_answer_not_a_refusal() {
         assert!(outcome_unknown(&UpstreamError::Timeout));
+        assert!(outcome_unknown(&UpstreamError::DeadlineExceeded));
         assert!(outcome_unknown(&UpstreamError::Broken("reset".into())));
         assert!(outcome_unknown(&UpstreamError::Status {
             status: http::StatusCode::BAD_GATEWAY,
@@ -273,6 +294,7 @@ mod tests {
         }));
         for refused in [
             UpstreamError::Connect("refused".into()),
+            UpstreamError::Internal("unbuildable".into()),
             UpstreamError::Status {
                 status: http::StatusCode::BAD_REQUEST,
                 problem: None,

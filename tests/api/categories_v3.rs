@@ -301,6 +301,9 @@ async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
         .await;
     let p = a.problem(502);
     assert_eq!(p["type"], "/problems/upstream-failed");
+    // Not a plain "retry": the caller is told to look before adding again.
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("List the order's links"), "{detail}");
     assert_eq!(statuses(&app, "v3-category-post").await, [503]);
     assert_eq!(statuses(&app, "v3-category-list").await, [200]);
     assert!(stored(&app).await.is_empty());

@@ -6,7 +6,8 @@ use actix_web::HttpResponse;
 use serde::Serialize;
 
 use super::categories::{link_views, LinkView};
-use super::{json_response, upstream_problem, Operation, OrderTarget};
+use super::{json_response, upstream_problem, AppState, Operation, OrderTarget};
+use crate::domain::ApiVersion;
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::translate::receipt::{totals, Totals};
@@ -27,6 +28,7 @@ struct OrderView<'a> {
 pub async fn get(
     // First, so an unauthenticated caller gets its 401 before any other check.
     target: OrderTarget,
+    state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
@@ -40,10 +42,14 @@ pub async fn get(
             .get_order(&ctx, payment_type, &order)
             .await
             .map_err(|e| upstream_problem(e, Operation::Order))?;
-        let links = client
-            .list_categories_v3(&ctx, &order)
-            .await
-            .map_err(|e| upstream_problem(e, Operation::Order))?;
+        // Category links are 2.1's: a 2.0 Vipps has none to list.
+        let links = match state.api_version {
+            ApiVersion::V2_1 => client
+                .list_categories_v3(&ctx, &order)
+                .await
+                .map_err(|e| upstream_problem(e, Operation::Order))?,
+            ApiVersion::V2_0 => Vec::new(),
+        };
         let categories = link_views(&links, payment_type);
         let (category, receipt) = found
             .as_ref()

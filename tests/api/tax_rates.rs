@@ -92,6 +92,11 @@ async fn order_management_2_0_sends_whole_percents_and_refuses_fractions() {
         assert_eq!(line["taxPercentage"], 25, "{line}");
         assert!(line.get("taxRate").is_none(), "{line}");
     }
+    // A 2.0 Vipps has no category links: the order read does not ask.
+    let read = app.get(&format!("/v1/merchants/{MSN}/orders/old-1")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body["categories"], json!([]));
+    assert!(app.sim_requests_to("v3-category-list").await.is_empty());
     let calls = app.upstream_call_count().await;
     let refused = app.post_receipt(MSN, "fi-1", &finnish_receipt()).await;
     refused.problem(422);

@@ -429,6 +429,7 @@ impl ApiError {
             Kind::UpstreamFailed,
             "The exchange with Vipps broke off; the outcome is unknown, retry the request.",
         ),
+        UpstreamError::Internal(cause) => ApiError::internal(&cause),
         UpstreamError::BadResponse(_) => ApiError::new(Kind::UpstreamFailed, "Vipps answered something the gateway could not read."),
     }
     }

@@ -20,7 +20,7 @@ use crate::config::ProxySettings;
 use crate::domain::{OrderId, MSN_HEADER};
 use crate::error::{ApiError, Kind};
 use crate::facade::{read_body, AppState};
-use crate::middleware::{call_context, RequestId};
+use crate::middleware::{call_context, within_deadline, RequestId};
 use crate::vipps::VippsClient;
 
 /// The gateway's prefix; what follows it is the upstream path below `/order-management`.
@@ -300,9 +300,14 @@ pub async fn forward(
     let headers = forwarded_request_headers(&req);
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|e| ApiError::internal(&e))?;
-    let answer = client
-        .send_with_headers(&ctx, method, &path, body, &headers)
-        .await;
+    // Within the request's deadline, as on the façade: a token fetch or a
+    // wait for a call slot counts too.
+    let answer = within_deadline(async {
+        Ok(client
+            .send_with_headers(&ctx, method, &path, body, &headers)
+            .await)
+    })
+    .await?;
     // Transport failures and token trouble map as on the façade (502/504),
     // Vipps' field names unchanged; any complete answer from Order
     // Management is passed back as it is.

@@ -420,12 +420,12 @@ fn build_line<'a>(
         total_amount_excluding_tax: gross - tax,
         total_tax_amount: tax,
         tax_percentage: match version {
-            ApiVersion::V2_0 => Some(rate / 100),
+            ApiVersion::V2_0 => Some(u32::from(rate / 100)),
             ApiVersion::V2_1 => None,
         },
         tax_rate: match version {
             ApiVersion::V2_0 => None,
-            ApiVersion::V2_1 => Some(rate),
+            ApiVersion::V2_1 => Some(u32::from(rate)),
         },
         unit_info,
         discount: Some(discount),
@@ -757,7 +757,7 @@ mod tests {
             .expect("valid");
             proptest::prop_assert_eq!(total, gross);
             proptest::prop_assert_eq!(excl + tax, gross);
-            proptest::prop_assert_eq!(tax_rate, Some(rate));
+            proptest::prop_assert_eq!(tax_rate, Some(u32::from(rate)));
             // tax / excl is the rate, to within half a minor unit of the tax.
             let exact = i128::from(gross) * i128::from(rate);
             let tax = i128::from(tax);

@@ -19,6 +19,7 @@ use super::model::{
 };
 use super::resilience::{backoff_delay, Guards};
 use super::token::{AccessToken, Lookup, TokenCache};
+pub use super::transport::RawResponse;
 use super::transport::{self, SendError, Transport};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType, MSN_HEADER};
@@ -72,6 +73,9 @@ pub enum UpstreamError {
     /// The request's deadline passed before an answer came.
     #[error("request deadline passed")]
     DeadlineExceeded,
+    /// The gateway could not build the call (nothing was sent).
+    #[error("cannot build the upstream call: {0}")]
+    Internal(String),
 }
 
 impl UpstreamError {
@@ -145,14 +149,6 @@ pub struct Call<'a> {
     pub extra: Option<&'a HeaderMap>,
 }
 
-/// A complete upstream answer.
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
 /// What every worker's client shares: settings, static headers, tokens.
 pub struct Upstream {
     /// `upstream.base_url` without a trailing `/`; call paths are appended.
@@ -206,7 +202,7 @@ impl Upstream {
     fn uri(&self, path: &str) -> Result<http::Uri, UpstreamError> {
         format!("{}{path}", self.base)
             .parse()
-            .map_err(|_| UpstreamError::BadResponse("invalid upstream path".into()))
+            .map_err(|_| UpstreamError::Internal("invalid upstream path".into()))
     }
 }
 
@@ -522,18 +518,13 @@ impl VippsClient {
             );
         }
         let sent = self.http.send(req, MAX_RESPONSE_BYTES);
-        let answer = tokio::time::timeout(self.up.timeout.min(remaining), sent)
+        tokio::time::timeout(self.up.timeout.min(remaining), sent)
             .await
             .map_err(|_| timed_out)?
             .map_err(|e| match e {
                 SendError::Connect(c) => UpstreamError::Connect(c),
                 SendError::Broken(b) => UpstreamError::Broken(b),
-            })?;
-        Ok(RawResponse {
-            status: answer.status,
-            headers: answer.headers,
-            body: answer.body,
-        })
+            })
     }
 
     async fn json_call<T: DeserializeOwned>(
@@ -541,6 +532,7 @@ impl VippsClient {
         ctx: &CallContext,
         call: Call<'_>,
     ) -> Result<Option<T>, UpstreamError> {
+        let call_path = endpoint(call.path);
         let resp = self.call(ctx, call).await?;
         if !resp.status.is_success() {
             return Err(status_error(&resp));
@@ -548,9 +540,17 @@ impl VippsClient {
         if resp.body.is_empty() {
             return Ok(None);
         }
-        serde_json::from_slice(&resp.body)
-            .map(Some)
-            .map_err(|e| UpstreamError::BadResponse(e.to_string()))
+        serde_json::from_slice(&resp.body).map(Some).map_err(|e| {
+            // Where it failed, not the text: an answer is Vipps' data.
+            tracing::warn!(
+                msn = %ctx.merchant.msn,
+                endpoint = call_path,
+                line = e.line(),
+                column = e.column(),
+                "unreadable upstream answer"
+            );
+            UpstreamError::BadResponse(e.to_string())
+        })
     }
 
     /// `POST /order-management/v1/images`. `retry` is `Safe` for a
@@ -752,7 +752,7 @@ const CATEGORIES_V3: &str = "/order-management/v3/categories";
 fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, UpstreamError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
-        .map_err(|e| UpstreamError::BadResponse(format!("cannot serialize request: {e}")))
+        .map_err(|e| UpstreamError::Internal(format!("cannot serialize request: {e}")))
 }
 
 /// The error for a non-success answer, with the upstream's problem body when readable.

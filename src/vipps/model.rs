@@ -31,10 +31,10 @@ pub struct OrderLine<'a> {
     /// The VAT rate in whole percents: the only form of Order Management
     /// 2.0, deprecated in 2.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tax_percentage: Option<u16>,
+    pub tax_percentage: Option<u32>,
     /// The VAT rate in hundredths of a percent (2.1): 2550 is 25.5 %.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tax_rate: Option<u16>,
+    pub tax_rate: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit_info: Option<UnitInfo>,
     #[serde(default)]
@@ -136,8 +136,7 @@ impl OrderLine<'_> {
     /// When both are given, `taxRate` (the current field) is read.
     pub fn rate(&self) -> Option<u32> {
         self.tax_rate
-            .map(u32::from)
-            .or_else(|| self.tax_percentage.map(|p| u32::from(p) * 100))
+            .or_else(|| self.tax_percentage.map(|p| p.saturating_mul(100)))
     }
 }
 
@@ -149,7 +148,7 @@ impl<'a> Receipt<'a> {
     pub fn canonical(&self) -> Receipt<'a> {
         let mut r = self.clone();
         for line in &mut r.order_lines {
-            line.tax_rate = line.rate().and_then(|r| u16::try_from(r).ok());
+            line.tax_rate = line.rate();
             line.tax_percentage = None;
             line.discount = Some(line.discount.unwrap_or(0));
             line.is_return = Some(line.is_return.unwrap_or(false));

@@ -404,33 +404,6 @@ mod tests {
         }
     }
 
-    /// The retry loop sleeps the drawn delay on tokio's clock: on paused
-    /// time it wakes exactly after that delay, never after more than the cap.
-    #[tokio::test(start_paused = true)]
-    async fn the_retry_sleep_ends_within_the_backoff_cap() {
-        crate::test_seed::seeded();
-        let c = Resilience {
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(350),
-            ..Resilience::default()
-        };
-        for (retry, cap) in [(1, 100), (2, 200), (3, 350), (9, 350)] {
-            let cap = Duration::from_millis(cap);
-            for _ in 0..20 {
-                let delay = backoff_delay(&c, retry);
-                assert!(delay <= cap, "retry {retry}: {delay:?} over {cap:?}");
-                let t0 = Instant::now();
-                tokio::time::sleep(delay).await;
-                // The timer wheel rounds up to the next millisecond.
-                let slept = t0.elapsed();
-                assert!(
-                    slept >= delay && slept <= cap + Duration::from_millis(1),
-                    "retry {retry}: slept {slept:?} for {delay:?}"
-                );
-            }
-        }
-    }
-
     #[test]
     fn retry_budget_is_a_share_of_calls_in_flight_with_a_floor() {
         let c = Resilience {

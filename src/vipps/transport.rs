@@ -24,15 +24,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// An idle connection older than this is closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-/// A connection is not reused once it has been open this long, so a
-/// changed DNS answer or a drained upstream node is picked up.
+/// No connection is reused once it has been open this long, so a changed
+/// DNS answer or a drained upstream node is picked up.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(75);
 /// Most idle connections a worker keeps.
 pub const MAX_IDLE: usize = 128;
 
 /// A complete answer.
 #[derive(Debug)]
-pub struct Answer {
+pub struct RawResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -71,7 +71,10 @@ type Connector = HttpsConnector<Stamped<HttpConnector>>;
 #[derive(Clone)]
 pub struct Transport {
     client: Client<Connector, Full<Bytes>>,
-    max_lifetime: Duration,
+    /// A connection is retired after an exchange once it is this old: it
+    /// may then idle up to the idle timeout before its next use, and that
+    /// use must come before its lifetime is over.
+    retire_after: Duration,
 }
 
 impl Transport {
@@ -103,7 +106,7 @@ impl Transport {
             .build(connector);
         Self {
             client,
-            max_lifetime,
+            retire_after: max_lifetime.saturating_sub(idle_timeout),
         }
     }
 
@@ -113,7 +116,7 @@ impl Transport {
         &self,
         mut req: Request<Full<Bytes>>,
         limit: usize,
-    ) -> Result<Answer, SendError> {
+    ) -> Result<RawResponse, SendError> {
         let captured = capture_connection(&mut req);
         let resp = self.client.request(req).await.map_err(|e| {
             if e.is_connect() {
@@ -139,12 +142,12 @@ impl Transport {
             connected.get_extras(&mut extras);
             if extras
                 .get::<OpenedAt>()
-                .is_some_and(|at| at.0.elapsed() >= self.max_lifetime)
+                .is_some_and(|at| at.0.elapsed() >= self.retire_after)
             {
                 connected.poison();
             }
         }
-        Ok(Answer {
+        Ok(RawResponse {
             status: parts.status,
             headers: parts.headers,
             body,
@@ -310,14 +313,16 @@ mod tests {
         let (port, accepted) = upstream().await;
         let url = format!("http://127.0.0.1:{port}/x");
         let hour = Duration::from_secs(3600);
-        let keep = Transport::with_reuse(plain_tls(), hour, hour, hour);
+        let minute = Duration::from_secs(60);
+        let keep = Transport::with_reuse(plain_tls(), hour, minute, hour);
         for _ in 0..3 {
             let a = keep.send(get(&url), 1024).await.unwrap();
             assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"ok"[..]));
         }
         assert_eq!(accepted.get(), 1, "one connection for three calls");
-        // A lifetime of zero: every connection is too old once used.
-        let fresh = Transport::with_reuse(plain_tls(), hour, hour, Duration::ZERO);
+        // A lifetime no longer than the idle timeout: a connection could
+        // idle past its lifetime before its next use, so none is reused.
+        let fresh = Transport::with_reuse(plain_tls(), hour, minute, minute);
         for _ in 0..3 {
             fresh.send(get(&url), 1024).await.unwrap();
         }

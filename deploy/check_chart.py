@@ -603,7 +603,9 @@ def check_gateway_accepts(name: str, docs: list[dict[str, Any]], gateway: Path) 
         check(res.returncode == 0, f"[{name}] the gateway's check-config accepts the rendered gateway.toml ({len(merchants)} merchant(s), auth key {key_kind})")
         if key_kind != "none":
             check("caller auth Jwt" in res.stdout, f"[{name}] check-config loaded the {key_kind} caller-auth key: {res.stdout.strip()}")
-        print(f"  [{name}] check-config: exit {res.returncode}, {len(merchants)} merchant(s), auth key {key_kind}")
+        want_version = "2.0" if 'api_version = "2.0"' in Path(config).read_text() else "2.1"
+        check(f"Order Management {want_version}" in res.stdout, f"[{name}] check-config reads the chart's Order Management version {want_version}: {res.stdout.strip()}")
+        print(f"  [{name}] check-config: exit {res.returncode}, {len(merchants)} merchant(s), auth key {key_kind}, Order Management {want_version}")
 
 
 # ---------------------------------------------------------------- rolling and refusals

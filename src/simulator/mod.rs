@@ -1,5 +1,6 @@
 //! The built-in Vipps simulator: an in-memory stand-in for the access token
-//! API and the Order Management API 2.0 (with 2.1's `/v3/categories`), so
+//! API and the Order Management API 2.1 (order lines with `taxRate` or 2.0's
+//! `taxPercentage`, and `/v3/categories`), so
 //! the gateway runs and is tested with
 //! no Vipps account and no network.
 //!

@@ -217,6 +217,82 @@ async fn no_secret_or_token_reaches_logs_responses_or_metrics() {
         400,
     );
 
+    let stored_receipt = call(&app, Method::GET, &order(MSN, "s-1"), a, None)
+        .await
+        .body["receipt"]
+        .clone();
+    // Category links (2.1): added, listed, an add whose answer was lost
+    // (settled by reading back), deleted.
+    let links = format!("{}/categories", order(MSN, "s-1"));
+    let link = json!({"category": "TICKET", "url": "https://shop.example/t/1"});
+    let added = call(&app, Method::POST, &links, a, Some(&link)).await;
+    let id = added.body["categoryId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    run("category link", added, 201);
+    app.add_fault(
+        json!({"endpoint": "v3-category-post", "drop": true, "afterStore": true, "times": 1}),
+    )
+    .await;
+    run(
+        "category link whose answer was lost",
+        call(
+            &app,
+            Method::POST,
+            &links,
+            a,
+            Some(&json!({"category": "DELIVERY", "url": "https://shop.example/d/1"})),
+        )
+        .await,
+        201,
+    );
+    run(
+        "category links",
+        call(&app, Method::GET, &links, a, None).await,
+        200,
+    );
+    run(
+        "category link deleted",
+        call(&app, Method::DELETE, &format!("{links}/{id}"), a, None).await,
+        204,
+    );
+
+    // The reverse proxy, with a caller that sends credentials of its own:
+    // they are dropped, and the gateway's are never shown.
+    let proxied = |method: Method, path: &str| {
+        app.client
+            .request(method, app.url(&format!("/vipps/order-management{path}")))
+            .insert_header(("authorization", auth.as_str()))
+            .insert_header(("Merchant-Serial-Number", MSN))
+            .insert_header(("Ocp-Apim-Subscription-Key", "caller-supplied-key-0c9e"))
+    };
+    run(
+        "proxied order read",
+        crate::helpers::answer(proxied(Method::GET, "/v2/ecom/s-1").send().await).await,
+        200,
+    );
+    run(
+        "proxied receipt conflict",
+        crate::helpers::answer(
+            proxied(Method::POST, "/v2/ecom/receipts/s-1")
+                .send_json(&stored_receipt)
+                .await,
+        )
+        .await,
+        409,
+    );
+    run(
+        "proxied category links",
+        crate::helpers::answer(
+            proxied(Method::GET, "/v3/categories?orderId=s-1")
+                .send()
+                .await,
+        )
+        .await,
+        200,
+    );
+
     // Callers refused.
     for (label, token, status) in [
         ("expired caller token", expired.as_str(), 401),

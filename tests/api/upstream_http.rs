@@ -131,6 +131,8 @@ struct Shared {
     token: Vec<u8>,
     seen: RefCell<Vec<Seen>>,
     accepted: Cell<usize>,
+    /// Filler bytes the peer accepted, over every streamed answer.
+    streamed: Cell<usize>,
 }
 
 /// A scripted HTTP/1.1 upstream on a loopback port 0, served on the test's
@@ -157,6 +159,7 @@ impl Upstream {
             token,
             seen: RefCell::new(Vec::new()),
             accepted: Cell::new(0),
+            streamed: Cell::new(0),
         });
         let s = shared.clone();
         actix_rt::spawn(async move {
@@ -192,6 +195,10 @@ impl Upstream {
 
     fn connections(&self) -> usize {
         self.shared.accepted.get()
+    }
+
+    fn streamed(&self) -> usize {
+        self.shared.streamed.get()
     }
 }
 
@@ -245,6 +252,7 @@ async fn serve(mut sock: TcpStream, connection: usize, shared: Rc<Shared>) {
             if sock.write_all(&FILLER[..n]).await.is_err() {
                 return;
             }
+            shared.streamed.set(shared.streamed.get() + n);
             left -= n;
         }
         if !reply.read_body {
@@ -373,6 +381,15 @@ fn vipps_category() -> Value {
 }
 
 /// The process's peak resident memory so far, in KiB.
+/// The largest buffer the kernel gives a TCP socket (`tcp_rmem` or
+/// `tcp_wmem`, their third field).
+fn socket_buffer_max(which: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{which}"))
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2).and_then(|n| n.parse().ok()))
+        .unwrap_or(64 << 20)
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .expect("/proc/self/status")
@@ -921,5 +938,14 @@ async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
     a.problem(502);
     let grown = peak_rss_kib().saturating_sub(before);
     assert!(grown < MEMORY_GROWTH_KIB, "peak memory grew {grown} KiB");
+    // The gateway stopped reading at its 8 MiB limit: the upstream could
+    // hand over no more than that plus what the kernel's socket buffers on
+    // both ends hold.
+    let buffers = socket_buffer_max("tcp_rmem") + socket_buffer_max("tcp_wmem");
+    let streamed = up.streamed();
+    assert!(
+        streamed <= (8 << 20) + buffers + (1 << 20),
+        "{streamed} bytes of {SIZE} were taken; buffers hold {buffers}"
+    );
     next_call_is_answered_normally(&app).await;
 }

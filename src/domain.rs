@@ -201,6 +201,15 @@ pub enum Category {
     Booking,
 }
 
+/// A category link's id (2.1's `categoryId`): a UUID in its hyphenated
+/// form (36 characters), in either case.
+pub fn parse_category_id(raw: &str) -> Option<uuid::Uuid> {
+    if raw.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::try_parse(raw).ok()
+}
+
 /// An absolute `http`/`https` URL, as the upstream's `orderDetailsUrl` expects.
 ///
 /// The authority is a host name or IPv4 address (ASCII letters, digits, `.`,

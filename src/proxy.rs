@@ -17,7 +17,7 @@ use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse, ResponseError 
 
 use crate::auth::Grant;
 use crate::config::ProxySettings;
-use crate::domain::{OrderId, MSN_HEADER};
+use crate::domain::{parse_category_id, OrderId, MSN_HEADER};
 use crate::error::{ApiError, Kind};
 use crate::facade::{read_body, AppState};
 use crate::middleware::{call_context, within_deadline, RequestId};
@@ -93,19 +93,9 @@ fn segment_ok(pattern: &str, raw: &str) -> bool {
         // `transactionId` is documented only as a string; Vipps ids are
         // digits or order ids, so the order id rules (and length) apply.
         "{orderId}" | "{transactionId}" => OrderId::is_valid(raw),
-        "{categoryId}" => is_uuid(raw),
+        "{categoryId}" => parse_category_id(raw).is_some(),
         literal => literal == raw,
     }
-}
-
-/// A hyphenated UUID (`8-4-4-4-12` hex digits, either case), as 2.1's
-/// `categoryId` is: checked byte by byte, so nothing else reaches Vipps.
-fn is_uuid(raw: &str) -> bool {
-    raw.len() == 36
-        && raw.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
 }
 
 /// Whether a query is exactly `orderId=<order id>`. An order id holds only
@@ -450,7 +440,7 @@ mod tests {
 
     #[test]
     fn category_ids_are_uuid_shaped() {
-        assert!(is_uuid("337f5e5d-288b-40d5-be14-901cc3acacc0"));
+        assert!(parse_category_id("337f5e5d-288b-40d5-be14-901cc3acacc0").is_some());
         for bad in [
             "",
             "337f5e5d288b40d5be14901cc3acacc0",
@@ -460,7 +450,7 @@ mod tests {
             "337f5e5d-288b-40d5-be1-4901cc3acacc0",
             "..",
         ] {
-            assert!(!is_uuid(bad), "{bad:?}");
+            assert!(parse_category_id(bad).is_none(), "{bad:?}");
             assert_eq!(
                 route(&Method::GET, &format!("/v3/categories/{bad}")),
                 Err(Refusal::NoRoute),

@@ -204,17 +204,13 @@ pub async fn list(
 
 /// A `{categoryId}`: a UUID in its hyphenated form, either case.
 pub fn category_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    let hyphenated = raw.len() == 36 && raw.bytes().filter(|b| *b == b'-').count() == 4;
-    uuid::Uuid::try_parse(raw)
-        .ok()
-        .filter(|_| hyphenated)
-        .ok_or_else(|| {
-            ApiError::field(
-                Kind::InvalidRequest,
-                "categoryId",
-                "must be a UUID such as 337f5e5d-288b-40d5-be14-901cc3acacc0",
-            )
-        })
+    crate::domain::parse_category_id(raw).ok_or_else(|| {
+        ApiError::field(
+            Kind::InvalidRequest,
+            "categoryId",
+            "must be a UUID such as 337f5e5d-288b-40d5-be14-901cc3acacc0",
+        )
+    })
 }
 
 /// `DELETE …/categories/{categoryId}`: reads the link first and deletes it

@@ -634,16 +634,27 @@ impl VippsClient {
         order: &OrderId,
     ) -> Result<Option<OrderResponse>, UpstreamError> {
         let path = format!("/order-management/v2/{}/{}", pt.as_str(), order.as_str());
+        self.read(ctx, &path, "order").await
+    }
+
+    /// A read whose 404 means "there is none": `None` then, the decoded
+    /// answer otherwise (an empty one is unreadable).
+    async fn read<T: DeserializeOwned>(
+        &self,
+        ctx: &CallContext,
+        path: &str,
+        what: &str,
+    ) -> Result<Option<T>, UpstreamError> {
         let call = Call {
             method: Method::GET,
-            path: &path,
+            path,
             body: None,
             retry: Retry::Safe,
             extra: None,
         };
-        match self.json_call::<OrderResponse>(ctx, call).await {
-            Ok(Some(o)) => Ok(Some(o)),
-            Ok(None) => Err(UpstreamError::BadResponse("empty order answer".into())),
+        match self.json_call::<T>(ctx, call).await {
+            Ok(Some(found)) => Ok(Some(found)),
+            Ok(None) => Err(UpstreamError::BadResponse(format!("empty {what} answer"))),
             Err(UpstreamError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
                 Ok(None)
             }
@@ -703,21 +714,7 @@ impl VippsClient {
         id: uuid::Uuid,
     ) -> Result<Option<CategoryV3>, UpstreamError> {
         let path = format!("{CATEGORIES_V3}/{}", id.hyphenated());
-        let call = Call {
-            method: Method::GET,
-            path: &path,
-            body: None,
-            retry: Retry::Safe,
-            extra: None,
-        };
-        match self.json_call::<CategoryV3>(ctx, call).await {
-            Ok(Some(c)) => Ok(Some(c)),
-            Ok(None) => Err(UpstreamError::BadResponse("empty category answer".into())),
-            Err(UpstreamError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.read(ctx, &path, "category").await
     }
 
     /// `DELETE /order-management/v3/categories/{categoryId}`. Safe to

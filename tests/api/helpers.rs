@@ -211,6 +211,12 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         ),
         merchant(MSN2, "second-client", &opts.msn2_secret, "second-key"),
     ];
+    start_gateway(settings, sim_address)
+}
+
+/// Starts the gateway with `settings` on a loopback port 0; `sim_address`
+/// is the upstream it was pointed at.
+fn start_gateway(settings: Settings, sim_address: String) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway");
     let app =
         Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");
@@ -485,22 +491,7 @@ pub async fn spawn_gateway_against(base_url: &str, extra_toml: &str) -> TestApp 
         DEMO_CLIENT_SECRET,
         DEMO_SUBSCRIPTION_KEY,
     )];
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway");
-    let app =
-        Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
-    let reloader = app.reloader();
-    actix_rt::spawn(app.server());
-    TestApp {
-        address,
-        metrics_address,
-        sim_address: base_url.to_owned(),
-        reloader,
-        client: awc::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .finish(),
-    }
+    start_gateway(settings, base_url.to_owned())
 }
 
 /// Tries `attempt` until it returns `Some`, 20 ms apart, at most 1,000

@@ -77,6 +77,15 @@ const RATE: Kind = Kind::Int {
     min: Some(0),
     max: Some(10_000),
 };
+/// A link: an absolute http(s) URL, by the gateway's own rule.
+const ABSOLUTE_URL: Kind = Kind::Str {
+    min: 1,
+    max: None,
+    check: Some((
+        is_absolute_url,
+        "must be an absolute http:// or https:// URL",
+    )),
+};
 const ID_PATTERN: &str = "must match ^[0-9A-Za-z-_\\.]+$";
 const IMAGE_ID: Kind = Kind::Str {
     min: 1,
@@ -95,19 +104,7 @@ const CATEGORIES: &[&str] = &[
 
 const ORDER: &[Field] = &[
     field("category", Kind::Enum(CATEGORIES), true, false),
-    field(
-        "orderDetailsUrl",
-        Kind::Str {
-            min: 1,
-            max: None,
-            check: Some((
-                is_absolute_url,
-                "must be an absolute http:// or https:// URL",
-            )),
-        },
-        true,
-        false,
-    ),
+    field("orderDetailsUrl", ABSOLUTE_URL, true, false),
     field("imageId", IMAGE_ID, false, true),
 ];
 

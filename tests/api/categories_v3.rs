@@ -30,14 +30,6 @@ async fn stored(app: &TestApp) -> Vec<Value> {
         .clone()
 }
 
-async fn statuses(app: &TestApp, endpoint: &str) -> Vec<u64> {
-    app.sim_requests_to(endpoint)
-        .await
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap_or(999))
-        .collect()
-}
-
 fn is_uuid(v: &Value) -> bool {
     v.as_str()
         .is_some_and(|s| s.len() == 36 && uuid::Uuid::try_parse(s).is_ok())
@@ -278,8 +270,8 @@ async fn an_add_whose_answer_is_lost_is_settled_by_reading_back_never_sent_twice
         )
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    assert_eq!(statuses(&app, "v3-category-post").await, [0]);
-    assert_eq!(statuses(&app, "v3-category-list").await, [200]);
+    assert_eq!(app.sim_statuses("v3-category-post").await, [0]);
+    assert_eq!(app.sim_statuses("v3-category-list").await, [200]);
     let links_stored = stored(&app).await;
     assert_eq!(links_stored.len(), 1, "{links_stored:?}");
     assert_eq!(links_stored[0]["categoryId"], a.body["categoryId"]);
@@ -304,8 +296,8 @@ async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
     // Not a plain "retry": the caller is told to look before adding again.
     let detail = p["detail"].as_str().unwrap();
     assert!(detail.contains("List the order's links"), "{detail}");
-    assert_eq!(statuses(&app, "v3-category-post").await, [503]);
-    assert_eq!(statuses(&app, "v3-category-list").await, [200]);
+    assert_eq!(app.sim_statuses("v3-category-post").await, [503]);
+    assert_eq!(app.sim_statuses("v3-category-list").await, [200]);
     assert!(stored(&app).await.is_empty());
     // A 429 was refused before any work: resent, and added once.
     app.add_fault(json!({"endpoint": "v3-category-post", "status": 429, "times": 1}))
@@ -317,7 +309,7 @@ async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
         )
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    assert_eq!(statuses(&app, "v3-category-post").await, [503, 429, 201]);
+    assert_eq!(app.sim_statuses("v3-category-post").await, [503, 429, 201]);
     assert_eq!(stored(&app).await.len(), 1);
 }
 
@@ -339,7 +331,7 @@ async fn a_delete_whose_first_answer_is_lost_is_a_success() {
     assert_eq!(gone.status, 204, "{}", gone.body);
     // Deleted by the first attempt, whose answer was lost; the retry's 404
     // says it is gone.
-    assert_eq!(statuses(&app, "v3-category-delete").await, [0, 404]);
+    assert_eq!(app.sim_statuses("v3-category-delete").await, [0, 404]);
     assert!(stored(&app).await.is_empty());
 }
 

@@ -353,6 +353,16 @@ impl TestApp {
             .collect()
     }
 
+    /// The statuses the simulator answered at one endpoint, oldest first
+    /// (`0`: the connection was dropped).
+    pub async fn sim_statuses(&self, endpoint: &str) -> Vec<u64> {
+        self.sim_requests_to(endpoint)
+            .await
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap_or(999))
+            .collect()
+    }
+
     pub async fn sim_counters(&self) -> Value {
         self.sim(awc::http::Method::GET, "/_simulator/counters", None)
             .await

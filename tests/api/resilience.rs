@@ -17,14 +17,6 @@ fn with(toml: &str) -> Options {
     }
 }
 
-async fn statuses(app: &TestApp, endpoint: &str) -> Vec<u64> {
-    app.sim_requests_to(endpoint)
-        .await
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap_or(999))
-        .collect()
-}
-
 #[actix_web::test]
 async fn a_503_is_retried_and_the_caller_sees_success() {
     let app = spawn_app_with(with("")).await;
@@ -33,7 +25,7 @@ async fn a_503_is_retried_and_the_caller_sees_success() {
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["replayed"], false);
-    assert_eq!(statuses(&app, "receipt").await, [503, 201]);
+    assert_eq!(app.sim_statuses("receipt").await, [503, 201]);
 }
 
 #[actix_web::test]
@@ -56,9 +48,9 @@ async fn a_500_is_retried_for_calls_safe_to_repeat_only() {
     assert_eq!(put.status, 200, "{}", put.body);
     let receipt = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(receipt.status, 201, "{}", receipt.body);
-    assert_eq!(statuses(&app, "order").await, [500, 404]);
-    assert_eq!(statuses(&app, "category").await, [500, 200]);
-    assert_eq!(statuses(&app, "receipt").await, [500, 201]);
+    assert_eq!(app.sim_statuses("order").await, [500, 404]);
+    assert_eq!(app.sim_statuses("category").await, [500, 200]);
+    assert_eq!(app.sim_statuses("receipt").await, [500, 201]);
     // A caller-named image is not: Vipps may have stored it.
     app.add_fault(json!({"endpoint": "image", "status": 500, "times": 1}))
         .await;
@@ -68,7 +60,7 @@ async fn a_500_is_retried_for_calls_safe_to_repeat_only() {
     )
     .await
     .problem(502);
-    assert_eq!(statuses(&app, "image").await, [500]);
+    assert_eq!(app.sim_statuses("image").await, [500]);
 }
 
 #[actix_web::test]
@@ -81,8 +73,8 @@ async fn a_receipt_whose_answer_was_lost_is_retried_and_replayed() {
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["replayed"], true);
     // Dropped, then 409 on the retry, then the read-back.
-    assert_eq!(statuses(&app, "receipt").await, [0, 409]);
-    assert_eq!(statuses(&app, "order").await, [200]);
+    assert_eq!(app.sim_statuses("receipt").await, [0, 409]);
+    assert_eq!(app.sim_statuses("order").await, [200]);
     // Exactly one receipt is stored, the one acknowledged.
     let state = app.sim_state().await;
     let stored: Vec<&Value> = state["orders"]
@@ -103,7 +95,7 @@ async fn a_503_after_the_receipt_was_stored_is_replayed() {
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["replayed"], true);
-    assert_eq!(statuses(&app, "receipt").await, [503, 409]);
+    assert_eq!(app.sim_statuses("receipt").await, [503, 409]);
 }
 
 #[actix_web::test]
@@ -116,13 +108,13 @@ async fn a_caller_named_image_is_not_resent_after_an_unknown_outcome() {
         .post_json(&path, &json!({"data": b64(&png(200)), "imageId": "logo"}))
         .await;
     named.problem(502);
-    assert_eq!(statuses(&app, "image").await, [0]);
+    assert_eq!(app.sim_statuses("image").await, [0]);
     // A content-derived id is the same image whatever happened: resent.
     app.add_fault(json!({"endpoint": "image", "drop": true, "times": 1}))
         .await;
     let derived = app.post_json(&path, &json!({"data": b64(&png(200))})).await;
     assert_eq!(derived.status, 201, "{}", derived.body);
-    assert_eq!(statuses(&app, "image").await, [0, 0, 200]);
+    assert_eq!(app.sim_statuses("image").await, [0, 0, 200]);
 }
 
 #[actix_web::test]
@@ -136,7 +128,7 @@ async fn a_caller_named_image_is_not_resent_after_a_5xx() {
         .post_json(&path, &json!({"data": b64(&png(200)), "imageId": "logo"}))
         .await;
     named.problem(502);
-    assert_eq!(statuses(&app, "image").await, [503]);
+    assert_eq!(app.sim_statuses("image").await, [503]);
 }
 
 #[actix_web::test]
@@ -438,7 +430,7 @@ async fn tokens_are_refreshed_in_the_background_before_they_expire() {
         .problem(404);
     assert_eq!(app.token_fetches(MSN).await, 2);
     // The refreshed token is in use: no 401 at any point.
-    assert!(statuses(app, "order").await.iter().all(|s| *s == 404));
+    assert!(app.sim_statuses("order").await.iter().all(|s| *s == 404));
 }
 
 #[actix_web::test]
@@ -475,7 +467,7 @@ async fn a_failed_refresh_keeps_the_valid_token_but_never_sends_an_expired_one()
         "{p}"
     );
     assert!(
-        statuses(app, "order").await.iter().all(|s| *s == 404),
+        app.sim_statuses("order").await.iter().all(|s| *s == 404),
         "never a 401 from an expired token"
     );
     // Fetches backed off: a handful, not one per request.

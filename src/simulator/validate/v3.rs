@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{
-    check_root, field, is_absolute_url, is_id, typed, Field, Kind, CATEGORIES, ID_PATTERN, IMAGE_ID,
+    check_root, field, is_id, typed, Field, Kind, ABSOLUTE_URL, CATEGORIES, ID_PATTERN, IMAGE_ID,
 };
 use crate::simulator::model::v3::AddCategoryRequest;
 use crate::simulator::model::InvalidParam;
@@ -29,19 +29,7 @@ const ADD_CATEGORY: &[Field] = &[
         false,
     ),
     field("type", Kind::Enum(CATEGORIES), true, false),
-    field(
-        "url",
-        Kind::Str {
-            min: 1,
-            max: None,
-            check: Some((
-                is_absolute_url,
-                "must be an absolute http:// or https:// URL",
-            )),
-        },
-        true,
-        false,
-    ),
+    field("url", ABSOLUTE_URL, true, false),
     field("imageId", IMAGE_ID, false, false),
 ];
 

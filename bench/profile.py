@@ -66,19 +66,37 @@ def inclusive(data):
     return rows
 
 
+def callgrind_control(command, pid):
+    subprocess.run(["callgrind_control", command, str(pid)], check=True, capture_output=True)
+
+
+def program_total(data):
+    """Every thread's instructions in a callgrind dump."""
+    for line in Path(data).read_text().splitlines():
+        if line.startswith("totals:") or line.startswith("summary:"):
+            return int(line.split()[1])
+    raise bench.BenchError(f"no totals in {data}")
+
+
 def instructions(out):
     """User-space instructions per request under callgrind (valgrind counts
     instructions, not time, so the figures repeat on a busy machine): the
     gateway's proxy, façade read and 10-line receipt, and the bare actix-web +
-    awc and hyper forwarders, each serving 4 wrk connections for 10 s. Per
-    request = the inclusive count of actix-http's connection dispatcher (every
-    request's work, start-up excluded) ÷ requests answered; for the hyper
-    forwarder, whose upstream connections run as tasks of their own, the
-    inclusive count of the tokio LocalSet that runs every task."""
+    awc and hyper forwarders, each serving 4 wrk connections for 10 s after a
+    1 s warm-up (tokens fetched, connections open). Counters are zeroed after
+    the warm-up and dumped before the stop (callgrind_control), so start-up
+    and shutdown are left out. Two figures per request:
+    - whole process: every thread's instructions ÷ requests answered (the
+      upstream connection tasks, the log writer thread and the timers
+      included);
+    - dispatcher: the inclusive count of actix-http's connection dispatcher
+      ÷ requests (for the hyper forwarder the tokio LocalSet that runs every
+      task), the figure earlier reports give."""
     wd = Path(bench.tempfile.mkdtemp(prefix="vog-callgrind-"))
     args = type("Args", (), {"connections": 4, "seconds": 10, "runs": 1})()
-    lines = ["# User-space instructions per request (valgrind --tool=callgrind, 4 connections, 10 s)",
-             "", "| server | case | requests | instructions per request |", "|---|---|---|---|"]
+    lines = ["# User-space instructions per request (valgrind --tool=callgrind, 4 connections, 10 s after a 1 s warm-up)",
+             "", "| server | case | requests | whole process per request | dispatcher per request |",
+             "|---|---|---|---|---|"]
     tops = []
     for server, case in (("gateway", "proxy"), ("bare-forwarder", "proxy"), ("hyper-forwarder", "proxy"),
                          ("gateway", "read"), ("gateway", "receipt")):
@@ -103,15 +121,21 @@ def instructions(out):
             bench.wait_http(port, "/healthz", timeout=120, proc=proc.popen)
             hdr = {"Merchant-Serial-Number": bench.DEMO["msn"]} if server == "gateway" else {}
             script = case_script(wd, run, case, f"cg-{server}-{case}", hdr)
+            bench.run_wrk(port, script, 1, args.connections)
+            callgrind_control("--zero", proc.popen.pid)
             r = bench.run_wrk(port, script, args.seconds, args.connections)
+            callgrind_control("--dump", proc.popen.pid)
             if r["errors"]:
                 raise bench.BenchError(f"{server} {case}: {r['errors']} errors")
             proc.popen.send_signal(15)
             proc.popen.wait(timeout=120)
+            data = data.with_name(data.name + ".1")
             rows = inclusive(data)
             anchor = LOCAL_SET if server == "hyper-forwarder" else DISPATCH
             total = next(n for n, sym in rows if anchor in sym)
-            lines.append(f"| {server} | {case} | {r['requests']} | {total // r['requests']:,} |")
+            whole = program_total(data)
+            lines.append(f"| {server} | {case} | {r['requests']} | {whole // r['requests']:,} "
+                         f"| {total // r['requests']:,} |")
             if server == "gateway":
                 own = [(n, sym) for n, sym in rows if "vipps_order_gateway::" in sym][:15]
                 tops.append(f"\n# gateway {case}: the gateway's own functions, inclusive instructions per request\n"

@@ -1,21 +1,35 @@
 //! The tracing subscriber: JSON lines in production, readable lines in a
-//! terminal, both from tracing-subscriber's own formatters. `RUST_LOG`
+//! terminal, both written by tracing-subscriber's `fmt` layer. `RUST_LOG`
 //! overrides the configured level.
 //!
 //! Every request is served inside a span named [`REQUEST_SPAN`] carrying the
-//! request's fields (`crate::middleware`); the JSON formatter writes that
-//! span's fields under `span` on each line, the text formatter as
-//! `request{...}`. The span is kept whatever the level, so a warning written
-//! while a request is served still names the request.
+//! request's fields (`crate::middleware`); a JSON line written within it
+//! carries that span's fields under `span`, a text line as `request{...}`.
+//! The span is kept whatever the level, so a warning written while a request
+//! is served still names the request.
+//!
+//! The text lines are tracing-subscriber's own formatter. The JSON lines use
+//! the `fmt` layer with [`JsonLines`] and [`JsonSpanFields`], which keep a
+//! span's fields as a JSON object that a later `record` extends in place.
+//! tracing-subscriber's JSON formatter re-parses and rewrites a span's
+//! fields on every `record` and on every line (docs/decisions.md, "JSON log
+//! lines").
 
+use std::fmt;
 use std::io::IsTerminal;
 
-use tracing::Subscriber;
+use serde::Serialize;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{filter_fn, FilterExt as _};
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::{fmt, EnvFilter, Layer as _, Registry};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{fmt as tfmt, EnvFilter, Layer as _, Registry};
 
 use crate::config::LogFormat;
 
@@ -38,11 +52,9 @@ where
     match format {
         LogFormat::Json => Box::new(
             Registry::default().with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
+                tfmt::layer()
+                    .fmt_fields(JsonSpanFields)
+                    .event_format(JsonLines)
                     .with_writer(sink)
                     .with_filter(filter),
             ),
@@ -50,13 +62,159 @@ where
         // Colours only on a terminal: piped logs stay plain text.
         LogFormat::Text => Box::new(
             Registry::default().with(
-                fmt::layer()
+                tfmt::layer()
                     .with_writer(sink)
                     .with_target(false)
                     .with_ansi(std::io::stdout().is_terminal())
                     .with_filter(filter),
             ),
         ),
+    }
+}
+
+/// A span's fields as one JSON object (`{"request_id":"…","status":200}`),
+/// kept by the `fmt` layer with the span. A later `record` drops the closing
+/// brace and appends its fields, so no field is parsed again.
+pub struct JsonSpanFields;
+
+impl<'writer> FormatFields<'writer> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        fields.record(&mut Entries::new(&mut out, true));
+        out.push(b'}');
+        writer.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        if current.fields.pop() != Some('}') {
+            current.fields.clear();
+            return self.format_fields(current.as_writer(), fields);
+        }
+        let mut out = Vec::with_capacity(128);
+        fields.record(&mut Entries::new(&mut out, current.fields.len() == 1));
+        out.push(b'}');
+        current
+            .fields
+            .push_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?);
+        Ok(())
+    }
+}
+
+/// One JSON object per line: `timestamp` (RFC 3339, UTC, microseconds),
+/// `level`, the event's fields, `target` and, within a span, `span` with
+/// the span's fields and `name`. The same layout as tracing-subscriber's JSON
+/// formatter with `flatten_event(true)` and `with_current_span(true)`.
+pub struct JsonLines;
+
+impl<S> FormatEvent<S, JsonSpanFields> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonSpanFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        SystemTime.format_time(&mut Writer::new(&mut BytesWriter(&mut out)))?;
+        out.extend_from_slice(b"\",\"level\":\"");
+        out.extend_from_slice(meta.level().as_str().as_bytes());
+        out.push(b'"');
+        let mut entries = Entries::new(&mut out, false);
+        event.record(&mut entries);
+        entries.entry("target", meta.target());
+        let span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        if let Some(span) = span {
+            out.extend_from_slice(b",\"span\":");
+            let extensions = span.extensions();
+            let fields = extensions
+                .get::<FormattedFields<JsonSpanFields>>()
+                .map(|f| f.fields.as_str())
+                .filter(|f| f.len() >= 2 && f.starts_with('{') && f.ends_with('}'))
+                .unwrap_or("{}");
+            out.extend_from_slice(&fields.as_bytes()[..fields.len() - 1]);
+            Entries::new(&mut out, fields.len() == 2).entry("name", span.name());
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}\n");
+        writer.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Writes the fields it visits as `"name":value` object entries, each name
+/// and value encoded by serde_json.
+struct Entries<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Entries<'a> {
+    fn new(out: &'a mut Vec<u8>, first: bool) -> Self {
+        Self { out, first }
+    }
+
+    fn entry<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        // A string, number or bool always serializes, and a Vec takes
+        // every byte: neither call can fail.
+        let _ = serde_json::to_writer(&mut *self.out, name);
+        self.out.push(b':');
+        let _ = serde_json::to_writer(&mut *self.out, value);
+    }
+}
+
+impl Visit for Entries<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.entry(field.name(), &value);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.entry(field.name(), &value);
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.entry(field.name(), &value);
+    }
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.entry(field.name(), &value);
+    }
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.entry(field.name(), &value);
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.entry(field.name(), &value);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.entry(field.name(), value);
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.entry(field.name(), &format!("{value:?}"));
+    }
+}
+
+/// A `fmt::Write` appending to a byte buffer, for the timestamp.
+struct BytesWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for BytesWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -137,6 +295,60 @@ mod tests {
         let stamp = first["timestamp"].as_str().unwrap();
         assert!(stamp.ends_with('Z') && stamp.len() == 27, "{stamp}");
         assert!(lines[1].get("span").is_none(), "{}", lines[1]);
+    }
+
+    #[test]
+    fn fields_recorded_later_extend_the_span_object_and_every_value_is_valid_json() {
+        let sink = Sink::default();
+        let subscriber = get_subscriber(LogFormat::Json, "info", sink.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                REQUEST_SPAN,
+                status = tracing::field::Empty,
+                upstream_status = tracing::field::Empty,
+                note = tracing::field::Empty,
+            );
+            span.in_scope(|| tracing::info!("before any record"));
+            span.record("status", 201_u16);
+            span.record("note", "tab\tquote\"ctl\u{1}ø");
+            span.record("upstream_status", 0_u64);
+            span.in_scope(|| {
+                tracing::warn!(
+                    ratio = f64::NAN,
+                    negative = -3_i64,
+                    flag = true,
+                    debug = ?Some("x"),
+                    "after"
+                );
+            });
+        });
+        let lines = lines(&sink);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0]["span"],
+            serde_json::json!({"name": REQUEST_SPAN}),
+            "a span with no field yet is its name alone"
+        );
+        let second = &lines[1];
+        assert_eq!(second["level"], "WARN");
+        assert_eq!(second["message"], "after");
+        assert!(
+            second["ratio"].is_null(),
+            "NaN has no JSON number: {second}"
+        );
+        assert_eq!(second["negative"], -3);
+        assert_eq!(second["flag"], true);
+        assert_eq!(second["debug"], "Some(\"x\")");
+        assert_eq!(second["target"], module_path!());
+        assert_eq!(
+            second["span"],
+            serde_json::json!({
+                "status": 201,
+                "note": "tab\tquote\"ctl\u{1}ø",
+                "upstream_status": 0,
+                "name": REQUEST_SPAN,
+            })
+        );
     }
 
     #[test]

@@ -4,21 +4,14 @@
 //! connections, no redirects, and failures sorted into "nothing was sent"
 //! and "the outcome is unknown".
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode, Uri};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{
-    capture_connection, Connected, Connection, HttpConnector,
-};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -65,16 +58,30 @@ pub fn default_tls_config() -> Result<rustls::ClientConfig, String> {
     })
 }
 
-type Connector = HttpsConnector<Stamped<HttpConnector>>;
+type Connector = HttpsConnector<HttpConnector>;
+type PooledClient = Client<Connector, Full<Bytes>>;
 
 /// One worker's pooled connections. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Transport {
-    client: Client<Connector, Full<Bytes>>,
-    /// A connection is retired after an exchange once it is this old: it
-    /// may then idle up to the idle timeout before its next use, and that
-    /// use must come before its lifetime is over.
-    retire_after: Duration,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    idle_timeout: Duration,
+    /// How long one pool hands out connections. A connection is opened in
+    /// the current pool and is never taken from it after the pool's time
+    /// is up, so its last use comes before `MAX_LIFETIME`.
+    pool_lifetime: Duration,
+    current: Mutex<Generation>,
+}
+
+/// The pool requests take connections from, until `until`. Once replaced,
+/// a pool closes its idle connections when the last request using it ends.
+struct Generation {
+    client: PooledClient,
+    until: Instant,
 }
 
 impl Transport {
@@ -98,15 +105,18 @@ impl Transport {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(Stamped(http));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(MAX_IDLE)
-            .build(connector);
+            .wrap_connector(http);
+        // A connection may idle up to the idle timeout after its pool's
+        // last use of it, and must not be used again past its lifetime.
+        let pool_lifetime = max_lifetime.saturating_sub(idle_timeout);
+        let current = Mutex::new(Generation::new(&connector, idle_timeout, pool_lifetime));
         Self {
-            client,
-            retire_after: max_lifetime.saturating_sub(idle_timeout),
+            inner: Arc::new(Inner {
+                connector,
+                idle_timeout,
+                pool_lifetime,
+                current,
+            }),
         }
     }
 
@@ -114,11 +124,19 @@ impl Transport {
     /// The caller bounds the time.
     pub async fn send(
         &self,
-        mut req: Request<Full<Bytes>>,
+        req: Request<Full<Bytes>>,
         limit: usize,
     ) -> Result<RawResponse, SendError> {
-        let captured = capture_connection(&mut req);
-        let resp = self.client.request(req).await.map_err(|e| {
+        let sent = {
+            let inner = &*self.inner;
+            let mut current = inner.current.lock().unwrap_or_else(PoisonError::into_inner);
+            if Instant::now() >= current.until {
+                *current =
+                    Generation::new(&inner.connector, inner.idle_timeout, inner.pool_lifetime);
+            }
+            current.client.request(req)
+        };
+        let resp = sent.await.map_err(|e| {
             if e.is_connect() {
                 SendError::Connect(cause(&e))
             } else {
@@ -137,21 +155,25 @@ impl Transport {
                 }
             })?
             .to_bytes();
-        if let Some(connected) = captured.connection_metadata().as_ref() {
-            let mut extras = http::Extensions::new();
-            connected.get_extras(&mut extras);
-            if extras
-                .get::<OpenedAt>()
-                .is_some_and(|at| at.0.elapsed() >= self.retire_after)
-            {
-                connected.poison();
-            }
-        }
         Ok(RawResponse {
             status: parts.status,
             headers: parts.headers,
             body,
         })
+    }
+}
+
+impl Generation {
+    fn new(connector: &Connector, idle_timeout: Duration, lifetime: Duration) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(MAX_IDLE)
+            .build(connector.clone());
+        Self {
+            client,
+            until: Instant::now() + lifetime,
+        }
     }
 }
 
@@ -170,91 +192,6 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-/// When a connection was opened, carried in its [`Connected`] extras.
-#[derive(Debug, Clone, Copy)]
-struct OpenedAt(Instant);
-
-/// A connector whose connections remember when they were opened.
-#[derive(Clone)]
-pub struct Stamped<C>(C);
-
-impl<C> tower_service::Service<Uri> for Stamped<C>
-where
-    C: tower_service::Service<Uri>,
-    C::Future: Send + 'static,
-{
-    type Response = StampedIo<C::Response>;
-    type Error = C::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            let io = connecting.await?;
-            Ok(StampedIo {
-                io,
-                opened: Instant::now(),
-            })
-        })
-    }
-}
-
-/// A connection with the instant it was opened.
-pub struct StampedIo<T> {
-    io: T,
-    opened: Instant,
-}
-
-impl<T: Connection> Connection for StampedIo<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected().extra(OpenedAt(self.opened))
-    }
-}
-
-impl<T: Read + Unpin> Read for StampedIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<T: Write + Unpin> Write for StampedIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ impl DecimalError {
 /// Largest magnitude accepted for any amount, in major units. Upstream
 /// amounts are int64 minor units; this leaves room for line sums.
 pub const MAX_MAJOR: i64 = 1_000_000_000_000;
+/// The digits of [`MAX_MAJOR`].
+const MAX_MAJOR_DIGITS: usize = MAX_MAJOR.ilog10() as usize + 1;
 
 /// Parses plain decimal notation (`-?digits[.digits]`), allowing at most
 /// `max_decimals` digits after the point. Exponents, `NaN`, spaces, digit
@@ -94,7 +96,7 @@ pub fn parse_decimal(text: &str, max_decimals: u32) -> Result<Decimal, DecimalEr
     let too_large = || DecimalError::Range(format!("must be at most {MAX_MAJOR}"));
     // More integer digits than the largest amount has is too large, however
     // many digits rust_decimal could carry.
-    if int.trim_start_matches('0').len() > MAX_MAJOR.to_string().len() {
+    if int.trim_start_matches('0').len() > MAX_MAJOR_DIGITS {
         return Err(too_large());
     }
     let value = Decimal::from_str_exact(text).map_err(|_| {
@@ -150,9 +152,38 @@ pub fn format_plain(value: Decimal) -> String {
     value.normalize().to_string()
 }
 
+/// [`format_plain`] of `value`, which was parsed from `text`: `text` itself
+/// when it is already plain (a whole number without leading zeros).
+pub fn plain_text(text: &str, value: Decimal) -> String {
+    let b = text.as_bytes();
+    if !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1) {
+        text.to_owned()
+    } else {
+        format_plain(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_is_the_plain_form_whatever_the_input() {
+        for (text, plain) in [
+            ("2", "2"),
+            ("0", "0"),
+            ("02", "2"),
+            ("1.50", "1.5"),
+            ("1.000", "1"),
+            ("0.25", "0.25"),
+            ("10", "10"),
+            ("100.0", "100"),
+        ] {
+            let value = parse_decimal(text, 6).unwrap();
+            assert_eq!(plain_text(text, value), plain, "{text}");
+            assert_eq!(plain_text(text, value), format_plain(value), "{text}");
+        }
+    }
 
     #[test]
     fn parses_plain_decimals_exactly() {

@@ -13,8 +13,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::money::{
-    div_round_half_away, format_minor, format_plain, parse_decimal, parse_non_negative, to_minor,
-    Currency, DecimalError, DecimalText,
+    div_round_half_away, format_minor, format_plain, parse_decimal, parse_non_negative, plain_text,
+    to_minor, Currency, DecimalError, DecimalText,
 };
 use super::Text;
 use crate::domain::ApiVersion;
@@ -304,18 +304,18 @@ fn build_line<'a>(
         }
     }
 
-    let rate = parse_rate(c, &at("taxPercent"), &line.tax_percent, version);
+    let rate = parse_rate(c, || at("taxPercent"), &line.tax_percent, version);
 
     // The quantity with its upstream text, written once.
     let quantity = match &line.quantity {
         None => Some((Decimal::ONE, String::from("1"))),
-        Some(q) => match parse_non_negative(&q.0, QUANTITY_DECIMALS) {
+        Some(given) => match parse_non_negative(&given.0, QUANTITY_DECIMALS) {
             Ok(q) if q.is_zero() => {
                 c.fail(at("quantity"), "must be greater than zero");
                 None
             }
             Ok(q) => {
-                let text = format_plain(q);
+                let text = plain_text(&given.0, q);
                 if text.len() > QUANTITY_MAX_CHARS {
                     c.fail(
                         at("quantity"),
@@ -444,14 +444,14 @@ const FULL_RATE: u16 = 10_000;
 /// rounded.
 fn parse_rate(
     c: &mut Collector,
-    name: &str,
+    name: impl Fn() -> String,
     text: &DecimalText,
     version: ApiVersion,
 ) -> Option<u16> {
     let percent = match parse_non_negative(&text.0, 2) {
         Ok(p) => p,
         Err(e) => {
-            c.decimal(name.to_owned(), e);
+            c.decimal(name(), e);
             return None;
         }
     };
@@ -459,12 +459,12 @@ fn parse_rate(
         .and_then(|r| u16::try_from(r).ok())
         .filter(|r| *r <= FULL_RATE)
     else {
-        c.fail(name.to_owned(), "must be between 0 and 100");
+        c.fail(name(), "must be between 0 and 100");
         return None;
     };
     if version == ApiVersion::V2_0 && rate % 100 != 0 {
         c.fail(
-            name.to_owned(),
+            name(),
             format!(
                 "{} % cannot be sent: Order Management 2.0 takes whole percents only",
                 format_rate(rate)

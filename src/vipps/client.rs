@@ -231,8 +231,17 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 /// fixed word, never the path.
 pub fn endpoint(path: &str) -> &'static str {
     let path = path.split('?').next().unwrap_or(path);
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    match segments.as_slice() {
+    // No name has more than five segments; a longer path is "other".
+    let mut segments = [""; 6];
+    let mut count = 0;
+    for segment in path.split('/').skip(1) {
+        if count == segments.len() {
+            return "other";
+        }
+        segments[count] = segment;
+        count += 1;
+    }
+    match &segments[..count] {
         ["accesstoken", "get"] => "token",
         ["order-management", "v1", "images"] => "image",
         // The deprecated v1 order and receipt calls, reachable through the proxy.

@@ -151,8 +151,14 @@ pub struct Call<'a> {
 
 /// What every worker's client shares: settings, static headers, tokens.
 pub struct Upstream {
-    /// `upstream.base_url` without a trailing `/`; call paths are appended.
-    base: String,
+    /// `upstream.base_url`'s scheme and authority.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// `upstream.base_url`'s path without a trailing `/` (usually empty);
+    /// call paths are appended.
+    base_path: String,
+    /// The `Host` header of every call, worked out once.
+    host: HeaderValue,
     timeout: Duration,
     connect_timeout: Duration,
     tls: rustls::ClientConfig,
@@ -184,11 +190,25 @@ impl Upstream {
         let uri: http::Uri = base
             .parse()
             .map_err(|_| format!("upstream.base_url is not a URL: {base}"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        let (Some(scheme), Some(authority), Some(host)) =
+            (uri.scheme(), uri.authority(), uri.host())
+        else {
             return Err("upstream.base_url must be an http or https URL with a host".into());
+        };
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err("upstream.base_url must be an http or https URL with a host".into()),
+        };
+        if uri.query().is_some() {
+            return Err("upstream.base_url must not have a query".into());
         }
+        let host = host_header(host, authority.port_u16(), default_port)?;
         Ok(Self {
-            base,
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            host,
             timeout: settings.upstream.timeout,
             connect_timeout: settings.upstream.connect_timeout,
             tls: transport::default_tls_config()?,
@@ -200,10 +220,31 @@ impl Upstream {
     }
 
     fn uri(&self, path: &str) -> Result<http::Uri, UpstreamError> {
-        format!("{}{path}", self.base)
-            .parse()
+        let path_and_query = if self.base_path.is_empty() {
+            http::uri::PathAndQuery::try_from(path)
+        } else {
+            http::uri::PathAndQuery::try_from(format!("{}{path}", self.base_path))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query.map_err(|_| UpstreamError::Internal("invalid upstream path".into()))?,
+        );
+        http::Uri::from_parts(parts)
             .map_err(|_| UpstreamError::Internal("invalid upstream path".into()))
     }
+}
+
+/// The `Host` header for `host` and `port`: the port only when it is not
+/// the scheme's default, as clients write it.
+fn host_header(host: &str, port: Option<u16>, default_port: u16) -> Result<HeaderValue, String> {
+    let text = match port {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&text)
+        .map_err(|_| format!("upstream.base_url's host is not a valid header value: {text}"))
 }
 
 /// One worker's client. Each worker builds its own, so a connection's task
@@ -283,6 +324,19 @@ impl VippsClient {
         if let Some(token) = cached {
             return Ok(token);
         }
+        // The fetch's state lives on the heap: inline it would make every
+        // call's future (and so every handler's) several kilobytes larger,
+        // moved on each request for a path taken once per token lifetime.
+        Box::pin(self.fetch_or_wait(merchant, observed)).await
+    }
+
+    /// A token from the cache's single fetch for the merchant, started here
+    /// or by a concurrent caller.
+    async fn fetch_or_wait(
+        &self,
+        merchant: &Merchant,
+        observed: Option<&Observed>,
+    ) -> Result<Arc<AccessToken>, UpstreamError> {
         let lookup = self
             .up
             .tokens
@@ -445,7 +499,7 @@ impl VippsClient {
         self.up
             .metrics
             .observe_retry(&m.msn, endpoint(call.path), "unauthorized");
-        self.up.tokens.invalidate_if_same(&m.msn, &token).await;
+        Box::pin(self.up.tokens.invalidate_if_same(&m.msn, &token)).await;
         let token = self.token_for(m, Some(&ctx.observed)).await?;
         self.send_once(ctx, &token, call).await
     }
@@ -506,6 +560,7 @@ impl VippsClient {
         for (name, value) in call.extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());
         }
+        headers.insert(header::HOST, self.up.host.clone());
         headers.insert(header::AUTHORIZATION, bearer);
         headers.insert(
             SUBSCRIPTION_KEY,
@@ -896,7 +951,24 @@ async fn fetch_token_now(
 
 #[cfg(test)]
 mod tests {
-    use super::endpoint;
+    use super::{endpoint, host_header};
+
+    #[test]
+    fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
+        assert_eq!(
+            host_header("api.vipps.no", None, 443).unwrap(),
+            "api.vipps.no"
+        );
+        assert_eq!(
+            host_header("api.vipps.no", Some(443), 443).unwrap(),
+            "api.vipps.no"
+        );
+        assert_eq!(
+            host_header("127.0.0.1", Some(8080), 80).unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(host_header("[::1]", Some(9000), 443).unwrap(), "[::1]:9000");
+    }
 
     #[test]
     fn endpoint_names_are_fixed_words() {

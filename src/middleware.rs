@@ -5,6 +5,9 @@
 //! error body can name them without threading the request through every
 //! function.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
+use futures_util::future::{Either, FutureExt as _};
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -62,17 +66,21 @@ pub fn current() -> Option<RequestContext> {
 /// Runs a handler's work within the request's deadline: past it the caller
 /// gets a 504 and the work is dropped (a receipt that reached Vipps is found
 /// by the caller's retry, which is answered `replayed`).
-pub async fn within_deadline<T>(
-    work: impl std::future::Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
-    match CONTEXT.try_with(|c| c.deadline).ok() {
-        Some(at) => tokio::time::timeout_at(at.into(), work).await.unwrap_or_else(|_| {
-            Err(ApiError::new(
-                Kind::DeadlineExceeded,
-                "The request took longer than the gateway's deadline; its outcome at Vipps is unknown, retry it.",
-            ))
-        }),
-        None => work.await,
+/// Not an `async fn`: that would hold `work` and its timeout side by side,
+/// doubling the size of every handler's future.
+pub fn within_deadline<T>(
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> impl Future<Output = Result<T, ApiError>> {
+    match CONTEXT.try_with(|c| c.deadline) {
+        Ok(at) => Either::Left(tokio::time::timeout_at(at.into(), work).map(|done| {
+            done.unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    Kind::DeadlineExceeded,
+                    "The request took longer than the gateway's deadline; its outcome at Vipps is unknown, retry it.",
+                ))
+            })
+        })),
+        Err(_) => Either::Right(work),
     }
 }
 
@@ -134,6 +142,8 @@ impl MsnLabel {
 
 /// The route a proxied request's log line names.
 const PROXY_ROUTE: &str = "/vipps/order-management/...";
+/// A proxied request's operation (`metrics::operation` of [`PROXY_ROUTE`]).
+const PROXY_OPERATION: &str = "proxy";
 
 /// A new request id: a random (version 4) UUID from a per-thread generator,
 /// so no system call per request. Ids need to be unique, not secret.
@@ -156,37 +166,79 @@ fn usable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
-/// Records how the request ended on its span: its status (when it was
-/// answered) and the last upstream exchange's status (`0`: no answer) and
-/// latency. One `record` for all three, since the JSON formatter rewrites
-/// the span's stored fields on every `record`.
-fn record_end(span: &tracing::Span, status: Option<u16>, last: Option<Exchange>) {
+/// The operation of a request that reached one of the façade's resources,
+/// set by [`routed`] once it has recorded the route on the span; shared
+/// with the request middleware, which records the route itself otherwise.
+#[derive(Debug, Clone, Default)]
+struct Routed(Rc<Cell<Option<&'static str>>>);
+
+/// Records a routed request's `route` and `operation` on its span, as a
+/// resource's first step: actix-web then finds the pattern by the matched
+/// resource, where the request middleware, which runs before routing,
+/// would have to match the path against every pattern again.
+pub fn routed(req: &ServiceRequest) {
+    let route = req.match_pattern();
+    let operation = metrics::operation(route.as_deref());
+    let span = tracing::Span::current();
+    span.record("route", route.as_deref().unwrap_or("unmatched"));
+    span.record("operation", operation);
+    if let Some(routed) = req.extensions().get::<Routed>() {
+        routed.0.set(Some(operation));
+    }
+}
+
+/// What a request ended with, recorded on its span in one `record_all`.
+struct End<'a> {
+    /// The route and operation, unless [`routed`] recorded them.
+    route: Option<(&'a str, &'static str)>,
+    /// The status, when it was answered.
+    status: Option<u16>,
+    /// The last upstream exchange (status `0`: no answer).
+    last: Option<Exchange>,
+}
+
+/// Records how the request ended on its span: its route and operation when
+/// no resource recorded them, its status and the last upstream exchange's
+/// status and latency.
+fn record_end(span: &tracing::Span, end: &End<'_>) {
     let Some(meta) = span.metadata() else {
         return;
     };
     let fields = meta.fields();
-    let (Some(status_field), Some(upstream_field), Some(latency_field)) = (
+    let (Some(route), Some(operation), Some(status), Some(upstream), Some(latency)) = (
+        fields.field("route"),
+        fields.field("operation"),
         fields.field("status"),
         fields.field("upstream_status"),
         fields.field("upstream_latency_ms"),
     ) else {
         return;
     };
-    let status = status.map(u64::from);
-    let upstream = last.map(|l| u64::from(l.status.unwrap_or(0)));
-    let latency = last.map(|l| l.latency.as_secs_f64() * 1000.0);
-    let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 3] = [
+    let status_value = end.status.map(u64::from);
+    let upstream_value = end.last.map(|l| u64::from(l.status.unwrap_or(0)));
+    let latency_value = end.last.map(|l| l.latency.as_secs_f64() * 1000.0);
+    let route_value = end.route.map(|(r, _)| r);
+    let operation_value = end.route.map(|(_, o)| o);
+    let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 5] = [
         (
-            &status_field,
-            status.as_ref().map(|v| v as &dyn tracing::Value),
+            &route,
+            route_value.as_ref().map(|v| v as &dyn tracing::Value),
         ),
         (
-            &upstream_field,
-            upstream.as_ref().map(|v| v as &dyn tracing::Value),
+            &operation,
+            operation_value.as_ref().map(|v| v as &dyn tracing::Value),
         ),
         (
-            &latency_field,
-            latency.as_ref().map(|v| v as &dyn tracing::Value),
+            &status,
+            status_value.as_ref().map(|v| v as &dyn tracing::Value),
+        ),
+        (
+            &upstream,
+            upstream_value.as_ref().map(|v| v as &dyn tracing::Value),
+        ),
+        (
+            &latency,
+            latency_value.as_ref().map(|v| v as &dyn tracing::Value),
         ),
     ];
     span.record_all(&fields.value_set(&values));
@@ -215,22 +267,21 @@ pub async fn middleware(
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ctx.clone());
     req.extensions_mut().insert(observed.clone());
+    let routed = Routed::default();
+    req.extensions_mut().insert(routed.clone());
     // The proxy judges its raw path itself; its log names the surface, not
     // the caller's path, so a log line never carries an arbitrary path.
-    let route = if req.path().starts_with(crate::proxy::PREFIX) {
-        Some(PROXY_ROUTE.to_owned())
-    } else {
-        req.match_pattern()
-    };
-    let operation = metrics::operation(route.as_deref());
+    let proxied = req.path().starts_with(crate::proxy::PREFIX);
     let (msn_log, msn_label) = merchant_labels(&req);
+    // A façade request's route is recorded once routed (`routed`); the
+    // proxy's is known now.
     let span = tracing::info_span!(
         REQUEST_SPAN,
         request_id = &*id,
         method = req.method().as_str(),
-        route = route.as_deref().unwrap_or("unmatched"),
-        operation,
         msn = msn_log.as_deref(),
+        route = proxied.then_some(PROXY_ROUTE),
+        operation = proxied.then_some(PROXY_OPERATION),
         status = Empty,
         upstream_status = Empty,
         upstream_latency_ms = Empty,
@@ -246,14 +297,30 @@ pub async fn middleware(
             Ok(res) => res.status().as_u16(),
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
+        // The route is still to be found only when the request reached none
+        // of the façade's resources: an operational endpoint or no route.
+        let (operation, unrouted) = match routed.0.get() {
+            _ if proxied => (PROXY_OPERATION, None),
+            Some(operation) => (operation, None),
+            None => {
+                let route = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.request().match_pattern());
+                (metrics::operation(route.as_deref()), Some(route))
+            }
+        };
         if let Some(m) = &metrics {
             m.observe_request(msn_label.as_str(), operation, status, elapsed);
         }
-        record_end(
-            &tracing::Span::current(),
-            result.is_ok().then_some(status),
-            observed.last(),
-        );
+        let end = End {
+            route: unrouted
+                .as_ref()
+                .map(|route| (route.as_deref().unwrap_or("unmatched"), operation)),
+            status: result.is_ok().then_some(status),
+            last: observed.last(),
+        };
+        record_end(&tracing::Span::current(), &end);
         if result.is_ok() {
             tracing::info!(
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -295,6 +362,14 @@ mod tests {
             assert_eq!(parsed.get_version_num(), 4, "{id}");
             assert!(usable(id));
         }
+    }
+
+    #[test]
+    fn proxy_operation_is_the_operation_of_the_proxy_route() {
+        assert_eq!(
+            crate::metrics::operation(Some(PROXY_ROUTE)),
+            super::PROXY_OPERATION
+        );
     }
 
     #[test]

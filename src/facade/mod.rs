@@ -236,6 +236,12 @@ impl HttpServiceFactory for MethodResource {
                 let allow = allow.clone();
                 async move { method_not_allowed(&req, allow) }
             }))
+            // Routed: the request's log fields gain its route before the
+            // handler runs, so its lines name the route.
+            .wrap_fn(|req, service| {
+                crate::middleware::routed(&req);
+                actix_web::dev::Service::call(service, req)
+            })
             .register(config);
     }
 }

@@ -29,25 +29,26 @@ pub const PREFIX: &str = "/vipps/order-management";
 /// Where Order Management's paths start upstream.
 const UPSTREAM_PREFIX: &str = "/order-management";
 
-/// Request headers passed on to Vipps. Everything else the caller sent
+/// Request headers passed on to Vipps, each by its name in actix-web's and in
+/// the client's (hyper's) header types. Everything else the caller sent
 /// (credentials, `Vipps-System-*`, cookies, forwarding headers, hop-by-hop
 /// headers) is dropped; the client adds the gateway's own credentials.
-const FORWARDED_REQUEST: [HeaderName; 3] = [
-    header::CONTENT_TYPE,
-    header::ACCEPT,
-    header::ACCEPT_LANGUAGE,
+const FORWARDED_REQUEST: [(HeaderName, http::HeaderName); 3] = [
+    (header::CONTENT_TYPE, http::header::CONTENT_TYPE),
+    (header::ACCEPT, http::header::ACCEPT),
+    (header::ACCEPT_LANGUAGE, http::header::ACCEPT_LANGUAGE),
 ];
 
 /// Response headers passed back from Vipps. Hop-by-hop and framing headers
 /// are the gateway's own; `X-Request-Id` is the gateway's request id.
-const FORWARDED_RESPONSE: [HeaderName; 7] = [
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::CONTENT_LANGUAGE,
-    header::RETRY_AFTER,
-    header::CACHE_CONTROL,
-    header::ETAG,
-    header::LAST_MODIFIED,
+const FORWARDED_RESPONSE: [(HeaderName, http::HeaderName); 7] = [
+    (header::CONTENT_TYPE, http::header::CONTENT_TYPE),
+    (header::CONTENT_ENCODING, http::header::CONTENT_ENCODING),
+    (header::CONTENT_LANGUAGE, http::header::CONTENT_LANGUAGE),
+    (header::RETRY_AFTER, http::header::RETRY_AFTER),
+    (header::CACHE_CONTROL, http::header::CACHE_CONTROL),
+    (header::ETAG, http::header::ETAG),
+    (header::LAST_MODIFIED, http::header::LAST_MODIFIED),
 ];
 
 /// The allow-list (SPEC §2): each path below [`PREFIX`] (and below Vipps'
@@ -230,16 +231,13 @@ fn forwarded_request_headers(req: &HttpRequest) -> http::HeaderMap {
     // actix-web's header types and the client's (hyper's) are separate
     // crates' types: values cross as bytes.
     let mut out = http::HeaderMap::new();
-    for name in &FORWARDED_REQUEST {
+    for (name, upstream_name) in &FORWARDED_REQUEST {
         if connection_named.iter().any(|c| c == name.as_str()) {
             continue;
         }
         for value in req.headers().get_all(name) {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.as_str().as_bytes()),
-                http::HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                out.append(n, v);
+            if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                out.append(upstream_name.clone(), v);
             }
         }
     }
@@ -314,8 +312,8 @@ pub async fn forward(
     let status = actix_web::http::StatusCode::from_u16(resp.status.as_u16())
         .map_err(|e| ApiError::internal(&e))?;
     let mut out = HttpResponse::build(status);
-    for name in &FORWARDED_RESPONSE {
-        for value in resp.headers.get_all(name.as_str()) {
+    for (name, upstream_name) in &FORWARDED_RESPONSE {
+        for value in resp.headers.get_all(upstream_name) {
             if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
                 out.append_header((name.clone(), v));
             }
@@ -350,7 +348,12 @@ mod tests {
             "client_secret",
             "merchant-serial-number",
         ];
-        for name in FORWARDED_REQUEST.iter().chain(&FORWARDED_RESPONSE) {
+        for (name, upstream_name) in FORWARDED_REQUEST.iter().chain(&FORWARDED_RESPONSE) {
+            assert_eq!(
+                name.as_str(),
+                upstream_name.as_str(),
+                "one header, two types"
+            );
             assert!(!HOP_BY_HOP.contains(&name.as_str()), "{name}");
             assert!(!banned.contains(&name.as_str()), "{name}");
         }

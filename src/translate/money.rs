@@ -80,8 +80,8 @@ const MAX_MAJOR_DIGITS: usize = MAX_MAJOR.ilog10() as usize + 1;
 /// `rust_decimal`.
 pub fn parse_decimal(text: &str, max_decimals: u32) -> Result<Decimal, DecimalError> {
     let unsigned = text.strip_prefix('-').unwrap_or(text);
-    let (int, frac) = match unsigned.split_once('.') {
-        Some((int, frac)) => (int, Some(frac)),
+    let (int, frac) = match unsigned.bytes().position(|b| b == b'.') {
+        Some(point) => (&unsigned[..point], Some(&unsigned[point + 1..])),
         None => (unsigned, None),
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -96,13 +96,15 @@ pub fn parse_decimal(text: &str, max_decimals: u32) -> Result<Decimal, DecimalEr
     let too_large = || DecimalError::Range(format!("must be at most {MAX_MAJOR}"));
     // More integer digits than the largest amount has is too large, however
     // many digits rust_decimal could carry.
-    if int.trim_start_matches('0').len() > MAX_MAJOR_DIGITS {
+    let int_digits = int.trim_start_matches('0').len();
+    if int_digits > MAX_MAJOR_DIGITS {
         return Err(too_large());
     }
     let value = Decimal::from_str_exact(text).map_err(|_| {
         DecimalError::Range("has more significant digits than can be computed exactly".into())
     })?;
-    if value.abs() > Decimal::from(MAX_MAJOR) {
+    // Fewer integer digits than the largest amount is below it.
+    if int_digits == MAX_MAJOR_DIGITS && value.abs() > Decimal::from(MAX_MAJOR) {
         return Err(too_large());
     }
     Ok(value)
@@ -204,6 +206,31 @@ mod tests {
             parse_decimal("99999999999999", 2),
             Err(DecimalError::Range(_))
         ));
+        // The largest amount itself is accepted; anything above it is not,
+        // with or without leading zeros.
+        assert_eq!(
+            parse_decimal("1000000000000.00", 2),
+            Ok(Decimal::from(MAX_MAJOR))
+        );
+        assert_eq!(
+            parse_decimal("-0001000000000000", 2),
+            Ok(Decimal::from(-MAX_MAJOR))
+        );
+        for over in [
+            "1000000000000.01",
+            "-1000000000000.01",
+            "1000000000001",
+            "0001000000000001",
+        ] {
+            assert!(
+                matches!(parse_decimal(over, 2), Err(DecimalError::Range(_))),
+                "{over}"
+            );
+        }
+        assert_eq!(
+            parse_decimal("999999999999.99", 2),
+            Ok(Decimal::new(99_999_999_999_999, 2))
+        );
         assert!(matches!(
             parse_non_negative("-1", 2),
             Err(DecimalError::Range(_))

@@ -556,6 +556,9 @@ impl VippsClient {
         let mut req = Request::new(Full::new(call.body.clone().unwrap_or_default()));
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = self.up.uri(call.path)?;
+        // Room for every header below at once, instead of growing and
+        // rehashing the map as they are added.
+        *req.headers_mut() = HeaderMap::with_capacity(16);
         let headers = req.headers_mut();
         for (name, value) in call.extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());

@@ -41,6 +41,10 @@ pub struct RequestContext {
     /// When the request must be answered; upstream calls and retries stop
     /// before it.
     pub deadline: Instant,
+    /// Where the Vipps client leaves the last exchange, for the log.
+    observed: Observed,
+    /// Set once a façade resource has recorded the route.
+    routed: Routed,
 }
 
 /// How requests are served, as app data: the most time one may take
@@ -49,10 +53,6 @@ pub struct RequestContext {
 pub struct RequestSettings {
     pub deadline: Duration,
 }
-
-/// The request id, as handlers read it from the request extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
 
 tokio::task_local! {
     static CONTEXT: RequestContext;
@@ -88,10 +88,9 @@ pub fn within_deadline<T>(
 /// and where the client leaves what the last exchange showed.
 pub fn call_context(req: &actix_web::HttpRequest, merchant: Arc<Merchant>) -> CallContext {
     let extensions = req.extensions();
-    let deadline = extensions
-        .get::<RequestContext>()
-        .map_or_else(|| Instant::now() + DEFAULT_DEADLINE, |c| c.deadline);
-    let observed = extensions.get::<Observed>().cloned().unwrap_or_default();
+    let ctx = extensions.get::<RequestContext>();
+    let deadline = ctx.map_or_else(|| Instant::now() + DEFAULT_DEADLINE, |c| c.deadline);
+    let observed = ctx.map(|c| c.observed.clone()).unwrap_or_default();
     CallContext {
         merchant,
         deadline,
@@ -182,8 +181,8 @@ pub fn routed(req: &ServiceRequest) {
     let span = tracing::Span::current();
     span.record("route", route.as_deref().unwrap_or("unmatched"));
     span.record("operation", operation);
-    if let Some(routed) = req.extensions().get::<Routed>() {
-        routed.0.set(Some(operation));
+    if let Some(ctx) = req.extensions().get::<RequestContext>() {
+        ctx.routed.0.set(Some(operation));
     }
 }
 
@@ -258,17 +257,16 @@ pub async fn middleware(
         .map_or_else(new_id, Arc::from);
     let settings = req.app_data::<RequestSettings>().copied();
     let started = Instant::now();
+    let observed = Observed::default();
+    let routed = Routed::default();
     let ctx = RequestContext {
         id: id.clone(),
         path: req.path().to_owned(),
         deadline: started + settings.map_or(DEFAULT_DEADLINE, |s| s.deadline),
+        observed: observed.clone(),
+        routed: routed.clone(),
     };
-    let observed = Observed::default();
-    req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ctx.clone());
-    req.extensions_mut().insert(observed.clone());
-    let routed = Routed::default();
-    req.extensions_mut().insert(routed.clone());
     // The proxy judges its raw path itself; its log names the surface, not
     // the caller's path, so a log line never carries an arbitrary path.
     let proxied = req.path().starts_with(crate::proxy::PREFIX);

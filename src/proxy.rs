@@ -20,7 +20,7 @@ use crate::config::ProxySettings;
 use crate::domain::{parse_category_id, OrderId, MSN_HEADER};
 use crate::error::{ApiError, Kind};
 use crate::facade::{read_body, AppState};
-use crate::middleware::{call_context, within_deadline, RequestId};
+use crate::middleware::{call_context, within_deadline, RequestContext};
 use crate::vipps::VippsClient;
 
 /// The gateway's prefix; what follows it is the upstream path below `/order-management`.
@@ -241,8 +241,8 @@ fn forwarded_request_headers(req: &HttpRequest) -> http::HeaderMap {
             }
         }
     }
-    if let Some(id) = req.extensions().get::<RequestId>() {
-        if let Ok(v) = http::HeaderValue::from_str(&id.0) {
+    if let Some(ctx) = req.extensions().get::<RequestContext>() {
+        if let Ok(v) = http::HeaderValue::from_str(&ctx.id) {
             out.insert(crate::middleware::HEADER, v);
         }
     }

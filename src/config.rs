@@ -528,10 +528,16 @@ impl Settings {
             }
         }
         let url = self.upstream.base_url.trim_end_matches('/');
-        if !(url.starts_with("https://") || url.starts_with("http://"))
-            || url.contains(char::is_whitespace)
-        {
-            return bad("upstream.base_url must be an http or https URL".into());
+        let parsed = url.parse::<http::Uri>().ok().filter(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        });
+        match parsed {
+            None => return bad("upstream.base_url must be an http or https URL with a host".into()),
+            Some(u) if u.query().is_some() => {
+                return bad("upstream.base_url must not have a query".into())
+            }
+            Some(_) => {}
         }
         if self.upstream.timeout.is_zero() {
             return bad("upstream.timeout must be greater than zero".into());
@@ -902,6 +908,37 @@ subscription_key_env = "KEY"
         Settings::from_toml(BASE, env(&[("VOG_UPSTREAM__TIMEOUT", value)]))
             .map(|s| s.upstream.timeout)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_upstream_base_url_is_an_http_url_with_a_host_and_no_query() {
+        let base_url = |value: &str| {
+            Settings::from_toml(BASE, env(&[("VOG_UPSTREAM__BASE_URL", value)]))
+                .map(|s| s.upstream.base_url)
+                .map_err(|e| e.to_string())
+        };
+        for good in [
+            "https://api.vipps.no",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:9000/prefix",
+        ] {
+            assert_eq!(base_url(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in [
+            "ftp://api.vipps.no",
+            "api.vipps.no",
+            "https://",
+            "https://a b",
+            "",
+        ] {
+            let err = base_url(bad).expect_err(bad);
+            assert!(
+                err.contains("must be an http or https URL with a host"),
+                "{bad}: {err}"
+            );
+        }
+        let err = base_url("https://api.vipps.no/?x=1").expect_err("a query");
+        assert!(err.contains("must not have a query"), "{err}");
     }
 
     #[test]

@@ -949,3 +949,31 @@ async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
     );
     next_call_is_answered_normally(&app).await;
 }
+
+#[actix_web::test]
+async fn every_call_names_the_upstream_host_once_and_keeps_the_base_urls_path() {
+    let up = Upstream::start(well_behaved).await;
+    let app = spawn_gateway_against(&format!("{}/prefix/", up.base_url), UPSTREAM).await;
+    let a = proxy(&app, Method::GET, "/v2/ecom/o-host", None).await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    let calls = up.calls("GET", &format!("/prefix{UP}/v2/ecom/o-host"));
+    assert_eq!(calls.len(), 1, "{:?}", up.requests());
+    let host = up.base_url.trim_start_matches("http://");
+    let hosts: Vec<&str> = calls[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "host")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(hosts, [host], "the port is named: it is not 80");
+    let seen = up.shared.seen.borrow();
+    let token_calls: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path.ends_with("/accesstoken/get"))
+        .collect();
+    assert!(!token_calls.is_empty());
+    for call in token_calls {
+        assert_eq!(call.path, "/prefix/accesstoken/get");
+        assert_eq!(call.header("host"), Some(host));
+    }
+}

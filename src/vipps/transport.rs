@@ -70,9 +70,10 @@ pub struct Transport {
 struct Inner {
     connector: Connector,
     idle_timeout: Duration,
-    /// How long one pool hands out connections. A connection is opened in
-    /// the current pool and is never taken from it after the pool's time
-    /// is up, so its last use comes before `MAX_LIFETIME`.
+    /// How long one pool hands out connections at most (each pool a random
+    /// quarter less or not). A connection is opened in the current pool and
+    /// is never taken from it after the pool's time is up, so its last use
+    /// comes before `MAX_LIFETIME`.
     pool_lifetime: Duration,
     current: Mutex<Generation>,
 }
@@ -172,9 +173,16 @@ impl Generation {
             .build(connector.clone());
         Self {
             client,
-            until: Instant::now() + lifetime,
+            until: Instant::now() + jittered(lifetime),
         }
     }
+}
+
+/// `lifetime` less up to a quarter of it, at random: workers started
+/// together then replace their pools, and reopen their connections, at
+/// different moments.
+fn jittered(lifetime: Duration) -> Duration {
+    lifetime.saturating_sub(lifetime / 4 * fastrand::u32(0..=1000) / 1000)
 }
 
 /// An error and its causes in one line, for the log. hyper's messages name
@@ -205,23 +213,28 @@ mod tests {
     use super::*;
 
     /// A keep-alive upstream answering every request `200 ok`; counts the
-    /// connections it accepted.
-    async fn upstream() -> (u16, Rc<Cell<usize>>) {
+    /// connections it accepted and those the client closed.
+    async fn upstream() -> (u16, Rc<Cell<usize>>, Rc<Cell<usize>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Rc::new(Cell::new(0));
-        let counter = accepted.clone();
+        let closed = Rc::new(Cell::new(0));
+        let (counter, close_counter) = (accepted.clone(), closed.clone());
         actix_rt::spawn(async move {
             loop {
                 let (mut sock, _) = listener.accept().await.unwrap();
                 counter.set(counter.get() + 1);
+                let close_counter = close_counter.clone();
                 actix_rt::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    close_counter.set(close_counter.get() + 1);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
@@ -234,7 +247,7 @@ mod tests {
                 });
             }
         });
-        (port, accepted)
+        (port, accepted, closed)
     }
 
     fn get(url: &str) -> Request<Full<Bytes>> {
@@ -247,7 +260,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn connections_are_reused_until_their_lifetime_is_over() {
-        let (port, accepted) = upstream().await;
+        let (port, accepted, _) = upstream().await;
         let url = format!("http://127.0.0.1:{port}/x");
         let hour = Duration::from_secs(3600);
         let minute = Duration::from_secs(60);
@@ -267,8 +280,50 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_pool_past_its_time_is_replaced_and_its_idle_connections_closed() {
+        let (port, accepted, closed) = upstream().await;
+        let url = format!("http://127.0.0.1:{port}/x");
+        // Idle connections may wait 10 s, so only the pool's time (11 s less
+        // the 10 s of idling: 0.75–1 s) can close one sooner.
+        let t = Transport::with_reuse(
+            plain_tls(),
+            Duration::from_secs(3600),
+            Duration::from_secs(10),
+            Duration::from_secs(11),
+        );
+        for _ in 0..2 {
+            t.send(get(&url), 1024).await.unwrap();
+        }
+        assert_eq!(accepted.get(), 1, "reused within the pool's time");
+        assert_eq!(closed.get(), 0);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        t.send(get(&url), 1024).await.unwrap();
+        assert_eq!(accepted.get(), 2, "a new pool opens a new connection");
+        // The replaced pool closes the connection it held idle.
+        for _ in 0..200 {
+            if closed.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.get(), 1, "the old pool's connection is closed");
+        t.send(get(&url), 1024).await.unwrap();
+        assert_eq!(accepted.get(), 2, "the new pool's connection is reused");
+    }
+
+    #[test]
+    fn a_pool_hands_out_connections_for_three_quarters_to_all_of_its_time() {
+        let lifetime = Duration::from_secs(60);
+        for _ in 0..1000 {
+            let j = jittered(lifetime);
+            assert!(j <= lifetime && j >= lifetime * 3 / 4, "{j:?}");
+        }
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[actix_rt::test]
     async fn an_answer_over_the_limit_is_broken() {
-        let (port, _) = upstream().await;
+        let (port, _, _) = upstream().await;
         let t = Transport::new(plain_tls(), Duration::from_secs(2));
         let e = t
             .send(get(&format!("http://127.0.0.1:{port}/x")), 1)

@@ -43,7 +43,7 @@ pub struct RequestContext {
     pub deadline: Instant,
     /// Where the Vipps client leaves the last exchange, for the log.
     observed: Observed,
-    /// Set once a façade resource has recorded the route.
+    /// Set once a resource has recorded the route.
     routed: Routed,
 }
 
@@ -165,9 +165,9 @@ fn usable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
-/// The operation of a request that reached one of the façade's resources,
-/// set by [`routed`] once it has recorded the route on the span; shared
-/// with the request middleware, which records the route itself otherwise.
+/// The operation of a request that reached a resource, set by [`routed`]
+/// once it has recorded the route on the span; shared with the request
+/// middleware, which records the route itself otherwise.
 #[derive(Debug, Clone, Default)]
 struct Routed(Rc<Cell<Option<&'static str>>>);
 
@@ -295,8 +295,8 @@ pub async fn middleware(
             Ok(res) => res.status().as_u16(),
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
-        // The route is still to be found only when the request reached none
-        // of the façade's resources: an operational endpoint or no route.
+        // The route is still to be found only when the request reached no
+        // resource (every route but the proxy's is one): a 404.
         let (operation, unrouted) = match routed.0.get() {
             _ if proxied => (PROXY_OPERATION, None),
             Some(operation) => (operation, None),

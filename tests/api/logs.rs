@@ -12,6 +12,70 @@ use crate::helpers::{b64, png, spec_receipt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vipps-order-gateway");
 
+/// Any JSON value, refused when an object in it holds a key twice
+/// (serde_json's `Value` keeps the last one without a word).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<NoDuplicateKeys>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} twice")));
+            }
+        }
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+}
+
+#[test]
+fn the_duplicate_key_check_sees_a_key_twice_at_any_depth() {
+    let check = |text: &str| serde_json::from_str::<NoDuplicateKeys>(text).is_ok();
+    assert!(check(
+        r#"{"a":1,"b":{"c":[1,{"d":null}],"e":"x"},"f":true,"g":-1.5}"#
+    ));
+    assert!(!check(r#"{"a":1,"a":2}"#));
+    assert!(!check(r#"{"span":{"route":"/x","route":"/x"}}"#));
+    assert!(!check(r#"[{"k":1,"k":1}]"#));
+}
+
 /// A number at the end of `key=N` or `"key":N` in a log line.
 fn number_after(line: &str, key: &str) -> Option<u16> {
     let rest = line.split(key).nth(1)?;
@@ -103,6 +167,18 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+    for (path, id, status) in [
+        ("/no/such/path", "log-test-nopath", 404),
+        ("/healthz", "log-test-health", 200),
+    ] {
+        let resp = client
+            .get(format!("{base}{path}"))
+            .insert_header(("x-request-id", id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+    }
     let resp = client
         .get(format!("{base}/vipps/order-management/v2/ecom/log-1"))
         .insert_header(("x-request-id", "log-test-proxy"))
@@ -156,6 +232,24 @@ async fn json_request_logs_name_merchant_operation_and_upstream_but_no_secret() 
     let image_line = finished("log-test-image");
     assert_eq!(image_line["span"]["operation"], "image");
     assert_eq!(image_line["span"]["upstream_status"], 200);
+    // A route is found once routed, or at the end for a path no route
+    // matches; either way it is recorded once.
+    let nopath = finished("log-test-nopath");
+    assert_eq!(nopath["span"]["route"], "unmatched", "{nopath}");
+    assert_eq!(nopath["span"]["operation"], "other");
+    assert_eq!(nopath["span"]["status"], 404);
+    let health = finished("log-test-health");
+    assert_eq!(health["span"]["route"], "/healthz", "{health}");
+    assert_eq!(health["span"]["operation"], "health");
+    assert_eq!(
+        receipt["span"]["route"],
+        "/v1/merchants/{msn}/orders/{orderId}/receipt"
+    );
+    for line in &lines {
+        if let Err(e) = serde_json::from_str::<NoDuplicateKeys>(line) {
+            panic!("{e}: {line}");
+        }
+    }
     let unknown = finished("log-test-unknown");
     assert_eq!(unknown["span"]["msn"], "777777");
     assert_eq!(unknown["span"]["status"], 404);

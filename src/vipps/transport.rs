@@ -164,6 +164,18 @@ impl Transport {
     }
 }
 
+#[cfg(test)]
+impl Transport {
+    /// Ends the current pool's time now, as the clock would.
+    fn end_current_pool(&self) {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .until = Instant::now();
+    }
+}
+
 impl Generation {
     fn new(connector: &Connector, idle_timeout: Duration, lifetime: Duration) -> Self {
         let client = Client::builder(TokioExecutor::new())
@@ -283,20 +295,16 @@ mod tests {
     async fn a_pool_past_its_time_is_replaced_and_its_idle_connections_closed() {
         let (port, accepted, closed) = upstream().await;
         let url = format!("http://127.0.0.1:{port}/x");
-        // Idle connections may wait 10 s, so only the pool's time (11 s less
-        // the 10 s of idling: 0.75–1 s) can close one sooner.
-        let t = Transport::with_reuse(
-            plain_tls(),
-            Duration::from_secs(3600),
-            Duration::from_secs(10),
-            Duration::from_secs(11),
-        );
+        // Connections may idle for an hour: only the pool's time ending can
+        // close one.
+        let hour = Duration::from_secs(3600);
+        let t = Transport::with_reuse(plain_tls(), hour, hour, hour * 2);
         for _ in 0..2 {
             t.send(get(&url), 1024).await.unwrap();
         }
         assert_eq!(accepted.get(), 1, "reused within the pool's time");
         assert_eq!(closed.get(), 0);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        t.end_current_pool();
         t.send(get(&url), 1024).await.unwrap();
         assert_eq!(accepted.get(), 2, "a new pool opens a new connection");
         // The replaced pool closes the connection it held idle.
@@ -304,7 +312,7 @@ mod tests {
             if closed.get() == 1 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(closed.get(), 1, "the old pool's connection is closed");
         t.send(get(&url), 1024).await.unwrap();

@@ -426,7 +426,7 @@ impl VippsClient {
                     cfg.queue_timeout.max(Duration::from_secs(1)),
                 ));
             };
-            let outcome = self.send_authorized(ctx, &call).await;
+            let outcome = self.send_authorized(ctx, &call, endpoint).await;
             drop(slot);
             match &outcome {
                 Ok(r) if r.status.is_server_error() => guard.record(cfg, false),
@@ -488,32 +488,34 @@ impl VippsClient {
         &self,
         ctx: &CallContext,
         call: &Call<'_>,
+        endpoint: &'static str,
     ) -> Result<RawResponse, UpstreamError> {
         let m = &*ctx.merchant;
         let token = self.token_for(m, Some(&ctx.observed)).await?;
-        let first = self.send_once(ctx, &token, call).await?;
+        let first = self.send_once(ctx, &token, call, endpoint).await?;
         if first.status != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
         tracing::info!(msn = %m.msn, "upstream answered 401; fetching a new token");
         self.up
             .metrics
-            .observe_retry(&m.msn, endpoint(call.path), "unauthorized");
+            .observe_retry(&m.msn, endpoint, "unauthorized");
         Box::pin(self.up.tokens.invalidate_if_same(&m.msn, &token)).await;
         let token = self.token_for(m, Some(&ctx.observed)).await?;
-        self.send_once(ctx, &token, call).await
+        self.send_once(ctx, &token, call, endpoint).await
     }
 
-    /// One exchange, counted, timed and logged under its endpoint name.
+    /// One exchange, counted, timed and logged under its endpoint name
+    /// (`endpoint` of the call's path, worked out once per call).
     async fn send_once(
         &self,
         ctx: &CallContext,
         token: &AccessToken,
         call: &Call<'_>,
+        endpoint: &'static str,
     ) -> Result<RawResponse, UpstreamError> {
         let started = Instant::now();
         let result = self.exchange(ctx, token, call).await;
-        let endpoint = endpoint(call.path);
         let exchange = Exchange {
             status: result.as_ref().ok().map(|r| r.status.as_u16()),
             latency: started.elapsed(),
@@ -599,7 +601,7 @@ impl VippsClient {
         ctx: &CallContext,
         call: Call<'_>,
     ) -> Result<Option<T>, UpstreamError> {
-        let call_path = endpoint(call.path);
+        let path = call.path;
         let resp = self.call(ctx, call).await?;
         if !resp.status.is_success() {
             return Err(status_error(&resp));
@@ -611,7 +613,7 @@ impl VippsClient {
             // Where it failed, not the text: an answer is Vipps' data.
             tracing::warn!(
                 msn = %ctx.merchant.msn,
-                endpoint = call_path,
+                endpoint = endpoint(path),
                 line = e.line(),
                 column = e.column(),
                 "unreadable upstream answer"

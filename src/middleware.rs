@@ -171,15 +171,14 @@ fn usable(id: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 struct Routed(Rc<Cell<Option<&'static str>>>);
 
-/// Records a routed request's `route` and `operation` on its span, as a
-/// resource's first step: actix-web then finds the pattern by the matched
-/// resource, where the request middleware, which runs before routing,
-/// would have to match the path against every pattern again.
-pub fn routed(req: &ServiceRequest) {
-    let route = req.match_pattern();
-    let operation = metrics::operation(route.as_deref());
+/// Records a routed request's `route` (its resource's pattern) and
+/// `operation` on its span, as the resource's first step. The resource
+/// knows its pattern from registration; the request middleware, which runs
+/// before routing, would have to match the path against every pattern
+/// again.
+pub fn routed(req: &ServiceRequest, route: &str, operation: &'static str) {
     let span = tracing::Span::current();
-    span.record("route", route.as_deref().unwrap_or("unmatched"));
+    span.record("route", route);
     span.record("operation", operation);
     if let Some(ctx) = req.extensions().get::<RequestContext>() {
         ctx.routed.0.set(Some(operation));

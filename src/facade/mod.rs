@@ -227,6 +227,11 @@ impl HttpServiceFactory for MethodResource {
         let names: Vec<&str> = self.routes.iter().map(|(m, _)| m.as_str()).collect();
         // Method names are tokens, always a valid header value.
         let allow = HeaderValue::from_str(&names.join(", ")).ok();
+        // Registered at the application's root (no scope prefix), so the
+        // path is the full pattern actix-web reports as matched.
+        debug_assert!(config.is_root(), "a resource inside a scope: {}", self.path);
+        let pattern: Arc<str> = Arc::from(self.path.as_str());
+        let operation = crate::metrics::operation(Some(&self.path));
         let mut resource = web::resource(self.path);
         for (_, route) in self.routes {
             resource = resource.route(route);
@@ -238,8 +243,8 @@ impl HttpServiceFactory for MethodResource {
             }))
             // Routed: the request's log fields gain its route before the
             // handler runs, so its lines name the route.
-            .wrap_fn(|req, service| {
-                crate::middleware::routed(&req);
+            .wrap_fn(move |req, service| {
+                crate::middleware::routed(&req, &pattern, operation);
                 actix_web::dev::Service::call(service, req)
             })
             .register(config);

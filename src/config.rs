@@ -133,6 +133,28 @@ pub struct UpstreamSettings {
     pub api_version: ApiVersion,
 }
 
+impl UpstreamSettings {
+    /// `base_url` as a URI without its trailing `/`: `http` or `https`,
+    /// with a host and no query.
+    pub fn base_uri(&self) -> Result<http::Uri, String> {
+        let bad = || "upstream.base_url must be an http or https URL with a host".to_owned();
+        let uri: http::Uri = self
+            .base_url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| bad())?;
+        if !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.host().is_none_or(str::is_empty)
+        {
+            return Err(bad());
+        }
+        if uri.query().is_some() {
+            return Err("upstream.base_url must not have a query".into());
+        }
+        Ok(uri)
+    }
+}
+
 impl Default for UpstreamSettings {
     fn default() -> Self {
         Self {
@@ -527,17 +549,8 @@ impl Settings {
                 return bad(format!("{key} must be printable ASCII"));
             }
         }
-        let url = self.upstream.base_url.trim_end_matches('/');
-        let parsed = url.parse::<http::Uri>().ok().filter(|u| {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some_and(|h| !h.is_empty())
-        });
-        match parsed {
-            None => return bad("upstream.base_url must be an http or https URL with a host".into()),
-            Some(u) if u.query().is_some() => {
-                return bad("upstream.base_url must not have a query".into())
-            }
-            Some(_) => {}
+        if let Err(e) = self.upstream.base_uri() {
+            return bad(e);
         }
         if self.upstream.timeout.is_zero() {
             return bad("upstream.timeout must be greater than zero".into());

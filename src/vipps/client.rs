@@ -186,23 +186,17 @@ impl Upstream {
                 .map_err(|_| format!("{name} is not a valid header value"))?;
             system_headers.push((HeaderName::from_static(name), v));
         }
-        let base = settings.upstream.base_url.trim_end_matches('/').to_owned();
-        let uri: http::Uri = base
-            .parse()
-            .map_err(|_| format!("upstream.base_url is not a URL: {base}"))?;
+        let uri = settings.upstream.base_uri()?;
         let (Some(scheme), Some(authority), Some(host)) =
             (uri.scheme(), uri.authority(), uri.host())
         else {
             return Err("upstream.base_url must be an http or https URL with a host".into());
         };
-        let default_port = match scheme.as_str() {
-            "http" => 80,
-            "https" => 443,
-            _ => return Err("upstream.base_url must be an http or https URL with a host".into()),
+        let default_port = if scheme == &http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
         };
-        if uri.query().is_some() {
-            return Err("upstream.base_url must not have a query".into());
-        }
         let host = host_header(host, authority.port_u16(), default_port)?;
         Ok(Self {
             scheme: scheme.clone(),

@@ -310,6 +310,16 @@ impl ApiError {
         }
     }
 
+    /// Vipps refused the gateway's own credentials for the merchant (a 401
+    /// after a fresh token, a 403, a refused token request): the operator's
+    /// to fix, never the caller's.
+    pub fn upstream_auth() -> Self {
+        Self::new(
+            Kind::UpstreamAuth,
+            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
+        )
+    }
+
     /// A request error naming the fields at fault.
     pub fn invalid(kind: Kind, detail: impl Into<String>, params: Vec<InvalidParam>) -> Self {
         Self {
@@ -379,10 +389,7 @@ impl ApiError {
                     .and_then(|p| p.detail)
                     .map_or_else(|| "Vipps reported a conflict.".into(), |d| format!("Vipps: {d}")),
             ),
-            401 | 403 => ApiError::new(
-                Kind::UpstreamAuth,
-                "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
-            ),
+            401 | 403 => ApiError::upstream_auth(),
             429 => ApiError::new(Kind::UpstreamBusy, "Vipps is rate limiting this merchant; retry later.")
                 .with_retry_after(retry_after.unwrap_or(1)),
             _ => {
@@ -397,10 +404,7 @@ impl ApiError {
                 }
             }
         },
-        UpstreamError::TokenRejected(_) => ApiError::new(
-            Kind::UpstreamAuth,
-            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
-        ),
+        UpstreamError::TokenRejected(_) => ApiError::upstream_auth(),
         UpstreamError::TokenFailed(_) => {
             ApiError::new(Kind::TokenUnavailable, "No Vipps access token could be obtained; retry later.").with_retry_after(1)
         }

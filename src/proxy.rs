@@ -304,10 +304,7 @@ pub async fn forward(
         // A 401 is already the answer to a fresh token, and a 403 refuses the
         // gateway's subscription key: the gateway's credentials are wrong,
         // which the caller cannot fix (and passing it on would blame the caller).
-        return Err(ApiError::new(
-            Kind::UpstreamAuth,
-            "Vipps refused the gateway's credentials for this merchant; the operator must fix them.",
-        ));
+        return Err(ApiError::upstream_auth());
     }
     let status = actix_web::http::StatusCode::from_u16(resp.status.as_u16())
         .map_err(|e| ApiError::internal(&e))?;

@@ -477,8 +477,8 @@ fn parse_rate(
 
 /// A rate in hundredths of a percent as the percent's plain text:
 /// 2550 → `"25.5"`, 2500 → `"25"`, 1 → `"0.01"`.
-pub fn format_rate(rate: u16) -> String {
-    format_plain(Decimal::new(i64::from(rate), 2))
+pub fn format_rate(rate: impl Into<i64>) -> String {
+    format_plain(Decimal::new(rate.into(), 2))
 }
 
 /// Totals of an upstream receipt: returns count negative, the tip is in
@@ -510,7 +510,7 @@ pub fn totals(receipt: &Receipt<'_>) -> Totals {
         by_tax_percent: by_rate
             .into_iter()
             .map(|(rate, (gross, tax, excl))| RateTotals {
-                tax_percent: format_plain(Decimal::new(i64::from(rate), 2)),
+                tax_percent: format_rate(rate),
                 gross: format_minor(gross, dp),
                 tax: format_minor(tax, dp),
                 excluding_tax: format_minor(excl, dp),

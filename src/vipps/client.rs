@@ -3,8 +3,10 @@
 //! limits, and retries what is safe to repeat. It knows nothing of its
 //! callers: they pass a [`CallContext`] and read back what it observed.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -110,23 +112,19 @@ pub struct Exchange {
 }
 
 /// Where the client leaves the last [`Exchange`] of a caller's request.
+/// A request's calls all run on the worker serving it, so it is not shared
+/// across threads.
 #[derive(Debug, Clone, Default)]
-pub struct Observed(Arc<Mutex<Option<Exchange>>>);
+pub struct Observed(Rc<Cell<Option<Exchange>>>);
 
 impl Observed {
     /// The last exchange, if any call was made.
     pub fn last(&self) -> Option<Exchange> {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.get()
     }
 
     fn set(&self, exchange: Exchange) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exchange);
+        self.0.set(Some(exchange));
     }
 }
 

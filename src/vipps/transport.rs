@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,21 +41,27 @@ pub enum SendError {
     Broken(String),
 }
 
+/// A client configuration with rustls' ring provider, still to be told
+/// which roots to trust.
+fn tls_builder(
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))
+}
+
 /// A client configuration trusting `roots`, with rustls' ring provider.
 pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
+    Ok(tls_builder()?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
 
-/// A client configuration trusting the Mozilla roots bundled with the gateway.
+/// A client configuration trusting the Mozilla roots bundled with the
+/// gateway (hyper-rustls' webpki roots).
 pub fn default_tls_config() -> Result<rustls::ClientConfig, String> {
-    tls_config(rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    })
+    Ok(tls_builder()?.with_webpki_roots().with_no_client_auth())
 }
 
 type Connector = HttpsConnector<HttpConnector>;

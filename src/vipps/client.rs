@@ -211,6 +211,29 @@ impl Upstream {
         })
     }
 
+    /// The headers of every call for merchant `m`, the token request's
+    /// included: `Host`, its subscription key and MSN, the `Vipps-System-*`
+    /// headers, and `Accept-Encoding: identity` (the gateway reads and
+    /// forwards bodies as they are: no compression).
+    fn merchant_headers(&self, headers: &mut HeaderMap, m: &Merchant) -> Result<(), UpstreamError> {
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(
+            SUBSCRIPTION_KEY,
+            secret_header(expose(&m.subscription_key))?,
+        );
+        let msn = HeaderValue::from_str(m.msn.as_str())
+            .map_err(|_| UpstreamError::TokenFailed("MSN is not a valid header value".into()))?;
+        headers.insert(HeaderName::from_static(MSN_HEADER), msn);
+        for (name, value) in &self.system_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        Ok(())
+    }
+
     fn uri(&self, path: &str) -> Result<http::Uri, UpstreamError> {
         let path_and_query = if self.base_path.is_empty() {
             http::uri::PathAndQuery::try_from(path)
@@ -545,8 +568,6 @@ impl VippsClient {
         let bearer = token.bearer.clone().ok_or_else(|| {
             UpstreamError::TokenFailed("credential is not a valid header value".into())
         })?;
-        let msn = HeaderValue::from_str(m.msn.as_str())
-            .map_err(|_| UpstreamError::TokenFailed("MSN is not a valid header value".into()))?;
         let mut req = Request::new(Full::new(call.body.clone().unwrap_or_default()));
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = self.up.uri(call.path)?;
@@ -557,21 +578,8 @@ impl VippsClient {
         for (name, value) in call.extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());
         }
-        headers.insert(header::HOST, self.up.host.clone());
         headers.insert(header::AUTHORIZATION, bearer);
-        headers.insert(
-            SUBSCRIPTION_KEY,
-            secret_header(expose(&m.subscription_key))?,
-        );
-        headers.insert(HeaderName::from_static(MSN_HEADER), msn);
-        for (name, value) in &self.up.system_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        // The gateway reads and forwards bodies as they are: no compression.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        self.up.merchant_headers(headers, m)?;
         if call.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(
                 header::CONTENT_TYPE,
@@ -878,21 +886,7 @@ async fn fetch_token_now(
         HeaderName::from_static("client_secret"),
         secret_header(expose(&m.client_secret))?,
     );
-    headers.insert(
-        SUBSCRIPTION_KEY,
-        secret_header(expose(&m.subscription_key))?,
-    );
-    headers.insert(
-        HeaderName::from_static(MSN_HEADER),
-        plain(m.msn.as_str(), "MSN")?,
-    );
-    for (name, value) in &up.system_headers {
-        headers.insert(name.clone(), value.clone());
-    }
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
+    up.merchant_headers(headers, m)?;
     let observe = |status: Option<StatusCode>| {
         let exchange = Exchange {
             status: status.map(|s| s.as_u16()),

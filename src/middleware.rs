@@ -40,7 +40,7 @@ pub struct RequestContext {
     pub path: String,
     /// When the request must be answered; upstream calls and retries stop
     /// before it.
-    pub deadline: Instant,
+    pub deadline: tokio::time::Instant,
     /// Where the Vipps client leaves the last exchange, for the log.
     observed: Observed,
     /// Set once a resource has recorded the route.
@@ -72,7 +72,7 @@ pub fn within_deadline<T>(
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> impl Future<Output = Result<T, ApiError>> {
     match CONTEXT.try_with(|c| c.deadline) {
-        Ok(at) => Either::Left(tokio::time::timeout_at(at.into(), work).map(|done| {
+        Ok(at) => Either::Left(tokio::time::timeout_at(at, work).map(|done| {
             done.unwrap_or_else(|_| {
                 Err(ApiError::new(
                     Kind::DeadlineExceeded,
@@ -89,7 +89,10 @@ pub fn within_deadline<T>(
 pub fn call_context(req: &actix_web::HttpRequest, merchant: Arc<Merchant>) -> CallContext {
     let extensions = req.extensions();
     let ctx = extensions.get::<RequestContext>();
-    let deadline = ctx.map_or_else(|| Instant::now() + DEFAULT_DEADLINE, |c| c.deadline);
+    let deadline = ctx.map_or_else(
+        || tokio::time::Instant::now() + DEFAULT_DEADLINE,
+        |c| c.deadline,
+    );
     let observed = ctx.map(|c| c.observed.clone()).unwrap_or_default();
     CallContext {
         merchant,
@@ -261,7 +264,7 @@ pub async fn middleware(
     let ctx = RequestContext {
         id: id.clone(),
         path: req.path().to_owned(),
-        deadline: started + settings.map_or(DEFAULT_DEADLINE, |s| s.deadline),
+        deadline: tokio::time::Instant::now() + settings.map_or(DEFAULT_DEADLINE, |s| s.deadline),
         observed: observed.clone(),
         routed: routed.clone(),
     };

@@ -6,7 +6,7 @@
 //! lists show the links of the request's payment type, and a link of
 //! another order, payment type or merchant is `404 category-not-found`.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::web;

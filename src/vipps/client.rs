@@ -133,7 +133,8 @@ impl Observed {
 #[derive(Debug, Clone)]
 pub struct CallContext {
     pub merchant: Arc<Merchant>,
-    pub deadline: Instant,
+    /// On tokio's clock, as the timers that enforce it.
+    pub deadline: tokio::time::Instant,
     pub observed: Observed,
 }
 
@@ -432,7 +433,7 @@ impl VippsClient {
             guard
                 .breaker_allows(cfg)
                 .map_err(UpstreamError::CircuitOpen)?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 return Err(UpstreamError::DeadlineExceeded);
             }
@@ -473,7 +474,7 @@ impl VippsClient {
                 return outcome;
             }
             let delay = backoff_delay(cfg, attempt).max(asked.unwrap_or_default());
-            if Instant::now() + delay >= deadline {
+            if tokio::time::Instant::now() + delay >= deadline {
                 return outcome;
             }
             let reason = match &outcome {
@@ -555,7 +556,9 @@ impl VippsClient {
         call: &Call<'_>,
     ) -> Result<RawResponse, UpstreamError> {
         let m = &*ctx.merchant;
-        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let remaining = ctx
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
             return Err(UpstreamError::DeadlineExceeded);
         }

@@ -119,11 +119,7 @@ fn token_answer(expires_in: &str) -> Vec<u8> {
          \"expires_on\":\"4102444800\",\"not_before\":\"1700000000\",\
          \"resource\":\"00000002-0000-0000-c000-000000000000\",\"access_token\":\"tok\"}}"
     );
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    Reply::json("200 OK", &body).bytes
 }
 
 struct Shared {
@@ -147,6 +143,24 @@ impl Upstream {
     /// and every other request as `script` says.
     async fn start(script: impl Fn(&Seen) -> Reply + 'static) -> Self {
         Self::start_with_token(token_answer("\"3600\""), script).await
+    }
+
+    /// Answers `reply` to every request whose path ends with `suffix`, and
+    /// every other request as a well-behaved upstream would.
+    async fn odd_at(suffix: &'static str, reply: Reply) -> Self {
+        Self::start(move |seen| {
+            if seen.path.ends_with(suffix) {
+                reply.clone()
+            } else {
+                well_behaved(seen)
+            }
+        })
+        .await
+    }
+
+    /// The gateway against this upstream, with the tests' upstream settings.
+    async fn gateway(&self) -> TestApp {
+        spawn_gateway_against(&self.base_url, UPSTREAM).await
     }
 
     async fn start_with_token(token: Vec<u8>, script: impl Fn(&Seen) -> Reply + 'static) -> Self {
@@ -402,19 +416,16 @@ fn peak_rss_kib() -> u64 {
 
 #[actix_web::test]
 async fn an_interim_100_continue_is_skipped_and_the_final_answer_reaches_the_caller() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-100") {
-            let body = r#"{"final":true}"#;
-            Reply::raw(format!(
-                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ))
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let body = r#"{"final":true}"#;
+    let up = Upstream::odd_at(
+        "/o-100",
+        Reply::raw(format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(&app, Method::GET, "/v2/ecom/o-100", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body, json!({"final": true}));
@@ -424,20 +435,17 @@ async fn an_interim_100_continue_is_skipped_and_the_final_answer_reaches_the_cal
 
 #[actix_web::test]
 async fn an_interim_103_early_hints_is_skipped_and_the_final_201_reaches_the_caller() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/receipts/o-103") {
-            let body = r#"{"created":true}"#;
-            Reply::raw(format!(
-                "HTTP/1.1 103 Early Hints\r\nLink: </receipt.css>; rel=preload\r\n\r\n\
-                 HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ))
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let body = r#"{"created":true}"#;
+    let up = Upstream::odd_at(
+        "/receipts/o-103",
+        Reply::raw(format!(
+            "HTTP/1.1 103 Early Hints\r\nLink: </receipt.css>; rel=preload\r\n\r\n\
+             HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
     let a = proxy(
         &app,
@@ -470,7 +478,7 @@ async fn a_receipt_answered_after_interim_answers_is_created() {
         }
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(a.status, 201, "{}", a.raw);
     assert_eq!(a.body["replayed"], false);
@@ -483,16 +491,13 @@ async fn a_receipt_answered_after_interim_answers_is_created() {
 
 #[actix_web::test]
 async fn a_304_with_a_content_length_but_no_body_is_answered_at_once_and_sent_once() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-304") {
-            // RFC 9112 §6.3: a 304 has no body, whatever its Content-Length says.
-            Reply::raw("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n")
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // RFC 9112 §6.3: a 304 has no body, whatever its Content-Length says.
+    let up = Upstream::odd_at(
+        "/o-304",
+        Reply::raw("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n"),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(&app, Method::GET, "/v2/ecom/o-304", None).await;
     assert_eq!(a.status, 304, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
@@ -506,16 +511,13 @@ async fn a_304_with_a_content_length_but_no_body_is_answered_at_once_and_sent_on
 
 #[actix_web::test]
 async fn a_204_with_a_content_length_but_no_body_is_answered_at_once_and_sent_once() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/categories/o-204") {
-            // RFC 9112 §6.3: a 204 has no body, whatever its Content-Length says.
-            Reply::raw("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // RFC 9112 §6.3: a 204 has no body, whatever its Content-Length says.
+    let up = Upstream::odd_at(
+        "/categories/o-204",
+        Reply::raw("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(
         &app,
         Method::PUT,
@@ -540,19 +542,16 @@ async fn a_body_delimited_by_the_connection_close_reaches_the_caller_whole() {
         json!({"category": {"category": "GENERAL"}, "receipt": null, "pad": "x".repeat(20_000)});
     let text = body.to_string();
     let text_len = text.len();
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/o-close") {
-            // HTTP/1.1, no Content-Length, no Transfer-Encoding: the body runs to the close.
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{text}"
-            ))
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // HTTP/1.1, no Content-Length, no Transfer-Encoding: the body runs to the close.
+    let up = Upstream::odd_at(
+        "/o-close",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{text}"
+        ))
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(&app, Method::GET, "/v2/ecom/o-close", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert!(
@@ -591,22 +590,14 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
 #[actix_web::test]
 async fn a_gzip_body_the_gateway_did_not_ask_for_reaches_the_caller_with_its_content_encoding() {
     let gz = gzip_stored(br#"{"category":null,"receipt":null}"#);
-    let sent = gz.clone();
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/o-gzip") {
-            let mut bytes = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-                sent.len()
-            )
-            .into_bytes();
-            bytes.extend_from_slice(&sent);
-            Reply::raw(bytes)
-        } else {
-            well_behaved(seen)
-        }
-    })
-    .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let mut bytes = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&gz);
+    let up = Upstream::odd_at("/o-gzip", Reply::raw(bytes)).await;
+    let app = up.gateway().await;
     let mut resp = app
         .client
         .get(app.url(&format!("{P}/v2/ecom/o-gzip")))
@@ -645,7 +636,7 @@ async fn a_token_whose_expires_in_is_a_json_number_is_accepted() {
         Reply::json("201 Created", &json!({ "path": seen.path }).to_string())
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(a.status, 201, "{}", a.raw);
     let seen = up.calls("POST", &format!("{UP}/v2/ecom/receipts/o-1"));
@@ -657,17 +648,17 @@ async fn a_token_whose_expires_in_is_a_json_number_is_accepted() {
 async fn a_body_cut_short_is_logged_with_its_cause() {
     const ID: &str = "upstream-http-cut-short-log";
     let logs = LogCapture::start();
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-cut") {
-            Reply::raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234").then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-cut",
+        Reply::raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234",
+        )
+        .then_close(),
+    )
     .await;
     // The test binary's capture writes text lines with the request's span
     // (its id among the fields) on every line written while it is served.
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = answer(
         app.client
             .get(app.url(&format!("{P}/v2/ecom/o-cut")))
@@ -716,16 +707,13 @@ async fn a_body_cut_short_is_logged_with_its_cause() {
 
 #[actix_web::test]
 async fn bytes_after_a_204_never_reach_a_caller() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/categories/o-204") {
-            // Left on the connection after a bodiless answer: not the next answer.
-            Reply::raw("HTTP/1.1 204 No Content\r\n\r\nGARBAGE")
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // Left on the connection after a bodiless answer: not the next answer.
+    let up = Upstream::odd_at(
+        "/categories/o-204",
+        Reply::raw("HTTP/1.1 204 No Content\r\n\r\nGARBAGE"),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(
         &app,
         Method::PUT,
@@ -743,20 +731,17 @@ async fn bytes_after_a_204_never_reach_a_caller() {
 #[actix_web::test]
 async fn chunked_framing_wins_over_a_content_length_or_the_answer_is_refused() {
     let framed = "b\r\n{\"ok\":true}\r\n0\r\n\r\n";
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/o-te") {
-            // The length covers the chunk framing, so a client that
-            // believed it would stay in step and pass the framing on.
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{framed}",
-                framed.len()
-            ))
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // The length covers the chunk framing, so a client that
+    // believed it would stay in step and pass the framing on.
+    let up = Upstream::odd_at(
+        "/o-te",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{framed}",
+            framed.len()
+        )),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(&app, Method::GET, "/v2/ecom/o-te", None).await;
     if a.status.is_success() {
         assert!(
@@ -774,18 +759,15 @@ async fn chunked_framing_wins_over_a_content_length_or_the_answer_is_refused() {
 
 #[actix_web::test]
 async fn a_body_cut_short_of_its_content_length_is_a_502() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-cut") {
-            Reply::raw(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234",
-            )
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-cut",
+        Reply::raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234",
+        )
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(&app, Method::GET, "/v2/ecom/o-cut", None).await;
     a.problem(502);
     next_call_is_answered_normally(&app).await;
@@ -793,19 +775,16 @@ async fn a_body_cut_short_of_its_content_length_is_a_502() {
 
 #[actix_web::test]
 async fn a_chunked_body_cut_short_is_a_502() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-cut") {
-            // One chunk, then the close: no terminating zero-size chunk.
-            Reply::raw(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\na\r\n{\"a\":\"123\r\n",
-            )
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // One chunk, then the close: no terminating zero-size chunk.
+    let up = Upstream::odd_at(
+        "/o-cut",
+        Reply::raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\na\r\n{\"a\":\"123\r\n",
+        )
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = proxy(&app, Method::GET, "/v2/ecom/o-cut", None).await;
     a.problem(502);
     next_call_is_answered_normally(&app).await;
@@ -814,20 +793,17 @@ async fn a_chunked_body_cut_short_is_a_502() {
 #[actix_web::test]
 async fn an_early_413_before_the_upload_was_read_reaches_the_caller() {
     let problem = r#"{"type":"about:blank","title":"Payload Too Large","status":413}"#;
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/v1/images") {
-            // Answered right after the head; the body is never read.
-            Reply::raw(format!(
-                "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/problem+json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{problem}",
-                problem.len()
-            ))
-            .before_reading_the_body()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // Answered right after the head; the body is never read.
+    let up = Upstream::odd_at(
+        "/v1/images",
+        Reply::raw(format!(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/problem+json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{problem}",
+            problem.len()
+        ))
+        .before_reading_the_body(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let image = json!({"imageId": "big-1", "src": "A".repeat(1_500_000), "type": "base64"});
     let a = proxy(&app, Method::POST, "/v1/images", Some(&image)).await;
     assert_eq!(a.status, 413, "{}", a.raw);
@@ -849,7 +825,7 @@ async fn a_read_on_a_connection_closed_as_it_is_reused_is_retried_on_a_new_conne
         }
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let first = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(first.status, 200, "{}", first.raw);
     let a = proxy(&app, Method::GET, "/v2/ecom/o-2", None).await;
@@ -879,7 +855,7 @@ async fn a_proxied_post_on_a_connection_closed_as_it_is_reused_is_not_resent() {
         }
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let first = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(first.status, 200, "{}", first.raw);
     let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
@@ -897,19 +873,16 @@ const MEMORY_GROWTH_KIB: u64 = 30 * 1024;
 
 #[actix_web::test]
 async fn a_1_mb_response_header_is_a_502() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-big") {
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
-                "a".repeat(1 << 20)
-            ))
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-big",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+            "a".repeat(1 << 20)
+        ))
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let before = peak_rss_kib();
     let a = proxy(&app, Method::GET, "/v2/ecom/o-big", None).await;
     a.problem(502);
@@ -921,19 +894,16 @@ async fn a_1_mb_response_header_is_a_502() {
 #[actix_web::test]
 async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
     const SIZE: usize = 50 << 20;
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-big") {
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n"
-            ))
-            .streaming(SIZE)
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-big",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n"
+        ))
+        .streaming(SIZE)
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let before = peak_rss_kib();
     let a = proxy(&app, Method::GET, "/v2/ecom/o-big", None).await;
     a.problem(502);

@@ -16,9 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{
-    answer, spawn_gateway_against, spec_receipt, Answer, LogCapture, TestApp, MSN,
-};
+use crate::helpers::{answer, spawn_gateway_against, spec_receipt, LogCapture, TestApp, MSN};
 
 /// The proxy's prefix.
 const P: &str = "/vipps/order-management";
@@ -369,23 +367,10 @@ async fn read_body(sock: &mut TcpStream, buf: &mut Vec<u8>, seen: &Seen) -> Opti
     }
 }
 
-/// A proxied call with the demo merchant's header.
-async fn proxy(app: &TestApp, method: Method, path: &str, body: Option<&Value>) -> Answer {
-    let req = app
-        .client
-        .request(method, app.url(&format!("{P}{path}")))
-        .insert_header(("Merchant-Serial-Number", MSN));
-    answer(match body {
-        Some(b) => req.send_json(b).await,
-        None => req.send().await,
-    })
-    .await
-}
-
 /// The caller's next request on the same client: a read the upstream
 /// answers normally comes back as it was sent.
 async fn next_call_is_answered_normally(app: &TestApp) {
-    let a = proxy(app, Method::GET, "/v2/ecom/o-next", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-next", None).await;
     assert_eq!(a.status, 200, "the next call: {}", a.raw);
     assert_eq!(a.body, json!({ "path": format!("{UP}/v2/ecom/o-next") }));
 }
@@ -426,7 +411,7 @@ async fn an_interim_100_continue_is_skipped_and_the_final_answer_reaches_the_cal
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-100", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-100", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body, json!({"final": true}));
     assert_eq!(up.calls("GET", &format!("{UP}/v2/ecom/o-100")).len(), 1);
@@ -447,13 +432,9 @@ async fn an_interim_103_early_hints_is_skipped_and_the_final_201_reaches_the_cal
     .await;
     let app = up.gateway().await;
     let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
-    let a = proxy(
-        &app,
-        Method::POST,
-        "/v2/ecom/receipts/o-103",
-        Some(&receipt),
-    )
-    .await;
+    let a = app
+        .proxy(Method::POST, "/v2/ecom/receipts/o-103", Some(&receipt))
+        .await;
     assert_eq!(a.status, 201, "{}", a.raw);
     assert_eq!(a.body, json!({"created": true}));
     assert_eq!(
@@ -498,7 +479,7 @@ async fn a_304_with_a_content_length_but_no_body_is_answered_at_once_and_sent_on
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-304", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-304", None).await;
     assert_eq!(a.status, 304, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
     assert_eq!(
@@ -518,13 +499,13 @@ async fn a_204_with_a_content_length_but_no_body_is_answered_at_once_and_sent_on
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(
-        &app,
-        Method::PUT,
-        "/v2/ecom/categories/o-204",
-        Some(&vipps_category()),
-    )
-    .await;
+    let a = app
+        .proxy(
+            Method::PUT,
+            "/v2/ecom/categories/o-204",
+            Some(&vipps_category()),
+        )
+        .await;
     assert_eq!(a.status, 204, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
     assert_eq!(
@@ -552,7 +533,7 @@ async fn a_body_delimited_by_the_connection_close_reaches_the_caller_whole() {
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-close", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-close", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert!(
         a.body == body,
@@ -714,13 +695,13 @@ async fn bytes_after_a_204_never_reach_a_caller() {
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(
-        &app,
-        Method::PUT,
-        "/v2/ecom/categories/o-204",
-        Some(&vipps_category()),
-    )
-    .await;
+    let a = app
+        .proxy(
+            Method::PUT,
+            "/v2/ecom/categories/o-204",
+            Some(&vipps_category()),
+        )
+        .await;
     assert_eq!(a.status, 204, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
     next_call_is_answered_normally(&app).await;
@@ -742,7 +723,7 @@ async fn chunked_framing_wins_over_a_content_length_or_the_answer_is_refused() {
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-te", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-te", None).await;
     if a.status.is_success() {
         assert!(
             !a.raw.contains("\r\n0\r\n") && !a.raw.starts_with("b\r\n"),
@@ -768,7 +749,7 @@ async fn a_body_cut_short_of_its_content_length_is_a_502() {
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-cut", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-cut", None).await;
     a.problem(502);
     next_call_is_answered_normally(&app).await;
 }
@@ -785,7 +766,7 @@ async fn a_chunked_body_cut_short_is_a_502() {
     )
     .await;
     let app = up.gateway().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-cut", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-cut", None).await;
     a.problem(502);
     next_call_is_answered_normally(&app).await;
 }
@@ -805,7 +786,7 @@ async fn an_early_413_before_the_upload_was_read_reaches_the_caller() {
     .await;
     let app = up.gateway().await;
     let image = json!({"imageId": "big-1", "src": "A".repeat(1_500_000), "type": "base64"});
-    let a = proxy(&app, Method::POST, "/v1/images", Some(&image)).await;
+    let a = app.proxy(Method::POST, "/v1/images", Some(&image)).await;
     assert_eq!(a.status, 413, "{}", a.raw);
     assert_eq!(a.content_type, "application/problem+json");
     assert_eq!(a.body["title"], "Payload Too Large");
@@ -826,9 +807,9 @@ async fn a_read_on_a_connection_closed_as_it_is_reused_is_retried_on_a_new_conne
     })
     .await;
     let app = up.gateway().await;
-    let first = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let first = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(first.status, 200, "{}", first.raw);
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-2", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-2", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body, json!({ "path": format!("{UP}/v2/ecom/o-2") }));
     let sent = up.calls("GET", &format!("{UP}/v2/ecom/o-2"));
@@ -856,10 +837,12 @@ async fn a_proxied_post_on_a_connection_closed_as_it_is_reused_is_not_resent() {
     })
     .await;
     let app = up.gateway().await;
-    let first = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let first = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(first.status, 200, "{}", first.raw);
     let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
-    let a = proxy(&app, Method::POST, "/v2/ecom/receipts/o-1", Some(&receipt)).await;
+    let a = app
+        .proxy(Method::POST, "/v2/ecom/receipts/o-1", Some(&receipt))
+        .await;
     // It arrived: Vipps may have acted on it, so it is not sent again.
     a.problem(502);
     let sent = up.calls("POST", &format!("{UP}/v2/ecom/receipts/o-1"));
@@ -884,7 +867,7 @@ async fn a_1_mb_response_header_is_a_502() {
     .await;
     let app = up.gateway().await;
     let before = peak_rss_kib();
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-big", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-big", None).await;
     a.problem(502);
     let grown = peak_rss_kib().saturating_sub(before);
     assert!(grown < MEMORY_GROWTH_KIB, "peak memory grew {grown} KiB");
@@ -905,7 +888,7 @@ async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
     .await;
     let app = up.gateway().await;
     let before = peak_rss_kib();
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-big", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-big", None).await;
     a.problem(502);
     let grown = peak_rss_kib().saturating_sub(before);
     assert!(grown < MEMORY_GROWTH_KIB, "peak memory grew {grown} KiB");
@@ -925,7 +908,7 @@ async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
 async fn every_call_names_the_upstream_host_once_and_keeps_the_base_urls_path() {
     let up = Upstream::start(well_behaved).await;
     let app = spawn_gateway_against(&format!("{}/prefix/", up.base_url), UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-host", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-host", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     let calls = up.calls("GET", &format!("/prefix{UP}/v2/ecom/o-host"));
     assert_eq!(calls.len(), 1, "{:?}", up.requests());

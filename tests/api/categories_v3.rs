@@ -4,18 +4,10 @@
 use awc::http::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{b64, png, spawn_app, spawn_app_with, Options, TestApp, MSN, MSN2};
+use crate::helpers::{b64, fast_retries, png, spawn_app, spawn_app_with, TestApp, MSN, MSN2};
 
 fn links(msn: &str, order: &str) -> String {
     format!("/v1/merchants/{msn}/orders/{order}/categories")
-}
-
-/// Fast backoff, so retried calls do not slow the tests down.
-fn fast_retries() -> Options {
-    Options {
-        extra_toml: "[resilience]\nbackoff_base = \"10ms\"\n".into(),
-        ..Options::default()
-    }
 }
 
 /// The simulator's stored links, oldest first.
@@ -250,7 +242,7 @@ async fn another_merchants_or_orders_link_is_404_and_never_deleted() {
 
 #[actix_web::test]
 async fn an_add_whose_answer_is_lost_is_settled_by_reading_back_never_sent_twice() {
-    let app = spawn_app_with(fast_retries()).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // Stored, then the connection drops: the outcome is unknown to the gateway.
     app.add_fault(
         json!({"endpoint": "v3-category-post", "drop": true, "afterStore": true, "times": 1}),
@@ -273,7 +265,7 @@ async fn an_add_whose_answer_is_lost_is_settled_by_reading_back_never_sent_twice
 
 #[actix_web::test]
 async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
-    let app = spawn_app_with(fast_retries()).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // A 503 may come after Vipps acted, so it is not resent; the read-back
     // finds no link, so the caller learns it failed.
     app.add_fault(json!({"endpoint": "v3-category-post", "status": 503, "times": 1}))
@@ -308,7 +300,7 @@ async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
 
 #[actix_web::test]
 async fn a_delete_whose_first_answer_is_lost_is_a_success() {
-    let app = spawn_app_with(fast_retries()).await;
+    let app = spawn_app_with(fast_retries("")).await;
     let a = app
         .post_json(
             &links(MSN, "o-del"),

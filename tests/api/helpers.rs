@@ -172,6 +172,15 @@ impl Drop for LogCapture {
     }
 }
 
+/// Options whose retries back off fast (from 10 ms), so retried calls do not
+/// slow the tests down; `resilience` is appended to that `[resilience]` table.
+pub fn fast_retries(resilience: &str) -> Options {
+    Options {
+        extra_toml: format!("[resilience]\nbackoff_base = \"10ms\"\n{resilience}"),
+        ..Options::default()
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }

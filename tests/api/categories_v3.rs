@@ -4,22 +4,10 @@
 use awc::http::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{b64, png, spawn_app, spawn_app_with, Answer, Options, TestApp, MSN, MSN2};
+use crate::helpers::{b64, fast_retries, png, spawn_app, spawn_app_with, TestApp, MSN, MSN2};
 
 fn links(msn: &str, order: &str) -> String {
     format!("/v1/merchants/{msn}/orders/{order}/categories")
-}
-
-async fn delete(app: &TestApp, path: &str) -> Answer {
-    crate::helpers::answer(app.client.delete(app.url(path)).send().await).await
-}
-
-/// Fast backoff, so retried calls do not slow the tests down.
-fn fast_retries() -> Options {
-    Options {
-        extra_toml: "[resilience]\nbackoff_base = \"10ms\"\n".into(),
-        ..Options::default()
-    }
 }
 
 /// The simulator's stored links, oldest first.
@@ -106,14 +94,9 @@ async fn links_are_added_listed_read_and_deleted_and_the_order_read_follows() {
     );
 
     // One link read back in the Vipps shape, through the proxy.
-    let one = crate::helpers::answer(
-        app.client
-            .get(app.url(&format!("/vipps/order-management/v3/categories/{}", ids[1])))
-            .insert_header(("Merchant-Serial-Number", MSN))
-            .send()
-            .await,
-    )
-    .await;
+    let one = app
+        .proxy(Method::GET, &format!("/v3/categories/{}", ids[1]), None)
+        .await;
     assert_eq!(one.status, 200, "{}", one.body);
     assert_eq!(
         one.body,
@@ -121,7 +104,9 @@ async fn links_are_added_listed_read_and_deleted_and_the_order_read_follows() {
                "type": "TICKET", "url": "https://shop.example/o/1/ticket"})
     );
 
-    let gone = delete(&app, &format!("{}/{}", links(MSN, order), ids[1])).await;
+    let gone = app
+        .delete(&format!("{}/{}", links(MSN, order), ids[1]))
+        .await;
     assert_eq!(gone.status, 204, "{}", gone.body);
     assert!(gone.raw.is_empty());
     assert_eq!(
@@ -136,7 +121,7 @@ async fn links_are_added_listed_read_and_deleted_and_the_order_read_follows() {
     );
     assert_eq!(stored(&app).await.len(), 2);
     // Deleting it again: there is nothing of this order's left to delete.
-    delete(&app, &format!("{}/{}", links(MSN, order), ids[1]))
+    app.delete(&format!("{}/{}", links(MSN, order), ids[1]))
         .await
         .problem(404);
 }
@@ -230,7 +215,7 @@ async fn another_merchants_or_orders_link_is_404_and_never_deleted() {
         format!("{}/{ours}", links(MSN, "o-2")),
         format!("{}/{ours}?paymentType=recurring", links(MSN, "o-1")),
     ] {
-        let a = delete(&app, &path).await;
+        let a = app.delete(&path).await;
         let p = a.problem(404);
         assert_eq!(p["type"], "/problems/category-not-found", "{path}");
     }
@@ -257,7 +242,7 @@ async fn another_merchants_or_orders_link_is_404_and_never_deleted() {
 
 #[actix_web::test]
 async fn an_add_whose_answer_is_lost_is_settled_by_reading_back_never_sent_twice() {
-    let app = spawn_app_with(fast_retries()).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // Stored, then the connection drops: the outcome is unknown to the gateway.
     app.add_fault(
         json!({"endpoint": "v3-category-post", "drop": true, "afterStore": true, "times": 1}),
@@ -280,7 +265,7 @@ async fn an_add_whose_answer_is_lost_is_settled_by_reading_back_never_sent_twice
 
 #[actix_web::test]
 async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
-    let app = spawn_app_with(fast_retries()).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // A 503 may come after Vipps acted, so it is not resent; the read-back
     // finds no link, so the caller learns it failed.
     app.add_fault(json!({"endpoint": "v3-category-post", "status": 503, "times": 1}))
@@ -315,7 +300,7 @@ async fn an_add_that_failed_before_storing_is_a_problem_and_stores_nothing() {
 
 #[actix_web::test]
 async fn a_delete_whose_first_answer_is_lost_is_a_success() {
-    let app = spawn_app_with(fast_retries()).await;
+    let app = spawn_app_with(fast_retries("")).await;
     let a = app
         .post_json(
             &links(MSN, "o-del"),
@@ -327,7 +312,7 @@ async fn a_delete_whose_first_answer_is_lost_is_a_success() {
         json!({"endpoint": "v3-category-delete", "drop": true, "afterStore": true, "times": 1}),
     )
     .await;
-    let gone = delete(&app, &format!("{}/{id}", links(MSN, "o-del"))).await;
+    let gone = app.delete(&format!("{}/{id}", links(MSN, "o-del"))).await;
     assert_eq!(gone.status, 204, "{}", gone.body);
     // Deleted by the first attempt, whose answer was lost; the retry's 404
     // says it is gone.
@@ -344,7 +329,7 @@ async fn bad_input_is_400_before_any_upstream_call() {
         "337f5e5d288b40d5be14901cc3acacc0",
         "337f5e5d-288b-40d5-be14-901cc3acaccz",
     ] {
-        let a = delete(&app, &format!("{}/{bad}", links(MSN, "o-1"))).await;
+        let a = app.delete(&format!("{}/{bad}", links(MSN, "o-1"))).await;
         a.problem(400);
         assert_eq!(a.invalid_names(), ["categoryId"], "{bad}");
     }
@@ -420,35 +405,31 @@ async fn other_methods_are_405_with_allow() {
     assert_eq!(app.upstream_call_count().await, 0);
 }
 
-async fn proxy(app: &TestApp, method: Method, path: &str, body: Option<&Value>) -> Answer {
-    let req = app
-        .client
-        .request(method, app.url(&format!("/vipps/order-management{path}")))
-        .insert_header(("Merchant-Serial-Number", MSN));
-    crate::helpers::answer(match body {
-        Some(b) => req.send_json(b).await,
-        None => req.send().await,
-    })
-    .await
-}
-
 #[actix_web::test]
 async fn the_proxy_forwards_the_four_v3_operations_and_only_the_order_query() {
     let app = spawn_app().await;
     let link = json!({"orderId": "o-p", "paymentType": "ECOM", "type": "DELIVERY",
                       "url": "https://shop.example/track"});
-    let added = proxy(&app, Method::POST, "/v3/categories", Some(&link)).await;
+    let added = app.proxy(Method::POST, "/v3/categories", Some(&link)).await;
     assert_eq!(added.status, 201, "{}", added.body);
     let id = added.body["categoryId"].as_str().unwrap().to_owned();
-    let list = proxy(&app, Method::GET, "/v3/categories?orderId=o-p", None).await;
+    let list = app
+        .proxy(Method::GET, "/v3/categories?orderId=o-p", None)
+        .await;
     assert_eq!(list.status, 200, "{}", list.body);
     assert_eq!(list.body["categories"][0]["categoryId"], id.as_str());
-    let one = proxy(&app, Method::GET, &format!("/v3/categories/{id}"), None).await;
+    let one = app
+        .proxy(Method::GET, &format!("/v3/categories/{id}"), None)
+        .await;
     assert_eq!(one.status, 200, "{}", one.body);
     assert_eq!(one.body["type"], "DELIVERY");
-    let gone = proxy(&app, Method::DELETE, &format!("/v3/categories/{id}"), None).await;
+    let gone = app
+        .proxy(Method::DELETE, &format!("/v3/categories/{id}"), None)
+        .await;
     assert_eq!(gone.status, 200, "{}", gone.body);
-    let again = proxy(&app, Method::GET, &format!("/v3/categories/{id}"), None).await;
+    let again = app
+        .proxy(Method::GET, &format!("/v3/categories/{id}"), None)
+        .await;
     assert_eq!(again.status, 404, "{}", again.body);
     // Vipps' own error format, passed back unchanged.
     assert_eq!(again.content_type, "application/json");
@@ -461,30 +442,28 @@ async fn the_proxy_forwards_the_four_v3_operations_and_only_the_order_query() {
         "?orderId=a%2Fb",
         "?orderId=o-p&orderId=o-q",
     ] {
-        let a = proxy(&app, Method::GET, &format!("/v3/categories{query}"), None).await;
+        let a = app
+            .proxy(Method::GET, &format!("/v3/categories{query}"), None)
+            .await;
         a.problem(400);
         assert_eq!(a.invalid_names(), ["query"], "{query}");
     }
-    proxy(
-        &app,
-        Method::POST,
-        "/v3/categories?orderId=o-p",
-        Some(&link),
-    )
-    .await
-    .problem(400);
-    proxy(
-        &app,
+    app.proxy(Method::POST, "/v3/categories?orderId=o-p", Some(&link))
+        .await
+        .problem(400);
+    app.proxy(
         Method::GET,
         &format!("/v3/categories/{id}?orderId=o-p"),
         None,
     )
     .await
     .problem(400);
-    proxy(&app, Method::GET, "/v3/categories/not-a-uuid", None)
+    app.proxy(Method::GET, "/v3/categories/not-a-uuid", None)
         .await
         .problem(404);
-    let a = proxy(&app, Method::PUT, &format!("/v3/categories/{id}"), None).await;
+    let a = app
+        .proxy(Method::PUT, &format!("/v3/categories/{id}"), None)
+        .await;
     a.problem(405);
     assert_eq!(a.headers.get("allow").unwrap(), "GET, DELETE");
     assert_eq!(app.sim_requests().await.len(), forwarded);
@@ -501,7 +480,7 @@ async fn v3_calls_have_their_own_metric_labels() {
         .await;
     let id = a.body["categoryId"].as_str().unwrap().to_owned();
     assert_eq!(
-        delete(&app, &format!("{}/{id}", links(MSN, "o-m")))
+        app.delete(&format!("{}/{id}", links(MSN, "o-m")))
             .await
             .status,
         204

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
-use awc::http::StatusCode;
+use awc::http::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
 use vipps_order_gateway::config::{InlineSecrets, MerchantSettings, Settings};
@@ -24,6 +24,8 @@ pub const MSN: &str = DEMO_MSN;
 pub const MSN2: &str = "654321";
 /// A well-formed MSN configured nowhere.
 pub const UNKNOWN_MSN: &str = "999999";
+/// Where the reverse proxy's paths start on the gateway.
+pub const PROXY_PREFIX: &str = "/vipps/order-management";
 
 /// What a test may change before the app starts.
 pub struct Options {
@@ -170,6 +172,15 @@ impl Drop for LogCapture {
     }
 }
 
+/// Options whose retries back off fast (from 10 ms), so retried calls do not
+/// slow the tests down; `resilience` is appended to that `[resilience]` table.
+pub fn fast_retries(resilience: &str) -> Options {
+    Options {
+        extra_toml: format!("[resilience]\nbackoff_base = \"10ms\"\n{resilience}"),
+        ..Options::default()
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
@@ -292,10 +303,29 @@ impl TestApp {
         answer(self.client.post(self.url(path)).send_json(body).await).await
     }
 
+    pub async fn delete(&self, path: &str) -> Answer {
+        answer(self.client.delete(self.url(path)).send().await).await
+    }
+
+    /// A call through the reverse proxy (`path` is what follows
+    /// [`PROXY_PREFIX`]) with the demo merchant's `Merchant-Serial-Number`,
+    /// and `body`, if any, as JSON.
+    pub async fn proxy(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
+        let req = self
+            .client
+            .request(method, self.url(&format!("{PROXY_PREFIX}{path}")))
+            .insert_header(("Merchant-Serial-Number", MSN));
+        answer(match body {
+            Some(b) => req.send_json(b).await,
+            None => req.send().await,
+        })
+        .await
+    }
+
     /// Sends raw bytes with the given content type.
     pub async fn send_raw(
         &self,
-        method: awc::http::Method,
+        method: Method,
         path: &str,
         content_type: &str,
         body: Vec<u8>,
@@ -315,7 +345,7 @@ impl TestApp {
             .await
     }
 
-    async fn sim(&self, method: awc::http::Method, path: &str, body: Option<&Value>) -> Value {
+    async fn sim(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
         let req = self
             .client
             .request(method, format!("{}{path}", self.sim_address));
@@ -335,10 +365,7 @@ impl TestApp {
 
     /// Every request the simulator received, oldest first.
     pub async fn sim_requests(&self) -> Vec<Value> {
-        match self
-            .sim(awc::http::Method::GET, "/_simulator/requests", None)
-            .await
-        {
+        match self.sim(Method::GET, "/_simulator/requests", None).await {
             Value::Array(v) => v,
             other => panic!("request log is not an array: {other}"),
         }
@@ -364,8 +391,7 @@ impl TestApp {
     }
 
     pub async fn sim_counters(&self) -> Value {
-        self.sim(awc::http::Method::GET, "/_simulator/counters", None)
-            .await
+        self.sim(Method::GET, "/_simulator/counters", None).await
     }
 
     /// Tokens issued for `msn`.
@@ -381,12 +407,11 @@ impl TestApp {
     }
 
     pub async fn sim_state(&self) -> Value {
-        self.sim(awc::http::Method::GET, "/_simulator/state", None)
-            .await
+        self.sim(Method::GET, "/_simulator/state", None).await
     }
 
     pub async fn add_fault(&self, fault: Value) {
-        self.sim(awc::http::Method::POST, "/_simulator/faults", Some(&fault))
+        self.sim(Method::POST, "/_simulator/faults", Some(&fault))
             .await;
     }
 
@@ -401,7 +426,7 @@ impl TestApp {
     }
 
     pub async fn expire_tokens(&self) {
-        self.sim(awc::http::Method::POST, "/_simulator/tokens/expire", None)
+        self.sim(Method::POST, "/_simulator/tokens/expire", None)
             .await;
     }
 }

@@ -103,23 +103,6 @@ fn raw_get(target: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn proxy(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> crate::helpers::Answer {
-    let req = app
-        .client
-        .request(method, app.url(&format!("{P}{path}")))
-        .insert_header(("Merchant-Serial-Number", MSN));
-    crate::helpers::answer(match body {
-        Some(b) => req.send_json(b).await,
-        None => req.send().await,
-    })
-    .await
-}
-
 #[actix_rt::test]
 async fn every_allow_listed_pair_is_forwarded_to_the_same_vipps_path() {
     let app = spawn_app().await;
@@ -166,7 +149,7 @@ async fn every_allow_listed_pair_is_forwarded_to_the_same_vipps_path() {
         ),
     ];
     for (i, (method, path, body, status, endpoint)) in calls.iter().enumerate() {
-        let a = proxy(&app, method.clone(), path, body.as_ref()).await;
+        let a = app.proxy(method.clone(), path, body.as_ref()).await;
         assert_eq!(a.status.as_u16(), *status, "{method} {path}: {}", a.body);
         let log = app.sim_requests().await;
         assert_eq!(log.len(), i + 2, "one token call, then one call each");
@@ -178,7 +161,7 @@ async fn every_allow_listed_pair_is_forwarded_to_the_same_vipps_path() {
     }
 
     // Bodies come back as Vipps sent them.
-    let order = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let order = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(order.content_type, "application/json");
     assert_eq!(
         order.body,
@@ -186,7 +169,7 @@ async fn every_allow_listed_pair_is_forwarded_to_the_same_vipps_path() {
                             "orderDetailsUrl": "https://shop.example/o/1", "imageId": null},
                "receipt": null})
     );
-    let v1 = proxy(&app, Method::GET, "/v1/receipts/4711", None).await;
+    let v1 = app.proxy(Method::GET, "/v1/receipts/4711", None).await;
     assert_eq!(v1.body, vipps_receipt());
     let state = app.sim_state().await;
     assert_eq!(state["orders"].as_array().unwrap().len(), 3);
@@ -368,15 +351,9 @@ async fn other_methods_on_an_allowed_path_are_405_and_never_forwarded() {
         (Method::DELETE, "/v1/orders/1", "PUT, GET"),
         (Method::PATCH, "/v1/receipts/1", "GET, POST"),
     ] {
-        let resp = app
-            .client
-            .request(method.clone(), app.url(&format!("{P}{path}")))
-            .insert_header(("Merchant-Serial-Number", MSN))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
-        assert_eq!(resp.headers().get("allow").unwrap(), allow);
+        let a = app.proxy(method.clone(), path, None).await;
+        assert_eq!(a.status.as_u16(), 405, "{method} {path}");
+        assert_eq!(a.headers.get("allow").unwrap(), allow);
     }
     assert_eq!(app.upstream_call_count().await, 0);
 }
@@ -454,16 +431,16 @@ async fn bodies_over_the_proxy_limit_are_413_before_any_vipps_call() {
 #[actix_rt::test]
 async fn a_401_from_vipps_refetches_the_token_and_resends_the_body() {
     let app = spawn_app().await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(a.status.as_u16(), 404);
     app.expire_tokens().await;
-    let a = proxy(
-        &app,
-        Method::POST,
-        "/v2/ecom/receipts/o-401",
-        Some(&vipps_receipt()),
-    )
-    .await;
+    let a = app
+        .proxy(
+            Method::POST,
+            "/v2/ecom/receipts/o-401",
+            Some(&vipps_receipt()),
+        )
+        .await;
     assert_eq!(a.status.as_u16(), 201, "{}", a.body);
     assert_eq!(app.token_fetches(MSN).await, 2);
     let sent = app.sim_requests_to("receipt").await;
@@ -476,29 +453,31 @@ async fn a_401_from_vipps_refetches_the_token_and_resends_the_body() {
 #[actix_rt::test]
 async fn vipps_answers_come_back_unchanged() {
     let app = spawn_app().await;
-    let first = proxy(
-        &app,
-        Method::POST,
-        "/v2/ecom/receipts/o-u",
-        Some(&vipps_receipt()),
-    )
-    .await;
+    let first = app
+        .proxy(
+            Method::POST,
+            "/v2/ecom/receipts/o-u",
+            Some(&vipps_receipt()),
+        )
+        .await;
     assert_eq!(first.status.as_u16(), 201);
     // A second receipt is Vipps' 409, not the façade's read-back.
-    let again = proxy(
-        &app,
-        Method::POST,
-        "/v2/ecom/receipts/o-u",
-        Some(&vipps_receipt()),
-    )
-    .await;
+    let again = app
+        .proxy(
+            Method::POST,
+            "/v2/ecom/receipts/o-u",
+            Some(&vipps_receipt()),
+        )
+        .await;
     assert_eq!(again.status.as_u16(), 409);
     assert_eq!(again.content_type, "application/json");
     assert_eq!(again.body["title"], "Conflict");
     // A 400 keeps Vipps' own invalidParams names.
     let mut bad = vipps_receipt();
     bad["orderLines"][0]["totalTaxAmount"] = json!(1);
-    let rejected = proxy(&app, Method::POST, "/v2/ecom/receipts/o-v", Some(&bad)).await;
+    let rejected = app
+        .proxy(Method::POST, "/v2/ecom/receipts/o-v", Some(&bad))
+        .await;
     assert_eq!(rejected.status.as_u16(), 400);
     assert_eq!(
         rejected.invalid_names(),
@@ -512,7 +491,7 @@ async fn vipps_answers_come_back_unchanged() {
                          "body": {"detail": "busy"}, "times": 1}),
     )
     .await;
-    let busy = proxy(&app, Method::GET, "/v2/ecom/o-u", None).await;
+    let busy = app.proxy(Method::GET, "/v2/ecom/o-u", None).await;
     assert_eq!(busy.status.as_u16(), 503);
     assert_eq!(busy.retry_after.as_deref(), Some("7"));
     assert_eq!(busy.body, json!({"detail": "busy"}));
@@ -524,7 +503,7 @@ async fn refused_gateway_credentials_are_502_not_the_callers_401() {
     let app = spawn_app().await;
     app.add_fault(json!({"endpoint": "order", "status": 401}))
         .await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     let p = a.problem(502);
     assert!(p["type"].as_str().unwrap().ends_with("/upstream-auth"));
     assert_eq!(app.sim_requests_to("order").await.len(), 2);
@@ -533,14 +512,14 @@ async fn refused_gateway_credentials_are_502_not_the_callers_401() {
     app.clear_faults().await;
     app.add_fault(json!({"endpoint": "order", "status": 403, "times": 1}))
         .await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-2", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-2", None).await;
     let p = a.problem(502);
     assert!(p["type"].as_str().unwrap().ends_with("/upstream-auth"));
 
     app.add_fault(json!({"endpoint": "token", "status": 500}))
         .await;
     app.expire_tokens().await;
-    let a = proxy(&app, Method::GET, "/v1/orders/1", None).await;
+    let a = app.proxy(Method::GET, "/v1/orders/1", None).await;
     let p = a.problem(503);
     assert!(p["type"].as_str().unwrap().ends_with("/token-unavailable"));
 }

@@ -7,19 +7,13 @@ use futures_util::future::{join_all, select, Either};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    b64, png, poll_until, spawn_app_with, spec_receipt, Answer, Options, TestApp, MSN, MSN2,
+    b64, fast_retries, png, poll_until, spawn_app_with, spec_receipt, Answer, Options, TestApp,
+    MSN, MSN2,
 };
-
-fn with(toml: &str) -> Options {
-    Options {
-        extra_toml: format!("[resilience]\nbackoff_base = \"10ms\"\n{toml}"),
-        ..Options::default()
-    }
-}
 
 #[actix_web::test]
 async fn a_503_is_retried_and_the_caller_sees_success() {
-    let app = spawn_app_with(with("")).await;
+    let app = spawn_app_with(fast_retries("")).await;
     app.add_fault(json!({"endpoint": "receipt", "status": 503, "times": 1}))
         .await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
@@ -30,7 +24,7 @@ async fn a_503_is_retried_and_the_caller_sees_success() {
 
 #[actix_web::test]
 async fn a_500_is_retried_for_calls_safe_to_repeat_only() {
-    let app = spawn_app_with(with("")).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // A read, a category PUT and a receipt are safe to repeat.
     for endpoint in ["order", "category", "receipt"] {
         app.add_fault(json!({"endpoint": endpoint, "status": 500, "times": 1}))
@@ -65,7 +59,7 @@ async fn a_500_is_retried_for_calls_safe_to_repeat_only() {
 
 #[actix_web::test]
 async fn a_receipt_whose_answer_was_lost_is_retried_and_replayed() {
-    let app = spawn_app_with(with("")).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // Stored, then the connection drops: the outcome is unknown to the gateway.
     app.add_fault(json!({"endpoint": "receipt", "drop": true, "afterStore": true, "times": 1}))
         .await;
@@ -89,7 +83,7 @@ async fn a_receipt_whose_answer_was_lost_is_retried_and_replayed() {
 
 #[actix_web::test]
 async fn a_503_after_the_receipt_was_stored_is_replayed() {
-    let app = spawn_app_with(with("")).await;
+    let app = spawn_app_with(fast_retries("")).await;
     app.add_fault(json!({"endpoint": "receipt", "status": 503, "afterStore": true, "times": 1}))
         .await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
@@ -100,7 +94,7 @@ async fn a_503_after_the_receipt_was_stored_is_replayed() {
 
 #[actix_web::test]
 async fn a_caller_named_image_is_not_resent_after_an_unknown_outcome() {
-    let app = spawn_app_with(with("")).await;
+    let app = spawn_app_with(fast_retries("")).await;
     let path = format!("/v1/merchants/{MSN}/images");
     app.add_fault(json!({"endpoint": "image", "drop": true, "times": 1}))
         .await;
@@ -119,7 +113,7 @@ async fn a_caller_named_image_is_not_resent_after_an_unknown_outcome() {
 
 #[actix_web::test]
 async fn a_caller_named_image_is_not_resent_after_a_5xx() {
-    let app = spawn_app_with(with("")).await;
+    let app = spawn_app_with(fast_retries("")).await;
     // Stored, then a 503: Vipps may have acted, so a named upload is not resent.
     app.add_fault(json!({"endpoint": "image", "status": 503, "afterStore": true, "times": 1}))
         .await;
@@ -135,7 +129,7 @@ async fn a_caller_named_image_is_not_resent_after_a_5xx() {
 async fn a_timed_out_read_is_retried() {
     let app = spawn_app_with(Options {
         upstream_timeout: "300ms",
-        ..with("")
+        ..fast_retries("")
     })
     .await;
     app.add_fault(json!({"endpoint": "order", "delayMs": 1000, "times": 1}))
@@ -156,7 +150,7 @@ async fn a_timed_out_read_is_retried() {
 
 #[actix_web::test]
 async fn retries_stay_within_the_budget_during_an_outage() {
-    let app = spawn_app_with(with(
+    let app = spawn_app_with(fast_retries(
         "max_attempts = 5\nretry_budget_percent = 10\nretry_budget_min = 1\nbreaker_failures = 0\n",
     ))
     .await;
@@ -184,7 +178,7 @@ async fn retries_stay_within_the_budget_during_an_outage() {
 
 #[actix_web::test]
 async fn the_breaker_opens_after_consecutive_failures_and_probes_half_open() {
-    let app = spawn_app_with(with(
+    let app = spawn_app_with(fast_retries(
         "max_attempts = 1\nbreaker_failures = 3\nbreaker_open = \"1s\"\n",
     ))
     .await;
@@ -249,7 +243,7 @@ fn circuit_open(a: &Answer) -> bool {
 
 #[actix_web::test]
 async fn a_merchant_over_its_rate_gets_429_and_others_do_not() {
-    let app = spawn_app_with(with("rate_per_second = 2\nrate_burst = 3\n")).await;
+    let app = spawn_app_with(fast_retries("rate_per_second = 2\nrate_burst = 3\n")).await;
     for _ in 0..3 {
         app.get(&format!("/v1/merchants/{MSN}/orders/o-1"))
             .await
@@ -290,7 +284,7 @@ async fn a_merchant_over_its_rate_gets_429_and_others_do_not() {
 async fn a_merchant_with_every_slot_busy_gets_503_and_others_are_not_slowed() {
     let app = spawn_app_with(Options {
         gateway_workers: 2,
-        ..with("max_concurrent = 2\nqueue_timeout = \"200ms\"\nmax_attempts = 1\n")
+        ..fast_retries("max_concurrent = 2\nqueue_timeout = \"200ms\"\nmax_attempts = 1\n")
     })
     .await;
     // Warm both tokens, then make the first merchant's reads slow.
@@ -333,7 +327,7 @@ async fn a_merchant_with_every_slot_busy_gets_503_and_others_are_not_slowed() {
 
 #[actix_web::test]
 async fn a_request_past_its_deadline_is_a_504() {
-    let app = spawn_app_with(with("request_deadline = \"500ms\"\n")).await;
+    let app = spawn_app_with(fast_retries("request_deadline = \"500ms\"\n")).await;
     // Held for four times the deadline: a 504 can only come from the
     // deadline, not from the upstream's (late) answer.
     app.add_fault(json!({"endpoint": "order", "delayMs": 2000}))
@@ -350,7 +344,7 @@ async fn a_request_past_its_deadline_is_a_504() {
 async fn a_401_under_load_refetches_the_token_once() {
     let app = spawn_app_with(Options {
         gateway_workers: 2,
-        ..with("")
+        ..fast_retries("")
     })
     .await;
     app.get(&format!("/v1/merchants/{MSN}/orders/warm")).await;
@@ -403,7 +397,7 @@ async fn tokens_are_refreshed_in_the_background_before_they_expire() {
     // its 1 s deadline and fail with a 504.
     let app = spawn_app_with(Options {
         token_ttl: Duration::from_secs(4),
-        ..with("request_deadline = \"1s\"\n")
+        ..fast_retries("request_deadline = \"1s\"\n")
     })
     .await;
     app.get(&format!("/v1/merchants/{MSN}/orders/o-1"))
@@ -437,7 +431,7 @@ async fn tokens_are_refreshed_in_the_background_before_they_expire() {
 async fn a_failed_refresh_keeps_the_valid_token_but_never_sends_an_expired_one() {
     let app = spawn_app_with(Options {
         token_ttl: Duration::from_secs(4),
-        ..with("")
+        ..fast_retries("")
     })
     .await;
     app.get(&format!("/v1/merchants/{MSN}/orders/o-1"))
@@ -481,7 +475,7 @@ async fn a_failed_refresh_keeps_the_valid_token_but_never_sends_an_expired_one()
 async fn soak_no_receipt_is_lost_or_duplicated_under_faults() {
     let app = spawn_app_with(Options {
         gateway_workers: 2,
-        ..with("max_attempts = 2\nbreaker_failures = 0\nrate_per_second = 0\n")
+        ..fast_retries("max_attempts = 2\nbreaker_failures = 0\nrate_per_second = 0\n")
     })
     .await;
     app.add_fault(json!({"endpoint": "receipt", "status": 503, "percent": 10}))

@@ -16,9 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{
-    answer, spawn_gateway_against, spec_receipt, Answer, LogCapture, TestApp, MSN,
-};
+use crate::helpers::{answer, spawn_gateway_against, spec_receipt, LogCapture, TestApp, MSN};
 
 /// The proxy's prefix.
 const P: &str = "/vipps/order-management";
@@ -119,11 +117,7 @@ fn token_answer(expires_in: &str) -> Vec<u8> {
          \"expires_on\":\"4102444800\",\"not_before\":\"1700000000\",\
          \"resource\":\"00000002-0000-0000-c000-000000000000\",\"access_token\":\"tok\"}}"
     );
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    Reply::json("200 OK", &body).bytes
 }
 
 struct Shared {
@@ -147,6 +141,24 @@ impl Upstream {
     /// and every other request as `script` says.
     async fn start(script: impl Fn(&Seen) -> Reply + 'static) -> Self {
         Self::start_with_token(token_answer("\"3600\""), script).await
+    }
+
+    /// Answers `reply` to every request whose path ends with `suffix`, and
+    /// every other request as a well-behaved upstream would.
+    async fn odd_at(suffix: &'static str, reply: Reply) -> Self {
+        Self::start(move |seen| {
+            if seen.path.ends_with(suffix) {
+                reply.clone()
+            } else {
+                well_behaved(seen)
+            }
+        })
+        .await
+    }
+
+    /// The gateway against this upstream, with the tests' upstream settings.
+    async fn gateway(&self) -> TestApp {
+        spawn_gateway_against(&self.base_url, UPSTREAM).await
     }
 
     async fn start_with_token(token: Vec<u8>, script: impl Fn(&Seen) -> Reply + 'static) -> Self {
@@ -355,23 +367,10 @@ async fn read_body(sock: &mut TcpStream, buf: &mut Vec<u8>, seen: &Seen) -> Opti
     }
 }
 
-/// A proxied call with the demo merchant's header.
-async fn proxy(app: &TestApp, method: Method, path: &str, body: Option<&Value>) -> Answer {
-    let req = app
-        .client
-        .request(method, app.url(&format!("{P}{path}")))
-        .insert_header(("Merchant-Serial-Number", MSN));
-    answer(match body {
-        Some(b) => req.send_json(b).await,
-        None => req.send().await,
-    })
-    .await
-}
-
 /// The caller's next request on the same client: a read the upstream
 /// answers normally comes back as it was sent.
 async fn next_call_is_answered_normally(app: &TestApp) {
-    let a = proxy(app, Method::GET, "/v2/ecom/o-next", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-next", None).await;
     assert_eq!(a.status, 200, "the next call: {}", a.raw);
     assert_eq!(a.body, json!({ "path": format!("{UP}/v2/ecom/o-next") }));
 }
@@ -402,20 +401,17 @@ fn peak_rss_kib() -> u64 {
 
 #[actix_web::test]
 async fn an_interim_100_continue_is_skipped_and_the_final_answer_reaches_the_caller() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-100") {
-            let body = r#"{"final":true}"#;
-            Reply::raw(format!(
-                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ))
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let body = r#"{"final":true}"#;
+    let up = Upstream::odd_at(
+        "/o-100",
+        Reply::raw(format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-100", None).await;
+    let app = up.gateway().await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-100", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body, json!({"final": true}));
     assert_eq!(up.calls("GET", &format!("{UP}/v2/ecom/o-100")).len(), 1);
@@ -424,28 +420,21 @@ async fn an_interim_100_continue_is_skipped_and_the_final_answer_reaches_the_cal
 
 #[actix_web::test]
 async fn an_interim_103_early_hints_is_skipped_and_the_final_201_reaches_the_caller() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/receipts/o-103") {
-            let body = r#"{"created":true}"#;
-            Reply::raw(format!(
-                "HTTP/1.1 103 Early Hints\r\nLink: </receipt.css>; rel=preload\r\n\r\n\
-                 HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ))
-        } else {
-            well_behaved(seen)
-        }
-    })
-    .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
-    let a = proxy(
-        &app,
-        Method::POST,
-        "/v2/ecom/receipts/o-103",
-        Some(&receipt),
+    let body = r#"{"created":true}"#;
+    let up = Upstream::odd_at(
+        "/receipts/o-103",
+        Reply::raw(format!(
+            "HTTP/1.1 103 Early Hints\r\nLink: </receipt.css>; rel=preload\r\n\r\n\
+             HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
     )
     .await;
+    let app = up.gateway().await;
+    let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
+    let a = app
+        .proxy(Method::POST, "/v2/ecom/receipts/o-103", Some(&receipt))
+        .await;
     assert_eq!(a.status, 201, "{}", a.raw);
     assert_eq!(a.body, json!({"created": true}));
     assert_eq!(
@@ -470,7 +459,7 @@ async fn a_receipt_answered_after_interim_answers_is_created() {
         }
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(a.status, 201, "{}", a.raw);
     assert_eq!(a.body["replayed"], false);
@@ -483,17 +472,14 @@ async fn a_receipt_answered_after_interim_answers_is_created() {
 
 #[actix_web::test]
 async fn a_304_with_a_content_length_but_no_body_is_answered_at_once_and_sent_once() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-304") {
-            // RFC 9112 §6.3: a 304 has no body, whatever its Content-Length says.
-            Reply::raw("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n")
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // RFC 9112 §6.3: a 304 has no body, whatever its Content-Length says.
+    let up = Upstream::odd_at(
+        "/o-304",
+        Reply::raw("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n"),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-304", None).await;
+    let app = up.gateway().await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-304", None).await;
     assert_eq!(a.status, 304, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
     assert_eq!(
@@ -506,23 +492,20 @@ async fn a_304_with_a_content_length_but_no_body_is_answered_at_once_and_sent_on
 
 #[actix_web::test]
 async fn a_204_with_a_content_length_but_no_body_is_answered_at_once_and_sent_once() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/categories/o-204") {
-            // RFC 9112 §6.3: a 204 has no body, whatever its Content-Length says.
-            Reply::raw("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")
-        } else {
-            well_behaved(seen)
-        }
-    })
-    .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(
-        &app,
-        Method::PUT,
-        "/v2/ecom/categories/o-204",
-        Some(&vipps_category()),
+    // RFC 9112 §6.3: a 204 has no body, whatever its Content-Length says.
+    let up = Upstream::odd_at(
+        "/categories/o-204",
+        Reply::raw("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
     )
     .await;
+    let app = up.gateway().await;
+    let a = app
+        .proxy(
+            Method::PUT,
+            "/v2/ecom/categories/o-204",
+            Some(&vipps_category()),
+        )
+        .await;
     assert_eq!(a.status, 204, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
     assert_eq!(
@@ -540,20 +523,17 @@ async fn a_body_delimited_by_the_connection_close_reaches_the_caller_whole() {
         json!({"category": {"category": "GENERAL"}, "receipt": null, "pad": "x".repeat(20_000)});
     let text = body.to_string();
     let text_len = text.len();
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/o-close") {
-            // HTTP/1.1, no Content-Length, no Transfer-Encoding: the body runs to the close.
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{text}"
-            ))
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // HTTP/1.1, no Content-Length, no Transfer-Encoding: the body runs to the close.
+    let up = Upstream::odd_at(
+        "/o-close",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{text}"
+        ))
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-close", None).await;
+    let app = up.gateway().await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-close", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert!(
         a.body == body,
@@ -591,22 +571,14 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
 #[actix_web::test]
 async fn a_gzip_body_the_gateway_did_not_ask_for_reaches_the_caller_with_its_content_encoding() {
     let gz = gzip_stored(br#"{"category":null,"receipt":null}"#);
-    let sent = gz.clone();
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/o-gzip") {
-            let mut bytes = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-                sent.len()
-            )
-            .into_bytes();
-            bytes.extend_from_slice(&sent);
-            Reply::raw(bytes)
-        } else {
-            well_behaved(seen)
-        }
-    })
-    .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let mut bytes = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&gz);
+    let up = Upstream::odd_at("/o-gzip", Reply::raw(bytes)).await;
+    let app = up.gateway().await;
     let mut resp = app
         .client
         .get(app.url(&format!("{P}/v2/ecom/o-gzip")))
@@ -645,7 +617,7 @@ async fn a_token_whose_expires_in_is_a_json_number_is_accepted() {
         Reply::json("201 Created", &json!({ "path": seen.path }).to_string())
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = app.post_receipt(MSN, "o-1", &spec_receipt()).await;
     assert_eq!(a.status, 201, "{}", a.raw);
     let seen = up.calls("POST", &format!("{UP}/v2/ecom/receipts/o-1"));
@@ -657,17 +629,17 @@ async fn a_token_whose_expires_in_is_a_json_number_is_accepted() {
 async fn a_body_cut_short_is_logged_with_its_cause() {
     const ID: &str = "upstream-http-cut-short-log";
     let logs = LogCapture::start();
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-cut") {
-            Reply::raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234").then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-cut",
+        Reply::raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234",
+        )
+        .then_close(),
+    )
     .await;
     // The test binary's capture writes text lines with the request's span
     // (its id among the fields) on every line written while it is served.
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let a = answer(
         app.client
             .get(app.url(&format!("{P}/v2/ecom/o-cut")))
@@ -716,23 +688,20 @@ async fn a_body_cut_short_is_logged_with_its_cause() {
 
 #[actix_web::test]
 async fn bytes_after_a_204_never_reach_a_caller() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/categories/o-204") {
-            // Left on the connection after a bodiless answer: not the next answer.
-            Reply::raw("HTTP/1.1 204 No Content\r\n\r\nGARBAGE")
-        } else {
-            well_behaved(seen)
-        }
-    })
-    .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(
-        &app,
-        Method::PUT,
-        "/v2/ecom/categories/o-204",
-        Some(&vipps_category()),
+    // Left on the connection after a bodiless answer: not the next answer.
+    let up = Upstream::odd_at(
+        "/categories/o-204",
+        Reply::raw("HTTP/1.1 204 No Content\r\n\r\nGARBAGE"),
     )
     .await;
+    let app = up.gateway().await;
+    let a = app
+        .proxy(
+            Method::PUT,
+            "/v2/ecom/categories/o-204",
+            Some(&vipps_category()),
+        )
+        .await;
     assert_eq!(a.status, 204, "{}", a.raw);
     assert!(a.raw.is_empty(), "{:?}", a.raw);
     next_call_is_answered_normally(&app).await;
@@ -743,21 +712,18 @@ async fn bytes_after_a_204_never_reach_a_caller() {
 #[actix_web::test]
 async fn chunked_framing_wins_over_a_content_length_or_the_answer_is_refused() {
     let framed = "b\r\n{\"ok\":true}\r\n0\r\n\r\n";
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/o-te") {
-            // The length covers the chunk framing, so a client that
-            // believed it would stay in step and pass the framing on.
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{framed}",
-                framed.len()
-            ))
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // The length covers the chunk framing, so a client that
+    // believed it would stay in step and pass the framing on.
+    let up = Upstream::odd_at(
+        "/o-te",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{framed}",
+            framed.len()
+        )),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-te", None).await;
+    let app = up.gateway().await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-te", None).await;
     if a.status.is_success() {
         assert!(
             !a.raw.contains("\r\n0\r\n") && !a.raw.starts_with("b\r\n"),
@@ -774,39 +740,33 @@ async fn chunked_framing_wins_over_a_content_length_or_the_answer_is_refused() {
 
 #[actix_web::test]
 async fn a_body_cut_short_of_its_content_length_is_a_502() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-cut") {
-            Reply::raw(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234",
-            )
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-cut",
+        Reply::raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":\"1234",
+        )
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-cut", None).await;
+    let app = up.gateway().await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-cut", None).await;
     a.problem(502);
     next_call_is_answered_normally(&app).await;
 }
 
 #[actix_web::test]
 async fn a_chunked_body_cut_short_is_a_502() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-cut") {
-            // One chunk, then the close: no terminating zero-size chunk.
-            Reply::raw(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\na\r\n{\"a\":\"123\r\n",
-            )
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // One chunk, then the close: no terminating zero-size chunk.
+    let up = Upstream::odd_at(
+        "/o-cut",
+        Reply::raw(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\na\r\n{\"a\":\"123\r\n",
+        )
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-cut", None).await;
+    let app = up.gateway().await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-cut", None).await;
     a.problem(502);
     next_call_is_answered_normally(&app).await;
 }
@@ -814,22 +774,19 @@ async fn a_chunked_body_cut_short_is_a_502() {
 #[actix_web::test]
 async fn an_early_413_before_the_upload_was_read_reaches_the_caller() {
     let problem = r#"{"type":"about:blank","title":"Payload Too Large","status":413}"#;
-    let up = Upstream::start(move |seen| {
-        if seen.path.ends_with("/v1/images") {
-            // Answered right after the head; the body is never read.
-            Reply::raw(format!(
-                "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/problem+json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{problem}",
-                problem.len()
-            ))
-            .before_reading_the_body()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    // Answered right after the head; the body is never read.
+    let up = Upstream::odd_at(
+        "/v1/images",
+        Reply::raw(format!(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/problem+json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{problem}",
+            problem.len()
+        ))
+        .before_reading_the_body(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let image = json!({"imageId": "big-1", "src": "A".repeat(1_500_000), "type": "base64"});
-    let a = proxy(&app, Method::POST, "/v1/images", Some(&image)).await;
+    let a = app.proxy(Method::POST, "/v1/images", Some(&image)).await;
     assert_eq!(a.status, 413, "{}", a.raw);
     assert_eq!(a.content_type, "application/problem+json");
     assert_eq!(a.body["title"], "Payload Too Large");
@@ -849,10 +806,10 @@ async fn a_read_on_a_connection_closed_as_it_is_reused_is_retried_on_a_new_conne
         }
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let first = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let app = up.gateway().await;
+    let first = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(first.status, 200, "{}", first.raw);
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-2", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-2", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body, json!({ "path": format!("{UP}/v2/ecom/o-2") }));
     let sent = up.calls("GET", &format!("{UP}/v2/ecom/o-2"));
@@ -879,11 +836,13 @@ async fn a_proxied_post_on_a_connection_closed_as_it_is_reused_is_not_resent() {
         }
     })
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
-    let first = proxy(&app, Method::GET, "/v2/ecom/o-1", None).await;
+    let app = up.gateway().await;
+    let first = app.proxy(Method::GET, "/v2/ecom/o-1", None).await;
     assert_eq!(first.status, 200, "{}", first.raw);
     let receipt = json!({"orderLines": [], "bottomLine": {"currency": "NOK"}});
-    let a = proxy(&app, Method::POST, "/v2/ecom/receipts/o-1", Some(&receipt)).await;
+    let a = app
+        .proxy(Method::POST, "/v2/ecom/receipts/o-1", Some(&receipt))
+        .await;
     // It arrived: Vipps may have acted on it, so it is not sent again.
     a.problem(502);
     let sent = up.calls("POST", &format!("{UP}/v2/ecom/receipts/o-1"));
@@ -897,21 +856,18 @@ const MEMORY_GROWTH_KIB: u64 = 30 * 1024;
 
 #[actix_web::test]
 async fn a_1_mb_response_header_is_a_502() {
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-big") {
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
-                "a".repeat(1 << 20)
-            ))
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-big",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+            "a".repeat(1 << 20)
+        ))
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let before = peak_rss_kib();
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-big", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-big", None).await;
     a.problem(502);
     let grown = peak_rss_kib().saturating_sub(before);
     assert!(grown < MEMORY_GROWTH_KIB, "peak memory grew {grown} KiB");
@@ -921,21 +877,18 @@ async fn a_1_mb_response_header_is_a_502() {
 #[actix_web::test]
 async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
     const SIZE: usize = 50 << 20;
-    let up = Upstream::start(|seen| {
-        if seen.path.ends_with("/o-big") {
-            Reply::raw(format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n"
-            ))
-            .streaming(SIZE)
-            .then_close()
-        } else {
-            well_behaved(seen)
-        }
-    })
+    let up = Upstream::odd_at(
+        "/o-big",
+        Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n"
+        ))
+        .streaming(SIZE)
+        .then_close(),
+    )
     .await;
-    let app = spawn_gateway_against(&up.base_url, UPSTREAM).await;
+    let app = up.gateway().await;
     let before = peak_rss_kib();
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-big", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-big", None).await;
     a.problem(502);
     let grown = peak_rss_kib().saturating_sub(before);
     assert!(grown < MEMORY_GROWTH_KIB, "peak memory grew {grown} KiB");
@@ -955,7 +908,7 @@ async fn a_50_mb_response_body_is_a_502_and_never_held_whole() {
 async fn every_call_names_the_upstream_host_once_and_keeps_the_base_urls_path() {
     let up = Upstream::start(well_behaved).await;
     let app = spawn_gateway_against(&format!("{}/prefix/", up.base_url), UPSTREAM).await;
-    let a = proxy(&app, Method::GET, "/v2/ecom/o-host", None).await;
+    let a = app.proxy(Method::GET, "/v2/ecom/o-host", None).await;
     assert_eq!(a.status, 200, "{}", a.raw);
     let calls = up.calls("GET", &format!("/prefix{UP}/v2/ecom/o-host"));
     assert_eq!(calls.len(), 1, "{:?}", up.requests());

@@ -8,7 +8,8 @@ Run through `bench/run --profile` (it builds the binary first);
 `bench/run --profile --instructions [OUT_DIR]` counts user-space
 instructions per request with callgrind instead (OUT_DIR/instructions.md,
 bench/results by default); `--bin PATH` measures another build of the
-gateway, to compare two commits.
+gateway, to compare two commits; `--only gateway:proxy,...` runs some of the
+instruction cases.
 """
 
 import subprocess
@@ -78,7 +79,11 @@ def program_total(data):
     raise bench.BenchError(f"no totals in {data}")
 
 
-def instructions(out):
+ALL_CASES = (("gateway", "proxy"), ("bare-forwarder", "proxy"), ("hyper-forwarder", "proxy"),
+             ("gateway", "read"), ("gateway", "receipt"))
+
+
+def instructions(out, cases=ALL_CASES):
     """User-space instructions per request under callgrind (valgrind counts
     instructions, not time, so the figures repeat on a busy machine): the
     gateway's proxy, façade read and 10-line receipt, and the bare actix-web +
@@ -98,8 +103,7 @@ def instructions(out):
              "", "| server | case | requests | whole process per request | dispatcher per request |",
              "|---|---|---|---|---|"]
     tops = []
-    for server, case in (("gateway", "proxy"), ("bare-forwarder", "proxy"), ("hyper-forwarder", "proxy"),
-                         ("gateway", "read"), ("gateway", "receipt")):
+    for server, case in cases:
         sim, run = seeded_simulator(wd, args)
         proc = None
         try:
@@ -159,6 +163,14 @@ def main():
         i = sys.argv.index("--bin")
         bench.BIN = Path(sys.argv[i + 1]).resolve()
         del sys.argv[i:i + 2]
+    cases = ALL_CASES
+    if "--only" in sys.argv:
+        # Some of the instruction cases, as server:case (gateway:proxy,hyper-forwarder:proxy).
+        i = sys.argv.index("--only")
+        cases = tuple(tuple(c.split(":", 1)) for c in sys.argv[i + 1].split(","))
+        if any(c not in ALL_CASES for c in cases):
+            sys.exit(f"--only takes some of {','.join(':'.join(c) for c in ALL_CASES)}")
+        del sys.argv[i:i + 2]
     unknown = [a for a in sys.argv[1:] if a.startswith("-") and a != "--instructions"]
     if unknown:
         sys.exit(f"unknown option {unknown[0]}; see --help")
@@ -166,7 +178,7 @@ def main():
         sys.argv.remove("--instructions")
         out = Path(sys.argv[1] if len(sys.argv) > 1 else bench.ROOT / "bench" / "results")
         out.mkdir(parents=True, exist_ok=True)
-        instructions(out)
+        instructions(out, cases)
         return
     out = Path(sys.argv[1] if len(sys.argv) > 1 else bench.ROOT / "bench" / "results")
     out.mkdir(parents=True, exist_ok=True)

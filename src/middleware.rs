@@ -25,7 +25,7 @@ use crate::domain::{Msn, MSN_HEADER};
 use crate::error::{ApiError, Kind};
 use crate::facade::AppState;
 use crate::metrics::{self, Metrics};
-use crate::telemetry::REQUEST_SPAN;
+use crate::telemetry::{REQUEST_SPAN, REQUEST_TARGET};
 use crate::vipps::{CallContext, Exchange, Observed};
 
 pub const HEADER: &str = "x-request-id";
@@ -276,6 +276,7 @@ pub async fn middleware(
     // A façade request's route is recorded once routed (`routed`); the
     // proxy's is known now.
     let span = tracing::info_span!(
+        target: REQUEST_TARGET,
         REQUEST_SPAN,
         request_id = &*id,
         method = req.method().as_str(),

@@ -26,7 +26,6 @@ use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuar
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::Directive;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
@@ -122,6 +121,12 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
     }
 }
 
+/// A line's `timestamp`: RFC 3339 in UTC with microseconds, as
+/// tracing-subscriber's own `SystemTime` writes it.
+const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
 /// One JSON object per line: `timestamp` (RFC 3339, UTC, microseconds),
 /// `level`, the event's fields, `target` and, within a span, `span` with
 /// the span's fields and `name`. The same layout as tracing-subscriber's JSON
@@ -141,7 +146,9 @@ where
         let meta = event.metadata();
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"{\"timestamp\":\"");
-        SystemTime.format_time(&mut Writer::new(&mut BytesWriter(&mut out)))?;
+        time::OffsetDateTime::now_utc()
+            .format_into(&mut out, TIMESTAMP)
+            .map_err(|_| fmt::Error)?;
         out.extend_from_slice(b"\",\"level\":\"");
         out.extend_from_slice(meta.level().as_str().as_bytes());
         out.push(b'"');
@@ -218,16 +225,6 @@ impl Visit for Entries<'_> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.entry(field.name(), &format!("{value:?}"));
-    }
-}
-
-/// A `fmt::Write` appending to a byte buffer, for the timestamp.
-struct BytesWriter<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for BytesWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

@@ -555,7 +555,6 @@ impl VippsClient {
         token: &AccessToken,
         call: &Call<'_>,
     ) -> Result<RawResponse, UpstreamError> {
-        let m = &*ctx.merchant;
         let remaining = ctx
             .deadline
             .saturating_duration_since(tokio::time::Instant::now());
@@ -568,21 +567,20 @@ impl VippsClient {
         } else {
             UpstreamError::Timeout
         };
-        let bearer = token.bearer.clone().ok_or_else(|| {
-            UpstreamError::TokenFailed("credential is not a valid header value".into())
-        })?;
+        if token.bearer.is_none() {
+            return Err(UpstreamError::TokenFailed(
+                "credential is not a valid header value".into(),
+            ));
+        }
         let mut req = Request::new(Full::new(call.body.clone().unwrap_or_default()));
         *req.method_mut() = call.method.clone();
         *req.uri_mut() = self.up.uri(call.path)?;
-        // Room for every header below at once, instead of growing and
-        // rehashing the map as they are added.
-        *req.headers_mut() = HeaderMap::with_capacity(16);
+        // The merchant's headers and `Authorization`, built with the token.
+        *req.headers_mut() = token.call_headers.clone();
         let headers = req.headers_mut();
         for (name, value) in call.extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());
         }
-        headers.insert(header::AUTHORIZATION, bearer);
-        self.up.merchant_headers(headers, m)?;
         if call.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(
                 header::CONTENT_TYPE,
@@ -880,7 +878,10 @@ async fn fetch_token_now(
     let mut req = Request::new(Full::new(Bytes::new()));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = up.uri("/accesstoken/get")?;
+    let mut merchant_headers = HeaderMap::with_capacity(16);
+    up.merchant_headers(&mut merchant_headers, m)?;
     let headers = req.headers_mut();
+    *headers = merchant_headers.clone();
     headers.insert(
         HeaderName::from_static("client_id"),
         plain(&m.client_id, "client_id")?,
@@ -889,7 +890,6 @@ async fn fetch_token_now(
         HeaderName::from_static("client_secret"),
         secret_header(expose(&m.client_secret))?,
     );
-    up.merchant_headers(headers, m)?;
     let observe = |status: Option<StatusCode>| {
         let exchange = Exchange {
             status: status.map(|s| s.as_u16()),
@@ -940,6 +940,7 @@ async fn fetch_token_now(
         parsed.access_token,
         started + lifetime,
         lifetime,
+        merchant_headers,
     )))
 }
 

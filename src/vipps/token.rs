@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{header, HeaderMap, HeaderValue};
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -27,6 +27,10 @@ pub struct AccessToken {
     /// `Bearer <token>`, built once for every call that uses it; `None`
     /// when the token is not a valid header value.
     pub bearer: Option<HeaderValue>,
+    /// The headers of every call made with this token: `Authorization`
+    /// (when `bearer` is set) and the merchant's headers the token was
+    /// fetched with. Built once per token, cloned for each call.
+    pub call_headers: HeaderMap,
     pub expires_at: Instant,
     pub lifetime: Duration,
     /// Set while a background refresh of this token is under way.
@@ -42,16 +46,27 @@ impl std::fmt::Debug for AccessToken {
 }
 
 impl AccessToken {
-    pub fn new(value: SecretString, expires_at: Instant, lifetime: Duration) -> Self {
+    /// A token, sent on each call with `merchant_headers` (the headers of
+    /// the merchant's every call, `Authorization` aside).
+    pub fn new(
+        value: SecretString,
+        expires_at: Instant,
+        lifetime: Duration,
+        mut merchant_headers: HeaderMap,
+    ) -> Self {
         let bearer = HeaderValue::from_str(&format!("Bearer {}", value.expose_secret()))
             .ok()
             .map(|mut v| {
                 v.set_sensitive(true);
                 v
             });
+        if let Some(bearer) = &bearer {
+            merchant_headers.insert(header::AUTHORIZATION, bearer.clone());
+        }
         Self {
             value,
             bearer,
+            call_headers: merchant_headers,
             expires_at,
             lifetime,
             refreshing: AtomicBool::new(false),
@@ -206,6 +221,7 @@ mod tests {
             SecretString::from("t".to_owned()),
             Instant::now() + left,
             lifetime,
+            HeaderMap::new(),
         )
     }
 
@@ -270,6 +286,7 @@ mod tests {
                 SecretString::from(format!("token-{n}")),
                 Instant::now() + self.lifetime,
                 self.lifetime,
+                HeaderMap::new(),
             )))
         }
     }

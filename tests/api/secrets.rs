@@ -423,6 +423,7 @@ fn debug_output_redacts_secrets() {
         SecretString::from("access-token-value"),
         Instant::now(),
         Duration::from_secs(1),
+        http::HeaderMap::new(),
     ));
     let i = InlineSecrets {
         client_secret: SecretString::from("client-secret-value"),

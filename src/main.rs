@@ -13,6 +13,11 @@ use vipps_order_gateway::domain::Msn;
 use vipps_order_gateway::simulator::{self, Simulator, SimulatorSettings};
 use vipps_order_gateway::{telemetry, Application};
 
+/// mimalloc instead of the system allocator (docs/decisions.md, "Memory
+/// allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The log writer's guard writes the lines still queued when dropped,

@@ -14,6 +14,7 @@ pub mod facade;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod outbox;
 pub mod proxy;
 pub mod simulator;
 pub mod telemetry;

@@ -1,0 +1,674 @@
+//! The outbox's durable store, through sqlx: an embedded SQLite file (WAL,
+//! full sync; one replica) or PostgreSQL (several replicas). Both have the
+//! same table (`migrations/sqlite`, `migrations/postgres`, embedded in the
+//! binary) and, but for the claim's row locks, the same statements.
+//!
+//! Times are Unix milliseconds, passed in by the caller, so a test decides
+//! what "now" is and replicas compare the same clock (the wall clock).
+//!
+//! What the store guarantees (docs/decisions.md, "Outbox"):
+//! - [`Store::enqueue`] returns once the entry is committed (SQLite with
+//!   `synchronous = FULL`, PostgreSQL's commit);
+//! - at most one pending receipt per order, enforced by a unique index, so
+//!   two replicas taking the same receipt at once store it once;
+//! - [`Store::claim`] hands an entry to one claimer at a time, under a lease
+//!   that another claimer takes over only once it has ended; PostgreSQL
+//!   claims with `FOR UPDATE SKIP LOCKED`, SQLite has one writer;
+//! - an entry is claimed only when no earlier pending entry of its order
+//!   exists, so one order's entries are delivered in the order they came;
+//! - [`Store::finish`] records an attempt only while the claim is still the
+//!   caller's: a claimer whose lease was taken over changes nothing.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a statement waits for a connection (or SQLite's lock) before
+/// the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PostgreSQL connections per replica: requests that enqueue, the worker
+/// and the delivery reads share them.
+const POSTGRES_CONNECTIONS: u32 = 8;
+
+/// Every column of `deliveries`, in [`Row`]'s order (a macro, so that
+/// statements stay `&'static str`).
+macro_rules! columns {
+    () => {
+        "seq, id, msn, kind, payment_type, order_id, fingerprint, payload, state, attempts, \
+         created_at, updated_at, delivered_at, next_attempt_at, last_error, lease_owner, lease_until"
+    };
+}
+
+const SELECT_ORDER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM deliveries WHERE msn = $1 AND payment_type = $2 AND order_id = $3 AND kind = $4 \
+     AND state IN ('pending', 'delivered') ORDER BY seq DESC"
+);
+
+// Only while no claimer holds it: one that does may be sending the old
+// link right now.
+const REPLACE: &str = concat!(
+    "UPDATE deliveries SET payload = $1, fingerprint = $2, updated_at = $3 \
+     WHERE seq = $4 AND state = 'pending' AND (lease_owner IS NULL OR lease_until <= $3) \
+     RETURNING ",
+    columns!()
+);
+
+const INSERT: &str = concat!(
+    "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, state, \
+     attempts, created_at, updated_at, next_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8) RETURNING ",
+    columns!()
+);
+
+/// The claim, but for the row locks (see [`Store::claim`]).
+macro_rules! claim {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE seq IN (\
+               SELECT d.seq FROM deliveries d \
+               WHERE d.state = 'pending' AND d.next_attempt_at <= $3 \
+               AND (d.lease_owner IS NULL OR d.lease_until <= $3) \
+               AND NOT EXISTS (SELECT 1 FROM deliveries e \
+                 WHERE e.msn = d.msn AND e.payment_type = d.payment_type \
+                 AND e.order_id = d.order_id AND e.state = 'pending' AND e.seq < d.seq) \
+               ORDER BY d.next_attempt_at, d.seq LIMIT $4 ",
+            $lock,
+            ") RETURNING ",
+            columns!()
+        )
+    };
+}
+
+/// SQLite has one writer: a claim never meets another's.
+const CLAIM_SQLITE: &str = claim!("");
+/// Rows another replica is claiming are skipped, not waited for.
+const CLAIM_POSTGRES: &str = claim!("FOR UPDATE SKIP LOCKED");
+
+const GET: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM deliveries WHERE id = $1 AND msn = $2"
+);
+
+const LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM deliveries WHERE msn = $1 AND ($2 IS NULL OR state = $2) AND seq < $3 \
+     ORDER BY seq DESC LIMIT $4"
+);
+
+/// What an entry asks of Vipps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Receipt,
+    Category,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Receipt => "receipt",
+            Kind::Category => "category",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "receipt" => Ok(Kind::Receipt),
+            "category" => Ok(Kind::Category),
+            _ => Err(StoreError::Corrupt(format!("unknown kind {s:?}"))),
+        }
+    }
+}
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not yet at Vipps: due now or at `next_attempt_at`.
+    Pending,
+    /// Vipps has it.
+    Delivered,
+    /// Given up: Vipps refused it, or `outbox.max_age` passed.
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+        }
+    }
+
+    /// The state a caller names (`?state=failed`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(State::Pending),
+            "delivered" => Some(State::Delivered),
+            "failed" => Some(State::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A request to store.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub msn: String,
+    pub kind: Kind,
+    pub payment_type: String,
+    pub order_id: String,
+    /// Identifies the request's content: an identical repost has the same.
+    pub fingerprint: String,
+    /// What the worker sends and what the delivery resource shows (JSON).
+    pub payload: String,
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The store's order of arrival (the listing's cursor).
+    pub seq: i64,
+    pub id: String,
+    pub msn: String,
+    pub kind: Kind,
+    pub payment_type: String,
+    pub order_id: String,
+    pub fingerprint: String,
+    pub payload: String,
+    pub state: State,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub delivered_at: Option<i64>,
+    /// When a pending entry is due next; `None` once it is finished.
+    pub next_attempt_at: Option<i64>,
+    /// The last attempt's problem (JSON), if an attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// What [`Store::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored as a new entry.
+    Created(Delivery),
+    /// The same request is already pending: this is its entry.
+    Repost(Delivery),
+    /// A different receipt for the order is pending; nothing was stored.
+    Conflict(Delivery),
+    /// A pending category link of the order, not yet claimed, now carries
+    /// this request instead.
+    Replaced(Delivery),
+    /// A receipt for the order was delivered already; nothing was stored
+    /// (the caller answers as for a synchronous request).
+    AlreadyDelivered(Delivery),
+}
+
+/// An entry handed to a claimer, until its lease ends.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery: Delivery,
+    pub lease_until: i64,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered,
+    /// Try again at `next_attempt_at`; `error` is the attempt's problem.
+    Retry {
+        next_attempt_at: i64,
+        error: String,
+    },
+    /// Give up; `error` is the problem that ended it.
+    Failed {
+        error: String,
+    },
+}
+
+/// Pending entries of one merchant and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStats {
+    pub msn: String,
+    pub kind: Kind,
+    pub count: i64,
+    pub oldest_created_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("outbox.url must be a sqlite:// or postgres:// URL")]
+    Url,
+    /// The store cannot be reached or refused the statement. `reason`
+    /// never holds the password.
+    #[error("outbox store {store} is unavailable: {reason}")]
+    Unavailable { store: String, reason: String },
+    #[error("outbox store holds an unreadable entry: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The outbox's store. Cheap to clone (a connection pool).
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    /// The store's URL without its password, for logs and errors.
+    name: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("name", &self.name).finish()
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever database
+/// it is: the statements are the same, the types differ.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    seq: i64,
+    id: String,
+    msn: String,
+    kind: String,
+    payment_type: String,
+    order_id: String,
+    fingerprint: String,
+    payload: String,
+    state: String,
+    attempts: i64,
+    created_at: i64,
+    updated_at: i64,
+    delivered_at: Option<i64>,
+    next_attempt_at: Option<i64>,
+    last_error: Option<String>,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+}
+
+impl Row {
+    fn delivery(self) -> Result<Delivery, StoreError> {
+        Ok(Delivery {
+            seq: self.seq,
+            kind: Kind::parse(&self.kind)?,
+            state: State::parse(&self.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown state {:?}", self.state)))?,
+            id: self.id,
+            msn: self.msn,
+            payment_type: self.payment_type,
+            order_id: self.order_id,
+            fingerprint: self.fingerprint,
+            payload: self.payload,
+            attempts: self.attempts,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            delivered_at: self.delivered_at,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error,
+        })
+    }
+
+    /// Whether a claimer holds it at `now`.
+    fn leased(&self, now: i64) -> bool {
+        self.lease_owner.is_some() && self.lease_until.is_some_and(|until| until > now)
+    }
+}
+
+fn deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, StoreError> {
+    rows.into_iter().map(Row::delivery).collect()
+}
+
+impl Store {
+    /// Opens the store at `url` (`sqlite://PATH` or `postgres://…`, with
+    /// `password` for PostgreSQL) and brings its table up to date. The
+    /// SQLite file is created when missing, not its directory.
+    pub async fn open(url: &str, password: Option<&SecretString>) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|_| StoreError::Url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(ACQUIRE_TIMEOUT);
+            let name = format!("sqlite://{}", options.get_filename().display());
+            let unavailable = |e: &sqlx::Error| unavailable(&name, e);
+            // One connection: SQLite has one writer, and a single connection
+            // never waits on another's lock.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            SQLITE_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| unavailable(&e.into()))?;
+            Ok(Store {
+                pool: Pool::Sqlite(pool),
+                name,
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let mut options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url)?;
+            if let Some(password) = password {
+                options = options.password(password.expose_secret());
+            }
+            let name = format!(
+                "postgres://{}@{}:{}/{}",
+                options.get_username(),
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            );
+            let unavailable = |e: &sqlx::Error| unavailable(&name, e);
+            let pool = PgPoolOptions::new()
+                .max_connections(POSTGRES_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            // sqlx holds an advisory lock while it migrates, so replicas
+            // starting together migrate once.
+            POSTGRES_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| unavailable(&e.into()))?;
+            Ok(Store {
+                pool: Pool::Postgres(pool),
+                name,
+            })
+        } else {
+            Err(StoreError::Url)
+        }
+    }
+
+    /// The store's URL without its password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn unavailable(&self, e: &sqlx::Error) -> StoreError {
+        unavailable(&self.name, e)
+    }
+
+    /// Stores `new` at `now`, committed before it returns, unless the order
+    /// already has a pending entry this request repeats, conflicts with or
+    /// replaces (see [`Enqueued`]).
+    pub async fn enqueue(&self, new: &NewDelivery, now: i64) -> Result<Enqueued, StoreError> {
+        // A receipt stored by another replica between the look and the
+        // insert breaks the unique index: look again, once.
+        for _ in 0..2 {
+            match self.try_enqueue(new, now).await {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
+                other => return other.map_err(|e| self.unavailable(&e))?,
+            }
+        }
+        self.try_enqueue(new, now)
+            .await
+            .map_err(|e| self.unavailable(&e))?
+    }
+
+    async fn try_enqueue(
+        &self,
+        new: &NewDelivery,
+        now: i64,
+    ) -> Result<Result<Enqueued, StoreError>, sqlx::Error> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let existing: Vec<Row> = sqlx::query_as(SELECT_ORDER)
+                .bind(&new.msn)
+                .bind(&new.payment_type)
+                .bind(&new.order_id)
+                .bind(new.kind.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let pending = existing.iter().position(|r| r.state == State::Pending.as_str());
+            let answer = match (new.kind, pending) {
+                (Kind::Receipt, Some(i)) => {
+                    let row = existing.into_iter().nth(i).ok_or(sqlx::Error::RowNotFound)?;
+                    let same = row.fingerprint == new.fingerprint;
+                    let d = row.delivery();
+                    tx.rollback().await?;
+                    return Ok(d.map(|d| if same { Enqueued::Repost(d) } else { Enqueued::Conflict(d) }));
+                }
+                (Kind::Receipt, None) if !existing.is_empty() => {
+                    let d = existing.into_iter().next().map(Row::delivery);
+                    tx.rollback().await?;
+                    return Ok(d
+                        .ok_or_else(|| StoreError::Corrupt("no delivered receipt".into()))
+                        .and_then(|d| d.map(Enqueued::AlreadyDelivered)));
+                }
+                (Kind::Category, Some(i)) if !existing[i].leased(now) => {
+                    let row = &existing[i];
+                    if row.fingerprint == new.fingerprint {
+                        let d = existing.into_iter().nth(i).map(Row::delivery);
+                        tx.rollback().await?;
+                        return Ok(d
+                            .ok_or_else(|| StoreError::Corrupt("no pending category".into()))
+                            .and_then(|d| d.map(Enqueued::Repost)));
+                    }
+                    let replaced: Option<Row> = sqlx::query_as(REPLACE)
+                        .bind(&new.payload)
+                        .bind(&new.fingerprint)
+                        .bind(now)
+                        .bind(row.seq)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    replaced.map(|r| r.delivery().map(Enqueued::Replaced))
+                }
+                _ => None,
+            };
+            let answer = match answer {
+                Some(answer) => answer,
+                None => {
+                    let row: Row = sqlx::query_as(INSERT)
+                        .bind(uuid::Uuid::new_v4().to_string())
+                        .bind(&new.msn)
+                        .bind(new.kind.as_str())
+                        .bind(&new.payment_type)
+                        .bind(&new.order_id)
+                        .bind(&new.fingerprint)
+                        .bind(&new.payload)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    row.delivery().map(Enqueued::Created)
+                }
+            };
+            tx.commit().await?;
+            Ok(answer)
+        })
+    }
+
+    /// Claims up to `limit` entries due at `now` for `owner` until
+    /// `now + lease`: pending, not held by another claimer's unexpired
+    /// lease, and the oldest pending entry of their order.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let claim = match self.pool {
+            Pool::Sqlite(_) => CLAIM_SQLITE,
+            Pool::Postgres(_) => CLAIM_POSTGRES,
+        };
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(claim)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|e| self.unavailable(&e))?;
+        let mut claimed = deliveries(rows)?
+            .into_iter()
+            .map(|delivery| Claimed {
+                delivery,
+                lease_until,
+            })
+            .collect::<Vec<_>>();
+        claimed.sort_by_key(|c| c.delivery.seq);
+        Ok(claimed)
+    }
+
+    /// Records one attempt on a claimed entry at `now`. `false`: the claim
+    /// was no longer `owner`'s (its lease ended and another claimer took the
+    /// entry), and nothing changed.
+    pub async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &Outcome,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (state, next_attempt_at, error, delivered_at) = match outcome {
+            Outcome::Delivered => (State::Delivered, None, None, Some(now)),
+            Outcome::Retry {
+                next_attempt_at,
+                error,
+            } => (State::Pending, Some(*next_attempt_at), Some(error), None),
+            Outcome::Failed { error } => (State::Failed, None, Some(error), None),
+        };
+        let finish = "UPDATE deliveries SET state = $1, attempts = attempts + 1, \
+             next_attempt_at = $2, last_error = COALESCE($3, last_error), \
+             delivered_at = $4, updated_at = $5, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $6 AND lease_owner = $7 AND state = 'pending'";
+        let done = with_pool!(self, pool => {
+            sqlx::query(finish)
+                .bind(state.as_str())
+                .bind(next_attempt_at)
+                .bind(error)
+                .bind(delivered_at)
+                .bind(now)
+                .bind(id)
+                .bind(owner)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(|e| self.unavailable(&e))?;
+        Ok(done == 1)
+    }
+
+    /// The merchant's entry `id`.
+    pub async fn get(&self, msn: &str, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let row: Option<Row> = with_pool!(self, pool => {
+            sqlx::query_as(GET).bind(id).bind(msn).fetch_optional(pool).await
+        })
+        .map_err(|e| self.unavailable(&e))?;
+        row.map(Row::delivery).transpose()
+    }
+
+    /// The merchant's entries, newest first, in `state` when given, that
+    /// arrived before the entry `before` (a [`Delivery::seq`]): up to
+    /// `limit`.
+    pub async fn list(
+        &self,
+        msn: &str,
+        state: Option<State>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(LIST)
+                .bind(msn)
+                .bind(state.map(State::as_str))
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|e| self.unavailable(&e))?;
+        deliveries(rows)
+    }
+
+    /// Deletes delivered and failed entries last changed before `before`;
+    /// how many it deleted.
+    pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
+        let purge =
+            "DELETE FROM deliveries WHERE state IN ('delivered', 'failed') AND updated_at < $1";
+        with_pool!(self, pool => {
+            sqlx::query(purge).bind(before).execute(pool).await.map(|r| r.rows_affected())
+        })
+        .map_err(|e| self.unavailable(&e))
+    }
+
+    /// The pending entries per merchant and kind, with the oldest's age.
+    pub async fn pending_stats(&self) -> Result<Vec<PendingStats>, StoreError> {
+        let stats = "SELECT msn, kind, COUNT(*), MIN(created_at) FROM deliveries \
+             WHERE state = 'pending' GROUP BY msn, kind ORDER BY msn, kind";
+        let rows: Vec<(String, String, i64, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(stats).fetch_all(pool).await
+        })
+        .map_err(|e| self.unavailable(&e))?;
+        rows.into_iter()
+            .map(|(msn, kind, count, oldest_created_at)| {
+                Ok(PendingStats {
+                    msn,
+                    kind: Kind::parse(&kind)?,
+                    count,
+                    oldest_created_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// The store's failure, named by `store` (no password) and the kind of
+/// error: a database's own message names no credentials, but a connection
+/// error's text is not relied on.
+fn unavailable(store: &str, e: &sqlx::Error) -> StoreError {
+    let reason = match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} ({code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::Io(io) => format!("I/O error: {}", io.kind()),
+        sqlx::Error::PoolTimedOut => "no connection within the timeout".into(),
+        sqlx::Error::PoolClosed => "the store is closed".into(),
+        sqlx::Error::Tls(_) => "TLS error".into(),
+        sqlx::Error::Migrate(m) => format!("migration failed: {m}"),
+        sqlx::Error::Configuration(_) => "invalid configuration".into(),
+        _ => "database error".into(),
+    };
+    StoreError::Unavailable {
+        store: store.to_owned(),
+        reason,
+    }
+}

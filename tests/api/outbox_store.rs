@@ -1,0 +1,473 @@
+//! The outbox's store against real databases: a SQLite file on disk and a
+//! PostgreSQL server (`VOG_TEST_POSTGRES_URL`, a throwaway cluster that
+//! `scripts/test` starts). Each behaviour runs on both, on a fresh
+//! database.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use vipps_order_gateway::outbox::{
+    Delivery, Enqueued, Kind, NewDelivery, Outcome, PendingStats, State, Store, StoreError,
+};
+
+use crate::auth::temp_dir;
+
+const MSN: &str = "123456";
+/// A fixed "now" (Unix ms); the store takes time from its caller.
+const T0: i64 = 1_800_000_000_000;
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn sqlite_store() -> Store {
+    let file = temp_dir("outbox").join("outbox.db");
+    Store::open(&format!("sqlite://{}", file.display()), None)
+        .await
+        .expect("a SQLite store in a fresh directory opens")
+}
+
+/// The test server, without a database: `postgres://USER@HOST:PORT`.
+fn postgres_server() -> String {
+    std::env::var("VOG_TEST_POSTGRES_URL").expect(
+        "VOG_TEST_POSTGRES_URL names the PostgreSQL server of the outbox tests \
+         (postgres://USER@HOST:PORT); scripts/test starts one",
+    )
+}
+
+/// A store in a database of its own on the test server.
+async fn postgres_store() -> Store {
+    let server = postgres_server();
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+        .await
+        .expect("the test PostgreSQL server answers");
+    let db = format!("vog_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    Store::open(&format!("{server}/{db}"), None)
+        .await
+        .expect("a PostgreSQL store in a fresh database opens")
+}
+
+/// Runs a behaviour on each store, as `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_rt::test]
+            async fn sqlite() {
+                super::$name(super::sqlite_store().await).await;
+            }
+            #[actix_rt::test]
+            async fn postgres() {
+                super::$name(super::postgres_store().await).await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    a_receipt_is_stored_once_per_order,
+    a_claim_is_one_claimers_until_its_lease_ends,
+    a_retry_waits_for_its_time_and_keeps_the_error,
+    a_pending_category_is_replaced_until_it_is_claimed,
+    listing_is_newest_first_by_state_with_a_cursor,
+    finished_entries_are_purged_and_pending_ones_counted,
+    concurrent_claimers_take_each_entry_once,
+    concurrent_identical_receipts_are_stored_once,
+);
+
+fn request(kind: Kind, order: &str, content: &str) -> NewDelivery {
+    NewDelivery {
+        msn: MSN.into(),
+        kind,
+        payment_type: "ecom".into(),
+        order_id: order.into(),
+        fingerprint: format!("fp-{content}"),
+        payload: format!("{{\"content\":\"{content}\"}}"),
+    }
+}
+
+fn receipt(order: &str, content: &str) -> NewDelivery {
+    request(Kind::Receipt, order, content)
+}
+
+fn category(order: &str, content: &str) -> NewDelivery {
+    request(Kind::Category, order, content)
+}
+
+async fn created(store: &Store, new: &NewDelivery, now: i64) -> Delivery {
+    match store.enqueue(new, now).await.unwrap() {
+        Enqueued::Created(d) => d,
+        other => panic!("expected a new entry, got {other:?}"),
+    }
+}
+
+async fn claim_ids(store: &Store, owner: &str, now: i64) -> Vec<String> {
+    store
+        .claim(owner, now, LEASE, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.delivery.id)
+        .collect()
+}
+
+async fn get(store: &Store, id: &str) -> Delivery {
+    store.get(MSN, id).await.unwrap().expect("the entry exists")
+}
+
+async fn a_receipt_is_stored_once_per_order(store: Store) {
+    let d = created(&store, &receipt("o-1", "a"), T0).await;
+    assert_eq!(d.state, State::Pending);
+    assert_eq!((d.attempts, d.created_at), (0, T0));
+    assert_eq!(d.next_attempt_at, Some(T0), "due at once");
+    assert_eq!(d.payload, "{\"content\":\"a\"}");
+
+    assert_eq!(
+        store.enqueue(&receipt("o-1", "a"), T0 + 1).await.unwrap(),
+        Enqueued::Repost(d.clone()),
+        "an identical repost is the same entry"
+    );
+    match store.enqueue(&receipt("o-1", "b"), T0 + 2).await.unwrap() {
+        Enqueued::Conflict(c) => assert_eq!(c.id, d.id),
+        other => panic!("a different receipt conflicts, got {other:?}"),
+    }
+    let other = created(&store, &receipt("o-2", "b"), T0 + 3).await;
+
+    assert_eq!(
+        claim_ids(&store, "w1", T0 + 10).await,
+        [d.id.clone(), other.id.clone()]
+    );
+    assert!(store
+        .finish(&d.id, "w1", &Outcome::Delivered, T0 + 20)
+        .await
+        .unwrap());
+    let done = get(&store, &d.id).await;
+    assert_eq!(done.state, State::Delivered);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.delivered_at, Some(T0 + 20));
+    assert_eq!(done.next_attempt_at, None);
+
+    match store.enqueue(&receipt("o-1", "a"), T0 + 30).await.unwrap() {
+        Enqueued::AlreadyDelivered(x) => assert_eq!(x.id, d.id),
+        other => panic!("a delivered order's receipt is not stored again, got {other:?}"),
+    }
+    assert_eq!(
+        store.get("654321", &d.id).await.unwrap(),
+        None,
+        "another merchant does not see it"
+    );
+}
+
+async fn a_claim_is_one_claimers_until_its_lease_ends(store: Store) {
+    let d = created(&store, &receipt("o-1", "a"), T0).await;
+    let claimed = store.claim("w1", T0, LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].lease_until, T0 + 30_000);
+
+    assert!(claim_ids(&store, "w2", T0 + 29_999).await.is_empty());
+    assert_eq!(
+        claim_ids(&store, "w2", T0 + 30_000).await,
+        std::slice::from_ref(&d.id)
+    );
+    assert!(
+        !store
+            .finish(&d.id, "w1", &Outcome::Delivered, T0 + 30_001)
+            .await
+            .unwrap(),
+        "the first claimer's lease was taken over"
+    );
+    assert_eq!(get(&store, &d.id).await.state, State::Pending);
+    assert!(store
+        .finish(&d.id, "w2", &Outcome::Delivered, T0 + 30_002)
+        .await
+        .unwrap());
+    let done = get(&store, &d.id).await;
+    assert_eq!((done.state, done.attempts), (State::Delivered, 1));
+}
+
+async fn a_retry_waits_for_its_time_and_keeps_the_error(store: Store) {
+    let d = created(&store, &receipt("o-1", "a"), T0).await;
+    assert_eq!(
+        claim_ids(&store, "w1", T0).await,
+        std::slice::from_ref(&d.id)
+    );
+    let retry = Outcome::Retry {
+        next_attempt_at: T0 + 5_000,
+        error: "{\"status\":503}".into(),
+    };
+    assert!(store.finish(&d.id, "w1", &retry, T0 + 100).await.unwrap());
+    let waiting = get(&store, &d.id).await;
+    assert_eq!(waiting.state, State::Pending);
+    assert_eq!(waiting.attempts, 1);
+    assert_eq!(waiting.next_attempt_at, Some(T0 + 5_000));
+    assert_eq!(waiting.last_error.as_deref(), Some("{\"status\":503}"));
+
+    assert!(claim_ids(&store, "w1", T0 + 4_999).await.is_empty());
+    assert_eq!(
+        claim_ids(&store, "w1", T0 + 5_000).await,
+        std::slice::from_ref(&d.id)
+    );
+    let failed = Outcome::Failed {
+        error: "{\"status\":400}".into(),
+    };
+    assert!(store
+        .finish(&d.id, "w1", &failed, T0 + 5_100)
+        .await
+        .unwrap());
+    let done = get(&store, &d.id).await;
+    assert_eq!((done.state, done.attempts), (State::Failed, 2));
+    assert_eq!(done.next_attempt_at, None);
+    assert_eq!(done.last_error.as_deref(), Some("{\"status\":400}"));
+
+    let again = created(&store, &receipt("o-1", "b"), T0 + 6_000).await;
+    assert_ne!(again.id, d.id, "a failed receipt does not hold the order");
+}
+
+async fn a_pending_category_is_replaced_until_it_is_claimed(store: Store) {
+    let a = created(&store, &category("o-1", "a"), T0).await;
+    assert_eq!(
+        store.enqueue(&category("o-1", "a"), T0 + 1).await.unwrap(),
+        Enqueued::Repost(a.clone())
+    );
+    let replaced = match store.enqueue(&category("o-1", "b"), T0 + 2).await.unwrap() {
+        Enqueued::Replaced(r) => r,
+        other => panic!("a pending link is replaced, got {other:?}"),
+    };
+    assert_eq!(replaced.id, a.id);
+    assert_eq!(replaced.payload, "{\"content\":\"b\"}");
+    assert_eq!(replaced.fingerprint, "fp-b");
+
+    assert_eq!(
+        claim_ids(&store, "w1", T0 + 3).await,
+        std::slice::from_ref(&a.id)
+    );
+    let c = created(&store, &category("o-1", "c"), T0 + 4).await;
+    assert_ne!(c.id, a.id, "a claimed link may be on its way: a new entry");
+    assert!(
+        claim_ids(&store, "w2", T0 + 5).await.is_empty(),
+        "the first entry is w1's, and the order's later one waits for it"
+    );
+    let retry = Outcome::Retry {
+        next_attempt_at: T0 + 50_000,
+        error: "{}".into(),
+    };
+    assert!(store.finish(&a.id, "w1", &retry, T0 + 6).await.unwrap());
+    assert!(
+        claim_ids(&store, "w2", T0 + 7).await.is_empty(),
+        "the first entry is pending, so the later one still waits"
+    );
+    assert_eq!(
+        claim_ids(&store, "w2", T0 + 50_000).await,
+        std::slice::from_ref(&a.id)
+    );
+    assert!(store
+        .finish(&a.id, "w2", &Outcome::Delivered, T0 + 50_001)
+        .await
+        .unwrap());
+    assert_eq!(
+        claim_ids(&store, "w2", T0 + 50_002).await,
+        std::slice::from_ref(&c.id)
+    );
+}
+
+async fn listing_is_newest_first_by_state_with_a_cursor(store: Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            created(&store, &receipt(&format!("o-{i}"), "a"), T0 + i)
+                .await
+                .id,
+        );
+    }
+    assert_eq!(claim_ids(&store, "w1", T0 + 10).await, ids);
+    for i in [1, 3] {
+        let failed = Outcome::Failed { error: "{}".into() };
+        assert!(store.finish(&ids[i], "w1", &failed, T0 + 20).await.unwrap());
+    }
+    let listed = |ds: Vec<Delivery>| ds.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(
+        listed(store.list(MSN, None, None, 10).await.unwrap()),
+        newest_first
+    );
+    let page = store.list(MSN, None, None, 2).await.unwrap();
+    let cursor = page.last().map(|d| d.seq);
+    assert_eq!(listed(page), newest_first[..2]);
+    assert_eq!(
+        listed(store.list(MSN, None, cursor, 2).await.unwrap()),
+        newest_first[2..4]
+    );
+    assert_eq!(
+        listed(
+            store
+                .list(MSN, Some(State::Failed), None, 10)
+                .await
+                .unwrap()
+        ),
+        [ids[3].clone(), ids[1].clone()]
+    );
+    assert!(store
+        .list("654321", None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn finished_entries_are_purged_and_pending_ones_counted(store: Store) {
+    let delivered = created(&store, &receipt("o-1", "a"), T0).await;
+    let failed = created(&store, &receipt("o-2", "a"), T0 + 1).await;
+    assert_eq!(claim_ids(&store, "w1", T0 + 2).await.len(), 2);
+    store
+        .finish(&delivered.id, "w1", &Outcome::Delivered, T0 + 10)
+        .await
+        .unwrap();
+    let error = Outcome::Failed { error: "{}".into() };
+    store
+        .finish(&failed.id, "w1", &error, T0 + 20)
+        .await
+        .unwrap();
+    let pending = created(&store, &receipt("o-3", "a"), T0 + 5).await;
+    created(&store, &category("o-4", "a"), T0 + 7).await;
+    created(&store, &category("o-5", "a"), T0 + 9).await;
+
+    assert_eq!(
+        store.pending_stats().await.unwrap(),
+        [
+            PendingStats {
+                msn: MSN.into(),
+                kind: Kind::Category,
+                count: 2,
+                oldest_created_at: T0 + 7,
+            },
+            PendingStats {
+                msn: MSN.into(),
+                kind: Kind::Receipt,
+                count: 1,
+                oldest_created_at: T0 + 5,
+            },
+        ]
+    );
+    assert_eq!(store.purge(T0 + 15).await.unwrap(), 1);
+    assert_eq!(store.get(MSN, &delivered.id).await.unwrap(), None);
+    assert!(store.get(MSN, &failed.id).await.unwrap().is_some());
+    assert_eq!(store.purge(T0 + 1_000_000).await.unwrap(), 1);
+    assert_eq!(get(&store, &pending.id).await.state, State::Pending);
+}
+
+async fn concurrent_claimers_take_each_entry_once(store: Store) {
+    let mut all = HashSet::new();
+    for i in 0..200 {
+        all.insert(
+            created(&store, &receipt(&format!("o-{i}"), "a"), T0)
+                .await
+                .id,
+        );
+    }
+    let claimers = (0..4).map(|w| {
+        let store = store.clone();
+        actix_rt::spawn(async move {
+            let owner = format!("w{w}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim(&owner, T0 + 1, LEASE, 7).await.unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                for c in batch {
+                    let ours = store
+                        .finish(&c.delivery.id, &owner, &Outcome::Delivered, T0 + 2)
+                        .await
+                        .unwrap();
+                    assert!(ours, "a claim is the claimer's until it finishes");
+                    mine.push(c.delivery.id);
+                }
+            }
+        })
+    });
+    let mut seen = Vec::new();
+    for claimer in claimers.collect::<Vec<_>>() {
+        seen.extend(claimer.await.unwrap());
+    }
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), 200, "each entry claimed once");
+    assert_eq!(unique, all);
+}
+
+async fn concurrent_identical_receipts_are_stored_once(store: Store) {
+    let tasks = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            actix_rt::spawn(async move { store.enqueue(&receipt("o-1", "a"), T0).await.unwrap() })
+        })
+        .collect::<Vec<_>>();
+    let mut created = Vec::new();
+    let mut reposts = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Enqueued::Created(d) => created.push(d.id),
+            Enqueued::Repost(d) => reposts.push(d.id),
+            other => panic!("identical receipts: {other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "stored once");
+    assert!(reposts.iter().all(|id| *id == created[0]));
+}
+
+#[actix_rt::test]
+async fn a_sqlite_store_is_a_wal_file_created_on_open() {
+    let file = temp_dir("outbox").join("outbox.db");
+    let store = Store::open(&format!("sqlite://{}", file.display()), None)
+        .await
+        .unwrap();
+    assert!(file.exists());
+    assert_eq!(store.name(), format!("sqlite://{}", file.display()));
+    store.close().await;
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        file.display()
+    ))
+    .await
+    .unwrap();
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[actix_rt::test]
+async fn a_sqlite_store_in_a_missing_directory_is_unavailable_and_named() {
+    let file = temp_dir("outbox").join("missing").join("outbox.db");
+    let url = format!("sqlite://{}", file.display());
+    match Store::open(&url, None).await.unwrap_err() {
+        StoreError::Unavailable { store, .. } => assert_eq!(store, url),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn a_url_of_another_database_is_refused() {
+    assert!(matches!(
+        Store::open("mysql://localhost/outbox", None).await,
+        Err(StoreError::Url)
+    ));
+}
+
+#[actix_rt::test]
+async fn an_unreachable_postgres_is_named_without_its_password() {
+    let password = "outbox-password-never-shown";
+    let err = Store::open(
+        "postgres://gateway@127.0.0.1:1/outbox?connect_timeout=2",
+        Some(&SecretString::from(password)),
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("postgres://gateway@127.0.0.1:1/outbox"),
+        "{text}"
+    );
+    assert!(!text.contains(password), "{text}");
+}

@@ -24,6 +24,8 @@ RUN mkdir -p src tests/api \
 # The gateway itself. touch: the copied sources may be older than the
 # placeholders, and cargo decides what to rebuild by modification time.
 COPY src ./src
+# The outbox's migrations, which the binary embeds.
+COPY migrations ./migrations
 RUN mkdir -p tests/api \
     && echo 'fn main() {}' > tests/api/main.rs \
     && touch src/main.rs src/lib.rs \

@@ -234,6 +234,12 @@ def check_dockerfile() -> None:
     print(f"  stages={len(froms)} user={users[-1] if users else None} exposed={sorted(exposed)}")
     dockerignore = (ROOT / ".dockerignore").read_text()
     check("!src/" in dockerignore and "!Cargo.lock" in dockerignore, ".dockerignore lets the sources in")
+    # sqlx::migrate!("migrations/...") reads them when the binary is built.
+    check("!migrations/" in dockerignore, ".dockerignore lets the outbox's migrations in")
+    check(
+        any(line.split()[:2] == ["COPY", "migrations"] for line in instructions),
+        "the Dockerfile copies the outbox's migrations into the build",
+    )
 
 
 # ---------------------------------------------------------------- docs

@@ -476,6 +476,8 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
     for table in ("resilience", "proxy"):
         want = {snake(k): v for k, v in (gw.get(table) or {}).items() if v is not None}
         expect(toml.get(table, {}) == want, f"[{table}] holds exactly the values set: {want}")
+    # No store outlives the pod yet: the outbox is off (docs/deploy.md).
+    expect(toml.get("outbox") == {"enabled": False}, "[outbox] is off: the chart has no durable store for it")
     for key in ("connectTimeout", "tokenMargin"):
         expect(toml["upstream"].get(snake(key)) == gw["upstream"].get(key), f"upstream.{snake(key)} only when gateway.upstream.{key} is set")
 

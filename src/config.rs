@@ -75,6 +75,8 @@ pub struct Settings {
     pub resilience: Resilience,
     #[serde(default)]
     pub proxy: ProxySettings,
+    #[serde(default)]
+    pub outbox: OutboxSettings,
     /// A list in the file; `VOG_MERCHANTS__<index>__*` override or add
     /// entries (see [`ByIndex`]).
     #[serde(default, deserialize_with = "list_or_indexed")]
@@ -305,6 +307,52 @@ impl Default for ProxySettings {
     }
 }
 
+/// Asynchronous receipts (`Prefer: respond-async`) and their store
+/// (`[outbox]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// `false`: `Prefer: respond-async` is ignored.
+    #[serde(default = "defaults::outbox_enabled")]
+    pub enabled: bool,
+    /// `sqlite://PATH` (one replica) or `postgres://USER@HOST:PORT/DB`.
+    #[serde(default = "defaults::outbox_url")]
+    pub url: String,
+    /// The PostgreSQL password, read from this file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// How long a replica holds an entry it is delivering.
+    #[serde(default = "defaults::outbox_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Full-jitter backoff between attempts: the first at most this long.
+    #[serde(default = "defaults::outbox_backoff_base", with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// The longest wait between attempts.
+    #[serde(default = "defaults::outbox_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// An entry not delivered this long after it was accepted is failed.
+    #[serde(default = "defaults::outbox_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long delivered and failed entries are kept.
+    #[serde(default = "defaults::outbox_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::outbox_enabled(),
+            url: defaults::outbox_url(),
+            password_file: None,
+            lease: defaults::outbox_lease(),
+            backoff_base: defaults::outbox_backoff_base(),
+            backoff_max: defaults::outbox_backoff_max(),
+            max_age: defaults::outbox_max_age(),
+            retention: defaults::outbox_retention(),
+        }
+    }
+}
+
 /// How callers are authenticated (`[auth]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -420,6 +468,27 @@ mod defaults {
 
     pub fn listen() -> String {
         "0.0.0.0:8080".into()
+    }
+    pub fn outbox_enabled() -> bool {
+        true
+    }
+    pub fn outbox_url() -> String {
+        "sqlite:///var/lib/vipps-order-gateway/outbox.db".into()
+    }
+    pub fn outbox_lease() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn outbox_backoff_base() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn outbox_backoff_max() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn outbox_max_age() -> Duration {
+        Duration::from_secs(72 * 3600)
+    }
+    pub fn outbox_retention() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(25)
@@ -554,6 +623,25 @@ impl Settings {
         }
         if self.upstream.timeout.is_zero() {
             return bad("upstream.timeout must be greater than zero".into());
+        }
+        let o = &self.outbox;
+        if !(o.url.starts_with("sqlite:")
+            || o.url.starts_with("postgres:")
+            || o.url.starts_with("postgresql:"))
+        {
+            return bad("outbox.url must be a sqlite:// or postgres:// URL".into());
+        }
+        // An attempt (a post and, on a 409, a read-back) gets half the lease
+        // as its deadline, so it ends before another replica may take the
+        // entry.
+        if o.lease < Duration::from_secs(2) {
+            return bad("outbox.lease must be at least 2s".into());
+        }
+        if o.backoff_base.is_zero() || o.backoff_base > o.backoff_max {
+            return bad(
+                "outbox.backoff_base must be greater than zero and at most outbox.backoff_max"
+                    .into(),
+            );
         }
         let r = &self.resilience;
         if r.max_attempts == 0 {

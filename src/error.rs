@@ -73,13 +73,17 @@ pub enum Kind {
     RateLimited,
     /// The request took longer than the gateway's deadline.
     DeadlineExceeded,
+    /// The outbox's store cannot be used (not open, or a statement failed).
+    OutboxUnavailable,
+    /// The merchant has no delivery with this id.
+    DeliveryNotFound,
     /// A fault inside the gateway; details are in its log, never in the body.
     Internal,
 }
 
 impl Kind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 27] = [
         Kind::InvalidRequest,
         Kind::Unprocessable,
         Kind::PayloadTooLarge,
@@ -104,6 +108,8 @@ impl Kind {
         Kind::Overloaded,
         Kind::RateLimited,
         Kind::DeadlineExceeded,
+        Kind::OutboxUnavailable,
+        Kind::DeliveryNotFound,
         Kind::Internal,
     ];
 
@@ -218,6 +224,16 @@ impl Kind {
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline-exceeded",
                 "The request took too long",
+            ),
+            OutboxUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outbox-unavailable",
+                "Outbox unavailable",
+            ),
+            DeliveryNotFound => (
+                StatusCode::NOT_FOUND,
+                "delivery-not-found",
+                "Delivery not found",
             ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -455,25 +471,36 @@ struct Problem<'a> {
     invalid_params: &'a [InvalidParam],
 }
 
+impl ApiError {
+    /// The problem's RFC 9457 body for a request to `instance`.
+    pub fn problem_json(&self, instance: &str, request_id: Option<&str>) -> Option<String> {
+        let (status, slug, title) = self.kind.row();
+        let problem = Problem {
+            type_: format!("{PROBLEM_TYPE_BASE}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: &self.detail,
+            instance: instance.to_owned(),
+            request_id,
+            invalid_params: &self.invalid_params,
+        };
+        serde_json::to_string(&problem).ok()
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.kind.status()
     }
 
     fn error_response(&self) -> HttpResponse {
-        let (status, slug, title) = self.kind.row();
+        let status = self.kind.status();
         let ctx = middleware::current();
-        let problem = Problem {
-            type_: format!("{PROBLEM_TYPE_BASE}{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: &self.detail,
-            instance: ctx
-                .as_ref()
+        let body = self.problem_json(
+            &ctx.as_ref()
                 .map_or_else(|| "/".to_owned(), |c| c.path.clone()),
-            request_id: ctx.as_ref().map(|c| &*c.id),
-            invalid_params: &self.invalid_params,
-        };
+            ctx.as_ref().map(|c| &*c.id),
+        );
         let mut resp = HttpResponse::build(status);
         resp.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         if let Some(secs) = self.retry_after {
@@ -482,9 +509,9 @@ impl ResponseError for ApiError {
         if self.kind == Kind::Unauthorized {
             resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        match serde_json::to_vec(&problem) {
-            Ok(body) => resp.body(body),
-            Err(_) => resp.finish(),
+        match body {
+            Some(body) => resp.body(body),
+            None => resp.finish(),
         }
     }
 }
@@ -503,7 +530,7 @@ mod tests {
             | NotFound | MethodNotAllowed | ReceiptConflict | ImageIdTaken | UpstreamConflict
             | UpstreamRejected | UpstreamAuth | UpstreamFailed | UpstreamTimeout | UpstreamBusy
             | TokenUnavailable | CircuitOpen | Overloaded | RateLimited | DeadlineExceeded
-            | Internal => Kind::ALL.contains(&kind),
+            | OutboxUnavailable | DeliveryNotFound | Internal => Kind::ALL.contains(&kind),
         }
     }
 

@@ -37,6 +37,8 @@ use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
 use crate::facade::{AppState, MerchantRegistry};
 use crate::metrics::Metrics;
+use crate::outbox::worker::Worker;
+use crate::outbox::Outbox;
 use crate::vipps::resilience::Guards;
 use crate::vipps::{Upstream, VippsClient};
 
@@ -119,6 +121,15 @@ pub struct Application {
     metrics_port: Option<u16>,
     metrics_server: Option<Server>,
     reloader: Reloader,
+    /// Started with the server when the outbox is enabled.
+    outbox: Option<OutboxTasks>,
+}
+
+/// The outbox's background work: opening its store, then delivering.
+struct OutboxTasks {
+    outbox: Arc<Outbox>,
+    state: web::Data<AppState>,
+    upstream: Arc<Upstream>,
 }
 
 impl Application {
@@ -190,11 +201,13 @@ impl Application {
                 .map_err(StartupError::Invalid)?,
         );
         let metrics_server = Self::metrics_server(&settings, &upstream)?;
+        let outbox = Outbox::new(settings.outbox.clone());
         let state = web::Data::new(AppState {
             merchants: MerchantRegistry::new(merchants),
             api_version: settings.upstream.api_version,
             limits: settings.limits.clone(),
             guards,
+            outbox: outbox.clone(),
         });
         let request_settings = middleware::RequestSettings {
             deadline: settings.resilience.request_deadline,
@@ -245,12 +258,18 @@ impl Application {
             server = server.workers(w);
         }
         let (metrics_port, metrics_server) = metrics_server.unzip();
+        let outbox_worker = outbox.enabled().then(|| OutboxTasks {
+            outbox,
+            state,
+            upstream,
+        });
         Ok(Self {
             port,
             server: server.run(),
             metrics_port,
             metrics_server,
             reloader,
+            outbox: outbox_worker,
         })
     }
 
@@ -273,6 +292,11 @@ impl Application {
     pub fn server(self) -> Server {
         if let Some(metrics) = self.metrics_server {
             actix_web::rt::spawn(metrics);
+        }
+        if let Some(tasks) = self.outbox {
+            actix_web::rt::spawn(tasks.outbox.clone().open());
+            let client = VippsClient::new(tasks.upstream);
+            actix_web::rt::spawn(Worker::new(tasks.outbox, client, tasks.state).run());
         }
         self.server
     }

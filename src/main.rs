@@ -107,6 +107,12 @@ async fn serve(
             Simulator::build(listener, SimulatorSettings::demo()).map_err(|e| e.to_string())?;
         settings.upstream.base_url = format!("http://127.0.0.1:{}", sim.port());
         settings.merchants = vec![demo_merchant()?];
+        // The simulator forgets everything when it stops; so does the
+        // outbox that delivers to it.
+        let dir =
+            std::env::temp_dir().join(format!("vipps-order-gateway-outbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        settings.outbox.url = format!("sqlite://{}", dir.join("outbox.db").display());
         sim_server = Some(sim.run());
     }
     init_logging(settings.log.format, &settings.log.level, stdout);

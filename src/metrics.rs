@@ -313,6 +313,7 @@ pub fn operation(pattern: Option<&str>) -> &'static str {
         }
         Some("/orders/{orderId}") => "order",
         Some("/images") => "image",
+        Some("/deliveries" | "/deliveries/{deliveryId}") => "deliveries",
         Some(_) => "other",
         None => match pattern {
             "/healthz" | "/readyz" => "health",
@@ -358,6 +359,8 @@ mod tests {
             ),
             ("/v1/merchants/{msn}/orders/{orderId}", "order"),
             ("/v1/merchants/{msn}/images", "image"),
+            ("/v1/merchants/{msn}/deliveries", "deliveries"),
+            ("/v1/merchants/{msn}/deliveries/{deliveryId}", "deliveries"),
             ("/healthz", "health"),
             ("/readyz", "health"),
             ("/metrics", "metrics"),

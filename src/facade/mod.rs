@@ -3,6 +3,7 @@
 
 pub mod categories;
 pub mod category;
+pub mod deliveries;
 pub mod images;
 pub mod order;
 pub mod receipt;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub api_version: ApiVersion,
     pub limits: Limits,
     pub guards: Arc<Guards>,
+    /// Asynchronous receipts (`Prefer: respond-async`).
+    pub outbox: Arc<crate::outbox::Outbox>,
 }
 
 impl AppState {
@@ -181,6 +184,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/merchants/{msn}/orders/{orderId}",
         Method::GET,
         order::get,
+    ))
+    .service(resource(
+        "/v1/merchants/{msn}/deliveries/{deliveryId}",
+        Method::GET,
+        deliveries::get,
+    ))
+    .service(resource(
+        "/v1/merchants/{msn}/deliveries",
+        Method::GET,
+        deliveries::list,
     ))
     .service(resource(
         "/v1/merchants/{msn}/images",

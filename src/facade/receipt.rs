@@ -11,9 +11,18 @@ use super::{
 use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
+use crate::outbox::{
+    location, now_ms, prefers_async, DeliveryView, Enqueued, Kind as OutboxKind, NewDelivery,
+};
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::vipps::model::{Receipt, ReceiptJson};
 use crate::vipps::{CallContext, UpstreamError, VippsClient};
+use actix_web::http::header;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+use super::deliveries::store_failed;
 
 /// The `201` body: the very receipt sent to Vipps, its totals, and whether
 /// it was stored by an earlier attempt.
@@ -56,6 +65,14 @@ pub async fn post(
 
         // Written once: the body sent to Vipps and the receipt in the answer.
         let sent = ReceiptJson::new(&receipt).map_err(|e| ApiError::internal(&e))?;
+        if state.outbox.enabled() && prefers_async(req.headers()) {
+            let receipt_totals = totals(&receipt);
+            if let Some(accepted) =
+                accept_async(&state, &ctx, payment_type, &order, &sent, &receipt_totals).await?
+            {
+                return Ok(accepted);
+            }
+        }
         let replayed = match client.post_receipt(&ctx, payment_type, &order, &sent).await {
             Ok(()) => false,
             Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
@@ -73,6 +90,67 @@ pub async fn post(
         )
     })
     .await
+}
+
+/// What the outbox keeps of a receipt (read back as
+/// [`crate::outbox::ReceiptPayload`]).
+#[derive(Serialize)]
+struct Stored<'a> {
+    receipt: &'a ReceiptJson,
+    totals: &'a Totals,
+}
+
+/// Stores the receipt in the outbox and answers `202` with its delivery
+/// (the same delivery for an identical repost while it is pending). `None`:
+/// the order's receipt was delivered already, and the request is answered
+/// as a synchronous one (`201` replayed, or `409`).
+async fn accept_async(
+    state: &AppState,
+    ctx: &CallContext,
+    payment_type: PaymentType,
+    order: &OrderId,
+    sent: &ReceiptJson,
+    receipt_totals: &Totals,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let store = state.outbox.store().await?;
+    let payload = serde_json::to_string(&Stored {
+        receipt: sent,
+        totals: receipt_totals,
+    })
+    .map_err(|e| ApiError::internal(&e))?;
+    let msn = ctx.merchant.msn.as_str();
+    let new = NewDelivery {
+        msn: msn.to_owned(),
+        kind: OutboxKind::Receipt,
+        payment_type: payment_type.as_str().to_owned(),
+        order_id: order.as_str().to_owned(),
+        // The receipt as sent to Vipps: the same request gives the same text.
+        fingerprint: URL_SAFE_NO_PAD.encode(Sha256::digest(sent.as_str().as_bytes())),
+        payload,
+    };
+    let delivery = match store
+        .enqueue(&new, now_ms())
+        .await
+        .map_err(|e| store_failed(&e))?
+    {
+        Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => d,
+        Enqueued::Conflict(_) => {
+            return Err(ApiError::new(
+                Kind::ReceiptConflict,
+                "A different receipt for this order is waiting to be delivered; receipts cannot be changed.",
+            ))
+        }
+        Enqueued::AlreadyDelivered(_) => return Ok(None),
+    };
+    let body =
+        serde_json::to_vec(&DeliveryView::new(&delivery)).map_err(|e| ApiError::internal(&e))?;
+    Ok(Some(
+        HttpResponse::Accepted()
+            .insert_header((header::LOCATION, location(msn, &delivery.id)))
+            .insert_header(("Preference-Applied", "respond-async"))
+            .content_type("application/json")
+            .body(body),
+    ))
 }
 
 /// A receipt is immutable upstream. On a 409 the stored receipt is read

@@ -1,14 +1,273 @@
-//! The outbox: receipts and category links accepted with
-//! `Prefer: respond-async`, held until Vipps has them.
+//! The outbox: receipts accepted with `Prefer: respond-async`, held until
+//! Vipps has them.
 //!
 //! [`store`] keeps them durably in SQLite (one replica, the default) or
 //! PostgreSQL (several replicas). A request is committed to the store
-//! before the caller is answered `202`, and a worker claims due entries
-//! under a lease, so an entry is delivered by one replica at a time, and
-//! one left by a replica that died is taken over once its lease ends.
+//! before the caller is answered `202`; a worker in every replica
+//! ([`worker`]) claims due entries under a lease and delivers them through
+//! the same Vipps client as the façade, so an entry is delivered by one
+//! replica at a time, and one left by a replica that died is taken over
+//! once its lease ends.
+//!
+//! A store that cannot be opened does not stop the gateway: [`Outbox`]
+//! keeps trying to open it, and asynchronous requests are answered `503
+//! outbox-unavailable` meanwhile. Entries already stored are delivered
+//! once it is open.
 
 pub mod store;
+pub mod worker;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::HeaderMap;
+use secrecy::SecretString;
+use serde::Serialize;
 
 pub use store::{
     Claimed, Delivery, Enqueued, Kind, NewDelivery, Outcome, PendingStats, State, Store, StoreError,
 };
+
+use crate::config::OutboxSettings;
+use crate::error::{ApiError, Kind as ProblemKind};
+
+/// The gateway's outbox: its settings and, once opened, its store.
+pub struct Outbox {
+    pub settings: OutboxSettings,
+    store: RwLock<Option<Store>>,
+    /// Whether the first attempt to open the store has ended (either way):
+    /// until it has, a request waits for it rather than being refused.
+    first_attempt: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("enabled", &self.settings.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Between attempts to open a store that could not be opened.
+const REOPEN_MIN: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// How long a request waits for the first attempt to open the store.
+const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl Outbox {
+    pub fn new(settings: OutboxSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            store: RwLock::new(None),
+            first_attempt: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    fn current(&self) -> Option<Store> {
+        match self.store.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The store, once open; `503 outbox-unavailable` before. While the
+    /// first attempt to open it is under way (at start), waits for it.
+    pub async fn store(&self) -> Result<Store, ApiError> {
+        if let Some(store) = self.current() {
+            return Ok(store);
+        }
+        let mut attempted = self.first_attempt.subscribe();
+        let _ = tokio::time::timeout(FIRST_OPEN_WAIT, attempted.wait_for(|done| *done)).await;
+        self.current().ok_or_else(|| {
+            ApiError::new(
+                ProblemKind::OutboxUnavailable,
+                "The outbox's store cannot be opened; the gateway keeps trying. Requests without Prefer: respond-async are not affected.",
+            )
+            .with_retry_after(5)
+        })
+    }
+
+    /// Opens the store, trying again with a growing pause (1 s to 30 s)
+    /// while it cannot be opened, each time with a warning that names it.
+    pub async fn open(self: Arc<Self>) {
+        let mut pause = REOPEN_MIN;
+        loop {
+            match self.try_open().await {
+                Ok(store) => {
+                    tracing::info!(store = store.name(), "outbox store open");
+                    match self.store.write() {
+                        Ok(mut g) => *g = Some(store),
+                        Err(poisoned) => *poisoned.into_inner() = Some(store),
+                    }
+                    self.first_attempt.send_replace(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "outbox store cannot be opened; asynchronous requests are answered 503 until it is");
+                    self.first_attempt.send_replace(true);
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REOPEN_MAX);
+        }
+    }
+
+    async fn try_open(&self) -> Result<Store, StoreError> {
+        let password = match &self.settings.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| StoreError::Unavailable {
+                    store: format!("password file {}", path.display()),
+                    reason: e.kind().to_string(),
+                })?;
+                Some(SecretString::from(text.trim_end_matches(['\r', '\n'])))
+            }
+            None => None,
+        };
+        Store::open(&self.settings.url, password.as_ref()).await
+    }
+
+    /// Closes the store's connections.
+    pub async fn close(&self) {
+        if let Some(store) = self.current() {
+            store.close().await;
+        }
+    }
+}
+
+/// Whether the request asks to be answered before its work is done
+/// (RFC 7240 `Prefer: respond-async`, in any `Prefer` header, among other
+/// preferences, with or without parameters).
+pub fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|pref| {
+            let token = pref.split([';', '=']).next().unwrap_or_default().trim();
+            token.eq_ignore_ascii_case("respond-async")
+        })
+}
+
+/// Now, on the wall clock, in Unix milliseconds: the store's time, shared
+/// by every replica.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A Unix millisecond time in RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
+}
+
+/// The location of a delivery.
+pub fn location(msn: &str, id: &str) -> String {
+    format!("/v1/merchants/{msn}/deliveries/{id}")
+}
+
+/// What the outbox keeps of a receipt: the very Vipps receipt it sends and
+/// the totals the `201` would have carried.
+#[derive(Serialize, serde::Deserialize)]
+pub struct ReceiptPayload {
+    pub receipt: Box<serde_json::value::RawValue>,
+    pub totals: Box<serde_json::value::RawValue>,
+}
+
+/// A delivery as the delivery resource shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView<'a> {
+    pub delivery_id: &'a str,
+    pub state: &'static str,
+    pub kind: &'static str,
+    pub order_id: &'a str,
+    pub payment_type: &'a str,
+    pub attempts: i64,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<Box<serde_json::value::RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Box<serde_json::value::RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl<'a> DeliveryView<'a> {
+    pub fn new(d: &'a Delivery) -> Self {
+        let payload = match d.kind {
+            Kind::Receipt => serde_json::from_str::<ReceiptPayload>(&d.payload).ok(),
+            Kind::Category => None,
+        };
+        let (receipt, totals) = payload.map(|p| (p.receipt, p.totals)).unzip();
+        Self {
+            delivery_id: &d.id,
+            state: d.state.as_str(),
+            kind: d.kind.as_str(),
+            order_id: &d.order_id,
+            payment_type: &d.payment_type,
+            attempts: d.attempts,
+            created_at: rfc3339(d.created_at),
+            delivered_at: d.delivered_at.map(rfc3339),
+            next_attempt_at: match d.state {
+                State::Pending => d.next_attempt_at.map(rfc3339),
+                State::Delivered | State::Failed => None,
+            },
+            last_error: d
+                .last_error
+                .as_deref()
+                .and_then(|e| serde_json::value::RawValue::from_string(e.to_owned()).ok()),
+            receipt,
+            totals,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn prefer(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                HeaderName::from_static("prefer"),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn respond_async_is_found_among_preferences() {
+        assert!(prefers_async(&prefer(&["respond-async"])));
+        assert!(prefers_async(&prefer(&["Respond-Async"])));
+        assert!(prefers_async(&prefer(&["wait=10, respond-async"])));
+        assert!(prefers_async(&prefer(&[
+            "return=minimal",
+            "respond-async; x=1"
+        ])));
+        assert!(!prefers_async(&prefer(&[])));
+        assert!(!prefers_async(&prefer(&["return=representation"])));
+        assert!(!prefers_async(&prefer(&["respond-asynchronously"])));
+        assert!(!prefers_async(&prefer(&["x=respond-async"])));
+    }
+
+    #[test]
+    fn times_are_rfc_3339_in_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
+    }
+}

@@ -128,6 +128,11 @@ impl ReceiptJson {
     pub fn as_str(&self) -> &str {
         self.0.get()
     }
+
+    /// A receipt written earlier (the outbox keeps the very text it sends).
+    pub fn from_raw(raw: Box<serde_json::value::RawValue>) -> Self {
+        Self(raw)
+    }
 }
 
 impl OrderLine<'_> {

@@ -188,10 +188,15 @@ impl Drop for InFlight {
 
 /// Full-jitter exponential backoff: random in [0, min(max, base × 2^(n−1))].
 pub fn backoff_delay(cfg: &Resilience, retry: u32) -> Duration {
-    let cap = cfg
-        .backoff_base
-        .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
-        .min(cfg.backoff_max);
+    full_jitter(cfg.backoff_base, cfg.backoff_max, retry)
+}
+
+/// Random in [0, min(max, base × 2^(n−1))]: the wait before the `n`th
+/// retry (the first is `n = 1`).
+pub fn full_jitter(base: Duration, max: Duration, n: u32) -> Duration {
+    let cap = base
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+        .min(max);
     let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
     Duration::from_nanos(fastrand::u64(0..=nanos))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use awc::http::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
-use vipps_order_gateway::config::{InlineSecrets, MerchantSettings, Settings};
+use vipps_order_gateway::config::{InlineSecrets, MerchantSettings, OutboxSettings, Settings};
 use vipps_order_gateway::domain::Msn;
 use vipps_order_gateway::simulator::{
     SimMerchant, Simulator, SimulatorSettings, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_MSN,
@@ -227,7 +227,13 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
 
 /// Starts the gateway with `settings` on a loopback port 0; `sim_address`
 /// is the upstream it was pointed at.
-fn start_gateway(settings: Settings, sim_address: String) -> TestApp {
+fn start_gateway(mut settings: Settings, sim_address: String) -> TestApp {
+    // The outbox's default store is under /var/lib; each test gateway gets
+    // a SQLite file of its own unless the test named a store.
+    if settings.outbox.url == OutboxSettings::default().url {
+        let file = crate::auth::temp_dir("outbox").join("outbox.db");
+        settings.outbox.url = format!("sqlite://{}", file.display());
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway");
     let app =
         Application::build_with_listener(settings, listener, &|_| None).expect("build gateway");

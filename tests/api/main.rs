@@ -16,6 +16,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod openapi;
+mod outbox;
 mod outbox_store;
 mod problems;
 mod properties;

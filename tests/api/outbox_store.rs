@@ -1,5 +1,5 @@
 //! The outbox's store against real databases: a SQLite file on disk and a
-//! PostgreSQL server (`VOG_TEST_POSTGRES_URL`, a throwaway cluster that
+//! PostgreSQL server (`GATEWAY_TEST_POSTGRES_URL`, a throwaway cluster that
 //! `scripts/test` starts). Each behaviour runs on both, on a fresh
 //! database.
 
@@ -27,8 +27,8 @@ async fn sqlite_store() -> Store {
 
 /// The test server, without a database: `postgres://USER@HOST:PORT`.
 fn postgres_server() -> String {
-    std::env::var("VOG_TEST_POSTGRES_URL").expect(
-        "VOG_TEST_POSTGRES_URL names the PostgreSQL server of the outbox tests \
+    std::env::var("GATEWAY_TEST_POSTGRES_URL").expect(
+        "GATEWAY_TEST_POSTGRES_URL names the PostgreSQL server of the outbox tests \
          (postgres://USER@HOST:PORT); scripts/test starts one",
     )
 }

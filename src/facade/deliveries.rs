@@ -1,0 +1,138 @@
+//! `GET /v1/merchants/{msn}/deliveries/{deliveryId}` and
+//! `GET /v1/merchants/{msn}/deliveries`: the outbox's deliveries of a
+//! merchant.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::{json_response, AppState, MerchantTarget};
+use crate::error::{ApiError, Kind};
+use crate::outbox::{DeliveryView, State, Store, StoreError};
+
+/// Most deliveries on one page, and the default.
+const MAX_LIMIT: i64 = 100;
+const DEFAULT_LIMIT: i64 = 50;
+
+/// The outbox's store, or why there is none.
+async fn store(state: &AppState) -> Result<Store, ApiError> {
+    if !state.outbox.enabled() {
+        return Err(ApiError::new(
+            Kind::OutboxUnavailable,
+            "The outbox is turned off on this gateway (outbox.enabled = false).",
+        ));
+    }
+    state.outbox.store().await
+}
+
+/// A store that failed a statement: `503 outbox-unavailable`, the cause
+/// in the log.
+pub fn store_failed(e: &StoreError) -> ApiError {
+    tracing::warn!(error = %e, "outbox store failed");
+    ApiError::new(
+        Kind::OutboxUnavailable,
+        "The outbox's store cannot be used right now; the gateway keeps trying.",
+    )
+    .with_retry_after(5)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        Kind::DeliveryNotFound,
+        "This merchant has no delivery with this id.",
+    )
+}
+
+pub async fn get(
+    target: MerchantTarget,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = req.match_info().get("deliveryId").unwrap_or_default();
+    // Ids are hyphenated UUIDs; anything else names no delivery.
+    let id = uuid::Uuid::try_parse(id)
+        .map_err(|_| not_found())?
+        .hyphenated()
+        .to_string();
+    let store = store(&state).await?;
+    let delivery = store
+        .get(target.ctx.merchant.msn.as_str(), &id)
+        .await
+        .map_err(|e| store_failed(&e))?
+        .ok_or_else(not_found)?;
+    json_response(StatusCode::OK, &DeliveryView::new(&delivery))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Page<'a> {
+    deliveries: Vec<DeliveryView<'a>>,
+    next_cursor: Option<String>,
+}
+
+pub async fn list(
+    target: MerchantTarget,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?
+        .into_inner();
+    let wanted = match query.state.as_deref() {
+        None => None,
+        Some(s) => Some(State::parse(s).ok_or_else(|| {
+            ApiError::field(
+                Kind::InvalidRequest,
+                "state",
+                "must be pending, delivered or failed",
+            )
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::field(
+                    Kind::InvalidRequest,
+                    "limit",
+                    "must be a whole number from 1 to 100",
+                )
+            })?,
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
+            ApiError::field(
+                Kind::InvalidRequest,
+                "cursor",
+                "must be the nextCursor of an earlier page",
+            )
+        })?),
+    };
+    let store = store(&state).await?;
+    let deliveries = store
+        .list(target.ctx.merchant.msn.as_str(), wanted, before, limit)
+        .await
+        .map_err(|e| store_failed(&e))?;
+    let next_cursor = (deliveries.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| deliveries.last().map(|d| d.seq.to_string()))
+        .flatten();
+    json_response(
+        StatusCode::OK,
+        &Page {
+            deliveries: deliveries.iter().map(DeliveryView::new).collect(),
+            next_cursor,
+        },
+    )
+}

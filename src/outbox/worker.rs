@@ -1,0 +1,230 @@
+//! The outbox's worker: one per replica. It claims due entries and
+//! delivers them through the gateway's Vipps client, with the same
+//! per-merchant slots, retry budget and breaker as the façade.
+//!
+//! - Vipps took it: `delivered`. A `409` is settled by reading the stored
+//!   receipt back: identical means `delivered`, different means `failed`
+//!   with `receipt-conflict`.
+//! - Vipps refused it (`400`, `403`, `404`): `failed`, Vipps' problem kept.
+//! - Anything else (`429`, `5xx`, a timeout, a broken exchange, no token,
+//!   an open breaker): another attempt after a full-jitter backoff
+//!   (`outbox.backoff_base`, `outbox.backoff_max`), until `outbox.max_age`
+//!   has passed since the entry was accepted; then `failed`.
+//!
+//! Delivered and failed entries are deleted `outbox.retention` after they
+//! ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+
+use super::{location, now_ms, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload, Store};
+use crate::domain::{OrderId, PaymentType};
+use crate::error::{ApiError, Kind as ProblemKind};
+use crate::facade::{upstream_problem, AppState, Operation};
+use crate::vipps::model::{Receipt, ReceiptJson};
+use crate::vipps::resilience::full_jitter;
+use crate::vipps::{CallContext, Observed, UpstreamError, VippsClient};
+
+/// How often an idle worker looks for due entries.
+const POLL: Duration = Duration::from_millis(250);
+/// Entries claimed at once; they belong to different orders, and are
+/// delivered side by side.
+const BATCH: i64 = 32;
+/// How often finished entries past their retention are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered,
+    /// Vipps refused it: give up. The problem (JSON).
+    Refused(String),
+    /// Try again later. The problem (JSON).
+    Again(String),
+}
+
+pub struct Worker {
+    outbox: Arc<Outbox>,
+    client: VippsClient,
+    state: web::Data<AppState>,
+    /// This replica's name on its claims.
+    owner: String,
+}
+
+impl Worker {
+    pub fn new(outbox: Arc<Outbox>, client: VippsClient, state: web::Data<AppState>) -> Self {
+        Self {
+            outbox,
+            client,
+            state,
+            owner: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Delivers due entries until the process ends.
+    pub async fn run(self) {
+        let mut purged_at: Option<tokio::time::Instant> = None;
+        loop {
+            let Ok(store) = self.outbox.store().await else {
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
+            if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                self.purge(&store).await;
+                purged_at = Some(tokio::time::Instant::now());
+            }
+            match store
+                .claim(&self.owner, now_ms(), self.outbox.settings.lease, BATCH)
+                .await
+            {
+                Ok(batch) if !batch.is_empty() => {
+                    let deliveries = batch.into_iter().map(|c| self.deliver(&store, c));
+                    futures_util::future::join_all(deliveries).await;
+                }
+                Ok(_) => tokio::time::sleep(POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox claim failed");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn purge(&self, store: &Store) {
+        let retention =
+            i64::try_from(self.outbox.settings.retention.as_millis()).unwrap_or(i64::MAX);
+        match store.purge(now_ms().saturating_sub(retention)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "outbox entries past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+        }
+    }
+
+    async fn deliver(&self, store: &Store, claimed: Claimed) {
+        let d = &claimed.delivery;
+        let outcome = match self.attempt(d).await {
+            Attempt::Delivered => Outcome::Delivered,
+            Attempt::Refused(error) => Outcome::Failed { error },
+            Attempt::Again(error) => {
+                let now = now_ms();
+                let max_age =
+                    i64::try_from(self.outbox.settings.max_age.as_millis()).unwrap_or(i64::MAX);
+                if now.saturating_sub(d.created_at) >= max_age {
+                    Outcome::Failed { error }
+                } else {
+                    let s = &self.outbox.settings;
+                    let n = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
+                    let wait = full_jitter(s.backoff_base, s.backoff_max, n);
+                    Outcome::Retry {
+                        next_attempt_at: now
+                            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                        error,
+                    }
+                }
+            }
+        };
+        let result = match &outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry { .. } => "retried",
+            Outcome::Failed { .. } => "failed",
+        };
+        match store.finish(&d.id, &self.owner, &outcome, now_ms()).await {
+            Ok(true) => tracing::info!(
+                delivery = d.id.as_str(),
+                msn = d.msn.as_str(),
+                kind = d.kind.as_str(),
+                attempts = d.attempts + 1,
+                result,
+                "outbox delivery attempt"
+            ),
+            Ok(false) => tracing::warn!(
+                delivery = d.id.as_str(),
+                "outbox entry was taken over by another replica after its lease ended; its attempt is not recorded"
+            ),
+            Err(e) => tracing::warn!(delivery = d.id.as_str(), error = %e, "outbox attempt could not be recorded; the entry is claimed again after its lease"),
+        }
+    }
+
+    async fn attempt(&self, d: &Delivery) -> Attempt {
+        let instance = location(&d.msn, &d.id);
+        let problem = |e: ApiError| e.problem_json(&instance, None).unwrap_or_default();
+        let Some(merchant) = self.state.merchants.get(&d.msn) else {
+            // Removed by a reload: it may come back before max_age.
+            return Attempt::Again(problem(ApiError::new(
+                ProblemKind::MerchantNotFound,
+                "No merchant with this MSN is configured.",
+            )));
+        };
+        let (Ok(order), Ok(pt)) = (
+            OrderId::parse(&d.order_id),
+            PaymentType::parse(&d.payment_type),
+        ) else {
+            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
+        };
+        match d.kind {
+            Kind::Receipt => {}
+            Kind::Category => {
+                return Attempt::Refused(problem(ApiError::internal(
+                    &"category links are not delivered from the outbox",
+                )))
+            }
+        }
+        let Ok(payload) = serde_json::from_str::<ReceiptPayload>(&d.payload) else {
+            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
+        };
+        // Within the lease: another replica may take the entry after it.
+        let ctx = CallContext {
+            merchant,
+            deadline: tokio::time::Instant::now() + self.outbox.settings.lease / 2,
+            observed: Observed::default(),
+        };
+        let sent = ReceiptJson::from_raw(payload.receipt);
+        match self.client.post_receipt(&ctx, pt, &order, &sent).await {
+            Ok(()) => Attempt::Delivered,
+            Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
+                self.settle_conflict(&ctx, pt, &order, &sent, &problem)
+                    .await
+            }
+            Err(e @ UpstreamError::Status { status, .. })
+                if matches!(status.as_u16(), 400 | 403 | 404) =>
+            {
+                Attempt::Refused(problem(upstream_problem(e, Operation::Receipt)))
+            }
+            Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Receipt))),
+        }
+    }
+
+    /// A receipt is immutable at Vipps: on a 409 the stored one is read
+    /// back, as the façade does.
+    async fn settle_conflict(
+        &self,
+        ctx: &CallContext,
+        pt: PaymentType,
+        order: &OrderId,
+        sent: &ReceiptJson,
+        problem: &dyn Fn(ApiError) -> String,
+    ) -> Attempt {
+        let Ok(ours) = serde_json::from_str::<Receipt<'_>>(sent.as_str()) else {
+            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
+        };
+        match self.client.get_order(ctx, pt, order).await {
+            Ok(Some(o)) => match o.receipt {
+                Some(stored) if stored.canonical() == ours.canonical() => Attempt::Delivered,
+                Some(_) => Attempt::Refused(problem(ApiError::new(
+                    ProblemKind::ReceiptConflict,
+                    "This order already has a different receipt; receipts cannot be changed.",
+                ))),
+                None => Attempt::Again(problem(ApiError::new(
+                    ProblemKind::UpstreamConflict,
+                    "Vipps reported a conflict but holds no receipt for this order.",
+                ))),
+            },
+            Ok(None) => Attempt::Again(problem(ApiError::new(
+                ProblemKind::UpstreamConflict,
+                "Vipps reported a conflict but holds no receipt for this order.",
+            ))),
+            Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Order))),
+        }
+    }
+}

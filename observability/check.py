@@ -220,6 +220,21 @@ def traffic(gw):
     expect(503, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-tokfail/receipt", RECEIPT), "token failure")
     time.sleep(1.2)
     expect(201, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-after/receipt", RECEIPT), "receipt after recovery")
+    # An asynchronous receipt, delivered by the outbox's worker; one that
+    # Vipps refuses, failed. (The backlog gauges are set from the start.)
+    expect(202, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-async/receipt", RECEIPT,
+                     {"prefer": "respond-async"}), "async receipt")
+    expect(201, http("POST", f"{s}/_simulator/faults", {"endpoint": "receipt", "status": 400, "times": 1}), "fault")
+    expect(202, http("POST", f"{g}/v1/merchants/{msn}/orders/ci-async-refused/receipt", RECEIPT,
+                     {"prefer": "respond-async"}), "async receipt Vipps refuses")
+    deadline = time.time() + 30
+    while True:
+        status, body = http("GET", f"{g}/v1/merchants/{msn}/deliveries?state=pending")
+        if status == 200 and json.loads(body)["deliveries"] == []:
+            break
+        if time.time() > deadline:
+            fail(f"async receipts still pending: {body[:300]!r}")
+        time.sleep(0.2)
 
 
 def parse_exposition(text):

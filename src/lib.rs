@@ -201,7 +201,7 @@ impl Application {
                 .map_err(StartupError::Invalid)?,
         );
         let metrics_server = Self::metrics_server(&settings, &upstream)?;
-        let outbox = Outbox::new(settings.outbox.clone());
+        let outbox = Outbox::new(settings.outbox.clone(), metrics.clone());
         let state = web::Data::new(AppState {
             merchants: MerchantRegistry::new(merchants),
             api_version: settings.upstream.api_version,

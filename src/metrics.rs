@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::Msn;
@@ -66,6 +66,10 @@ pub struct Metrics {
     token_fetches: IntCounterVec,
     token_cache: IntCounterVec,
     token_expiry: GaugeVec,
+    outbox_pending: IntGaugeVec,
+    outbox_oldest: GaugeVec,
+    outbox_deliveries: IntCounterVec,
+    outbox_store_errors: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,8 +184,49 @@ impl Metrics {
                 &["msn"],
             )?,
         )?;
+        let outbox_pending = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "gateway_outbox_pending",
+                    "Outbox entries not yet delivered, by merchant and kind (receipt, category), as the worker last counted them.",
+                ),
+                &["msn", "kind"],
+            )?,
+        )?;
+        let outbox_oldest = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "gateway_outbox_oldest_pending_seconds",
+                    "Age of the merchant's oldest outbox entry not yet delivered; 0 when none is pending.",
+                ),
+                &["msn"],
+            )?,
+        )?;
+        let outbox_deliveries = reg(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "gateway_outbox_deliveries_total",
+                    "Outbox delivery attempts, by merchant, kind and result (delivered, retried, failed).",
+                ),
+                &["msn", "kind", "result"],
+            )?,
+        )?;
+        let outbox_store_errors = reg(
+            &registry,
+            IntCounter::new(
+                "gateway_outbox_store_errors_total",
+                "Failures of the outbox's store: it could not be opened, or a statement failed.",
+            )?,
+        )?;
         Ok(Self {
             registry,
+            outbox_pending,
+            outbox_oldest,
+            outbox_deliveries,
+            outbox_store_errors,
             requests,
             request_duration,
             in_flight,
@@ -203,6 +248,32 @@ impl Metrics {
         self.request_duration
             .with_label_values(&[msn, operation])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one outbox delivery attempt: `result` is `delivered`,
+    /// `retried` or `failed`.
+    pub fn outbox_attempt(&self, msn: &str, kind: &str, result: &str) {
+        self.outbox_deliveries
+            .with_label_values(&[msn, kind, result])
+            .inc();
+    }
+
+    /// Counts one failure of the outbox's store.
+    pub fn outbox_store_error(&self) {
+        self.outbox_store_errors.inc();
+    }
+
+    /// One merchant's outbox backlog: pending entries per kind and the
+    /// age of the oldest (zero when none is pending).
+    pub fn set_outbox_backlog(&self, msn: &str, pending: [(&str, i64); 2], oldest_seconds: f64) {
+        for (kind, count) in pending {
+            self.outbox_pending
+                .with_label_values(&[msn, kind])
+                .set(count);
+        }
+        self.outbox_oldest
+            .with_label_values(&[msn])
+            .set(oldest_seconds);
     }
 
     /// Marks a request as in flight until the guard is dropped (also when

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{json_response, AppState, MerchantTarget};
 use crate::error::{ApiError, Kind};
-use crate::outbox::{DeliveryView, State, Store, StoreError};
+use crate::outbox::{DeliveryView, State, Store};
 
 /// Most deliveries on one page, and the default.
 const MAX_LIMIT: i64 = 100;
@@ -23,17 +23,6 @@ async fn store(state: &AppState) -> Result<Store, ApiError> {
         ));
     }
     state.outbox.store().await
-}
-
-/// A store that failed a statement: `503 outbox-unavailable`, the cause
-/// in the log.
-pub fn store_failed(e: &StoreError) -> ApiError {
-    tracing::warn!(error = %e, "outbox store failed");
-    ApiError::new(
-        Kind::OutboxUnavailable,
-        "The outbox's store cannot be used right now; the gateway keeps trying.",
-    )
-    .with_retry_after(5)
 }
 
 fn not_found() -> ApiError {
@@ -58,7 +47,7 @@ pub async fn get(
     let delivery = store
         .get(target.ctx.merchant.msn.as_str(), &id)
         .await
-        .map_err(|e| store_failed(&e))?
+        .map_err(|e| state.outbox.failed(&e))?
         .ok_or_else(not_found)?;
     json_response(StatusCode::OK, &DeliveryView::new(&delivery))
 }
@@ -124,7 +113,7 @@ pub async fn list(
     let deliveries = store
         .list(target.ctx.merchant.msn.as_str(), wanted, before, limit)
         .await
-        .map_err(|e| store_failed(&e))?;
+        .map_err(|e| state.outbox.failed(&e))?;
     let next_cursor = (deliveries.len() == usize::try_from(limit).unwrap_or(usize::MAX))
         .then(|| deliveries.last().map(|d| d.seq.to_string()))
         .flatten();

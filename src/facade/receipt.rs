@@ -22,8 +22,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use super::deliveries::store_failed;
-
 /// The `201` body: the very receipt sent to Vipps, its totals, and whether
 /// it was stored by an earlier attempt.
 #[derive(Serialize)]
@@ -131,7 +129,7 @@ async fn accept_async(
     let delivery = match store
         .enqueue(&new, now_ms())
         .await
-        .map_err(|e| store_failed(&e))?
+        .map_err(|e| state.outbox.failed(&e))?
     {
         Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => d,
         Enqueued::Conflict(_) => {

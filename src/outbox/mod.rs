@@ -30,10 +30,12 @@ pub use store::{
 
 use crate::config::OutboxSettings;
 use crate::error::{ApiError, Kind as ProblemKind};
+use crate::metrics::Metrics;
 
 /// The gateway's outbox: its settings and, once opened, its store.
 pub struct Outbox {
     pub settings: OutboxSettings,
+    pub metrics: Arc<Metrics>,
     store: RwLock<Option<Store>>,
     /// Whether the first attempt to open the store has ended (either way):
     /// until it has, a request waits for it rather than being refused.
@@ -55,9 +57,10 @@ const REOPEN_MAX: Duration = Duration::from_secs(30);
 const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
 
 impl Outbox {
-    pub fn new(settings: OutboxSettings) -> Arc<Self> {
+    pub fn new(settings: OutboxSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             settings,
+            metrics,
             store: RwLock::new(None),
             first_attempt: tokio::sync::watch::Sender::new(false),
         })
@@ -107,6 +110,7 @@ impl Outbox {
                     return;
                 }
                 Err(e) => {
+                    self.metrics.outbox_store_error();
                     tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "outbox store cannot be opened; asynchronous requests are answered 503 until it is");
                     self.first_attempt.send_replace(true);
                 }
@@ -128,6 +132,18 @@ impl Outbox {
             None => None,
         };
         Store::open(&self.settings.url, password.as_ref()).await
+    }
+
+    /// A statement the store failed: counted and logged, and answered `503
+    /// outbox-unavailable`.
+    pub fn failed(&self, e: &StoreError) -> ApiError {
+        self.metrics.outbox_store_error();
+        tracing::warn!(error = %e, "outbox store failed");
+        ApiError::new(
+            ProblemKind::OutboxUnavailable,
+            "The outbox's store cannot be used right now; the gateway keeps trying.",
+        )
+        .with_retry_after(5)
     }
 
     /// Closes the store's connections.

@@ -34,6 +34,8 @@ const POLL: Duration = Duration::from_millis(250);
 const BATCH: i64 = 32;
 /// How often finished entries past their retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often the backlog gauges are counted again.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// What one attempt came to.
 enum Attempt {
@@ -65,6 +67,7 @@ impl Worker {
     /// Delivers due entries until the process ends.
     pub async fn run(self) {
         let mut purged_at: Option<tokio::time::Instant> = None;
+        let mut counted_at: Option<tokio::time::Instant> = None;
         loop {
             let Ok(store) = self.outbox.store().await else {
                 tokio::time::sleep(POLL).await;
@@ -73,6 +76,10 @@ impl Worker {
             if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
                 self.purge(&store).await;
                 purged_at = Some(tokio::time::Instant::now());
+            }
+            if counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+                self.count_backlog(&store).await;
+                counted_at = Some(tokio::time::Instant::now());
             }
             match store
                 .claim(&self.owner, now_ms(), self.outbox.settings.lease, BATCH)
@@ -84,6 +91,7 @@ impl Worker {
                 }
                 Ok(_) => tokio::time::sleep(POLL).await,
                 Err(e) => {
+                    self.outbox.metrics.outbox_store_error();
                     tracing::warn!(error = %e, "outbox claim failed");
                     tokio::time::sleep(POLL).await;
                 }
@@ -97,7 +105,49 @@ impl Worker {
         match store.purge(now_ms().saturating_sub(retention)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "outbox entries past their retention deleted"),
-            Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+            Err(e) => {
+                self.outbox.metrics.outbox_store_error();
+                tracing::warn!(error = %e, "outbox purge failed");
+            }
+        }
+    }
+
+    /// Sets the backlog gauges of every configured merchant (zero when it
+    /// has nothing pending).
+    async fn count_backlog(&self, store: &Store) {
+        let stats = match store.pending_stats().await {
+            Ok(stats) => stats,
+            Err(e) => {
+                self.outbox.metrics.outbox_store_error();
+                tracing::warn!(error = %e, "outbox backlog could not be counted");
+                return;
+            }
+        };
+        let now = now_ms();
+        for msn in self.state.merchants.snapshot().keys() {
+            let mine = stats.iter().filter(|s| s.msn == msn.as_str());
+            let count = |kind: Kind| {
+                mine.clone()
+                    .filter(|s| s.kind == kind)
+                    .map(|s| s.count)
+                    .sum::<i64>()
+            };
+            let oldest = mine
+                .clone()
+                .map(|s| s.oldest_created_at)
+                .min()
+                .map_or(0.0, |created| {
+                    Duration::from_millis(u64::try_from(now.saturating_sub(created)).unwrap_or(0))
+                        .as_secs_f64()
+                });
+            self.outbox.metrics.set_outbox_backlog(
+                msn.as_str(),
+                [
+                    (Kind::Receipt.as_str(), count(Kind::Receipt)),
+                    (Kind::Category.as_str(), count(Kind::Category)),
+                ],
+                oldest,
+            );
         }
     }
 
@@ -130,19 +180,27 @@ impl Worker {
             Outcome::Failed { .. } => "failed",
         };
         match store.finish(&d.id, &self.owner, &outcome, now_ms()).await {
-            Ok(true) => tracing::info!(
+            Ok(true) => {
+                self.outbox
+                    .metrics
+                    .outbox_attempt(&d.msn, d.kind.as_str(), result);
+                tracing::info!(
                 delivery = d.id.as_str(),
                 msn = d.msn.as_str(),
                 kind = d.kind.as_str(),
                 attempts = d.attempts + 1,
                 result,
                 "outbox delivery attempt"
-            ),
+            );
+            }
             Ok(false) => tracing::warn!(
                 delivery = d.id.as_str(),
                 "outbox entry was taken over by another replica after its lease ended; its attempt is not recorded"
             ),
-            Err(e) => tracing::warn!(delivery = d.id.as_str(), error = %e, "outbox attempt could not be recorded; the entry is claimed again after its lease"),
+            Err(e) => {
+                self.outbox.metrics.outbox_store_error();
+                tracing::warn!(delivery = d.id.as_str(), error = %e, "outbox attempt could not be recorded; the entry is claimed again after its lease");
+            }
         }
     }
 

@@ -421,6 +421,17 @@ impl TestApp {
             .await;
     }
 
+    /// Empties the simulator's request log.
+    pub async fn clear_sim_requests(&self) {
+        let resp = self
+            .client
+            .delete(format!("{}/_simulator/requests", self.sim_address))
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(resp.status().is_success());
+    }
+
     pub async fn clear_faults(&self) {
         let resp = self
             .client

@@ -11,17 +11,17 @@ use serde_json::{json, Value};
 
 use crate::helpers::{poll_until, spawn_app, spec_receipt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vipps-order-gateway");
+pub const BIN: &str = env!("CARGO_BIN_EXE_vipps-order-gateway");
 
 /// A running gateway process whose log lines arrive on a channel (read on
 /// a thread, so the pipe never fills and the test's runtime never blocks).
-struct Process {
-    child: Child,
+pub struct Process {
+    pub child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Process {
-    fn start(cmd: &mut Command) -> Self {
+    pub fn start(cmd: &mut Command) -> Self {
         let mut child = cmd
             .env_remove("RUST_LOG")
             .env("VOG_LOG__FORMAT", "text")
@@ -43,7 +43,7 @@ impl Process {
 
     /// Waits (without blocking the runtime) for a log line containing `what`
     /// and returns the value after `key=` on it.
-    async fn value_after(&self, what: &str, key: &str) -> String {
+    pub async fn value_after(&self, what: &str, key: &str) -> String {
         for _ in 0..200 {
             while let Ok(line) = self.lines.try_recv() {
                 if line.contains(what) {
@@ -62,7 +62,7 @@ impl Process {
         panic!("no log line with {what:?}");
     }
 
-    async fn saw(&self, what: &str) -> bool {
+    pub async fn saw(&self, what: &str) -> bool {
         for _ in 0..200 {
             while let Ok(line) = self.lines.try_recv() {
                 if line.contains(what) {
@@ -74,12 +74,20 @@ impl Process {
         false
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
+    }
+}
+
+impl Process {
+    /// How many of the log lines that arrived since the last look contain
+    /// `what` (the lines are consumed).
+    pub fn count_new(&self, what: &str) -> usize {
+        self.lines.try_iter().filter(|l| l.contains(what)).count()
     }
 }
 

@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod outbox;
+mod outbox_crash;
 mod outbox_store;
 mod problems;
 mod properties;

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::helpers::{
     poll_until, spawn_app_with, spec_receipt, Answer, Options, TestApp, MSN, MSN2,
 };
+use crate::metrics::scrape;
 
 /// Short backoffs, so that a retried delivery comes within a test.
 fn fast_outbox(extra: &str) -> Options {
@@ -190,6 +191,57 @@ async fn with_the_store_unavailable_async_requests_are_503_and_synchronous_ones_
 
     let sync = app.post_receipt(MSN, "down-1", &spec_receipt()).await;
     assert_eq!(sync.status, 201, "{}", sync.body);
+    assert!(
+        scrape(&app)
+            .await
+            .value("gateway_outbox_store_errors_total", &[])
+            >= 1.0
+    );
+}
+
+#[actix_rt::test]
+async fn the_backlog_its_age_and_each_attempt_are_in_the_metrics() {
+    let app = spawn_app_with(fast_outbox("")).await;
+    app.add_fault(json!({"endpoint": "receipt", "status": 503}))
+        .await;
+    let a = post_async(&app, "metrics-1", &spec_receipt()).await;
+    assert_eq!(a.status, 202);
+    let pending = [("msn", MSN), ("kind", "receipt")];
+    let location = header(&a, "location").unwrap().to_owned();
+    poll_until("an attempt to fail", || async {
+        let d = app.get(&location).await.body;
+        (d["attempts"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    // The worker counts the backlog every 5 s.
+    poll_until("the backlog counted", || async {
+        let m = scrape(&app).await;
+        (m.value("gateway_outbox_pending", &pending) == 1.0
+            && m.value("gateway_outbox_oldest_pending_seconds", &[("msn", MSN)]) > 0.0)
+            .then_some(())
+    })
+    .await;
+    let m = scrape(&app).await;
+    assert_eq!(
+        m.value(
+            "gateway_outbox_pending",
+            &[("msn", MSN2), ("kind", "receipt")]
+        ),
+        0.0,
+        "every configured merchant has its gauge"
+    );
+    app.clear_faults().await;
+    finished(&app, &location).await;
+    let m = scrape(&app).await;
+    let attempts = |result| {
+        m.value(
+            "gateway_outbox_deliveries_total",
+            &[("msn", MSN), ("kind", "receipt"), ("result", result)],
+        )
+    };
+    assert_eq!(attempts("delivered"), 1.0);
+    assert!(attempts("retried") >= 1.0);
+    assert_eq!(m.value("gateway_outbox_store_errors_total", &[]), 0.0);
 }
 
 #[actix_rt::test]

@@ -26,7 +26,7 @@ async fn sqlite_store() -> Store {
 }
 
 /// The test server, without a database: `postgres://USER@HOST:PORT`.
-fn postgres_server() -> String {
+pub fn postgres_server() -> String {
     std::env::var("GATEWAY_TEST_POSTGRES_URL").expect(
         "GATEWAY_TEST_POSTGRES_URL names the PostgreSQL server of the outbox tests \
          (postgres://USER@HOST:PORT); scripts/test starts one",

@@ -6,14 +6,19 @@ use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::deliveries::accepted;
 use super::images::{image_problem, parse_image_id, upload};
 use super::{
     json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
 };
-use crate::domain::{check_url, Category, ImageId, PaymentType};
+use crate::domain::{check_url, Category, ImageId, OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
-use crate::translate::image::check_base64;
+use crate::outbox::{
+    fingerprint, now_ms, prefers_async, CategoryPayload, Enqueued, Kind as OutboxKind, NewDelivery,
+    StoredImage,
+};
+use crate::translate::image::{check_base64, CheckedImage};
 use crate::vipps::model::OrderCategory;
 use crate::vipps::{CallContext, VippsClient};
 
@@ -52,6 +57,75 @@ pub struct Link {
     pub image_id: Option<ImageId>,
 }
 
+/// A category link as the caller sent it, every field checked, its inline
+/// image (if any) not yet uploaded.
+pub struct ParsedLink {
+    pub category: Category,
+    pub url: String,
+    pub image: LinkImage,
+}
+
+pub enum LinkImage {
+    None,
+    /// An image uploaded earlier.
+    Id(ImageId),
+    /// An image to upload first, under `named` or its content-derived id.
+    Inline {
+        image: CheckedImage,
+        named: Option<ImageId>,
+    },
+}
+
+/// Reads and checks the body of a category PUT (v2) or POST (v3 links).
+pub async fn parse_link(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<ParsedLink, ApiError> {
+    let body = read_body(req, payload, state.limits.image_body).await?;
+    let request: CategoryRequest = parse_json(req, &body)?;
+    check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
+    let image = match (request.image_id, request.image) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                Kind::InvalidRequest,
+                "image",
+                "give imageId or image, not both",
+            ));
+        }
+        (Some(id), None) => LinkImage::Id(parse_image_id(&id, "imageId")?),
+        (None, Some(inline)) => LinkImage::Inline {
+            named: inline
+                .image_id
+                .map(|id| parse_image_id(&id, "image.imageId"))
+                .transpose()?,
+            image: check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?,
+        },
+        (None, None) => LinkImage::None,
+    };
+    Ok(ParsedLink {
+        category: request.category,
+        url: request.url,
+        image,
+    })
+}
+
+impl ParsedLink {
+    /// The link to send, its inline image uploaded first.
+    pub async fn upload(self, client: &VippsClient, ctx: &CallContext) -> Result<Link, ApiError> {
+        let image_id = match self.image {
+            LinkImage::None => None,
+            LinkImage::Id(id) => Some(id),
+            LinkImage::Inline { image, named } => Some(upload(client, ctx, image, named).await?.0),
+        };
+        Ok(Link {
+            category: self.category,
+            url: self.url,
+            image_id,
+        })
+    }
+}
+
 /// Reads the body of a category PUT (v2) or POST (v3 links): checks every
 /// field first, then uploads an inline image, so bad input never reaches Vipps.
 pub async fn read_link(
@@ -61,34 +135,59 @@ pub async fn read_link(
     client: &VippsClient,
     ctx: &CallContext,
 ) -> Result<Link, ApiError> {
-    let body = read_body(req, payload, state.limits.image_body).await?;
-    let request: CategoryRequest = parse_json(req, &body)?;
-    check_url(&request.url).map_err(|e| ApiError::field(Kind::InvalidRequest, "url", e.0))?;
+    parse_link(req, payload, state)
+        .await?
+        .upload(client, ctx)
+        .await
+}
 
-    let image_id = match (request.image_id, request.image) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::field(
-                Kind::InvalidRequest,
-                "image",
-                "give imageId or image, not both",
-            ));
-        }
-        (Some(id), None) => Some(parse_image_id(&id, "imageId")?),
-        (None, Some(inline)) => {
-            let named = inline
-                .image_id
-                .map(|id| parse_image_id(&id, "image.imageId"))
-                .transpose()?;
-            let image = check_base64(&inline.data).map_err(|e| image_problem(e, "image.data"))?;
-            Some(upload(client, ctx, image, named).await?.0)
-        }
-        (None, None) => None,
+/// Stores the link in the outbox and answers `202` with its delivery: the
+/// same delivery for an identical request, and a pending link of the order
+/// not yet claimed is replaced by this one.
+async fn accept_async(
+    state: &AppState,
+    ctx: &CallContext,
+    payment_type: PaymentType,
+    order: &OrderId,
+    link: ParsedLink,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.outbox.store().await?;
+    let (image_id, image) = match link.image {
+        LinkImage::None => (None, None),
+        LinkImage::Id(id) => (Some(id.as_str().to_owned()), None),
+        LinkImage::Inline { image, named } => (
+            None,
+            Some(StoredImage {
+                data: image.to_base64(),
+                image_id: named.map(|id| id.as_str().to_owned()),
+            }),
+        ),
     };
-    Ok(Link {
-        category: request.category,
-        url: request.url,
+    let payload = serde_json::to_string(&CategoryPayload {
+        category: link.category,
+        url: link.url,
         image_id,
+        image,
     })
+    .map_err(|e| ApiError::internal(&e))?;
+    let new = NewDelivery {
+        msn: ctx.merchant.msn.as_str().to_owned(),
+        kind: OutboxKind::Category,
+        payment_type: payment_type.as_str().to_owned(),
+        order_id: order.as_str().to_owned(),
+        fingerprint: fingerprint(&payload),
+        payload,
+    };
+    match store
+        .enqueue(&new, now_ms())
+        .await
+        .map_err(|e| state.outbox.failed(&e))?
+    {
+        Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => accepted(&d),
+        Enqueued::Conflict(_) | Enqueued::AlreadyDelivered(_) => Err(ApiError::internal(
+            &"the outbox answered a category link as a receipt",
+        )),
+    }
 }
 
 pub async fn put(
@@ -105,7 +204,11 @@ pub async fn put(
             order,
             payment_type,
         } = target;
-        let link = read_link(&req, payload, &state, &client, &ctx).await?;
+        let parsed = parse_link(&req, payload, &state).await?;
+        if state.outbox.enabled() && prefers_async(req.headers()) {
+            return accept_async(&state, &ctx, payment_type, &order, parsed).await;
+        }
+        let link = parsed.upload(&client, &ctx).await?;
         let upstream = OrderCategory {
             category: link.category,
             order_details_url: link.url,

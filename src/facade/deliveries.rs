@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{json_response, AppState, MerchantTarget};
 use crate::error::{ApiError, Kind};
-use crate::outbox::{DeliveryView, State, Store};
+use crate::outbox::{location, Delivery, DeliveryView, State, Store};
+use actix_web::http::header;
 
 /// Most deliveries on one page, and the default.
 const MAX_LIMIT: i64 = 100;
@@ -23,6 +24,18 @@ async fn store(state: &AppState) -> Result<Store, ApiError> {
         ));
     }
     state.outbox.store().await
+}
+
+/// The `202` of a request stored in the outbox: its delivery, where to
+/// find it, and that the preference was applied.
+pub fn accepted(delivery: &Delivery) -> Result<HttpResponse, ApiError> {
+    let body =
+        serde_json::to_vec(&DeliveryView::new(delivery)).map_err(|e| ApiError::internal(&e))?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location(&delivery.msn, &delivery.id)))
+        .insert_header(("Preference-Applied", "respond-async"))
+        .content_type("application/json")
+        .body(body))
 }
 
 fn not_found() -> ApiError {

@@ -5,6 +5,7 @@ use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::deliveries::accepted;
 use super::{
     json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
 };
@@ -12,15 +13,11 @@ use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::outbox::{
-    location, now_ms, prefers_async, DeliveryView, Enqueued, Kind as OutboxKind, NewDelivery,
+    fingerprint, now_ms, prefers_async, Enqueued, Kind as OutboxKind, NewDelivery,
 };
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::vipps::model::{Receipt, ReceiptJson};
 use crate::vipps::{CallContext, UpstreamError, VippsClient};
-use actix_web::http::header;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 
 /// The `201` body: the very receipt sent to Vipps, its totals, and whether
 /// it was stored by an earlier attempt.
@@ -123,32 +120,21 @@ async fn accept_async(
         payment_type: payment_type.as_str().to_owned(),
         order_id: order.as_str().to_owned(),
         // The receipt as sent to Vipps: the same request gives the same text.
-        fingerprint: URL_SAFE_NO_PAD.encode(Sha256::digest(sent.as_str().as_bytes())),
+        fingerprint: fingerprint(sent.as_str()),
         payload,
     };
-    let delivery = match store
+    match store
         .enqueue(&new, now_ms())
         .await
         .map_err(|e| state.outbox.failed(&e))?
     {
-        Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => d,
-        Enqueued::Conflict(_) => {
-            return Err(ApiError::new(
-                Kind::ReceiptConflict,
-                "A different receipt for this order is waiting to be delivered; receipts cannot be changed.",
-            ))
-        }
-        Enqueued::AlreadyDelivered(_) => return Ok(None),
-    };
-    let body =
-        serde_json::to_vec(&DeliveryView::new(&delivery)).map_err(|e| ApiError::internal(&e))?;
-    Ok(Some(
-        HttpResponse::Accepted()
-            .insert_header((header::LOCATION, location(msn, &delivery.id)))
-            .insert_header(("Preference-Applied", "respond-async"))
-            .content_type("application/json")
-            .body(body),
-    ))
+        Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => accepted(&d).map(Some),
+        Enqueued::Conflict(_) => Err(ApiError::new(
+            Kind::ReceiptConflict,
+            "A different receipt for this order is waiting to be delivered; receipts cannot be changed.",
+        )),
+        Enqueued::AlreadyDelivered(_) => Ok(None),
+    }
 }
 
 /// A receipt is immutable upstream. On a 409 the stored receipt is read

@@ -200,6 +200,34 @@ pub struct ReceiptPayload {
     pub totals: Box<serde_json::value::RawValue>,
 }
 
+/// What the outbox keeps of a category link: the link, and an inline image
+/// to upload before it.
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryPayload {
+    pub category: crate::domain::Category,
+    pub url: String,
+    pub image_id: Option<String>,
+    pub image: Option<StoredImage>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredImage {
+    /// Base64, as checked when the request was accepted.
+    pub data: String,
+    /// The caller's name for it; its content-derived id otherwise.
+    pub image_id: Option<String>,
+}
+
+/// Identifies a request's content (SHA-256 of `text`, base64url): the same
+/// request gives the same fingerprint.
+pub fn fingerprint(text: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// A delivery as the delivery resource shows it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -19,10 +19,16 @@ use std::time::Duration;
 
 use actix_web::web;
 
-use super::{location, now_ms, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload, Store};
-use crate::domain::{OrderId, PaymentType};
+use super::{
+    location, now_ms, CategoryPayload, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload,
+    Store,
+};
+use crate::domain::{ImageId, OrderId, PaymentType};
 use crate::error::{ApiError, Kind as ProblemKind};
+use crate::facade::images::upload;
 use crate::facade::{upstream_problem, AppState, Operation};
+use crate::translate::image::check_base64;
+use crate::vipps::model::OrderCategory;
 use crate::vipps::model::{Receipt, ReceiptJson};
 use crate::vipps::resilience::full_jitter;
 use crate::vipps::{CallContext, Observed, UpstreamError, VippsClient};
@@ -44,6 +50,18 @@ enum Attempt {
     Refused(String),
     /// Try again later. The problem (JSON).
     Again(String),
+}
+
+/// An attempt that ended in a façade problem (an image upload): one the
+/// caller could fix (a 4xx other than 429) is final, anything else (Vipps
+/// unavailable, its credentials) is tried again.
+fn judged(e: ApiError, problem: &dyn Fn(ApiError) -> String) -> Attempt {
+    let status = e.kind.status();
+    if status.is_client_error() && status.as_u16() != 429 {
+        Attempt::Refused(problem(e))
+    } else {
+        Attempt::Again(problem(e))
+    }
 }
 
 pub struct Worker {
@@ -220,22 +238,17 @@ impl Worker {
         ) else {
             return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
         };
-        match d.kind {
-            Kind::Receipt => {}
-            Kind::Category => {
-                return Attempt::Refused(problem(ApiError::internal(
-                    &"category links are not delivered from the outbox",
-                )))
-            }
-        }
-        let Ok(payload) = serde_json::from_str::<ReceiptPayload>(&d.payload) else {
-            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
-        };
         // Within the lease: another replica may take the entry after it.
         let ctx = CallContext {
             merchant,
             deadline: tokio::time::Instant::now() + self.outbox.settings.lease / 2,
             observed: Observed::default(),
+        };
+        if d.kind == Kind::Category {
+            return self.deliver_category(&ctx, pt, &order, d, &problem).await;
+        }
+        let Ok(payload) = serde_json::from_str::<ReceiptPayload>(&d.payload) else {
+            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
         };
         let sent = ReceiptJson::from_raw(payload.receipt);
         match self.client.post_receipt(&ctx, pt, &order, &sent).await {
@@ -250,6 +263,58 @@ impl Worker {
                 Attempt::Refused(problem(upstream_problem(e, Operation::Receipt)))
             }
             Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Receipt))),
+        }
+    }
+
+    /// A category link: its inline image uploaded first (under its
+    /// content-derived id, unless the caller named it), then the link.
+    async fn deliver_category(
+        &self,
+        ctx: &CallContext,
+        pt: PaymentType,
+        order: &OrderId,
+        d: &Delivery,
+        problem: &dyn Fn(ApiError) -> String,
+    ) -> Attempt {
+        let Ok(link) = serde_json::from_str::<CategoryPayload>(&d.payload) else {
+            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
+        };
+        let image_id = match (link.image_id, link.image) {
+            (Some(id), _) => match ImageId::parse(&id) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    return Attempt::Refused(problem(ApiError::internal(
+                        &"unreadable outbox entry",
+                    )))
+                }
+            },
+            (None, Some(stored)) => {
+                let named = stored.image_id.as_deref().map(ImageId::parse).transpose();
+                let (Ok(image), Ok(named)) = (check_base64(&stored.data), named) else {
+                    return Attempt::Refused(problem(ApiError::internal(
+                        &"unreadable outbox entry",
+                    )));
+                };
+                match upload(&self.client, ctx, image, named).await {
+                    Ok((id, _)) => Some(id),
+                    Err(e) => return judged(e, problem),
+                }
+            }
+            (None, None) => None,
+        };
+        let upstream = OrderCategory {
+            category: link.category,
+            order_details_url: link.url,
+            image_id: image_id.map(|i| i.as_str().to_owned()),
+        };
+        match self.client.put_category(ctx, pt, order, &upstream).await {
+            Ok(()) => Attempt::Delivered,
+            Err(e @ UpstreamError::Status { status, .. })
+                if matches!(status.as_u16(), 400 | 403 | 404) =>
+            {
+                Attempt::Refused(problem(upstream_problem(e, Operation::Category)))
+            }
+            Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Category))),
         }
     }
 

@@ -244,6 +244,107 @@ async fn the_backlog_its_age_and_each_attempt_are_in_the_metrics() {
     assert_eq!(m.value("gateway_outbox_store_errors_total", &[]), 0.0);
 }
 
+async fn put_async(app: &TestApp, order: &str, body: &Value) -> Answer {
+    crate::helpers::answer(
+        app.client
+            .put(app.url(&format!("/v1/merchants/{MSN}/orders/{order}/category")))
+            .insert_header(("Prefer", "respond-async"))
+            .send_json(body)
+            .await,
+    )
+    .await
+}
+
+#[actix_rt::test]
+async fn an_async_category_link_uploads_its_image_first_and_the_latest_link_wins() {
+    let app = spawn_app_with(fast_outbox("")).await;
+    app.add_fault(json!({"endpoint": "category", "status": 503}))
+        .await;
+    let first = put_async(
+        &app,
+        "link-1",
+        &json!({"category": "RECEIPT", "url": "https://shop.example/first"}),
+    )
+    .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.body["kind"], "category");
+    assert!(first.body.get("receipt").is_none());
+    let image = crate::helpers::b64(&crate::helpers::png(300));
+    let second = put_async(
+        &app,
+        "link-1",
+        &json!({"category": "RECEIPT", "url": "https://shop.example/second",
+                "image": {"data": image}}),
+    )
+    .await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    let location = header(&second, "location").unwrap().to_owned();
+
+    app.clear_faults().await;
+    let done = finished(&app, &location).await;
+    assert_eq!(done["state"], "delivered", "{done}");
+    let first_done = finished(&app, header(&first, "location").unwrap()).await;
+    assert_eq!(first_done["state"], "delivered");
+    let order = app.get(&format!("/v1/merchants/{MSN}/orders/link-1")).await;
+    assert_eq!(order.status, 200, "{}", order.body);
+    assert_eq!(
+        order.body["category"]["orderDetailsUrl"],
+        "https://shop.example/second"
+    );
+    let image_id = order.body["category"]["imageId"].as_str().unwrap();
+    assert_eq!(
+        app.sim_requests_to("image").await.len(),
+        1,
+        "the image was uploaded once, before the link"
+    );
+    assert!(!image_id.is_empty());
+}
+
+#[actix_rt::test]
+async fn a_pending_category_link_is_replaced_before_it_is_claimed() {
+    let app = spawn_app_with(fast_outbox("")).await;
+    app.add_fault(json!({"endpoint": "category", "status": 503}))
+        .await;
+    let first = put_async(
+        &app,
+        "link-2",
+        &json!({"category": "GENERAL", "url": "https://shop.example/a"}),
+    )
+    .await;
+    assert_eq!(first.status, 202);
+    let location = header(&first, "location").unwrap().to_owned();
+    // Wait for an attempt to fail: the entry then waits, unclaimed, for
+    // its next attempt.
+    poll_until("an attempt to fail", || async {
+        let d = app.get(&location).await.body;
+        (d["attempts"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let mut same = false;
+    for _ in 0..20 {
+        let again = put_async(
+            &app,
+            "link-2",
+            &json!({"category": "GENERAL", "url": "https://shop.example/b"}),
+        )
+        .await;
+        assert_eq!(again.status, 202);
+        if again.body["deliveryId"] == first.body["deliveryId"] {
+            same = true;
+            break;
+        }
+    }
+    assert!(same, "a pending, unclaimed link is replaced in place");
+    app.clear_faults().await;
+    let done = finished(&app, &location).await;
+    assert_eq!(done["state"], "delivered");
+    let order = app.get(&format!("/v1/merchants/{MSN}/orders/link-2")).await;
+    assert_eq!(
+        order.body["category"]["orderDetailsUrl"],
+        "https://shop.example/b"
+    );
+}
+
 #[actix_rt::test]
 async fn with_the_outbox_off_the_preference_is_ignored() {
     let app = spawn_app_with(fast_outbox("enabled = false")).await;

@@ -52,6 +52,7 @@ CORE_KINDS = {
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
     "NetworkPolicy",
+    "PersistentVolumeClaim",
 }
 CUSTOM_KINDS: dict[str, type[BaseModel]] = {
     "ServiceMonitor": prom.ServiceMonitor,
@@ -476,8 +477,46 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
     for table in ("resilience", "proxy"):
         want = {snake(k): v for k, v in (gw.get(table) or {}).items() if v is not None}
         expect(toml.get(table, {}) == want, f"[{table}] holds exactly the values set: {want}")
-    # No store outlives the pod yet: the outbox is off (docs/deploy.md).
-    expect(toml.get("outbox") == {"enabled": False}, "[outbox] is off: the chart has no durable store for it")
+    # The outbox: off by default (no store outlives a pod); on, either a
+    # SQLite file on the chart's PersistentVolumeClaim (one replica, pods
+    # replaced with Recreate) or PostgreSQL with its password from a Secret.
+    ob = gw["outbox"]
+    tob = toml.get("outbox", {})
+    expect(tob.get("enabled") is ob["enabled"], f"[outbox] enabled = {ob['enabled']}")
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    if not ob["enabled"]:
+        expect(set(tob) == {"enabled"} and not claims, "outbox off: no store, no PersistentVolumeClaim")
+    elif ob["store"] == "sqlite":
+        url = tob.get("url", "")
+        directory = url.removeprefix("sqlite://").rsplit("/", 1)[0]
+        mount = mounts.get(directory)
+        volume = volumes.get(mount["name"], {}) if mount else {}
+        claim = claims.get(volume.get("persistentVolumeClaim", {}).get("claimName", ""))
+        expect(url.startswith("sqlite:///") and mount is not None and not mount.get("readOnly"),
+               f"outbox on SQLite: {url}'s directory is a writable mount")
+        expect(claim is not None and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+               and claim["spec"]["resources"]["requests"]["storage"] == ob["sqlite"]["size"],
+               "outbox on SQLite: the mount is the chart's ReadWriteOnce PersistentVolumeClaim of the given size")
+        expect(claim is not None and claim["spec"].get("storageClassName") == ob["sqlite"].get("storageClassName"),
+               "outbox on SQLite: the claim's storage class is the value's")
+        expect(dep["spec"]["strategy"] == {"type": "Recreate"}, "outbox on SQLite: pods are replaced with Recreate")
+        expect(dep["spec"]["replicas"] == 1 and one(docs, "HorizontalPodAutoscaler") is None,
+               "outbox on SQLite: one replica, no autoscaler")
+    else:
+        pg = ob["postgres"]
+        expect(tob.get("url") == pg["url"], "outbox on PostgreSQL: [outbox] url is the value's")
+        path = tob.get("password_file", "")
+        directory, filename = path.rsplit("/", 1) if "/" in path else ("", "")
+        mount = mounts.get(directory)
+        secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
+        items = {i["path"]: i["key"] for i in secret.get("items", [])}
+        expect(mount is not None and mount.get("readOnly") is True and "subPath" not in mount,
+               f"outbox on PostgreSQL: {directory} is a read-only whole-Secret mount")
+        expect(secret.get("secretName") == pg["existingSecret"] and items.get(filename) == pg["key"],
+               f"outbox on PostgreSQL: {path} is key {pg['key']} of Secret {pg['existingSecret']}")
+        expect(not claims, "outbox on PostgreSQL: no PersistentVolumeClaim")
+    for key, field in (("maxAge", "max_age"), ("retention", "retention")):
+        expect(tob.get(field) == (ob.get(key) if ob["enabled"] else None), f"outbox.{field} only when gateway.outbox.{key} is set")
     for key in ("connectTimeout", "tokenMargin"):
         expect(toml["upstream"].get(snake(key)) == gw["upstream"].get(key), f"upstream.{snake(key)} only when gateway.upstream.{key} is set")
 
@@ -721,7 +760,7 @@ def main() -> int:
     check_observability_copies()
     check_dockerfile()
     check_values_documented()
-    scenarios = ["default", "metrics", "all-on"]
+    scenarios = ["default", "metrics", "all-on", "outbox-sqlite", "outbox-postgres"]
     check_lint(scenarios)
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     chart = helm.Chart.load(CHART)

@@ -110,3 +110,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "autoscaling.minReplicas is greater than autoscaling.maxReplicas" }}
 {{- end }}
 {{- end }}
+
+{{/* Where the outbox's SQLite file lives: the PersistentVolumeClaim's mount. */}}
+{{- define "vog.outboxDataPath" -}}
+/var/lib/vipps-order-gateway
+{{- end }}
+
+{{/* Where the outbox's PostgreSQL password is mounted (a Secret, as a directory). */}}
+{{- define "vog.outboxPasswordPath" -}}
+/etc/vipps-order-gateway/outbox
+{{- end }}
+
+{{/* Whether the outbox keeps its entries in SQLite on the chart's PersistentVolumeClaim. */}}
+{{- define "vog.outboxSqlite" -}}
+{{- if and .Values.gateway.outbox.enabled (eq .Values.gateway.outbox.store "sqlite") }}true{{ end }}
+{{- end }}

@@ -552,33 +552,53 @@ impl Store {
         outcome: &Outcome,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let (state, next_attempt_at, error, delivered_at) = match outcome {
-            Outcome::Delivered => (State::Delivered, None, None, Some(now)),
-            Outcome::Retry {
-                next_attempt_at,
-                error,
-            } => (State::Pending, Some(*next_attempt_at), Some(error), None),
-            Outcome::Failed { error } => (State::Failed, None, Some(error), None),
-        };
+        let done = self.finish_all(owner, &[(id, outcome)], now).await?;
+        Ok(done.first().copied().unwrap_or(false))
+    }
+
+    /// Records the attempts on several claimed entries at `now`, in one
+    /// transaction (one commit, so one sync to disk for all): for each,
+    /// whether the claim was still `owner`'s.
+    pub async fn finish_all(
+        &self,
+        owner: &str,
+        attempts: &[(&str, &Outcome)],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
         let finish = "UPDATE deliveries SET state = $1, attempts = attempts + 1, \
              next_attempt_at = $2, last_error = COALESCE($3, last_error), \
              delivered_at = $4, updated_at = $5, lease_owner = NULL, lease_until = NULL \
              WHERE id = $6 AND lease_owner = $7 AND state = 'pending'";
-        let done = with_pool!(self, pool => {
-            sqlx::query(finish)
-                .bind(state.as_str())
-                .bind(next_attempt_at)
-                .bind(error)
-                .bind(delivered_at)
-                .bind(now)
-                .bind(id)
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
-        })
-        .map_err(|e| self.unavailable(&e))?;
-        Ok(done == 1)
+        let result: Result<Vec<bool>, sqlx::Error> = with_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let mut done = Vec::with_capacity(attempts.len());
+            for (id, outcome) in attempts {
+                let (state, next_attempt_at, error, delivered_at) = match outcome {
+                    Outcome::Delivered => (State::Delivered, None, None, Some(now)),
+                    Outcome::Retry {
+                        next_attempt_at,
+                        error,
+                    } => (State::Pending, Some(*next_attempt_at), Some(error), None),
+                    Outcome::Failed { error } => (State::Failed, None, Some(error), None),
+                };
+                let affected = sqlx::query(finish)
+                    .bind(state.as_str())
+                    .bind(next_attempt_at)
+                    .bind(error)
+                    .bind(delivered_at)
+                    .bind(now)
+                    .bind(*id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                done.push(affected == 1);
+            }
+            tx.commit().await?;
+            Ok(done)
+        }
+        .await);
+        result.map_err(|e| self.unavailable(&e))
     }
 
     /// The merchant's entry `id`.

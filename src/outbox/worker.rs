@@ -104,8 +104,9 @@ impl Worker {
                 .await
             {
                 Ok(batch) if !batch.is_empty() => {
-                    let deliveries = batch.into_iter().map(|c| self.deliver(&store, c));
-                    futures_util::future::join_all(deliveries).await;
+                    let attempts = batch.iter().map(|c| self.outcome(&c.delivery));
+                    let outcomes = futures_util::future::join_all(attempts).await;
+                    self.record(&store, &batch, &outcomes).await;
                 }
                 Ok(_) => tokio::time::sleep(POLL).await,
                 Err(e) => {
@@ -169,9 +170,9 @@ impl Worker {
         }
     }
 
-    async fn deliver(&self, store: &Store, claimed: Claimed) {
-        let d = &claimed.delivery;
-        let outcome = match self.attempt(d).await {
+    /// What one attempt on `d` came to, and when it is due again.
+    async fn outcome(&self, d: &Delivery) -> Outcome {
+        match self.attempt(d).await {
             Attempt::Delivered => Outcome::Delivered,
             Attempt::Refused(error) => Outcome::Failed { error },
             Attempt::Again(error) => {
@@ -191,18 +192,43 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Records a batch's attempts in one transaction, then counts and logs
+    /// each.
+    async fn record(&self, store: &Store, batch: &[Claimed], outcomes: &[Outcome]) {
+        let attempts: Vec<(&str, &Outcome)> = batch
+            .iter()
+            .zip(outcomes)
+            .map(|(c, o)| (c.delivery.id.as_str(), o))
+            .collect();
+        let recorded = match store.finish_all(&self.owner, &attempts, now_ms()).await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                self.outbox.metrics.outbox_store_error();
+                tracing::warn!(error = %e, entries = batch.len(), "outbox attempts could not be recorded; the entries are claimed again after their lease");
+                return;
+            }
         };
-        let result = match &outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "retried",
-            Outcome::Failed { .. } => "failed",
-        };
-        match store.finish(&d.id, &self.owner, &outcome, now_ms()).await {
-            Ok(true) => {
-                self.outbox
-                    .metrics
-                    .outbox_attempt(&d.msn, d.kind.as_str(), result);
-                tracing::info!(
+        for ((claimed, outcome), ours) in batch.iter().zip(outcomes).zip(recorded) {
+            let d = &claimed.delivery;
+            if !ours {
+                tracing::warn!(
+                    delivery = d.id.as_str(),
+                    "outbox entry was taken over by another replica after its lease ended; its attempt is not recorded"
+                );
+                continue;
+            }
+            let result = match outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Retry { .. } => "retried",
+                Outcome::Failed { .. } => "failed",
+            };
+            self.outbox
+                .metrics
+                .outbox_attempt(&d.msn, d.kind.as_str(), result);
+            tracing::info!(
                 delivery = d.id.as_str(),
                 msn = d.msn.as_str(),
                 kind = d.kind.as_str(),
@@ -210,15 +236,6 @@ impl Worker {
                 result,
                 "outbox delivery attempt"
             );
-            }
-            Ok(false) => tracing::warn!(
-                delivery = d.id.as_str(),
-                "outbox entry was taken over by another replica after its lease ended; its attempt is not recorded"
-            ),
-            Err(e) => {
-                self.outbox.metrics.outbox_store_error();
-                tracing::warn!(delivery = d.id.as_str(), error = %e, "outbox attempt could not be recorded; the entry is claimed again after its lease");
-            }
         }
     }
 

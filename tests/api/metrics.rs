@@ -77,8 +77,13 @@ impl Scrape {
             .count()
     }
 
+    /// How many series come from traffic (the outbox's gauges left out, as
+    /// in [`Scrape::series_with`]).
     fn len(&self) -> usize {
-        self.0.len()
+        self.0
+            .iter()
+            .filter(|s| !s.name.starts_with("gateway_outbox_"))
+            .count()
     }
 }
 

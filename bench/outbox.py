@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""The outbox's cost and speed, against the simulator. Not part of CI.
+
+1. Drain rate: a backlog of 10,000 pending receipts is written straight into
+   the store (what 10,000 answers `202` leave behind while Vipps is down),
+   then one or two gateways start on it and deliver it; the figure is
+   receipts delivered per second, from the gateways listening to the last
+   delivery. For SQLite (one replica) and PostgreSQL (one and two replicas).
+2. The 202 path beside the synchronous one: wrk posts 10-line receipts to
+   one gateway (SQLite store), with and without `Prefer: respond-async`;
+   throughput and p99 of each, the worker delivering meanwhile.
+
+Run through `bench/run --outbox [OUT_DIR]` (it builds the binary and
+installs wrk); PostgreSQL comes from Debian's packages (installed when
+missing) and runs as a throwaway cluster on a free loopback port. Writes
+OUT_DIR/outbox.md (bench/results by default).
+"""
+
+import csv
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+BACKLOG = 10_000
+
+
+def pg_bin():
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"],
+                       check=True, env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent
+
+
+class Postgres:
+    """A throwaway cluster, as scripts/test starts one (as Debian's postgres
+    user when run as root)."""
+
+    def __init__(self, workdir):
+        self.bin = pg_bin()
+        # Its own directory under /tmp: the postgres user cannot enter workdir.
+        self.dir = Path(tempfile.mkdtemp(prefix="vog-bench-pg-"))
+        self.port = bench.free_port()
+        as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if as_pg:
+            subprocess.run(["chown", "postgres", str(self.dir)], check=True)
+        self.as_pg = as_pg
+        subprocess.run([*as_pg, str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "vog"],
+                       check=True, capture_output=True)
+        subprocess.run([*as_pg, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"),
+                        "-w", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True)
+
+    def url(self, db):
+        return f"postgres://vog@127.0.0.1:{self.port}/{db}"
+
+    def psql(self, db, sql):
+        out = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", self.url(db), "-c", sql],
+                             check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self):
+        subprocess.run([*self.as_pg, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+
+
+def outbox_config(workdir, sim_port, name, url):
+    path, port = bench.gateway_config(workdir, sim_port, (bench.DEMO,), name)
+    path.write_text(path.read_text() + f'[outbox]\nurl = "{url}"\nbackoff_base = "100ms"\nbackoff_max = "1s"\n')
+    return path, port
+
+
+def start(workdir, sim_port, name, url):
+    """A gateway on the outbox store `url`, once listening and its store open
+    (migrated)."""
+    path, port = outbox_config(workdir, sim_port, name, url)
+    env = {"BENCH_CLIENT_SECRET": bench.DEMO["client_secret"], "BENCH_SUBSCRIPTION_KEY": bench.DEMO["subscription_key"]}
+    proc = bench.Proc(name, [str(bench.BIN), "serve", "--config", str(path)], workdir, env=env, cpu="0,1")
+    bench.wait_http(port, "/healthz", proc=proc.popen)
+    logfile = workdir / f"{name}.log"
+    deadline = time.monotonic() + 30
+    while "outbox store open" not in logfile.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise bench.BenchError(f"{name}: the outbox store did not open (see {logfile})")
+        time.sleep(0.05)
+    return proc, port
+
+
+def sample_payload(workdir, sim):
+    """The payload one real 202 stores: a gateway on a scratch SQLite file
+    accepts one receipt, and its row is read back."""
+    db = workdir / "sample.db"
+    gw, port = start(workdir, sim.port, "gateway-sample", f"sqlite://{db}")
+    try:
+        st, body = bench.http("POST", port, f"/v1/merchants/{bench.DEMO['msn']}/orders/sample/receipt",
+                              bench.facade_receipt(10), {"Prefer": "respond-async"})
+        if st != 202:
+            raise bench.BenchError(f"sample receipt: {st} {body}")
+    finally:
+        gw.stop()
+    with sqlite3.connect(db) as c:
+        payload, fingerprint = c.execute("SELECT payload, fingerprint FROM deliveries").fetchone()
+    return payload, fingerprint
+
+
+def rows(prefix, payload, fingerprint, now):
+    """The backlog: one pending receipt for each of BACKLOG orders."""
+    return [(str(uuid.uuid4()), bench.DEMO["msn"], "receipt", "ecom", f"{prefix}-{i}", fingerprint, payload,
+             "pending", 0, now, now, now) for i in range(BACKLOG)]
+
+
+INSERT = ("INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, state, attempts, "
+          "created_at, updated_at, next_attempt_at) VALUES ({})")
+
+
+def fill_sqlite(db, prefix, payload, fingerprint):
+    with sqlite3.connect(db) as c:
+        c.executemany(INSERT.format(", ".join("?" * 12)), rows(prefix, payload, fingerprint, int(time.time() * 1000)))
+
+
+def fill_postgres(pg, db, prefix, payload, fingerprint, workdir):
+    backlog = workdir / f"{prefix}.csv"
+    with backlog.open("w", newline="") as f:
+        csv.writer(f).writerows(rows(prefix, payload, fingerprint, int(time.time() * 1000)))
+    cols = "id, msn, kind, payment_type, order_id, fingerprint, payload, state, attempts, created_at, updated_at, next_attempt_at"
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.url(db), "-c",
+                    f"\\copy deliveries ({cols}) FROM '{backlog}' WITH (FORMAT csv)"], check=True)
+
+
+def delivered_sqlite(db):
+    with sqlite3.connect(db, timeout=30) as c:
+        return c.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0]
+
+
+def drain(workdir, sim, store, replicas, pg=None):
+    """Seconds for `replicas` gateways to deliver the backlog, and the rate."""
+    name = f"{store}-{replicas}"
+    payload, fingerprint = sample_payload(workdir, sim)
+    if store == "sqlite":
+        db = workdir / f"drain-{name}.db"
+        url = f"sqlite://{db}"
+        # The gateway creates the table; a first start and stop makes it.
+        gw, _ = start(workdir, sim.port, f"gateway-{name}-migrate", url)
+        gw.stop()
+        fill_sqlite(db, f"drain-{name}", payload, fingerprint)
+        count = lambda: delivered_sqlite(db)  # noqa: E731
+    else:
+        db = f"drain_{replicas}"
+        pg.psql("postgres", f"CREATE DATABASE {db}")
+        url = pg.url(db)
+        gw, _ = start(workdir, sim.port, f"gateway-{name}-migrate", url)
+        gw.stop()
+        fill_postgres(pg, db, f"drain-{name}", payload, fingerprint, workdir)
+        count = lambda: int(pg.psql(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'"))  # noqa: E731
+    bench.log(f"outbox drain {name}: {BACKLOG} pending")
+    t0 = time.monotonic()
+    gws = [start(workdir, sim.port, f"gateway-{name}-{i}", url)[0] for i in range(replicas)]
+    try:
+        while (n := count()) < BACKLOG:
+            if time.monotonic() - t0 > 600:
+                raise bench.BenchError(f"drain {name}: {n} of {BACKLOG} after 10 minutes")
+            time.sleep(0.2)
+        elapsed = time.monotonic() - t0
+    finally:
+        for g in gws:
+            g.stop()
+    stored = sim.counters()
+    bench.log(f"  {name}: {BACKLOG} in {elapsed:.1f} s, {BACKLOG / elapsed:.0f}/s")
+    return {"store": store, "replicas": replicas, "seconds": round(elapsed, 2), "per_second": round(BACKLOG / elapsed),
+            "simulator_calls": stored.get("calls", {}).get("receipt")}
+
+
+def paths(workdir, sim, seconds):
+    """wrk on the 202 path and the synchronous one, one gateway on SQLite."""
+    gw, port = start(workdir, sim.port, "gateway-paths", f"sqlite://{workdir / 'paths.db'}")
+    out = {}
+    try:
+        body = workdir / "receipt-10.json"
+        body.write_text(json.dumps(bench.facade_receipt(10)))
+        for label, headers in (("synchronous", {}), ("async-202", {"Prefer": "respond-async"})):
+            script = bench.wrk_script(workdir, f"outbox-{label}", "POST",
+                                      f"/v1/merchants/{bench.DEMO['msn']}/orders/{{id}}/receipt",
+                                      {"Content-Type": "application/json", **headers}, body)
+            bench.run_wrk(port, script, 2, 32, servers=[gw])
+            runs = [bench.run_wrk(port, script, seconds, 32, servers=[gw]) for _ in range(3)]
+            r = bench.best_of(runs)
+            if r["errors"]:
+                raise bench.BenchError(f"{label}: {r['errors']} errors")
+            out[label] = {"rps": round(r["rps"]), "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+                          "runs_rps": [round(x["rps"]) for x in runs]}
+            bench.log(f"  {label}: {r['rps']:.0f} req/s p99 {r['p99_us']} µs")
+    finally:
+        gw.stop()
+    return out
+
+
+def main():
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else bench.ROOT / "bench" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="vog-bench-outbox-"))
+    sim = bench.Sim(workdir, workers=2)
+    pg = Postgres(workdir)
+    try:
+        drains = [drain(workdir, sim, "sqlite", 1), drain(workdir, sim, "postgres", 1, pg),
+                  drain(workdir, sim, "postgres", 2, pg)]
+        path_figures = paths(workdir, sim, 10)
+    finally:
+        pg.stop()
+        sim.stop()
+    lines = [f"# The outbox: drain rate and the 202 path ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{bench.machine()['nproc']} CPUs, {bench.machine()['git']})", "",
+             f"Drain: {BACKLOG:,} pending 10-line receipts in the store, delivered to the simulator by the gateways "
+             "(from start to the last delivery).", "",
+             "| store | replicas | seconds | receipts/s |", "|---|---|---|---|"]
+    lines += [f"| {d['store']} | {d['replicas']} | {d['seconds']} | {d['per_second']:,} |" for d in drains]
+    s, a = path_figures["synchronous"], path_figures["async-202"]
+    lines += ["", "The 202 path beside the synchronous one (wrk, 32 connections, 10-line receipts, best of 3 runs of 10 s; "
+              "one gateway on SQLite, its worker delivering meanwhile):", "",
+              "| path | req/s | p50 ms | p99 ms | runs req/s |", "|---|---|---|---|---|"]
+    for label, r in (("synchronous 201", s), ("Prefer: respond-async, 202", a)):
+        lines.append(f"| {label} | {r['rps']:,} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['runs_rps']} |")
+    lines += ["", f"202 / synchronous: throughput {a['rps'] / s['rps']:.2f}×, p99 {a['p99_us'] / s['p99_us']:.2f}×"]
+    text = "\n".join(lines) + "\n"
+    (out / "outbox.md").write_text(text)
+    (out / "outbox.json").write_text(json.dumps({"drains": drains, "paths": path_figures}, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -272,6 +272,9 @@ pub struct Store {
     pool: Pool,
     /// The store's URL without its password, for logs and errors.
     name: String,
+    /// SQLite's group writer; PostgreSQL commits each request on its own
+    /// connection (it groups concurrent commits itself).
+    writer: Option<tokio::sync::mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -289,6 +292,133 @@ macro_rules! with_pool {
             Pool::Postgres($pool) => $body,
         }
     };
+}
+
+/// One request's enqueue in the open transaction `$tx` (`&mut
+/// Transaction`), which the caller commits: what [`Store::enqueue`] answers,
+/// and at most one statement that writes.
+macro_rules! enqueue_in {
+    ($tx:expr, $new:expr, $now:expr) => {
+        async {
+            let tx = $tx;
+            let new: &NewDelivery = $new;
+            let now: i64 = $now;
+            let existing: Vec<Row> = sqlx::query_as(SELECT_ORDER)
+                .bind(&new.msn)
+                .bind(&new.payment_type)
+                .bind(&new.order_id)
+                .bind(new.kind.as_str())
+                .fetch_all(&mut **tx)
+                .await?;
+            let pending = existing
+                .iter()
+                .position(|r| r.state == State::Pending.as_str());
+            let answer = match (new.kind, pending) {
+                (Kind::Receipt, Some(i)) => {
+                    let row = existing
+                        .into_iter()
+                        .nth(i)
+                        .ok_or(sqlx::Error::RowNotFound)?;
+                    let same = row.fingerprint == new.fingerprint;
+                    Some(row.delivery().map(|d| {
+                        if same {
+                            Enqueued::Repost(d)
+                        } else {
+                            Enqueued::Conflict(d)
+                        }
+                    }))
+                }
+                (Kind::Receipt, None) if !existing.is_empty() => existing
+                    .into_iter()
+                    .next()
+                    .map(|r| r.delivery().map(Enqueued::AlreadyDelivered)),
+                (Kind::Category, Some(i)) if !existing[i].leased(now) => {
+                    if existing[i].fingerprint == new.fingerprint {
+                        existing
+                            .into_iter()
+                            .nth(i)
+                            .map(|r| r.delivery().map(Enqueued::Repost))
+                    } else {
+                        let replaced: Option<Row> = sqlx::query_as(REPLACE)
+                            .bind(&new.payload)
+                            .bind(&new.fingerprint)
+                            .bind(now)
+                            .bind(existing[i].seq)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        replaced.map(|r| r.delivery().map(Enqueued::Replaced))
+                    }
+                }
+                _ => None,
+            };
+            let answer = match answer {
+                Some(answer) => answer,
+                None => {
+                    let row: Row = sqlx::query_as(INSERT)
+                        .bind(uuid::Uuid::new_v4().to_string())
+                        .bind(&new.msn)
+                        .bind(new.kind.as_str())
+                        .bind(&new.payment_type)
+                        .bind(&new.order_id)
+                        .bind(&new.fingerprint)
+                        .bind(&new.payload)
+                        .bind(now)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    row.delivery().map(Enqueued::Created)
+                }
+            };
+            Ok::<_, sqlx::Error>(answer)
+        }
+    };
+}
+
+/// Most SQLite enqueues committed together.
+const GROUP_MAX: usize = 64;
+
+/// An enqueue waiting for the SQLite writer.
+struct Job {
+    new: NewDelivery,
+    now: i64,
+    done: tokio::sync::oneshot::Sender<Result<Enqueued, StoreError>>,
+}
+
+/// SQLite's enqueues, committed in groups: every request waiting when a
+/// commit starts goes into it, so one sync to disk stores them all (with
+/// `synchronous = FULL`, one sync per commit bounds the `202`s a second).
+/// Each request is answered once its group is committed.
+async fn sqlite_writer(pool: SqlitePool, name: String, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed: Result<Vec<Result<Enqueued, StoreError>>, sqlx::Error> = async {
+            let mut tx = pool.begin().await?;
+            let mut answers = Vec::with_capacity(group.len());
+            for job in &group {
+                answers.push(enqueue_in!(&mut tx, &job.new, job.now).await?);
+            }
+            tx.commit().await?;
+            Ok(answers)
+        }
+        .await;
+        match committed {
+            Ok(answers) => {
+                for (job, answer) in group.into_iter().zip(answers) {
+                    let _ = job.done.send(answer);
+                }
+            }
+            Err(e) => {
+                for job in group {
+                    let _ = job.done.send(Err(unavailable(&name, &e)));
+                }
+            }
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -370,9 +500,12 @@ impl Store {
                 .run(&pool)
                 .await
                 .map_err(|e| unavailable(&e.into()))?;
+            let (writer, jobs) = tokio::sync::mpsc::channel(GROUP_MAX * 4);
+            tokio::spawn(sqlite_writer(pool.clone(), name.clone(), jobs));
             Ok(Store {
                 pool: Pool::Sqlite(pool),
                 name,
+                writer: Some(writer),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url)?;
@@ -402,6 +535,7 @@ impl Store {
             Ok(Store {
                 pool: Pool::Postgres(pool),
                 name,
+                writer: None,
             })
         } else {
             Err(StoreError::Url)
@@ -421,6 +555,20 @@ impl Store {
     /// already has a pending entry this request repeats, conflicts with or
     /// replaces (see [`Enqueued`]).
     pub async fn enqueue(&self, new: &NewDelivery, now: i64) -> Result<Enqueued, StoreError> {
+        if let Some(writer) = &self.writer {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let job = Job {
+                new: new.clone(),
+                now,
+                done,
+            };
+            let gone = || StoreError::Unavailable {
+                store: self.name.clone(),
+                reason: "the store is closed".into(),
+            };
+            writer.send(job).await.map_err(|_| gone())?;
+            return answer.await.map_err(|_| gone())?;
+        }
         // A receipt stored by another replica between the look and the
         // insert breaks the unique index: look again, once.
         for _ in 0..2 {
@@ -441,66 +589,7 @@ impl Store {
     ) -> Result<Result<Enqueued, StoreError>, sqlx::Error> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let existing: Vec<Row> = sqlx::query_as(SELECT_ORDER)
-                .bind(&new.msn)
-                .bind(&new.payment_type)
-                .bind(&new.order_id)
-                .bind(new.kind.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-            let pending = existing.iter().position(|r| r.state == State::Pending.as_str());
-            let answer = match (new.kind, pending) {
-                (Kind::Receipt, Some(i)) => {
-                    let row = existing.into_iter().nth(i).ok_or(sqlx::Error::RowNotFound)?;
-                    let same = row.fingerprint == new.fingerprint;
-                    let d = row.delivery();
-                    tx.rollback().await?;
-                    return Ok(d.map(|d| if same { Enqueued::Repost(d) } else { Enqueued::Conflict(d) }));
-                }
-                (Kind::Receipt, None) if !existing.is_empty() => {
-                    let d = existing.into_iter().next().map(Row::delivery);
-                    tx.rollback().await?;
-                    return Ok(d
-                        .ok_or_else(|| StoreError::Corrupt("no delivered receipt".into()))
-                        .and_then(|d| d.map(Enqueued::AlreadyDelivered)));
-                }
-                (Kind::Category, Some(i)) if !existing[i].leased(now) => {
-                    let row = &existing[i];
-                    if row.fingerprint == new.fingerprint {
-                        let d = existing.into_iter().nth(i).map(Row::delivery);
-                        tx.rollback().await?;
-                        return Ok(d
-                            .ok_or_else(|| StoreError::Corrupt("no pending category".into()))
-                            .and_then(|d| d.map(Enqueued::Repost)));
-                    }
-                    let replaced: Option<Row> = sqlx::query_as(REPLACE)
-                        .bind(&new.payload)
-                        .bind(&new.fingerprint)
-                        .bind(now)
-                        .bind(row.seq)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    replaced.map(|r| r.delivery().map(Enqueued::Replaced))
-                }
-                _ => None,
-            };
-            let answer = match answer {
-                Some(answer) => answer,
-                None => {
-                    let row: Row = sqlx::query_as(INSERT)
-                        .bind(uuid::Uuid::new_v4().to_string())
-                        .bind(&new.msn)
-                        .bind(new.kind.as_str())
-                        .bind(&new.payment_type)
-                        .bind(&new.order_id)
-                        .bind(&new.fingerprint)
-                        .bind(&new.payload)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    row.delivery().map(Enqueued::Created)
-                }
-            };
+            let answer = enqueue_in!(&mut tx, new, now).await?;
             tx.commit().await?;
             Ok(answer)
         })

@@ -201,9 +201,10 @@ pub enum Category {
     Booking,
 }
 
-/// A category link's id (2.1's `categoryId`): a UUID in its hyphenated
-/// form (36 characters), in either case.
-pub fn parse_category_id(raw: &str) -> Option<uuid::Uuid> {
+/// An id the gateway or Vipps hands out as a UUID (2.1's `categoryId`, an
+/// outbox delivery's id): a UUID in its hyphenated form (36 characters), in
+/// either case.
+pub fn parse_hyphenated_uuid(raw: &str) -> Option<uuid::Uuid> {
     if raw.len() != 36 {
         return None;
     }

@@ -17,7 +17,7 @@ use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse, ResponseError 
 
 use crate::auth::Grant;
 use crate::config::ProxySettings;
-use crate::domain::{parse_category_id, OrderId, MSN_HEADER};
+use crate::domain::{parse_hyphenated_uuid, OrderId, MSN_HEADER};
 use crate::error::{ApiError, Kind};
 use crate::facade::{read_body, AppState};
 use crate::middleware::{call_context, within_deadline, RequestContext};
@@ -94,7 +94,7 @@ fn segment_ok(pattern: &str, raw: &str) -> bool {
         // `transactionId` is documented only as a string; Vipps ids are
         // digits or order ids, so the order id rules (and length) apply.
         "{orderId}" | "{transactionId}" => OrderId::is_valid(raw),
-        "{categoryId}" => parse_category_id(raw).is_some(),
+        "{categoryId}" => parse_hyphenated_uuid(raw).is_some(),
         literal => literal == raw,
     }
 }
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn category_ids_are_uuid_shaped() {
-        assert!(parse_category_id("337f5e5d-288b-40d5-be14-901cc3acacc0").is_some());
+        assert!(parse_hyphenated_uuid("337f5e5d-288b-40d5-be14-901cc3acacc0").is_some());
         for bad in [
             "",
             "337f5e5d288b40d5be14901cc3acacc0",
@@ -450,7 +450,7 @@ mod tests {
             "337f5e5d-288b-40d5-be1-4901cc3acacc0",
             "..",
         ] {
-            assert!(parse_category_id(bad).is_none(), "{bad:?}");
+            assert!(parse_hyphenated_uuid(bad).is_none(), "{bad:?}");
             assert_eq!(
                 route(&Method::GET, &format!("/v3/categories/{bad}")),
                 Err(Refusal::NoRoute),

@@ -204,7 +204,7 @@ pub async fn list(
 
 /// A `{categoryId}`: a UUID in its hyphenated form, either case.
 pub fn category_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    crate::domain::parse_category_id(raw).ok_or_else(|| {
+    crate::domain::parse_hyphenated_uuid(raw).ok_or_else(|| {
         ApiError::field(
             Kind::InvalidRequest,
             "categoryId",

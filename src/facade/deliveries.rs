@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::{json_response, AppState, MerchantTarget};
+use crate::domain::parse_hyphenated_uuid;
 use crate::error::{ApiError, Kind};
 use crate::outbox::{location, Delivery, DeliveryView, State, Store};
 use actix_web::http::header;
@@ -51,9 +52,10 @@ pub async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = req.match_info().get("deliveryId").unwrap_or_default();
-    // Ids are hyphenated UUIDs; anything else names no delivery.
-    let id = uuid::Uuid::try_parse(id)
-        .map_err(|_| not_found())?
+    // Ids are hyphenated UUIDs, stored in lower case; anything else names
+    // no delivery.
+    let id = parse_hyphenated_uuid(id)
+        .ok_or_else(not_found)?
         .hyphenated()
         .to_string();
     let store = store(&state).await?;

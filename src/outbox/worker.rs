@@ -52,6 +52,19 @@ enum Attempt {
     Again(String),
 }
 
+/// A Vipps call that failed: Vipps refused it (`400`, `403`, `404`), which
+/// is final; anything else is tried again.
+fn failed_call(e: UpstreamError, op: Operation, problem: &dyn Fn(ApiError) -> String) -> Attempt {
+    let refused = matches!(&e, UpstreamError::Status { status, .. }
+        if matches!(status.as_u16(), 400 | 403 | 404));
+    let problem = problem(upstream_problem(e, op));
+    if refused {
+        Attempt::Refused(problem)
+    } else {
+        Attempt::Again(problem)
+    }
+}
+
 /// An attempt that ended in a façade problem (an image upload): one the
 /// caller could fix (a 4xx other than 429) is final, anything else (Vipps
 /// unavailable, its credentials) is tried again.
@@ -274,12 +287,7 @@ impl Worker {
                 self.settle_conflict(&ctx, pt, &order, &sent, &problem)
                     .await
             }
-            Err(e @ UpstreamError::Status { status, .. })
-                if matches!(status.as_u16(), 400 | 403 | 404) =>
-            {
-                Attempt::Refused(problem(upstream_problem(e, Operation::Receipt)))
-            }
-            Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Receipt))),
+            Err(e) => failed_call(e, Operation::Receipt, &problem),
         }
     }
 
@@ -326,12 +334,7 @@ impl Worker {
         };
         match self.client.put_category(ctx, pt, order, &upstream).await {
             Ok(()) => Attempt::Delivered,
-            Err(e @ UpstreamError::Status { status, .. })
-                if matches!(status.as_u16(), 400 | 403 | 404) =>
-            {
-                Attempt::Refused(problem(upstream_problem(e, Operation::Category)))
-            }
-            Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Category))),
+            Err(e) => failed_call(e, Operation::Category, problem),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::outbox::{
-    fingerprint, now_ms, prefers_async, Enqueued, Kind as OutboxKind, NewDelivery,
+    fingerprint, now_ms, prefers_async, receipt_payload, Enqueued, Kind as OutboxKind, NewDelivery,
 };
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::vipps::model::{Receipt, ReceiptJson};
@@ -87,14 +87,6 @@ pub async fn post(
     .await
 }
 
-/// What the outbox keeps of a receipt (read back as
-/// [`crate::outbox::ReceiptPayload`]).
-#[derive(Serialize)]
-struct Stored<'a> {
-    receipt: &'a ReceiptJson,
-    totals: &'a Totals,
-}
-
 /// Stores the receipt in the outbox and answers `202` with its delivery
 /// (the same delivery for an identical repost while it is pending). `None`:
 /// the order's receipt was delivered already, and the request is answered
@@ -108,11 +100,7 @@ async fn accept_async(
     receipt_totals: &Totals,
 ) -> Result<Option<HttpResponse>, ApiError> {
     let store = state.outbox.store().await?;
-    let payload = serde_json::to_string(&Stored {
-        receipt: sent,
-        totals: receipt_totals,
-    })
-    .map_err(|e| ApiError::internal(&e))?;
+    let payload = receipt_payload(sent, receipt_totals).map_err(|e| ApiError::internal(&e))?;
     let msn = ctx.merchant.msn.as_str();
     let new = NewDelivery {
         msn: msn.to_owned(),

@@ -192,12 +192,26 @@ pub fn location(msn: &str, id: &str) -> String {
     format!("/v1/merchants/{msn}/deliveries/{id}")
 }
 
-/// What the outbox keeps of a receipt: the very Vipps receipt it sends and
-/// the totals the `201` would have carried.
-#[derive(Serialize, serde::Deserialize)]
+/// What the outbox keeps of a receipt, as the worker and the delivery
+/// resource read it: the very Vipps receipt it sends and the totals the
+/// `201` would have carried. Written by [`receipt_payload`].
+#[derive(serde::Deserialize)]
 pub struct ReceiptPayload {
     pub receipt: Box<serde_json::value::RawValue>,
     pub totals: Box<serde_json::value::RawValue>,
+}
+
+/// The stored form of a receipt about to be accepted ([`ReceiptPayload`]).
+pub fn receipt_payload(
+    receipt: &crate::vipps::model::ReceiptJson,
+    totals: &crate::translate::receipt::Totals,
+) -> serde_json::Result<String> {
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        receipt: &'a crate::vipps::model::ReceiptJson,
+        totals: &'a crate::translate::receipt::Totals,
+    }
+    serde_json::to_string(&Stored { receipt, totals })
 }
 
 /// What the outbox keeps of a category link: the link, and an inline image

@@ -66,24 +66,25 @@ impl Scrape {
         found.first().map_or(0.0, |s| s.value)
     }
 
-    /// Series with this label value that come from traffic: the outbox's
-    /// backlog gauges, which the worker sets for every configured merchant
-    /// from the start, are left out.
-    fn series_with(&self, label: &str, value: &str) -> usize {
+    /// The series that come from traffic: the outbox's backlog gauges,
+    /// which the worker sets for every configured merchant from the start,
+    /// are left out.
+    fn traffic_series(&self) -> impl Iterator<Item = &Sample> {
         self.0
             .iter()
             .filter(|s| !s.name.starts_with("gateway_outbox_"))
+    }
+
+    /// Series from traffic with this label value.
+    fn series_with(&self, label: &str, value: &str) -> usize {
+        self.traffic_series()
             .filter(|s| s.labels.get(label).map(String::as_str) == Some(value))
             .count()
     }
 
-    /// How many series come from traffic (the outbox's gauges left out, as
-    /// in [`Scrape::series_with`]).
+    /// How many series come from traffic.
     fn len(&self) -> usize {
-        self.0
-            .iter()
-            .filter(|s| !s.name.starts_with("gateway_outbox_"))
-            .count()
+        self.traffic_series().count()
     }
 }
 

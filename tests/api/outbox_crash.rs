@@ -130,28 +130,13 @@ async fn receipts_accepted_during_an_outage_survive_a_sigkill_and_reach_vipps_on
     drop(second);
 }
 
-/// A fresh database on the test PostgreSQL server.
-async fn postgres_database() -> String {
-    let server = crate::outbox_store::postgres_server();
-    let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
-        .await
-        .expect("the test PostgreSQL server answers");
-    let db = format!("vog_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    format!("{server}/{db}")
-}
-
 #[actix_web::test]
 async fn two_gateways_on_one_postgres_share_a_backlog_and_take_over_a_dead_ones_entries() {
     let app = spawn_app().await;
     app.add_fault(json!({"endpoint": "receipt", "status": 503}))
         .await;
     let dir = temp_dir("replicas");
-    let store = postgres_database().await;
+    let store = crate::outbox_store::postgres_database().await;
     let orders: Vec<String> = (0..1000).map(|i| format!("shared-{i}")).collect();
 
     let a = gateway(&app, &dir, "a", &store, "3s");

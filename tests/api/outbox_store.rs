@@ -26,15 +26,15 @@ async fn sqlite_store() -> Store {
 }
 
 /// The test server, without a database: `postgres://USER@HOST:PORT`.
-pub fn postgres_server() -> String {
+fn postgres_server() -> String {
     std::env::var("GATEWAY_TEST_POSTGRES_URL").expect(
         "GATEWAY_TEST_POSTGRES_URL names the PostgreSQL server of the outbox tests \
          (postgres://USER@HOST:PORT); scripts/test starts one",
     )
 }
 
-/// A store in a database of its own on the test server.
-async fn postgres_store() -> Store {
+/// The URL of a fresh database on the test server.
+pub async fn postgres_database() -> String {
     let server = postgres_server();
     let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
         .await
@@ -45,7 +45,12 @@ async fn postgres_store() -> Store {
         .await
         .unwrap();
     admin.close().await;
-    Store::open(&format!("{server}/{db}"), None)
+    format!("{server}/{db}")
+}
+
+/// A store in a database of its own on the test server.
+async fn postgres_store() -> Store {
+    Store::open(&postgres_database().await, None)
         .await
         .expect("a PostgreSQL store in a fresh database opens")
 }

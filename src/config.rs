@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
@@ -336,6 +336,11 @@ pub struct OutboxSettings {
     /// How long delivered and failed entries are kept.
     #[serde(default = "defaults::outbox_retention", with = "humantime_serde")]
     pub retention: Duration,
+    /// Most entries of one merchant waiting for delivery: past it, an
+    /// asynchronous request is answered `503 outbox-full`. What bounds the
+    /// store, since a `202` is not limited by the merchant's rate.
+    #[serde(default = "defaults::outbox_max_pending_per_merchant")]
+    pub max_pending_per_merchant: u32,
 }
 
 impl Default for OutboxSettings {
@@ -349,6 +354,7 @@ impl Default for OutboxSettings {
             backoff_max: defaults::outbox_backoff_max(),
             max_age: defaults::outbox_max_age(),
             retention: defaults::outbox_retention(),
+            max_pending_per_merchant: defaults::outbox_max_pending_per_merchant(),
         }
     }
 }
@@ -463,6 +469,37 @@ impl std::fmt::Debug for Merchant {
 /// The configured merchants by MSN.
 pub type Merchants = HashMap<Msn, Arc<Merchant>>;
 
+/// The configured merchants, replaceable at run time (secrets reloaded).
+#[derive(Default)]
+pub struct MerchantRegistry(RwLock<Arc<Merchants>>);
+
+impl MerchantRegistry {
+    pub fn new(merchants: Merchants) -> Self {
+        Self(RwLock::new(Arc::new(merchants)))
+    }
+
+    /// The configured merchant with this MSN (any text: an ill-formed MSN
+    /// is simply not configured).
+    pub fn get(&self, msn: &str) -> Option<Arc<Merchant>> {
+        self.snapshot().get(msn).cloned()
+    }
+
+    pub fn snapshot(&self) -> Arc<Merchants> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, merchants: Merchants) {
+        let mut g = match self.0.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Arc::new(merchants);
+    }
+}
+
 mod defaults {
     use std::time::Duration;
 
@@ -486,6 +523,9 @@ mod defaults {
     }
     pub fn outbox_max_age() -> Duration {
         Duration::from_secs(72 * 3600)
+    }
+    pub fn outbox_max_pending_per_merchant() -> u32 {
+        100_000
     }
     pub fn outbox_retention() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
@@ -636,6 +676,9 @@ impl Settings {
         // entry.
         if o.lease < Duration::from_secs(2) {
             return bad("outbox.lease must be at least 2s".into());
+        }
+        if o.max_pending_per_merchant == 0 {
+            return bad("outbox.max_pending_per_merchant must be at least 1".into());
         }
         if o.backoff_base.is_zero() || o.backoff_base > o.backoff_max {
             return bad(

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 /// The header naming the merchant of a Vipps call (and of a proxied one).
 pub const MSN_HEADER: &str = "merchant-serial-number";
 
+/// Where the reverse proxy serves: what follows it is the upstream path
+/// below `/order-management`. Known here so the request middleware can tell
+/// a proxied request without depending on the proxy.
+pub const PROXY_PREFIX: &str = "/vipps/order-management";
+
 /// The currencies the upstream accepts; all have two decimals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Currency {

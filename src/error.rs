@@ -10,7 +10,6 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::middleware;
 use crate::vipps::resilience::retry_after_secs;
 use crate::vipps::UpstreamError;
 
@@ -75,6 +74,8 @@ pub enum Kind {
     DeadlineExceeded,
     /// The outbox's store cannot be used (not open, or a statement failed).
     OutboxUnavailable,
+    /// The merchant has `outbox.max_pending_per_merchant` entries waiting.
+    OutboxFull,
     /// The merchant has no delivery with this id.
     DeliveryNotFound,
     /// A fault inside the gateway; details are in its log, never in the body.
@@ -83,7 +84,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [Kind; 27] = [
+    pub const ALL: [Kind; 28] = [
         Kind::InvalidRequest,
         Kind::Unprocessable,
         Kind::PayloadTooLarge,
@@ -109,6 +110,7 @@ impl Kind {
         Kind::RateLimited,
         Kind::DeadlineExceeded,
         Kind::OutboxUnavailable,
+        Kind::OutboxFull,
         Kind::DeliveryNotFound,
         Kind::Internal,
     ];
@@ -229,6 +231,11 @@ impl Kind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "outbox-unavailable",
                 "Outbox unavailable",
+            ),
+            OutboxFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outbox-full",
+                "Outbox full for this merchant",
             ),
             DeliveryNotFound => (
                 StatusCode::NOT_FOUND,
@@ -495,7 +502,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.kind.status();
-        let ctx = middleware::current();
+        let ctx = crate::request::current();
         let body = self.problem_json(
             &ctx.as_ref()
                 .map_or_else(|| "/".to_owned(), |c| c.path.clone()),
@@ -530,7 +537,9 @@ mod tests {
             | NotFound | MethodNotAllowed | ReceiptConflict | ImageIdTaken | UpstreamConflict
             | UpstreamRejected | UpstreamAuth | UpstreamFailed | UpstreamTimeout | UpstreamBusy
             | TokenUnavailable | CircuitOpen | Overloaded | RateLimited | DeadlineExceeded
-            | OutboxUnavailable | DeliveryNotFound | Internal => Kind::ALL.contains(&kind),
+            | OutboxUnavailable | OutboxFull | DeliveryNotFound | Internal => {
+                Kind::ALL.contains(&kind)
+            }
         }
     }
 

@@ -16,11 +16,14 @@ pub mod middleware;
 pub mod ops;
 pub mod outbox;
 pub mod proxy;
+pub mod request;
 pub mod simulator;
+pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_seed;
 pub mod translate;
+pub mod usecase;
 pub mod vipps;
 
 use std::net::TcpListener;
@@ -32,13 +35,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::Authenticator;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, MerchantRegistry, Settings};
 use crate::domain::Msn;
 use crate::error::{ApiError, Kind};
-use crate::facade::{AppState, MerchantRegistry};
 use crate::metrics::Metrics;
 use crate::outbox::worker::Worker;
 use crate::outbox::Outbox;
+use crate::state::AppState;
 use crate::vipps::resilience::Guards;
 use crate::vipps::{Upstream, VippsClient};
 
@@ -203,7 +206,7 @@ impl Application {
         let metrics_server = Self::metrics_server(&settings, &upstream)?;
         let outbox = Outbox::new(settings.outbox.clone(), metrics.clone());
         let state = web::Data::new(AppState {
-            merchants: MerchantRegistry::new(merchants),
+            merchants: Arc::new(MerchantRegistry::new(merchants)),
             api_version: settings.upstream.api_version,
             limits: settings.limits.clone(),
             guards,
@@ -296,7 +299,13 @@ impl Application {
         if let Some(tasks) = self.outbox {
             actix_web::rt::spawn(tasks.outbox.clone().open());
             let client = VippsClient::new(tasks.upstream);
-            actix_web::rt::spawn(Worker::new(tasks.outbox, client, tasks.state).run());
+            let worker = Worker::new(
+                tasks.outbox,
+                client,
+                tasks.state.merchants.clone(),
+                tasks.state.guards.clone(),
+            );
+            actix_web::rt::spawn(worker.run());
         }
         self.server
     }

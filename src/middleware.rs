@@ -1,19 +1,17 @@
 //! The request middleware: each request gets an id (the caller's
 //! `X-Request-Id` when it is sane, a new one otherwise, returned on every
 //! response), a deadline, a tracing span with its log fields, and its
-//! metrics. The id, path and deadline are also kept in a task-local so an
-//! error body can name them without threading the request through every
-//! function.
+//! metrics. The id, path and deadline are also kept in a task-local
+//! ([`crate::request`]) so an error body can name them without threading
+//! the request through every function.
 
-use std::cell::Cell;
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderValue;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 use futures_util::future::{Either, FutureExt as _};
@@ -21,47 +19,17 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::config::Merchant;
+use crate::domain::PROXY_PREFIX;
 use crate::domain::{Msn, MSN_HEADER};
 use crate::error::{ApiError, Kind};
-use crate::facade::AppState;
 use crate::metrics::{self, Metrics};
+pub use crate::request::{
+    call_context, current, RequestContext, RequestSettings, HEADER, HEADER_NAME,
+};
+use crate::request::{current_deadline, serve, Routed, DEFAULT_DEADLINE};
+use crate::state::AppState;
 use crate::telemetry::{REQUEST_SPAN, REQUEST_TARGET};
-use crate::vipps::{CallContext, Exchange, Observed};
-
-pub const HEADER: &str = "x-request-id";
-/// [`HEADER`] as a header name, for lookups without parsing the name.
-pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
-
-/// What an error body and a handler need to know about the request being
-/// served.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    pub id: Arc<str>,
-    pub path: String,
-    /// When the request must be answered; upstream calls and retries stop
-    /// before it.
-    pub deadline: tokio::time::Instant,
-    /// Where the Vipps client leaves the last exchange, for the log.
-    observed: Observed,
-    /// Set once a resource has recorded the route.
-    routed: Routed,
-}
-
-/// How requests are served, as app data: the most time one may take
-/// (`resilience.request_deadline`).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestSettings {
-    pub deadline: Duration,
-}
-
-tokio::task_local! {
-    static CONTEXT: RequestContext;
-}
-
-/// The context of the request being served, if any.
-pub fn current() -> Option<RequestContext> {
-    CONTEXT.try_with(Clone::clone).ok()
-}
+use crate::vipps::{Exchange, Observed};
 
 /// Runs a handler's work within the request's deadline: past it the caller
 /// gets a 504 and the work is dropped (a receipt that reached Vipps is found
@@ -71,8 +39,8 @@ pub fn current() -> Option<RequestContext> {
 pub fn within_deadline<T>(
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> impl Future<Output = Result<T, ApiError>> {
-    match CONTEXT.try_with(|c| c.deadline) {
-        Ok(at) => Either::Left(tokio::time::timeout_at(at, work).map(|done| {
+    match current_deadline() {
+        Some(at) => Either::Left(tokio::time::timeout_at(at, work).map(|done| {
             done.unwrap_or_else(|_| {
                 Err(ApiError::new(
                     Kind::DeadlineExceeded,
@@ -80,36 +48,16 @@ pub fn within_deadline<T>(
                 ))
             })
         })),
-        Err(_) => Either::Right(work),
+        None => Either::Right(work),
     }
 }
-
-/// The context of a request's upstream calls for `merchant`: its deadline
-/// and where the client leaves what the last exchange showed.
-pub fn call_context(req: &actix_web::HttpRequest, merchant: Arc<Merchant>) -> CallContext {
-    let extensions = req.extensions();
-    let ctx = extensions.get::<RequestContext>();
-    let deadline = ctx.map_or_else(
-        || tokio::time::Instant::now() + DEFAULT_DEADLINE,
-        |c| c.deadline,
-    );
-    let observed = ctx.map(|c| c.observed.clone()).unwrap_or_default();
-    CallContext {
-        merchant,
-        deadline,
-        observed,
-    }
-}
-
-/// The deadline of a request served without [`RequestSettings`].
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The merchant of a request, for the log (the path's MSN when it is well
 /// formed) and for metrics (a configured MSN, `unknown` or `none`: never an
 /// arbitrary value, so the label stays bounded).
 fn merchant_labels(req: &ServiceRequest) -> (Option<String>, MsnLabel) {
     // The proxy names its merchant in a header, the façade in the path.
-    let raw = if req.path().starts_with(crate::proxy::PREFIX) {
+    let raw = if req.path().starts_with(PROXY_PREFIX) {
         req.headers().get(MSN_HEADER).and_then(|v| v.to_str().ok())
     } else {
         metrics::path_msn(req.path())
@@ -167,12 +115,6 @@ fn usable(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
-
-/// The operation of a request that reached a resource, set by [`routed`]
-/// once it has recorded the route on the span; shared with the request
-/// middleware, which records the route itself otherwise.
-#[derive(Debug, Clone, Default)]
-struct Routed(Rc<Cell<Option<&'static str>>>);
 
 /// Records a routed request's `route` (its resource's pattern) and
 /// `operation` on its span, as the resource's first step. The resource
@@ -271,7 +213,7 @@ pub async fn middleware(
     req.extensions_mut().insert(ctx.clone());
     // The proxy judges its raw path itself; its log names the surface, not
     // the caller's path, so a log line never carries an arbitrary path.
-    let proxied = req.path().starts_with(crate::proxy::PREFIX);
+    let proxied = req.path().starts_with(PROXY_PREFIX);
     let (msn_log, msn_label) = merchant_labels(&req);
     // A façade request's route is recorded once routed (`routed`); the
     // proxy's is known now.
@@ -330,8 +272,7 @@ pub async fn middleware(
         }
         result
     };
-    let mut res = CONTEXT
-        .scope(ctx, served_request.instrument(span))
+    let mut res = serve(ctx, served_request.instrument(span))
         .await?
         .map_into_boxed_body();
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -377,7 +318,7 @@ mod tests {
     fn proxy_route_names_the_proxy_prefix() {
         assert_eq!(
             PROXY_ROUTE,
-            format!("{}/...", crate::proxy::PREFIX),
+            format!("{}/...", crate::domain::PROXY_PREFIX),
             "the log's proxy route follows the prefix"
         );
     }

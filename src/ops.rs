@@ -6,7 +6,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::error::{ApiError, Kind};
-use crate::facade::{resource, AppState};
+use crate::facade::resource;
+use crate::state::AppState;
 use crate::vipps::Upstream;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

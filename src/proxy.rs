@@ -19,12 +19,13 @@ use crate::auth::Grant;
 use crate::config::ProxySettings;
 use crate::domain::{parse_hyphenated_uuid, OrderId, MSN_HEADER};
 use crate::error::{ApiError, Kind};
-use crate::facade::{read_body, AppState};
+use crate::facade::read_body;
 use crate::middleware::{call_context, within_deadline, RequestContext};
+use crate::state::AppState;
 use crate::vipps::VippsClient;
 
 /// The gateway's prefix; what follows it is the upstream path below `/order-management`.
-pub const PREFIX: &str = "/vipps/order-management";
+pub use crate::domain::PROXY_PREFIX as PREFIX;
 
 /// Where Order Management's paths start upstream.
 const UPSTREAM_PREFIX: &str = "/order-management";

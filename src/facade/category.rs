@@ -7,19 +7,18 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::deliveries::accepted;
-use super::images::{image_problem, parse_image_id, upload};
-use super::{
-    json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
-};
+use super::images::{image_problem, parse_image_id};
+use super::{json_response, parse_json, read_body, AppState, AsyncOrderTarget, OrderTarget};
 use crate::domain::{check_url, Category, ImageId, OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::outbox::{
-    fingerprint, now_ms, prefers_async, CategoryPayload, Enqueued, Kind as OutboxKind, NewDelivery,
+    fingerprint, prefers_async, CategoryPayload, Enqueued, Kind as OutboxKind, NewDelivery,
     StoredImage,
 };
-use crate::translate::image::{check_base64, CheckedImage};
-use crate::vipps::model::OrderCategory;
+use crate::translate::image::check_base64;
+use crate::usecase::put_category;
+pub use crate::usecase::LinkImage;
 use crate::vipps::{CallContext, VippsClient};
 
 #[derive(Debug, Deserialize)]
@@ -65,17 +64,6 @@ pub struct ParsedLink {
     pub image: LinkImage,
 }
 
-pub enum LinkImage {
-    None,
-    /// An image uploaded earlier.
-    Id(ImageId),
-    /// An image to upload first, under `named` or its content-derived id.
-    Inline {
-        image: CheckedImage,
-        named: Option<ImageId>,
-    },
-}
-
 /// Reads and checks the body of a category PUT (v2) or POST (v3 links).
 pub async fn parse_link(
     req: &HttpRequest,
@@ -113,11 +101,7 @@ pub async fn parse_link(
 impl ParsedLink {
     /// The link to send, its inline image uploaded first.
     pub async fn upload(self, client: &VippsClient, ctx: &CallContext) -> Result<Link, ApiError> {
-        let image_id = match self.image {
-            LinkImage::None => None,
-            LinkImage::Id(id) => Some(id),
-            LinkImage::Inline { image, named } => Some(upload(client, ctx, image, named).await?.0),
-        };
+        let image_id = self.image.upload(client, ctx).await?;
         Ok(Link {
             category: self.category,
             url: self.url,
@@ -178,21 +162,17 @@ async fn accept_async(
         fingerprint: fingerprint(&payload),
         payload,
     };
-    match store
-        .enqueue(&new, now_ms())
-        .await
-        .map_err(|e| state.outbox.failed(&e))?
-    {
+    match state.outbox.enqueue(&store, &new).await? {
         Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => accepted(&d),
-        Enqueued::Conflict(_) | Enqueued::AlreadyDelivered(_) => Err(ApiError::internal(
-            &"the outbox answered a category link as a receipt",
-        )),
+        Enqueued::Conflict(_) | Enqueued::AlreadyDelivered(_) | Enqueued::Full => Err(
+            ApiError::internal(&"the outbox answered a category link as a receipt"),
+        ),
     }
 }
 
 pub async fn put(
     // First, so an unauthenticated caller gets its 401 before any other check.
-    target: OrderTarget,
+    AsyncOrderTarget(target): AsyncOrderTarget,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -208,16 +188,16 @@ pub async fn put(
         if state.outbox.enabled() && prefers_async(req.headers()) {
             return accept_async(&state, &ctx, payment_type, &order, parsed).await;
         }
-        let link = parsed.upload(&client, &ctx).await?;
-        let upstream = OrderCategory {
-            category: link.category,
-            order_details_url: link.url,
-            image_id: link.image_id.as_ref().map(|i| i.as_str().to_owned()),
-        };
-        client
-            .put_category(&ctx, payment_type, &order, &upstream)
-            .await
-            .map_err(|e| upstream_problem(e, Operation::Category))?;
+        let upstream = put_category(
+            &client,
+            &ctx,
+            payment_type,
+            &order,
+            parsed.category,
+            parsed.url,
+            parsed.image,
+        )
+        .await?;
         json_response(
             StatusCode::OK,
             &CategoryResponse {

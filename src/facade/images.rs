@@ -5,15 +5,13 @@ use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    json_response, media_type, parse_json, read_body, upstream_problem, AppState, MerchantTarget,
-    Operation,
-};
+use super::{json_response, media_type, parse_json, read_body, AppState, MerchantTarget};
 use crate::domain::ImageId;
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
-use crate::translate::image::{check_base64, check_bytes, CheckedImage, ImageError};
-use crate::vipps::{CallContext, Retry, UpstreamError, VippsClient};
+use crate::translate::image::{check_base64, check_bytes, ImageError};
+use crate::usecase::upload_image;
+use crate::vipps::VippsClient;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -81,7 +79,7 @@ pub async fn post(
             }
         };
         let named = named.map(|id| parse_image_id(&id, "imageId")).transpose()?;
-        let (id, created) = upload(&client, &ctx, image, named).await?;
+        let (id, created) = upload_image(&client, &ctx, image, named).await?;
         let status = if created {
             StatusCode::CREATED
         } else {
@@ -110,41 +108,4 @@ pub fn image_problem(e: ImageError, field: &str) -> ApiError {
         ImageError::Unreadable(_) | ImageError::TooShort(_) => Kind::Unprocessable,
     };
     ApiError::field(kind, field, e.reason())
-}
-
-/// Uploads a checked image. Returns its id and whether it was new. A
-/// content-derived id that already exists upstream is the same image, so
-/// that is success; a caller-named id that exists is a conflict, because
-/// the upstream offers no way to read an image back and compare.
-pub async fn upload(
-    client: &VippsClient,
-    ctx: &CallContext,
-    image: CheckedImage,
-    named: Option<ImageId>,
-) -> Result<(ImageId, bool), ApiError> {
-    let content_derived = named.is_none();
-    let id = named.unwrap_or_else(|| image.content_id());
-    let retry = if content_derived {
-        Retry::Safe
-    } else {
-        Retry::IfNotProcessed
-    };
-    match client
-        .upload_image(ctx, &id, image.to_base64(), retry)
-        .await
-    {
-        Ok(()) => Ok((id, true)),
-        Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
-            if content_derived {
-                Ok((id, false))
-            } else {
-                Err(ApiError::field(
-                    Kind::ImageIdTaken,
-                    "imageId",
-                    "an image with this id already exists; image ids cannot be overwritten",
-                ))
-            }
-        }
-        Err(e) => Err(upstream_problem(e, Operation::Image)),
-    }
 }

@@ -9,7 +9,7 @@ pub mod order;
 pub mod receipt;
 
 use std::future::{ready, Ready};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use actix_web::dev::{AppService, HttpServiceFactory, Payload};
 use actix_web::http::header::{self, HeaderValue};
@@ -20,80 +20,13 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use crate::auth::Grant;
-use crate::config::{Limits, Merchant, Merchants};
-use crate::domain::{ApiVersion, OrderId, PaymentType};
+use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::call_context;
-use crate::vipps::resilience::{retry_after_secs, Guards};
-use crate::vipps::{CallContext, UpstreamError};
-
-/// The configured merchants, replaceable at run time (secrets reloaded).
-#[derive(Default)]
-pub struct MerchantRegistry(RwLock<Arc<Merchants>>);
-
-impl MerchantRegistry {
-    pub fn new(merchants: Merchants) -> Self {
-        Self(RwLock::new(Arc::new(merchants)))
-    }
-
-    /// The configured merchant with this MSN (any text: an ill-formed MSN
-    /// is simply not configured).
-    pub fn get(&self, msn: &str) -> Option<Arc<Merchant>> {
-        self.snapshot().get(msn).cloned()
-    }
-
-    pub fn snapshot(&self) -> Arc<Merchants> {
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn replace(&self, merchants: Merchants) {
-        let mut g = match self.0.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *g = Arc::new(merchants);
-    }
-}
-
-/// State shared by every worker.
-pub struct AppState {
-    pub merchants: MerchantRegistry,
-    /// The Order Management version receipts are built for.
-    pub api_version: ApiVersion,
-    pub limits: Limits,
-    pub guards: Arc<Guards>,
-    /// Asynchronous receipts (`Prefer: respond-async`).
-    pub outbox: Arc<crate::outbox::Outbox>,
-}
-
-impl AppState {
-    /// The merchant a request acts for: the caller's grant first (403), then
-    /// that it is configured (404).
-    pub fn merchant(&self, grant: &Grant, msn: &str) -> Result<Arc<Merchant>, ApiError> {
-        grant.check(msn)?;
-        let merchant = self.merchants.get(msn).ok_or_else(|| {
-            ApiError::new(
-                Kind::MerchantNotFound,
-                "No merchant with this MSN is configured.",
-            )
-        })?;
-        // The rate limit applies per merchant, before any work is done.
-        self.guards
-            .get(&merchant.msn)
-            .admit(self.guards.config())
-            .map_err(|wait| {
-                ApiError::new(
-                    Kind::RateLimited,
-                    "This merchant's request rate is exceeded; retry later.",
-                )
-                .with_retry_after(retry_after_secs(wait))
-            })?;
-        Ok(merchant)
-    }
-}
+use crate::outbox::prefers_async;
+pub use crate::state::AppState;
+pub use crate::usecase::{upstream_problem, Operation};
+use crate::vipps::CallContext;
 
 /// The merchant a request acts for, checked as SPEC §3 says (the caller's
 /// grant, then a configured merchant, then its rate), with the context of
@@ -107,20 +40,57 @@ impl FromRequest for MerchantTarget {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        ready(merchant_target(req, payload))
+        ready(merchant_target(req, payload, Admit::Always))
     }
 }
 
-fn merchant_target(req: &HttpRequest, payload: &mut Payload) -> Result<MerchantTarget, ApiError> {
+/// Whether a request takes one from its merchant's rate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// It calls Vipps.
+    Always,
+    /// It calls Vipps unless the outbox stores it (`Prefer:
+    /// respond-async`): a `202` touches only the store, which has its own
+    /// bound (`outbox.max_pending_per_merchant`).
+    UnlessStored,
+    /// It reads the gateway's own store only.
+    Never,
+}
+
+fn merchant_target(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    admit: Admit,
+) -> Result<MerchantTarget, ApiError> {
     let grant = Grant::from_request(req, payload).into_inner()?;
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal(&"no application state is registered"))?;
     let msn = req.match_info().get("msn").unwrap_or_default();
     let merchant = state.merchant(&grant, msn)?;
+    let stored = state.outbox.enabled() && prefers_async(req.headers());
+    if admit == Admit::Always || (admit == Admit::UnlessStored && !stored) {
+        state.admit(&merchant)?;
+    }
     Ok(MerchantTarget {
         ctx: call_context(req, merchant),
     })
+}
+
+/// The merchant of a route that reads the gateway's own store (the
+/// outbox's deliveries): checked as [`MerchantTarget`], but not counted
+/// against the merchant's rate, which guards calls to Vipps.
+pub struct StoreTarget {
+    pub ctx: CallContext,
+}
+
+impl FromRequest for StoreTarget {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(merchant_target(req, payload, Admit::Never).map(|t| StoreTarget { ctx: t.ctx }))
+    }
 }
 
 /// What an order route acts on: the merchant (as [`MerchantTarget`]), then
@@ -136,19 +106,39 @@ impl FromRequest for OrderTarget {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        ready(
-            merchant_target(req, payload).and_then(|MerchantTarget { ctx }| {
-                let order = order_id(req.match_info().get("orderId").unwrap_or_default())?;
-                let query = web::Query::<PaymentQuery>::from_query(req.query_string())
-                    .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?;
-                Ok(OrderTarget {
-                    ctx,
-                    order,
-                    payment_type: query.parse()?,
-                })
-            }),
-        )
+        ready(order_target(req, payload, Admit::Always))
     }
+}
+
+/// An order route that may store the request in the outbox (`Prefer:
+/// respond-async`) instead of calling Vipps: the merchant's rate is taken
+/// only when it calls Vipps. A handler that ends up calling Vipps after all
+/// takes it then ([`AppState::admit`]).
+pub struct AsyncOrderTarget(pub OrderTarget);
+
+impl FromRequest for AsyncOrderTarget {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(order_target(req, payload, Admit::UnlessStored).map(AsyncOrderTarget))
+    }
+}
+
+fn order_target(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    admit: Admit,
+) -> Result<OrderTarget, ApiError> {
+    let MerchantTarget { ctx } = merchant_target(req, payload, admit)?;
+    let order = order_id(req.match_info().get("orderId").unwrap_or_default())?;
+    let query = web::Query::<PaymentQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?;
+    Ok(OrderTarget {
+        ctx,
+        order,
+        payment_type: query.parse()?,
+    })
 }
 
 /// Registers the façade's routes.
@@ -416,108 +406,6 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::field(Kind::InvalidRequest, &name, reason)
 }
 
-/// Which façade operation an upstream answer belongs to, for naming fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Image,
-    Category,
-    /// 2.1's v3 category links.
-    CategoryLink,
-    Receipt,
-    Order,
-}
-
-/// Maps an upstream failure to the caller's problem, naming Vipps' invalid
-/// fields in the façade's terms.
-pub fn upstream_problem(e: UpstreamError, op: Operation) -> ApiError {
-    ApiError::upstream(e, &|name| facade_field(op, name))
-}
-
-/// Translates an upstream field name into the façade's, where there is one.
-pub fn facade_field(op: Operation, upstream: &str) -> String {
-    let lower = upstream.to_ascii_lowercase();
-    let rename = |table: &[(&str, &str)], name: &str| {
-        table
-            .iter()
-            .find(|(u, _)| u.eq_ignore_ascii_case(name))
-            .map(|(_, f)| (*f).to_owned())
-    };
-    match op {
-        Operation::Receipt => {
-            if let Some(rest) = lower.strip_prefix("orderlines[") {
-                if let Some((index, field)) = rest.split_once("].") {
-                    let line_fields = [
-                        ("name", "name"),
-                        ("id", "id"),
-                        ("totalAmount", "totalAmount"),
-                        ("taxPercentage", "taxPercent"),
-                        ("taxRate", "taxPercent"),
-                        ("discount", "discount"),
-                        ("productUrl", "productUrl"),
-                        ("isReturn", "isReturn"),
-                        ("isShipping", "isShipping"),
-                        ("unitInfo.unitPrice", "unitPrice"),
-                        ("unitInfo.quantity", "quantity"),
-                        ("unitInfo.quantityUnit", "unit"),
-                    ];
-                    if let Some(f) = rename(&line_fields, field) {
-                        return format!("lines[{index}].{f}");
-                    }
-                }
-            }
-            if let Some(field) = lower.strip_prefix("bottomline.") {
-                let bottom = [
-                    ("currency", "currency"),
-                    ("tipAmount", "tip"),
-                    ("posId", "posId"),
-                    ("receiptNumber", "receiptNumber"),
-                    ("barcode.format", "barcode.format"),
-                    ("barcode.data", "barcode.data"),
-                    ("paymentSources.giftCard", "paymentSources.giftCard"),
-                    ("paymentSources.card", "paymentSources.card"),
-                    ("paymentSources.voucher", "paymentSources.voucher"),
-                    ("paymentSources.cash", "paymentSources.cash"),
-                ];
-                if let Some(f) = rename(&bottom, field) {
-                    return f;
-                }
-            }
-        }
-        Operation::Category => {
-            let fields = [
-                ("category", "category"),
-                ("orderDetailsUrl", "url"),
-                ("imageId", "imageId"),
-            ];
-            if let Some(f) = rename(&fields, upstream) {
-                return f;
-            }
-        }
-        Operation::CategoryLink => {
-            let fields = [
-                ("type", "category"),
-                ("url", "url"),
-                ("imageId", "imageId"),
-                ("paymentType", "paymentType"),
-            ];
-            if let Some(f) = rename(&fields, upstream) {
-                return f;
-            }
-        }
-        Operation::Image => {
-            let fields = [("src", "data"), ("imageId", "imageId")];
-            if let Some(f) = rename(&fields, upstream) {
-                return f;
-            }
-        }
-        Operation::Order => {}
-    }
-    if upstream.eq_ignore_ascii_case("orderId") {
-        return "orderId".into();
-    }
-    upstream.to_owned()
-}
-
 /// A JSON response.
 pub fn json_response(
     status: actix_web::http::StatusCode,
@@ -532,29 +420,6 @@ pub fn json_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_field_names_become_facade_names() {
-        assert_eq!(
-            facade_field(Operation::Receipt, "orderLines[2].taxPercentage"),
-            "lines[2].taxPercent"
-        );
-        assert_eq!(
-            facade_field(Operation::Receipt, "OrderLines[0].UnitInfo.Quantity"),
-            "lines[0].quantity"
-        );
-        assert_eq!(
-            facade_field(Operation::Receipt, "bottomLine.tipAmount"),
-            "tip"
-        );
-        assert_eq!(
-            facade_field(Operation::Receipt, "orderLines[0].totalAmountExcludingTax"),
-            "orderLines[0].totalAmountExcludingTax"
-        );
-        assert_eq!(facade_field(Operation::Category, "orderDetailsUrl"), "url");
-        assert_eq!(facade_field(Operation::Image, "src"), "data");
-        assert_eq!(facade_field(Operation::CategoryLink, "type"), "category");
-    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

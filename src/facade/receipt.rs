@@ -6,18 +6,17 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::deliveries::accepted;
-use super::{
-    json_response, parse_json, read_body, upstream_problem, AppState, Operation, OrderTarget,
-};
+use super::{json_response, parse_json, read_body, AppState, AsyncOrderTarget, OrderTarget};
 use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::outbox::{
-    fingerprint, now_ms, prefers_async, receipt_payload, Enqueued, Kind as OutboxKind, NewDelivery,
+    fingerprint, prefers_async, receipt_payload, Enqueued, Kind as OutboxKind, NewDelivery,
 };
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
-use crate::vipps::model::{Receipt, ReceiptJson};
-use crate::vipps::{CallContext, UpstreamError, VippsClient};
+use crate::usecase::post_receipt;
+use crate::vipps::model::ReceiptJson;
+use crate::vipps::{CallContext, VippsClient};
 
 /// The `201` body: the very receipt sent to Vipps, its totals, and whether
 /// it was stored by an earlier attempt.
@@ -30,7 +29,7 @@ struct ReceiptCreated<'a> {
 
 pub async fn post(
     // First, so an unauthenticated caller gets its 401 before any other check.
-    target: OrderTarget,
+    AsyncOrderTarget(target): AsyncOrderTarget,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -67,14 +66,11 @@ pub async fn post(
             {
                 return Ok(accepted);
             }
+            // Delivered already: answered as a synchronous request, which
+            // calls Vipps and so takes one from the merchant's rate.
+            state.admit(&ctx.merchant)?;
         }
-        let replayed = match client.post_receipt(&ctx, payment_type, &order, &sent).await {
-            Ok(()) => false,
-            Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
-                resolve_conflict(&client, &ctx, payment_type, &order, &receipt).await?
-            }
-            Err(e) => return Err(upstream_problem(e, Operation::Receipt)),
-        };
+        let replayed = post_receipt(&client, &ctx, payment_type, &order, &sent).await?;
         json_response(
             StatusCode::CREATED,
             &ReceiptCreated {
@@ -111,50 +107,14 @@ async fn accept_async(
         fingerprint: fingerprint(sent.as_str()),
         payload,
     };
-    match store
-        .enqueue(&new, now_ms())
-        .await
-        .map_err(|e| state.outbox.failed(&e))?
-    {
+    match state.outbox.enqueue(&store, &new).await? {
         Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => accepted(&d).map(Some),
         Enqueued::Conflict(_) => Err(ApiError::new(
             Kind::ReceiptConflict,
             "A different receipt for this order is waiting to be delivered; receipts cannot be changed.",
         )),
         Enqueued::AlreadyDelivered(_) => Ok(None),
-    }
-}
-
-/// A receipt is immutable upstream. On a 409 the stored receipt is read
-/// back: the same as the one sent means an earlier attempt succeeded (a
-/// replay, `true`); a different one is a conflict.
-async fn resolve_conflict(
-    client: &VippsClient,
-    ctx: &CallContext,
-    payment_type: PaymentType,
-    order: &OrderId,
-    receipt: &Receipt<'_>,
-) -> Result<bool, ApiError> {
-    let stored = client
-        .get_order(ctx, payment_type, order)
-        .await
-        .map_err(|e| upstream_problem(e, Operation::Order))?
-        .and_then(|o| o.receipt);
-    match stored {
-        Some(s) if s.canonical() == receipt.canonical() => {
-            tracing::info!(
-                order = order.as_str(),
-                "receipt already stored and identical: replayed"
-            );
-            Ok(true)
-        }
-        Some(_) => Err(ApiError::new(
-            Kind::ReceiptConflict,
-            "This order already has a different receipt; receipts cannot be changed.",
-        )),
-        None => Err(ApiError::new(
-            Kind::UpstreamConflict,
-            "Vipps reported a conflict but holds no receipt for this order.",
-        )),
+        // Answered as `outbox-full` by the outbox.
+        Enqueued::Full => Err(ApiError::internal(&"the outbox answered full as stored")),
     }
 }

@@ -50,9 +50,16 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
-/// Between attempts to open a store that could not be opened.
-const REOPEN_MIN: Duration = Duration::from_secs(1);
-const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// Between attempts to open a store that could not be opened: short, so
+/// a database that comes back is used again within two seconds (an
+/// attempt on a database that is down fails within its acquire timeout).
+const REOPEN_MIN: Duration = Duration::from_millis(250);
+const REOPEN_MAX: Duration = Duration::from_millis(1000);
+/// How often a store that still cannot be opened is logged again.
+const REOPEN_LOG_EVERY: Duration = Duration::from_secs(60);
+/// The `Retry-After` of `outbox-full`: the backlog drains at the
+/// merchant's rate, or not at all while Vipps is down.
+const FULL_RETRY_AFTER_SECS: u64 = 30;
 /// How long a request waits for the first attempt to open the store.
 const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
 
@@ -94,10 +101,13 @@ impl Outbox {
         })
     }
 
-    /// Opens the store, trying again with a growing pause (1 s to 30 s)
-    /// while it cannot be opened, each time with a warning that names it.
+    /// Opens the store, trying again with a growing pause (0.25 s to 1 s)
+    /// while it cannot be opened, with a warning that names it: at the
+    /// first failure, when the reason changes, and once a minute.
     pub async fn open(self: Arc<Self>) {
         let mut pause = REOPEN_MIN;
+        let mut logged: Option<(String, tokio::time::Instant)> = None;
+        let mut failures: u64 = 0;
         loop {
             match self.try_open().await {
                 Ok(store) => {
@@ -111,7 +121,15 @@ impl Outbox {
                 }
                 Err(e) => {
                     self.metrics.outbox_store_error();
-                    tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "outbox store cannot be opened; asynchronous requests are answered 503 until it is");
+                    failures += 1;
+                    let reason = e.to_string();
+                    let due = logged.as_ref().is_none_or(|(last, at)| {
+                        *last != reason || at.elapsed() >= REOPEN_LOG_EVERY
+                    });
+                    if due {
+                        tracing::warn!(error = %e, failures, "outbox store cannot be opened; asynchronous requests are answered 503 until it is");
+                        logged = Some((reason, tokio::time::Instant::now()));
+                    }
                     self.first_attempt.send_replace(true);
                 }
             }
@@ -131,7 +149,26 @@ impl Outbox {
             }
             None => None,
         };
-        Store::open(&self.settings.url, password.as_ref()).await
+        Store::open(&self.settings.url, password.as_ref())
+            .await
+            .map(|s| s.with_max_pending(self.settings.max_pending_per_merchant))
+    }
+
+    /// Stores a request ([`Store::enqueue`]): `503 outbox-full` past the
+    /// merchant's bound, `503 outbox-unavailable` when the store fails.
+    pub async fn enqueue(&self, store: &Store, new: &NewDelivery) -> Result<Enqueued, ApiError> {
+        match store.enqueue(new, now_ms()).await {
+            Ok(Enqueued::Full) => Err(ApiError::new(
+                    ProblemKind::OutboxFull,
+                    format!(
+                        "This merchant has {} requests waiting for delivery, the most the outbox holds (outbox.max_pending_per_merchant); retry later, or send the request without Prefer: respond-async.",
+                        self.settings.max_pending_per_merchant
+                    ),
+                )
+            .with_retry_after(FULL_RETRY_AFTER_SECS)),
+            Ok(enqueued) => Ok(enqueued),
+            Err(e) => Err(self.failed(&e)),
+        }
     }
 
     /// A statement the store failed: counted and logged, and answered `503
@@ -139,6 +176,13 @@ impl Outbox {
     pub fn failed(&self, e: &StoreError) -> ApiError {
         self.metrics.outbox_store_error();
         tracing::warn!(error = %e, "outbox store failed");
+        if let StoreError::CommitUnknown { .. } = e {
+            return ApiError::new(
+                ProblemKind::OutboxUnavailable,
+                "The connection to the outbox's store broke while the request was committed: it may or may not be stored. Send the identical request again: it returns the same delivery if it was stored, and stores it if not.",
+            )
+            .with_retry_after(1);
+        }
         ApiError::new(
             ProblemKind::OutboxUnavailable,
             "The outbox's store cannot be used right now; the gateway keeps trying.",

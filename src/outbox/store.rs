@@ -32,9 +32,16 @@ use sqlx::sqlite::{
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// How long a statement waits for a connection (or SQLite's lock) before
-/// the store counts as unavailable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a SQLite statement waits for the one connection (held by a
+/// group commit) or the file's lock before the store counts as unavailable.
+/// The file is local: a wait means load, not an outage.
+const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a PostgreSQL statement waits for a connection (connecting
+/// included) before the store counts as unavailable: a database that is
+/// down or unreachable costs a caller at most this, and its `503` comes
+/// within a second (SPEC §3).
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// PostgreSQL connections per replica: requests that enqueue, the worker
 /// and the delivery reads share them.
@@ -65,6 +72,11 @@ const REPLACE: &str = concat!(
     columns!()
 );
 
+/// The merchant's pending entries, counted up to `$2` (an index-only walk
+/// that stops there, however long the backlog).
+const COUNT_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries \
+     WHERE msn = $1 AND state = 'pending' LIMIT $2) AS p";
+
 const INSERT: &str = concat!(
     "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, state, \
      attempts, created_at, updated_at, next_attempt_at) \
@@ -80,6 +92,7 @@ macro_rules! claim {
                SELECT d.seq FROM deliveries d \
                WHERE d.state = 'pending' AND d.next_attempt_at <= $3 \
                AND (d.lease_owner IS NULL OR d.lease_until <= $3) \
+               AND $5 NOT LIKE '%,' || d.msn || ',%' \
                AND NOT EXISTS (SELECT 1 FROM deliveries e \
                  WHERE e.msn = d.msn AND e.payment_type = d.payment_type \
                  AND e.order_id = d.order_id AND e.state = 'pending' AND e.seq < d.seq) \
@@ -215,6 +228,9 @@ pub enum Enqueued {
     /// A receipt for the order was delivered already; nothing was stored
     /// (the caller answers as for a synchronous request).
     AlreadyDelivered(Delivery),
+    /// The merchant has its most pending entries already
+    /// (`outbox.max_pending_per_merchant`); nothing was stored.
+    Full,
 }
 
 /// An entry handed to a claimer, until its lease ends.
@@ -237,6 +253,12 @@ pub enum Outcome {
     Failed {
         error: String,
     },
+    /// Nothing was sent (the merchant's breaker, rate or call slots held it
+    /// back): due again at `next_attempt_at`, its attempts and last error
+    /// unchanged.
+    Postponed {
+        next_attempt_at: i64,
+    },
 }
 
 /// Pending entries of one merchant and kind.
@@ -258,6 +280,10 @@ pub enum StoreError {
     Unavailable { store: String, reason: String },
     #[error("outbox store holds an unreadable entry: {0}")]
     Corrupt(String),
+    /// The connection broke while the transaction committed: the entry may
+    /// or may not be stored.
+    #[error("outbox store {store}: the commit's outcome is unknown ({reason})")]
+    CommitUnknown { store: String, reason: String },
 }
 
 #[derive(Clone)]
@@ -275,6 +301,8 @@ pub struct Store {
     /// SQLite's group writer; PostgreSQL commits each request on its own
     /// connection (it groups concurrent commits itself).
     writer: Option<tokio::sync::mpsc::Sender<Job>>,
+    /// Most pending entries per merchant (`outbox.max_pending_per_merchant`).
+    max_pending: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -298,11 +326,12 @@ macro_rules! with_pool {
 /// Transaction`), which the caller commits: what [`Store::enqueue`] answers,
 /// and at most one statement that writes.
 macro_rules! enqueue_in {
-    ($tx:expr, $new:expr, $now:expr) => {
+    ($tx:expr, $new:expr, $now:expr, $max_pending:expr) => {
         async {
             let tx = $tx;
             let new: &NewDelivery = $new;
             let now: i64 = $now;
+            let max_pending: i64 = $max_pending;
             let existing: Vec<Row> = sqlx::query_as(SELECT_ORDER)
                 .bind(&new.msn)
                 .bind(&new.payment_type)
@@ -353,7 +382,15 @@ macro_rules! enqueue_in {
             };
             let answer = match answer {
                 Some(answer) => answer,
-                None => {
+                None => 'insert: {
+                    let (pending,): (i64,) = sqlx::query_as(COUNT_PENDING)
+                        .bind(&new.msn)
+                        .bind(max_pending)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if pending >= max_pending {
+                        break 'insert Ok(Enqueued::Full);
+                    }
                     let row: Row = sqlx::query_as(INSERT)
                         .bind(uuid::Uuid::new_v4().to_string())
                         .bind(&new.msn)
@@ -380,6 +417,7 @@ const GROUP_MAX: usize = 64;
 struct Job {
     new: NewDelivery,
     now: i64,
+    max_pending: i64,
     done: tokio::sync::oneshot::Sender<Result<Enqueued, StoreError>>,
 }
 
@@ -396,13 +434,17 @@ async fn sqlite_writer(pool: SqlitePool, name: String, mut jobs: tokio::sync::mp
                 Err(_) => break,
             }
         }
-        let committed: Result<Vec<Result<Enqueued, StoreError>>, sqlx::Error> = async {
-            let mut tx = pool.begin().await?;
+        let committed: Result<Vec<Result<Enqueued, StoreError>>, Stage> = async {
+            let mut tx = pool.begin().await.map_err(Stage::Before)?;
             let mut answers = Vec::with_capacity(group.len());
             for job in &group {
-                answers.push(enqueue_in!(&mut tx, &job.new, job.now).await?);
+                answers.push(
+                    enqueue_in!(&mut tx, &job.new, job.now, job.max_pending)
+                        .await
+                        .map_err(Stage::Before)?,
+                );
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(Stage::Commit)?;
             Ok(answers)
         }
         .await;
@@ -414,7 +456,7 @@ async fn sqlite_writer(pool: SqlitePool, name: String, mut jobs: tokio::sync::mp
             }
             Err(e) => {
                 for job in group {
-                    let _ = job.done.send(Err(unavailable(&name, &e)));
+                    let _ = job.done.send(Err(e.error(&name)));
                 }
             }
         }
@@ -485,14 +527,14 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(ACQUIRE_TIMEOUT);
+                .busy_timeout(SQLITE_ACQUIRE_TIMEOUT);
             let name = format!("sqlite://{}", options.get_filename().display());
             let unavailable = |e: &sqlx::Error| unavailable(&name, e);
             // One connection: SQLite has one writer, and a single connection
             // never waits on another's lock.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -506,6 +548,7 @@ impl Store {
                 pool: Pool::Sqlite(pool),
                 name,
                 writer: Some(writer),
+                max_pending: i64::MAX,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url)?;
@@ -522,7 +565,7 @@ impl Store {
             let unavailable = |e: &sqlx::Error| unavailable(&name, e);
             let pool = PgPoolOptions::new()
                 .max_connections(POSTGRES_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -536,10 +579,18 @@ impl Store {
                 pool: Pool::Postgres(pool),
                 name,
                 writer: None,
+                max_pending: i64::MAX,
             })
         } else {
             Err(StoreError::Url)
         }
+    }
+
+    /// The store with at most `max` pending entries per merchant: an
+    /// enqueue past it is [`Enqueued::Full`].
+    pub fn with_max_pending(mut self, max: u32) -> Self {
+        self.max_pending = i64::from(max);
+        self
     }
 
     /// The store's URL without its password.
@@ -560,6 +611,7 @@ impl Store {
             let job = Job {
                 new: new.clone(),
                 now,
+                max_pending: self.max_pending,
                 done,
             };
             let gone = || StoreError::Unavailable {
@@ -573,38 +625,46 @@ impl Store {
         // insert breaks the unique index: look again, once.
         for _ in 0..2 {
             match self.try_enqueue(new, now).await {
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
-                other => return other.map_err(|e| self.unavailable(&e))?,
+                Err(Stage::Before(sqlx::Error::Database(e))) if e.is_unique_violation() => continue,
+                other => return other.map_err(|e| e.error(&self.name))?,
             }
         }
         self.try_enqueue(new, now)
             .await
-            .map_err(|e| self.unavailable(&e))?
+            .map_err(|e| e.error(&self.name))?
     }
 
     async fn try_enqueue(
         &self,
         new: &NewDelivery,
         now: i64,
-    ) -> Result<Result<Enqueued, StoreError>, sqlx::Error> {
+    ) -> Result<Result<Enqueued, StoreError>, Stage> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let answer = enqueue_in!(&mut tx, new, now).await?;
-            tx.commit().await?;
+            let mut tx = pool.begin().await.map_err(Stage::Before)?;
+            let answer = enqueue_in!(&mut tx, new, now, self.max_pending)
+                .await
+                .map_err(Stage::Before)?;
+            tx.commit().await.map_err(Stage::Commit)?;
             Ok(answer)
         })
     }
 
     /// Claims up to `limit` entries due at `now` for `owner` until
     /// `now + lease`: pending, not held by another claimer's unexpired
-    /// lease, and the oldest pending entry of their order.
+    /// lease, the oldest pending entry of their order, and of none of the
+    /// merchants in `skip` (whose breaker is open: their entries wait
+    /// untouched).
     pub async fn claim(
         &self,
         owner: &str,
         now: i64,
         lease: Duration,
         limit: i64,
+        skip: &[&str],
     ) -> Result<Vec<Claimed>, StoreError> {
+        // MSNs are digits: a comma-delimited list matched with LIKE, the
+        // same statement on both databases.
+        let skip = format!(",{},", skip.join(","));
         let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let claim = match self.pool {
             Pool::Sqlite(_) => CLAIM_SQLITE,
@@ -616,6 +676,7 @@ impl Store {
                 .bind(lease_until)
                 .bind(now)
                 .bind(limit)
+                .bind(&skip)
                 .fetch_all(pool)
                 .await
         })
@@ -654,7 +715,7 @@ impl Store {
         attempts: &[(&str, &Outcome)],
         now: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        let finish = "UPDATE deliveries SET state = $1, attempts = attempts + 1, \
+        let finish = "UPDATE deliveries SET state = $1, attempts = attempts + $8, \
              next_attempt_at = $2, last_error = COALESCE($3, last_error), \
              delivered_at = $4, updated_at = $5, lease_owner = NULL, lease_until = NULL \
              WHERE id = $6 AND lease_owner = $7 AND state = 'pending'";
@@ -669,7 +730,11 @@ impl Store {
                         error,
                     } => (State::Pending, Some(*next_attempt_at), Some(error), None),
                     Outcome::Failed { error } => (State::Failed, None, Some(error), None),
+                    Outcome::Postponed { next_attempt_at } => {
+                        (State::Pending, Some(*next_attempt_at), None, None)
+                    }
                 };
+                let sent = i64::from(!matches!(outcome, Outcome::Postponed { .. }));
                 let affected = sqlx::query(finish)
                     .bind(state.as_str())
                     .bind(next_attempt_at)
@@ -678,6 +743,7 @@ impl Store {
                     .bind(now)
                     .bind(*id)
                     .bind(owner)
+                    .bind(sent)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -756,6 +822,34 @@ impl Store {
     /// Closes the pool's connections.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Where an enqueue's transaction failed.
+enum Stage {
+    /// Before its commit: nothing was stored.
+    Before(sqlx::Error),
+    /// During its commit: whether it was stored is unknown, unless the
+    /// database said it refused the commit.
+    Commit(sqlx::Error),
+}
+
+impl Stage {
+    fn error(&self, store: &str) -> StoreError {
+        match self {
+            Stage::Before(e) => unavailable(store, e),
+            // The database answered: the commit was refused, nothing stored.
+            Stage::Commit(e @ sqlx::Error::Database(_)) => unavailable(store, e),
+            Stage::Commit(e) => {
+                let StoreError::Unavailable { reason, .. } = unavailable(store, e) else {
+                    return unavailable(store, e);
+                };
+                StoreError::CommitUnknown {
+                    store: store.to_owned(),
+                    reason,
+                }
+            }
+        }
     }
 }
 

@@ -1,15 +1,25 @@
 //! The outbox's worker: one per replica. It claims due entries and
-//! delivers them through the gateway's Vipps client, with the same
-//! per-merchant slots, retry budget and breaker as the façade.
+//! delivers them through the gateway's Vipps client and the same use cases
+//! as the façade ([`crate::usecase`]), within the merchant's limits.
 //!
 //! - Vipps took it: `delivered`. A `409` is settled by reading the stored
 //!   receipt back: identical means `delivered`, different means `failed`
 //!   with `receipt-conflict`.
-//! - Vipps refused it (`400`, `403`, `404`): `failed`, Vipps' problem kept.
-//! - Anything else (`429`, `5xx`, a timeout, a broken exchange, no token,
-//!   an open breaker): another attempt after a full-jitter backoff
-//!   (`outbox.backoff_base`, `outbox.backoff_max`), until `outbox.max_age`
-//!   has passed since the entry was accepted; then `failed`.
+//! - A problem the request itself caused (Vipps answered 400 or 404, an
+//!   image id taken): `failed`, the problem kept.
+//! - Anything else (`429`, `5xx`, a timeout, a broken exchange, Vipps
+//!   refusing the gateway's credentials): another attempt after a
+//!   full-jitter backoff (`outbox.backoff_base`, `outbox.backoff_max`),
+//!   until `outbox.max_age` has passed since the entry was accepted; then
+//!   `failed`.
+//!
+//! Deliveries take the merchant's rate: they are paced at
+//! `resilience.rate_per_second`, never in a burst, and share the rate with
+//! synchronous requests. While a merchant's breaker is open its entries
+//! are not claimed: they wait in the store untouched. An attempt that sent
+//! nothing toward Vipps (the breaker opened meanwhile, no call slot, no
+//! token fetch allowed) is postponed without counting: `attempts` counts
+//! attempts that sent, or tried to send, a call to Vipps.
 //!
 //! Delivered and failed entries are deleted `outbox.retention` after they
 //! ended.
@@ -17,21 +27,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
-
 use super::{
     location, now_ms, CategoryPayload, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload,
     Store,
 };
-use crate::domain::{ImageId, OrderId, PaymentType};
+use crate::config::MerchantRegistry;
+use crate::domain::{Category, ImageId, OrderId, PaymentType};
 use crate::error::{ApiError, Kind as ProblemKind};
-use crate::facade::images::upload;
-use crate::facade::{upstream_problem, AppState, Operation};
 use crate::translate::image::check_base64;
-use crate::vipps::model::OrderCategory;
-use crate::vipps::model::{Receipt, ReceiptJson};
-use crate::vipps::resilience::full_jitter;
-use crate::vipps::{CallContext, Observed, UpstreamError, VippsClient};
+use crate::usecase::{is_final, post_receipt, put_category, LinkImage};
+use crate::vipps::model::ReceiptJson;
+use crate::vipps::resilience::{full_jitter, Guards};
+use crate::vipps::{CallContext, Observed, VippsClient};
 
 /// How often an idle worker looks for due entries.
 const POLL: Duration = Duration::from_millis(250);
@@ -50,47 +57,36 @@ enum Attempt {
     Refused(String),
     /// Try again later. The problem (JSON).
     Again(String),
+    /// Nothing was sent: due again after this long, not counted.
+    NotSent(Duration),
 }
 
-/// A Vipps call that failed: Vipps refused it (`400`, `403`, `404`), which
-/// is final; anything else is tried again.
-fn failed_call(e: UpstreamError, op: Operation, problem: &dyn Fn(ApiError) -> String) -> Attempt {
-    let refused = matches!(&e, UpstreamError::Status { status, .. }
-        if matches!(status.as_u16(), 400 | 403 | 404));
-    let problem = problem(upstream_problem(e, op));
-    if refused {
-        Attempt::Refused(problem)
-    } else {
-        Attempt::Again(problem)
-    }
-}
-
-/// An attempt that ended in a façade problem (an image upload): one the
-/// caller could fix (a 4xx other than 429) is final, anything else (Vipps
-/// unavailable, its credentials) is tried again.
-fn judged(e: ApiError, problem: &dyn Fn(ApiError) -> String) -> Attempt {
-    let status = e.kind.status();
-    if status.is_client_error() && status.as_u16() != 429 {
-        Attempt::Refused(problem(e))
-    } else {
-        Attempt::Again(problem(e))
-    }
+/// The entry cannot be read back: it can never be delivered.
+fn unreadable(problem: &dyn Fn(ApiError) -> String) -> Attempt {
+    Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")))
 }
 
 pub struct Worker {
     outbox: Arc<Outbox>,
     client: VippsClient,
-    state: web::Data<AppState>,
+    merchants: Arc<MerchantRegistry>,
+    guards: Arc<Guards>,
     /// This replica's name on its claims.
     owner: String,
 }
 
 impl Worker {
-    pub fn new(outbox: Arc<Outbox>, client: VippsClient, state: web::Data<AppState>) -> Self {
+    pub fn new(
+        outbox: Arc<Outbox>,
+        client: VippsClient,
+        merchants: Arc<MerchantRegistry>,
+        guards: Arc<Guards>,
+    ) -> Self {
         Self {
             outbox,
             client,
-            state,
+            merchants,
+            guards,
             owner: uuid::Uuid::new_v4().to_string(),
         }
     }
@@ -112,8 +108,18 @@ impl Worker {
                 self.count_backlog(&store).await;
                 counted_at = Some(tokio::time::Instant::now());
             }
+            // A merchant whose breaker is open would refuse every call:
+            // its entries stay in the store, unclaimed and unchanged.
+            let open = self.guards.open_breakers();
+            let skip: Vec<&str> = open.iter().map(|m| m.as_str()).collect();
             match store
-                .claim(&self.owner, now_ms(), self.outbox.settings.lease, BATCH)
+                .claim(
+                    &self.owner,
+                    now_ms(),
+                    self.outbox.settings.lease,
+                    BATCH,
+                    &skip,
+                )
                 .await
             {
                 Ok(batch) if !batch.is_empty() => {
@@ -156,7 +162,7 @@ impl Worker {
             }
         };
         let now = now_ms();
-        for msn in self.state.merchants.snapshot().keys() {
+        for msn in self.merchants.snapshot().keys() {
             let mine = stats.iter().filter(|s| s.msn == msn.as_str());
             let count = |kind: Kind| {
                 mine.clone()
@@ -187,6 +193,10 @@ impl Worker {
     async fn outcome(&self, d: &Delivery) -> Outcome {
         match self.attempt(d).await {
             Attempt::Delivered => Outcome::Delivered,
+            Attempt::NotSent(wait) => Outcome::Postponed {
+                next_attempt_at: now_ms()
+                    .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+            },
             Attempt::Refused(error) => Outcome::Failed { error },
             Attempt::Again(error) => {
                 let now = now_ms();
@@ -237,6 +247,8 @@ impl Worker {
                 Outcome::Delivered => "delivered",
                 Outcome::Retry { .. } => "retried",
                 Outcome::Failed { .. } => "failed",
+                // Nothing was sent: no attempt to count or log.
+                Outcome::Postponed { .. } => continue,
             };
             self.outbox
                 .metrics
@@ -255,7 +267,7 @@ impl Worker {
     async fn attempt(&self, d: &Delivery) -> Attempt {
         let instance = location(&d.msn, &d.id);
         let problem = |e: ApiError| e.problem_json(&instance, None).unwrap_or_default();
-        let Some(merchant) = self.state.merchants.get(&d.msn) else {
+        let Some(merchant) = self.merchants.get(&d.msn) else {
             // Removed by a reload: it may come back before max_age.
             return Attempt::Again(problem(ApiError::new(
                 ProblemKind::MerchantNotFound,
@@ -266,108 +278,73 @@ impl Worker {
             OrderId::parse(&d.order_id),
             PaymentType::parse(&d.payment_type),
         ) else {
-            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
+            return unreadable(&problem);
         };
         // Within the lease: another replica may take the entry after it.
+        let deadline = tokio::time::Instant::now() + self.outbox.settings.lease / 2;
+        // The merchant's rate, without its burst: wait for a turn while
+        // the deadline allows, or come back when it will have one.
+        let guard = self.guards.get(&merchant.msn);
+        while let Err(wait) = guard.pace(self.guards.config()) {
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Attempt::NotSent(wait);
+            }
+            tokio::time::sleep(wait).await;
+        }
         let ctx = CallContext {
             merchant,
-            deadline: tokio::time::Instant::now() + self.outbox.settings.lease / 2,
+            deadline,
             observed: Observed::default(),
         };
-        if d.kind == Kind::Category {
-            return self.deliver_category(&ctx, pt, &order, d, &problem).await;
-        }
-        let Ok(payload) = serde_json::from_str::<ReceiptPayload>(&d.payload) else {
-            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
-        };
-        let sent = ReceiptJson::from_raw(payload.receipt);
-        match self.client.post_receipt(&ctx, pt, &order, &sent).await {
-            Ok(()) => Attempt::Delivered,
-            Err(UpstreamError::Status { status, .. }) if status.as_u16() == 409 => {
-                self.settle_conflict(&ctx, pt, &order, &sent, &problem)
-                    .await
-            }
-            Err(e) => failed_call(e, Operation::Receipt, &problem),
-        }
-    }
-
-    /// A category link: its inline image uploaded first (under its
-    /// content-derived id, unless the caller named it), then the link.
-    async fn deliver_category(
-        &self,
-        ctx: &CallContext,
-        pt: PaymentType,
-        order: &OrderId,
-        d: &Delivery,
-        problem: &dyn Fn(ApiError) -> String,
-    ) -> Attempt {
-        let Ok(link) = serde_json::from_str::<CategoryPayload>(&d.payload) else {
-            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
-        };
-        let image_id = match (link.image_id, link.image) {
-            (Some(id), _) => match ImageId::parse(&id) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    return Attempt::Refused(problem(ApiError::internal(
-                        &"unreadable outbox entry",
-                    )))
+        let result = match d.kind {
+            Kind::Receipt => match serde_json::from_str::<ReceiptPayload>(&d.payload) {
+                Ok(payload) => {
+                    let sent = ReceiptJson::from_raw(payload.receipt);
+                    post_receipt(&self.client, &ctx, pt, &order, &sent)
+                        .await
+                        .map(|_| ())
                 }
+                Err(_) => return unreadable(&problem),
             },
-            (None, Some(stored)) => {
-                let named = stored.image_id.as_deref().map(ImageId::parse).transpose();
-                let (Ok(image), Ok(named)) = (check_base64(&stored.data), named) else {
-                    return Attempt::Refused(problem(ApiError::internal(
-                        &"unreadable outbox entry",
-                    )));
-                };
-                match upload(&self.client, ctx, image, named).await {
-                    Ok((id, _)) => Some(id),
-                    Err(e) => return judged(e, problem),
+            Kind::Category => match link(&d.payload) {
+                Some((category, url, image)) => {
+                    put_category(&self.client, &ctx, pt, &order, category, url, image)
+                        .await
+                        .map(|_| ())
                 }
-            }
-            (None, None) => None,
-        };
-        let upstream = OrderCategory {
-            category: link.category,
-            order_details_url: link.url,
-            image_id: image_id.map(|i| i.as_str().to_owned()),
-        };
-        match self.client.put_category(ctx, pt, order, &upstream).await {
-            Ok(()) => Attempt::Delivered,
-            Err(e) => failed_call(e, Operation::Category, problem),
-        }
-    }
-
-    /// A receipt is immutable at Vipps: on a 409 the stored one is read
-    /// back, as the façade does.
-    async fn settle_conflict(
-        &self,
-        ctx: &CallContext,
-        pt: PaymentType,
-        order: &OrderId,
-        sent: &ReceiptJson,
-        problem: &dyn Fn(ApiError) -> String,
-    ) -> Attempt {
-        let Ok(ours) = serde_json::from_str::<Receipt<'_>>(sent.as_str()) else {
-            return Attempt::Refused(problem(ApiError::internal(&"unreadable outbox entry")));
-        };
-        match self.client.get_order(ctx, pt, order).await {
-            Ok(Some(o)) => match o.receipt {
-                Some(stored) if stored.canonical() == ours.canonical() => Attempt::Delivered,
-                Some(_) => Attempt::Refused(problem(ApiError::new(
-                    ProblemKind::ReceiptConflict,
-                    "This order already has a different receipt; receipts cannot be changed.",
-                ))),
-                None => Attempt::Again(problem(ApiError::new(
-                    ProblemKind::UpstreamConflict,
-                    "Vipps reported a conflict but holds no receipt for this order.",
-                ))),
+                None => return unreadable(&problem),
             },
-            Ok(None) => Attempt::Again(problem(ApiError::new(
-                ProblemKind::UpstreamConflict,
-                "Vipps reported a conflict but holds no receipt for this order.",
-            ))),
-            Err(e) => Attempt::Again(problem(upstream_problem(e, Operation::Order))),
+        };
+        match result {
+            Ok(()) => Attempt::Delivered,
+            Err(e) if is_final(&e) => Attempt::Refused(problem(e)),
+            // Held back before anything reached Vipps (an open breaker,
+            // no call slot, token fetches backing off).
+            Err(e) if ctx.observed.last().is_none() => {
+                Attempt::NotSent(Duration::from_secs(e.retry_after.unwrap_or(1).max(1)))
+            }
+            Err(e) => Attempt::Again(problem(e)),
         }
     }
+}
+
+/// A stored category link: its category, url and image (uploaded first
+/// under its content-derived id, unless the caller named it). `None`: the
+/// entry cannot be read.
+fn link(payload: &str) -> Option<(Category, String, LinkImage)> {
+    let link = serde_json::from_str::<CategoryPayload>(payload).ok()?;
+    let image = match (link.image_id, link.image) {
+        (Some(id), _) => LinkImage::Id(ImageId::parse(&id).ok()?),
+        (None, Some(stored)) => LinkImage::Inline {
+            named: stored
+                .image_id
+                .as_deref()
+                .map(ImageId::parse)
+                .transpose()
+                .ok()?,
+            image: check_base64(&stored.data).ok()?,
+        },
+        (None, None) => LinkImage::None,
+    };
+    Some((link.category, link.url, image))
 }

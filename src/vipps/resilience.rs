@@ -44,6 +44,17 @@ impl Guards {
         &self.cfg
     }
 
+    /// The merchants whose breaker is open now (or whose half-open probe
+    /// is out): a call for them would be refused without reaching Vipps.
+    pub fn open_breakers(&self) -> Vec<Msn> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.iter()
+            .filter(|(_, g)| lock(&g.breaker).refuses(&self.cfg, now))
+            .map(|(msn, _)| msn.clone())
+            .collect()
+    }
+
     pub fn get(&self, msn: &Msn) -> Arc<MerchantGuard> {
         if let Some(g) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(msn) {
             return g.clone();
@@ -61,6 +72,8 @@ pub struct MerchantGuard {
     in_flight: AtomicUsize,
     retrying: AtomicUsize,
     bucket: Mutex<Bucket>,
+    /// Paces background deliveries at the rate, without its burst.
+    pace: Mutex<Bucket>,
     breaker: Mutex<Breaker>,
     token_backoff: Mutex<Backoff>,
 }
@@ -72,6 +85,7 @@ impl MerchantGuard {
             in_flight: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             bucket: Mutex::new(Bucket::new(cfg.rate_burst, Instant::now())),
+            pace: Mutex::new(Bucket::new(1, Instant::now())),
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             token_backoff: Mutex::new(Backoff::default()),
         }
@@ -83,6 +97,23 @@ impl MerchantGuard {
             return Ok(());
         }
         lock(&self.bucket).take(cfg.rate_per_second, cfg.rate_burst, Instant::now())
+    }
+
+    /// Takes one background delivery from the merchant's rate, or says how
+    /// long to wait. Deliveries are paced at `rate_per_second` with no
+    /// burst of their own, and each also takes a request from the rate
+    /// bucket synchronous requests share, so both together stay within the
+    /// merchant's limit.
+    pub fn pace(&self, cfg: &Resilience) -> Result<(), Duration> {
+        if cfg.rate_per_second == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut pace = lock(&self.pace);
+        pace.take(cfg.rate_per_second, 1, now)?;
+        lock(&self.bucket)
+            .take(cfg.rate_per_second, cfg.rate_burst, now)
+            .inspect_err(|_| pace.give_back())
     }
 
     /// Waits up to `queue_timeout` for a call slot.
@@ -217,6 +248,11 @@ impl Bucket {
         }
     }
 
+    /// Returns a request taken by [`Self::take`] but not used.
+    fn give_back(&mut self) {
+        self.micro += MICRO;
+    }
+
     fn take(&mut self, rate: usize, burst: usize, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.at).as_micros();
         self.micro = (self.micro + elapsed * rate as u128).min(burst as u128 * MICRO);
@@ -248,6 +284,19 @@ enum Breaker {
 }
 
 impl Breaker {
+    /// Whether [`Self::allow`] would refuse a call at `now`, without
+    /// changing the state (an open period that has ended lets the next
+    /// call through as the probe).
+    fn refuses(&self, cfg: &Resilience, now: Instant) -> bool {
+        match *self {
+            Breaker::Closed { .. } => false,
+            Breaker::Open { until } => now < until,
+            Breaker::HalfOpen { probe_started } => {
+                now.saturating_duration_since(probe_started) < cfg.breaker_open
+            }
+        }
+    }
+
     fn allow(&mut self, cfg: &Resilience, now: Instant) -> Result<(), Duration> {
         match *self {
             Breaker::Closed { .. } => Ok(()),
@@ -372,6 +421,27 @@ mod tests {
     }
 
     #[test]
+    fn the_breaker_is_seen_open_without_taking_the_probe() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut b = Breaker::Closed { failures: 0 };
+        assert!(!b.refuses(&c, t0));
+        for _ in 0..3 {
+            b.record(&c, false, t0);
+        }
+        assert!(b.refuses(&c, t0 + Duration::from_secs(9)));
+        let t1 = t0 + Duration::from_secs(10);
+        // Looking does not start the probe: the next call still may.
+        assert!(!b.refuses(&c, t1) && !b.refuses(&c, t1));
+        assert!(b.allow(&c, t1).is_ok(), "the probe");
+        assert!(b.refuses(&c, t1), "others wait for the probe");
+        assert!(
+            !b.refuses(&c, t1 + Duration::from_secs(10)),
+            "an abandoned probe"
+        );
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_max() {
         let t0 = Instant::now();
         let mut b = Backoff::default();
@@ -447,6 +517,35 @@ mod tests {
         };
         let g = MerchantGuard::new(&c);
         (c, g)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_are_paced_at_the_rate_without_its_burst_and_share_it() {
+        let c = Resilience {
+            rate_per_second: 10,
+            rate_burst: 3,
+            ..Resilience::default()
+        };
+        let g = MerchantGuard::new(&c);
+        // However full the rate bucket, one delivery per 100 ms.
+        assert!(g.pace(&c).is_ok());
+        assert_eq!(g.pace(&c), Err(Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(g.pace(&c).is_ok());
+        // Synchronous requests take the rest of the burst: the next
+        // delivery waits for the shared bucket, and gives its pace back.
+        assert!(g.admit(&c).is_ok());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(g.admit(&c).is_ok() && g.admit(&c).is_ok());
+        assert!(g.pace(&c).is_err(), "the shared bucket is empty");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(g.pace(&c).is_ok());
+        // No rate: nothing is paced.
+        let free = Resilience {
+            rate_per_second: 0,
+            ..c
+        };
+        assert!((0..100).all(|_| g.pace(&free).is_ok()));
     }
 
     #[tokio::test(start_paused = true)]

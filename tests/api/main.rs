@@ -4,6 +4,7 @@
 // A failed expectation in a test should stop it with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod architecture;
 mod auth;
 mod bad_input;
 mod categories_v3;

@@ -110,7 +110,7 @@ async fn created(store: &Store, new: &NewDelivery, now: i64) -> Delivery {
 
 async fn claim_ids(store: &Store, owner: &str, now: i64) -> Vec<String> {
     store
-        .claim(owner, now, LEASE, 100)
+        .claim(owner, now, LEASE, 100, &[])
         .await
         .unwrap()
         .into_iter()
@@ -167,7 +167,7 @@ async fn a_receipt_is_stored_once_per_order(store: Store) {
 
 async fn a_claim_is_one_claimers_until_its_lease_ends(store: Store) {
     let d = created(&store, &receipt("o-1", "a"), T0).await;
-    let claimed = store.claim("w1", T0, LEASE, 10).await.unwrap();
+    let claimed = store.claim("w1", T0, LEASE, 10, &[]).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].lease_until, T0 + 30_000);
 
@@ -376,7 +376,7 @@ async fn concurrent_claimers_take_each_entry_once(store: Store) {
             let owner = format!("w{w}");
             let mut mine = Vec::new();
             loop {
-                let batch = store.claim(&owner, T0 + 1, LEASE, 7).await.unwrap();
+                let batch = store.claim(&owner, T0 + 1, LEASE, 7, &[]).await.unwrap();
                 if batch.is_empty() {
                     return mine;
                 }

@@ -515,7 +515,7 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
         expect(secret.get("secretName") == pg["existingSecret"] and items.get(filename) == pg["key"],
                f"outbox on PostgreSQL: {path} is key {pg['key']} of Secret {pg['existingSecret']}")
         expect(not claims, "outbox on PostgreSQL: no PersistentVolumeClaim")
-    for key, field in (("maxAge", "max_age"), ("retention", "retention")):
+    for key, field in (("maxAge", "max_age"), ("retention", "retention"), ("maxPendingPerMerchant", "max_pending_per_merchant")):
         expect(tob.get(field) == (ob.get(key) if ob["enabled"] else None), f"outbox.{field} only when gateway.outbox.{key} is set")
     for key in ("connectTimeout", "tokenMargin"):
         expect(toml["upstream"].get(snake(key)) == gw["upstream"].get(key), f"upstream.{snake(key)} only when gateway.upstream.{key} is set")

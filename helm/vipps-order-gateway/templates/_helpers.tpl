@@ -103,6 +103,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $np.enabled (not (or $np.ingress.fromSameNamespace $np.ingress.controllerNamespaceSelector)) }}
 {{- fail "networkPolicy.ingress: allow at least the namespace or the ingress controller, or no caller reaches the gateway" }}
 {{- end }}
+{{- if and $np.enabled (include "vog.outboxPostgres" .) }}
+{{- $db := $np.egress.outboxDatabase }}
+{{- if not (or $db.cidrs (kindIs "map" $db.namespaceSelector) (kindIs "map" $db.podSelector)) }}
+{{- fail "networkPolicy.egress.outboxDatabase: the outbox is on PostgreSQL and the NetworkPolicy is on, so give the database's cidrs, or its namespaceSelector and/or podSelector; otherwise the pods cannot reach it and every asynchronous request is a 503" }}
+{{- end }}
+{{- end }}
 {{- if eq .Values.gateway.auth.mode "jwt" }}
 {{- $_ := include "vog.authKeyKind" . }}
 {{- end }}
@@ -124,4 +130,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Whether the outbox keeps its entries in SQLite on the chart's PersistentVolumeClaim. */}}
 {{- define "vog.outboxSqlite" -}}
 {{- if and .Values.gateway.outbox.enabled (eq .Values.gateway.outbox.store "sqlite") }}true{{ end }}
+{{- end }}
+
+{{/* Whether the outbox keeps its entries in PostgreSQL. */}}
+{{- define "vog.outboxPostgres" -}}
+{{- if and .Values.gateway.outbox.enabled (eq .Values.gateway.outbox.store "postgres") }}true{{ end }}
+{{- end }}
+
+{{/* The port the NetworkPolicy opens to the outbox's database:
+networkPolicy.egress.outboxDatabase.port, else the port of
+gateway.outbox.postgres.url (postgres://USER@HOST:PORT/DB), else 5432. */}}
+{{- define "vog.outboxDatabasePort" -}}
+{{- $db := .Values.networkPolicy.egress.outboxDatabase }}
+{{- if $db.port }}
+{{- int $db.port }}
+{{- else }}
+{{- $url := required "gateway.outbox.postgres.url is required with store postgres" .Values.gateway.outbox.postgres.url }}
+{{- $hostport := regexReplaceAll "^[a-z]+://[^@/]*@([^/]*)/.*$" $url "${1}" }}
+{{- $port := regexFind ":[0-9]+$" $hostport | trimPrefix ":" }}
+{{- $port | default "5432" }}
+{{- end }}
 {{- end }}

@@ -144,6 +144,7 @@ pub struct FaultRule {
 
 /// One request as the upstream endpoints saw it.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LoggedRequest {
     pub endpoint: &'static str,
     pub method: String,
@@ -152,6 +153,8 @@ pub struct LoggedRequest {
     pub headers: BTreeMap<String, String>,
     pub body: Value,
     pub status: u16,
+    /// When it arrived, in Unix milliseconds: how fast a caller sent.
+    pub at_ms: u64,
 }
 
 #[derive(Default, Serialize)]

@@ -362,6 +362,9 @@ fn log_entry(endpoint: Endpoint, req: &HttpRequest, body: &Bytes, status: u16) -
         headers,
         body,
         status,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 

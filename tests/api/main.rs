@@ -19,6 +19,7 @@ mod metrics;
 mod openapi;
 mod outbox;
 mod outbox_crash;
+mod outbox_limits;
 mod outbox_store;
 mod problems;
 mod properties;

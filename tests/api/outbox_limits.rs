@@ -1,0 +1,272 @@
+//! What limits the outbox, and what does not: a `202` takes nothing from
+//! the merchant's rate (it touches only the store), the store is bounded
+//! per merchant, deliveries reach Vipps at no more than the merchant's rate,
+//! and an open breaker holds them back without counting attempts.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{poll_until, spawn_app_with, spec_receipt, Options, TestApp, MSN, MSN2};
+
+/// The limits every test here relies on, set explicitly: the merchant's
+/// rate (200/s, burst 400, as by default), and short outbox backoffs.
+fn limits(resilience: &str, outbox: &str) -> Options {
+    Options {
+        extra_toml: format!(
+            "[resilience]\nbackoff_base = \"10ms\"\nrate_per_second = 200\nrate_burst = 400\n{resilience}\n\
+             [outbox]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n{outbox}\n"
+        ),
+        ..Options::default()
+    }
+}
+
+async fn post_async(app: &TestApp, msn: &str, order: &str) -> (u16, Value, Option<String>) {
+    let mut resp = app
+        .client
+        .post(app.url(&format!("/v1/merchants/{msn}/orders/{order}/receipt")))
+        .insert_header(("Prefer", "respond-async"))
+        .send_json(&spec_receipt())
+        .await
+        .expect("the gateway answers");
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = resp.json().limit(1 << 20).await.unwrap_or(Value::Null);
+    (resp.status().as_u16(), body, retry_after)
+}
+
+/// Posts a receipt for each of `orders`, `concurrent` at a time; the
+/// statuses, in the order of `orders`.
+async fn burst(app: &TestApp, orders: &[String], concurrent: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(orders.len());
+    for chunk in orders.chunks(concurrent) {
+        let posts = chunk.iter().map(|o| post_async(app, MSN, o));
+        for (status, body, _) in futures_util::future::join_all(posts).await {
+            assert!(status == 202 || status >= 400, "{status} {body}");
+            statuses.push(status);
+        }
+    }
+    statuses
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// Arrival times (Unix ms) of the receipts the simulator stored, sorted.
+async fn stored_receipts_at(app: &TestApp) -> Vec<u64> {
+    let mut at: Vec<u64> = app
+        .sim_requests_to("receipt")
+        .await
+        .iter()
+        .filter(|r| r["status"] == 201)
+        .map(|r| r["atMs"].as_u64().expect("the log says when"))
+        .collect();
+    at.sort_unstable();
+    at
+}
+
+/// The most arrivals within any `window_ms` of `at` (sorted).
+fn most_within(at: &[u64], window_ms: u64) -> usize {
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..at.len() {
+        while at[end] - at[start] >= window_ms {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+#[test]
+fn the_window_count_sees_a_burst() {
+    assert_eq!(most_within(&[0, 10, 20, 1000, 1001], 1000), 3);
+    assert_eq!(most_within(&[0, 999, 1000, 1500, 1999], 1000), 3);
+    assert_eq!(most_within(&[], 1000), 0);
+}
+
+#[actix_rt::test]
+async fn a_burst_of_async_receipts_is_accepted_whole_and_reaches_vipps_at_the_merchants_rate() {
+    let app = spawn_app_with(limits("", "")).await;
+    let orders: Vec<String> = (0..1000).map(|i| format!("burst-{i}")).collect();
+    let statuses = burst(&app, &orders, 50).await;
+    println!(
+        "burst with Vipps up: {} × 202, {} × 429, {} others",
+        count(&statuses, 202),
+        count(&statuses, 429),
+        statuses.len() - count(&statuses, 202) - count(&statuses, 429)
+    );
+    assert_eq!(count(&statuses, 202), 1000, "every one is stored");
+
+    let at = poll_until("every receipt at Vipps", || async {
+        let at = stored_receipts_at(&app).await;
+        (at.len() >= 1000).then_some(at)
+    })
+    .await;
+    assert_eq!(at.len(), 1000, "each receipt once");
+    // Paced at 200/s without a burst: at most 201 in any second, give or
+    // take a few that the network bunched up on the way.
+    let most = most_within(&at, 1000);
+    let span = at[at.len() - 1] - at[0];
+    println!("delivered 1000 in {span} ms, at most {most} in any second (rate 200/s)");
+    assert!(
+        most <= 205,
+        "{most} receipts reached Vipps within one second"
+    );
+    assert!(
+        span >= 4_500,
+        "1000 at 200/s take at least 5 s, not {span} ms"
+    );
+}
+
+#[actix_rt::test]
+async fn a_burst_of_async_receipts_is_accepted_whole_while_vipps_is_down() {
+    let app = spawn_app_with(limits("", "")).await;
+    app.add_fault(json!({"endpoint": "receipt", "status": 503}))
+        .await;
+    let orders: Vec<String> = (0..1000).map(|i| format!("down-{i}")).collect();
+    let statuses = burst(&app, &orders, 50).await;
+    println!(
+        "burst with Vipps down: {} × 202, {} × 429",
+        count(&statuses, 202),
+        count(&statuses, 429)
+    );
+    assert_eq!(count(&statuses, 202), 1000, "every one is stored");
+    // Had the 202s taken from the rate, its bucket (400, refilled at
+    // 200/s) would be empty now: a synchronous request still gets through.
+    let order = app.get(&format!("/v1/merchants/{MSN}/orders/down-0")).await;
+    assert_ne!(order.status, 429, "{}", order.body);
+}
+
+#[actix_rt::test]
+async fn past_its_bound_the_outbox_answers_503_outbox_full_and_a_repost_is_still_accepted() {
+    let app = spawn_app_with(limits("", "max_pending_per_merchant = 3")).await;
+    app.add_fault(json!({"endpoint": "receipt", "status": 503}))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, body, _) = post_async(&app, MSN, &format!("full-{i}")).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["deliveryId"].clone());
+    }
+    let (status, body, retry_after) = post_async(&app, MSN, "full-3").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "/problems/outbox-full");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_pending_per_merchant"),
+        "{body}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    // A repost of a pending receipt stores nothing new: still its delivery.
+    let (status, body, _) = post_async(&app, MSN, "full-0").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["deliveryId"], ids[0]);
+    // The bound is per merchant.
+    let (status, body, _) = post_async(&app, MSN2, "full-0").await;
+    assert_eq!(status, 202, "{body}");
+    // Once delivered, there is room again.
+    app.clear_faults().await;
+    poll_until("room in the outbox", || async {
+        let (status, _, _) = post_async(&app, MSN, "full-3").await;
+        (status == 202).then_some(())
+    })
+    .await;
+}
+
+/// Every delivery of the merchant (one page suffices here).
+async fn deliveries(app: &TestApp) -> Vec<Value> {
+    let page = app
+        .get(&format!("/v1/merchants/{MSN}/deliveries?limit=100"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    page.body["deliveries"].as_array().unwrap().clone()
+}
+
+fn attempts(deliveries: &[Value]) -> u64 {
+    deliveries
+        .iter()
+        .map(|d| d["attempts"].as_u64().unwrap())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn while_the_breaker_is_open_deliveries_wait_untouched_and_attempts_equal_calls_to_vipps() {
+    let app = spawn_app_with(limits(
+        "max_attempts = 1\nbreaker_failures = 2\nbreaker_open = \"10s\"",
+        "",
+    ))
+    .await;
+    app.add_fault(json!({"endpoint": "receipt", "status": 503}))
+        .await;
+    for i in 0..20 {
+        let (status, body, _) = post_async(&app, MSN, &format!("breaker-{i}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // The first attempts fail until the breaker opens.
+    poll_until("the breaker to open", || async {
+        let at_vipps = app.sim_calls("receipt").await;
+        (at_vipps >= 2 && attempts(&deliveries(&app).await) == at_vipps).then_some(())
+    })
+    .await;
+    // The breaker opened on the last failed call: wait until 8 s into its
+    // 10 s open period, measured from that call's arrival.
+    let last_call = app
+        .sim_requests_to("receipt")
+        .await
+        .iter()
+        .filter_map(|r| r["atMs"].as_u64())
+        .max()
+        .unwrap();
+    let before = deliveries(&app).await;
+    let calls_before = app.sim_calls("receipt").await;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let open_for = Duration::from_millis((last_call + 8_000).saturating_sub(now_ms));
+    assert!(
+        open_for > Duration::from_secs(3),
+        "the test saw the breaker open late"
+    );
+    actix_rt::time::sleep(open_for).await;
+    // Open: nothing went to Vipps, and the entries were not rewritten
+    // (their attempts, next attempt and last error stayed).
+    let during = deliveries(&app).await;
+    assert_eq!(app.sim_calls("receipt").await, calls_before);
+    assert_eq!(during, before, "entries waited without a write");
+    for d in &during {
+        assert_ne!(d["lastError"]["type"], "/problems/circuit-open", "{d}");
+    }
+    // After the open period one probe goes out, fails, and opens it again.
+    poll_until("the probe", || async {
+        (app.sim_calls("receipt").await > calls_before).then_some(())
+    })
+    .await;
+    let (sent, counted) = poll_until("every call counted as an attempt", || async {
+        let sent = app.sim_calls("receipt").await;
+        let counted = attempts(&deliveries(&app).await);
+        (sent == counted).then_some((sent, counted))
+    })
+    .await;
+    println!(
+        "breaker open 10 s over 20 pending receipts: {sent} calls reached Vipps, {counted} attempts recorded"
+    );
+    assert!(sent <= calls_before + 1, "one probe after the open period");
+    // Vipps back: every receipt is delivered.
+    app.clear_faults().await;
+    poll_until("every receipt delivered", || async {
+        let all = deliveries(&app).await;
+        all.iter().all(|d| d["state"] == "delivered").then_some(())
+    })
+    .await;
+}

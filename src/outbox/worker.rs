@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use actix_web::web;
 
+use super::throttle::StoreWarnings;
 use super::{
     location, now_ms, CategoryPayload, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload,
     Store,
@@ -83,6 +84,8 @@ pub struct Worker {
     state: web::Data<AppState>,
     /// This replica's name on its claims.
     owner: String,
+    /// A failing store is logged once a minute per kind of failure.
+    warnings: StoreWarnings,
 }
 
 impl Worker {
@@ -92,6 +95,7 @@ impl Worker {
             client,
             state,
             owner: uuid::Uuid::new_v4().to_string(),
+            warnings: StoreWarnings::default(),
         }
     }
 
@@ -124,7 +128,9 @@ impl Worker {
                 Ok(_) => tokio::time::sleep(POLL).await,
                 Err(e) => {
                     self.outbox.metrics.outbox_store_error();
-                    tracing::warn!(error = %e, "outbox claim failed");
+                    if let Some(suppressed) = self.warnings.claim.admit() {
+                        tracing::warn!(error = %e, store = store.name(), suppressed, "outbox claim failed");
+                    }
                     tokio::time::sleep(POLL).await;
                 }
             }
@@ -139,7 +145,9 @@ impl Worker {
             Ok(n) => tracing::info!(deleted = n, "outbox entries past their retention deleted"),
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
-                tracing::warn!(error = %e, "outbox purge failed");
+                if let Some(suppressed) = self.warnings.purge.admit() {
+                    tracing::warn!(error = %e, store = store.name(), suppressed, "outbox purge failed");
+                }
             }
         }
     }
@@ -151,7 +159,9 @@ impl Worker {
             Ok(stats) => stats,
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
-                tracing::warn!(error = %e, "outbox backlog could not be counted");
+                if let Some(suppressed) = self.warnings.count.admit() {
+                    tracing::warn!(error = %e, store = store.name(), suppressed, "outbox backlog could not be counted");
+                }
                 return;
             }
         };
@@ -220,7 +230,9 @@ impl Worker {
             Ok(recorded) => recorded,
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
-                tracing::warn!(error = %e, entries = batch.len(), "outbox attempts could not be recorded; the entries are claimed again after their lease");
+                if let Some(suppressed) = self.warnings.record.admit() {
+                    tracing::warn!(error = %e, store = store.name(), suppressed, entries = batch.len(), "outbox attempts could not be recorded; the entries are claimed again after their lease");
+                }
                 return;
             }
         };

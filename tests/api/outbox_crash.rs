@@ -1,8 +1,8 @@
 //! The outbox's guarantees with the real binary: receipts accepted during a
 //! Vipps outage survive a SIGKILL of the gateway, two gateways on one
 //! PostgreSQL share a backlog, taking over the entries of one that died,
-//! and a second gateway on one SQLite file is refused until the first is
-//! gone.
+//! a second gateway on one SQLite file is refused until the first is
+//! gone, and a store that fails every statement is logged once a minute.
 //! Each test prints what it counted (accepted, delivered, lost, duplicated).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,4 +235,53 @@ async fn a_second_gateway_on_one_sqlite_file_is_refused_and_takes_over_when_the_
     let (stored, _) = stored_at_vipps(&app).await;
     assert!(stored.values().all(|n| *n == 1), "{stored:?}");
     drop(second);
+}
+
+#[actix_web::test]
+async fn a_store_failing_every_claim_is_logged_once_a_minute_and_counted_every_time() {
+    let app = spawn_app().await;
+    let dir = temp_dir("failing-store");
+    let store = crate::outbox_store::postgres_database().await;
+    let gateway = gateway(&app, &dir, "failing", &store, "30s");
+    let port = gateway.value_after("gateway listening", "port").await;
+    assert!(gateway.saw("outbox store open").await);
+    // Every claim fails from now on, four times a second.
+    let db = sqlx::PgPool::connect(&store).await.unwrap();
+    sqlx::query("DROP TABLE deliveries")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let logged = gateway.line_with("outbox claim failed").await;
+    assert!(logged.contains("store=\"postgres://"), "{logged}");
+    assert!(logged.contains("suppressed=0"), "{logged}");
+
+    let errors = || async {
+        let body = awc::Client::default()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_outbox_store_errors_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = errors().await;
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        errors().await >= before + 4.0,
+        "every failure is counted: {before} then {}",
+        errors().await
+    );
+    assert_eq!(
+        gateway.count_new("outbox claim failed"),
+        0,
+        "no second line within the minute"
+    );
+    drop(gateway);
 }

@@ -499,3 +499,20 @@ async fn an_unreachable_postgres_is_named_without_its_password() {
     );
     assert!(!text.contains(password), "{text}");
 }
+
+#[actix_rt::test]
+async fn a_password_in_the_postgres_url_is_not_in_the_stores_name() {
+    let password = "url-password-never-shown";
+    let err = Store::open(
+        &format!("postgres://gateway:{password}@127.0.0.1:1/outbox?connect_timeout=2"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("postgres://gateway@127.0.0.1:1/outbox"),
+        "{text}"
+    );
+    assert!(!text.contains(password), "{text}");
+}

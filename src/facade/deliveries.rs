@@ -125,13 +125,19 @@ pub async fn list(
         })?),
     };
     let store = store(&state).await?;
-    let deliveries = store
-        .list(target.ctx.merchant.msn.as_str(), wanted, before, limit)
+    // One more than the page: a next page exists only when it is there,
+    // so a last page that is exactly full still ends the listing.
+    let mut deliveries = store
+        .list(target.ctx.merchant.msn.as_str(), wanted, before, limit + 1)
         .await
         .map_err(|e| state.outbox.failed(&e))?;
-    let next_cursor = (deliveries.len() == usize::try_from(limit).unwrap_or(usize::MAX))
-        .then(|| deliveries.last().map(|d| d.seq.to_string()))
-        .flatten();
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = if deliveries.len() > page {
+        deliveries.truncate(page);
+        deliveries.last().map(|d| d.seq.to_string())
+    } else {
+        None
+    };
     json_response(
         StatusCode::OK,
         &Page {

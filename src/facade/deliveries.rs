@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::query::{self, Others};
 use super::{json_response, AppState, MerchantTarget};
 use crate::domain::parse_hyphenated_uuid;
 use crate::error::{ApiError, Kind};
@@ -68,7 +69,6 @@ pub async fn get(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
     limit: Option<String>,
@@ -87,9 +87,11 @@ pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?
-        .into_inner();
+    let query: ListQuery = query::parse(
+        req.query_string(),
+        &["state", "limit", "cursor"],
+        Others::Refused,
+    )?;
     let wanted = match query.state.as_deref() {
         None => None,
         Some(s) => Some(State::parse(s).ok_or_else(|| {

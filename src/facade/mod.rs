@@ -6,6 +6,7 @@ pub mod category;
 pub mod deliveries;
 pub mod images;
 pub mod order;
+pub mod query;
 pub mod receipt;
 
 use std::future::{ready, Ready};
@@ -139,8 +140,8 @@ impl FromRequest for OrderTarget {
         ready(
             merchant_target(req, payload).and_then(|MerchantTarget { ctx }| {
                 let order = order_id(req.match_info().get("orderId").unwrap_or_default())?;
-                let query = web::Query::<PaymentQuery>::from_query(req.query_string())
-                    .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?;
+                let query: PaymentQuery =
+                    query::parse(req.query_string(), &["paymentType"], query::Others::Ignored)?;
                 Ok(OrderTarget {
                     ctx,
                     order,

@@ -444,6 +444,12 @@ async fn deliveries_are_listed_newest_first_page_by_page_and_only_the_merchants_
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("cursor=x", "cursor"),
+        // Another parameter, or one given twice, is named by its name.
+        ("sort=newest", "sort"),
+        ("limit=2&stat=failed", "stat"),
+        ("state=failed&state=pending", "state"),
+        ("limit=2&limit=2", "limit"),
+        ("cursor=1&limit=2&cursor=1", "cursor"),
     ] {
         let a = app
             .get(&format!("/v1/merchants/{MSN}/deliveries?{query}"))

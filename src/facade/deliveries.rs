@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::query::{self, Others};
 use super::{json_response, AppState, MerchantTarget};
 use crate::domain::parse_hyphenated_uuid;
 use crate::error::{ApiError, Kind};
@@ -68,7 +69,6 @@ pub async fn get(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
     limit: Option<String>,
@@ -87,9 +87,11 @@ pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?
-        .into_inner();
+    let query: ListQuery = query::parse(
+        req.query_string(),
+        &["state", "limit", "cursor"],
+        Others::Refused,
+    )?;
     let wanted = match query.state.as_deref() {
         None => None,
         Some(s) => Some(State::parse(s).ok_or_else(|| {
@@ -125,13 +127,19 @@ pub async fn list(
         })?),
     };
     let store = store(&state).await?;
-    let deliveries = store
-        .list(target.ctx.merchant.msn.as_str(), wanted, before, limit)
+    // One more than the page: a next page exists only when it is there,
+    // so a last page that is exactly full still ends the listing.
+    let mut deliveries = store
+        .list(target.ctx.merchant.msn.as_str(), wanted, before, limit + 1)
         .await
         .map_err(|e| state.outbox.failed(&e))?;
-    let next_cursor = (deliveries.len() == usize::try_from(limit).unwrap_or(usize::MAX))
-        .then(|| deliveries.last().map(|d| d.seq.to_string()))
-        .flatten();
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = if deliveries.len() > page {
+        deliveries.truncate(page);
+        deliveries.last().map(|d| d.seq.to_string())
+    } else {
+        None
+    };
     json_response(
         StatusCode::OK,
         &Page {

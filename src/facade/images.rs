@@ -5,6 +5,7 @@ use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::query::{self, Others};
 use super::{json_response, media_type, parse_json, read_body, AppState, MerchantTarget};
 use crate::domain::ImageId;
 use crate::error::{ApiError, Kind};
@@ -37,13 +38,13 @@ pub async fn post(
     // First, so an unauthenticated caller gets its 401 before any other check.
     target: MerchantTarget,
     req: HttpRequest,
-    query: web::Query<ImageQuery>,
     payload: web::Payload,
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
     within_deadline(async move {
         let MerchantTarget { ctx } = target;
+        let query: ImageQuery = query::parse(req.query_string(), &["imageId"], Others::Ignored)?;
         let media = media_type(&req).unwrap_or_default();
         let (image, named) = match media.as_str() {
             "image/png" | "image/jpeg" | "image/jpg" => {

@@ -6,6 +6,7 @@ pub mod category;
 pub mod deliveries;
 pub mod images;
 pub mod order;
+pub mod query;
 pub mod receipt;
 
 use std::future::{ready, Ready};
@@ -132,8 +133,8 @@ fn order_target(
 ) -> Result<OrderTarget, ApiError> {
     let MerchantTarget { ctx } = merchant_target(req, payload, admit)?;
     let order = order_id(req.match_info().get("orderId").unwrap_or_default())?;
-    let query = web::Query::<PaymentQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::field(Kind::InvalidRequest, "query", e.to_string()))?;
+    let query: PaymentQuery =
+        query::parse(req.query_string(), &["paymentType"], query::Others::Ignored)?;
     Ok(OrderTarget {
         ctx,
         order,

@@ -15,6 +15,7 @@
 //! once it is open.
 
 pub mod store;
+pub mod throttle;
 pub mod worker;
 
 use std::sync::{Arc, RwLock};

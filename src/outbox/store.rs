@@ -17,9 +17,14 @@
 //! - an entry is claimed only when no earlier pending entry of its order
 //!   exists, so one order's entries are delivered in the order they came;
 //! - [`Store::finish`] records an attempt only while the claim is still the
-//!   caller's: a claimer whose lease was taken over changes nothing.
+//!   caller's: a claimer whose lease was taken over changes nothing;
+//! - a SQLite file is one process's: a store holds an exclusive lock on
+//!   `<file>-lock` while it is open, and another process's open is refused
+//!   ([`StoreError::InUse`]) rather than sharing the file's write lock.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret as _, SecretString};
@@ -284,6 +289,18 @@ pub enum StoreError {
     /// or may not be stored.
     #[error("outbox store {store}: the commit's outcome is unknown ({reason})")]
     CommitUnknown { store: String, reason: String },
+    /// Another process has the SQLite store open: one file serves one
+    /// gateway.
+    #[error(
+        "outbox store {store} is held by another process (its lock file {} is locked); \
+         a SQLite store serves one gateway: stop the other process or give this one \
+         another file",
+        lock.display()
+    )]
+    InUse {
+        store: String,
+        lock: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone)]
@@ -303,6 +320,8 @@ pub struct Store {
     writer: Option<tokio::sync::mpsc::Sender<Job>>,
     /// Most pending entries per merchant (`outbox.max_pending_per_merchant`).
     max_pending: i64,
+    /// A SQLite store's hold on its file, until it is closed.
+    lock: Option<Arc<FileLock>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -529,6 +548,16 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_ACQUIRE_TIMEOUT);
             let name = format!("sqlite://{}", options.get_filename().display());
+            // Taken before the first connection: a refused process neither
+            // migrates nor recovers the file another one is writing.
+            let in_memory = sqlx::ConnectOptions::to_url_lossy(&options)
+                .query_pairs()
+                .any(|(key, value)| key == "mode" && value == "memory");
+            let lock = if in_memory {
+                None
+            } else {
+                Some(Arc::new(FileLock::take(options.get_filename(), &name)?))
+            };
             let unavailable = |e: &sqlx::Error| unavailable(&name, e);
             // One connection: SQLite has one writer, and a single connection
             // never waits on another's lock.
@@ -549,6 +578,7 @@ impl Store {
                 name,
                 writer: Some(writer),
                 max_pending: i64::MAX,
+                lock,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url)?;
@@ -580,6 +610,7 @@ impl Store {
                 name,
                 writer: None,
                 max_pending: i64::MAX,
+                lock: None,
             })
         } else {
             Err(StoreError::Url)
@@ -819,9 +850,59 @@ impl Store {
             .collect()
     }
 
-    /// Closes the pool's connections.
+    /// Closes the pool's connections, then lets go of a SQLite file, so
+    /// that it can be opened again, by this process or another.
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await)
+        with_pool!(self, pool => pool.close().await);
+        if let Some(lock) = &self.lock {
+            lock.release();
+        }
+    }
+}
+
+/// An exclusive advisory lock (`flock(2)`) on the sidecar file
+/// `<database>-lock`, beside SQLite's own `-wal` and `-shm`. The kernel
+/// drops it with the process, however that ends, and it belongs to this
+/// open file: a second open, even in this process, is refused. A sidecar
+/// rather than the database itself, because SQLite's own locks on the
+/// database are POSIX record locks, which some file systems (NFS) emulate
+/// `flock` with, and which SQLite releases range by range.
+struct FileLock {
+    file: std::fs::File,
+}
+
+impl FileLock {
+    fn take(database: &Path, store: &str) -> Result<Self, StoreError> {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-lock");
+        let path = PathBuf::from(path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::Unavailable {
+                store: store.to_owned(),
+                reason: format!("lock file {}: {}", path.display(), e.kind()),
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+                store: store.to_owned(),
+                lock: path,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable {
+                store: store.to_owned(),
+                reason: format!("lock file {}: {}", path.display(), e.kind()),
+            }),
+        }
+    }
+
+    fn release(&self) {
+        // A failed unlock leaves the lock to go with the file's last
+        // handle (or the process): nothing else to do about it.
+        let _ = self.file.unlock();
     }
 }
 

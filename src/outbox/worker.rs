@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::throttle::StoreWarnings;
 use super::{
     location, now_ms, CategoryPayload, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload,
     Store,
@@ -73,6 +74,8 @@ pub struct Worker {
     guards: Arc<Guards>,
     /// This replica's name on its claims.
     owner: String,
+    /// A failing store is logged once a minute per kind of failure.
+    warnings: StoreWarnings,
 }
 
 impl Worker {
@@ -88,6 +91,7 @@ impl Worker {
             merchants,
             guards,
             owner: uuid::Uuid::new_v4().to_string(),
+            warnings: StoreWarnings::default(),
         }
     }
 
@@ -130,7 +134,9 @@ impl Worker {
                 Ok(_) => tokio::time::sleep(POLL).await,
                 Err(e) => {
                     self.outbox.metrics.outbox_store_error();
-                    tracing::warn!(error = %e, "outbox claim failed");
+                    if let Some(suppressed) = self.warnings.claim.admit() {
+                        tracing::warn!(error = %e, store = store.name(), suppressed, "outbox claim failed");
+                    }
                     tokio::time::sleep(POLL).await;
                 }
             }
@@ -145,7 +151,9 @@ impl Worker {
             Ok(n) => tracing::info!(deleted = n, "outbox entries past their retention deleted"),
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
-                tracing::warn!(error = %e, "outbox purge failed");
+                if let Some(suppressed) = self.warnings.purge.admit() {
+                    tracing::warn!(error = %e, store = store.name(), suppressed, "outbox purge failed");
+                }
             }
         }
     }
@@ -157,7 +165,9 @@ impl Worker {
             Ok(stats) => stats,
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
-                tracing::warn!(error = %e, "outbox backlog could not be counted");
+                if let Some(suppressed) = self.warnings.count.admit() {
+                    tracing::warn!(error = %e, store = store.name(), suppressed, "outbox backlog could not be counted");
+                }
                 return;
             }
         };
@@ -230,7 +240,9 @@ impl Worker {
             Ok(recorded) => recorded,
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
-                tracing::warn!(error = %e, entries = batch.len(), "outbox attempts could not be recorded; the entries are claimed again after their lease");
+                if let Some(suppressed) = self.warnings.record.admit() {
+                    tracing::warn!(error = %e, store = store.name(), suppressed, entries = batch.len(), "outbox attempts could not be recorded; the entries are claimed again after their lease");
+                }
                 return;
             }
         };

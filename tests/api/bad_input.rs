@@ -106,6 +106,33 @@ async fn an_unknown_payment_type_is_400_naming_it() {
 }
 
 #[actix_web::test]
+async fn a_repeated_payment_type_or_image_id_is_400_naming_it() {
+    let app = spawn_app().await;
+    for route in ["receipt", "category", "order"] {
+        let resp = call(
+            &app,
+            route,
+            MSN,
+            "o-1",
+            "?paymentType=ecom&paymentType=recurring",
+        )
+        .await;
+        assert_problem(&resp, 400, "invalid-request", &["paymentType"]);
+        assert_no_upstream_call(&app, route).await;
+    }
+    let resp = app
+        .send_raw(
+            Method::POST,
+            &format!("/v1/merchants/{MSN}/images?imageId=a&imageId=b"),
+            "image/png",
+            png(300),
+        )
+        .await;
+    assert_problem(&resp, 400, "invalid-request", &["imageId"]);
+    assert_no_upstream_call(&app, "repeated imageId").await;
+}
+
+#[actix_web::test]
 async fn bad_category_requests_are_400_naming_the_field() {
     let app = spawn_app().await;
     let path = format!("/v1/merchants/{MSN}/orders/o-1/category");

@@ -62,6 +62,20 @@ impl Process {
         panic!("no log line with {what:?}");
     }
 
+    /// Waits (without blocking the runtime) for a log line containing
+    /// `what` and returns it.
+    pub async fn line_with(&self, what: &str) -> String {
+        for _ in 0..200 {
+            while let Ok(line) = self.lines.try_recv() {
+                if line.contains(what) {
+                    return line;
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no log line with {what:?}");
+    }
+
     pub async fn saw(&self, what: &str) -> bool {
         for _ in 0..200 {
             while let Ok(line) = self.lines.try_recv() {

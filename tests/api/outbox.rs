@@ -444,6 +444,12 @@ async fn deliveries_are_listed_newest_first_page_by_page_and_only_the_merchants_
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("cursor=x", "cursor"),
+        // Another parameter, or one given twice, is named by its name.
+        ("sort=newest", "sort"),
+        ("limit=2&stat=failed", "stat"),
+        ("state=failed&state=pending", "state"),
+        ("limit=2&limit=2", "limit"),
+        ("cursor=1&limit=2&cursor=1", "cursor"),
     ] {
         let a = app
             .get(&format!("/v1/merchants/{MSN}/deliveries?{query}"))
@@ -451,4 +457,44 @@ async fn deliveries_are_listed_newest_first_page_by_page_and_only_the_merchants_
         a.problem(400);
         assert_eq!(a.invalid_names(), [name], "{query}");
     }
+}
+
+#[actix_rt::test]
+async fn a_last_page_that_is_exactly_full_has_no_next_cursor() {
+    let app = spawn_app_with(fast_outbox("")).await;
+    for i in 0..4 {
+        let a = post_async(&app, &format!("full-{i}"), &spec_receipt()).await;
+        assert_eq!(a.status, 202);
+    }
+    let page = |query: String| {
+        let app = &app;
+        async move {
+            let a = app
+                .get(&format!("/v1/merchants/{MSN}/deliveries?{query}"))
+                .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            let n = a.body["deliveries"].as_array().unwrap().len();
+            (n, a.body["nextCursor"].as_str().map(str::to_owned))
+        }
+    };
+    let (n, cursor) = page("limit=2".into()).await;
+    assert_eq!(n, 2);
+    let cursor = cursor.expect("two more to come");
+    assert_eq!(
+        page(format!("limit=2&cursor={cursor}")).await,
+        (2, None),
+        "the second page holds the last two"
+    );
+    assert_eq!(
+        page("limit=4".into()).await,
+        (4, None),
+        "one page holds all"
+    );
+    assert_eq!(page("limit=5".into()).await, (4, None));
+    let (n, cursor) = page("limit=3".into()).await;
+    assert_eq!(n, 3);
+    assert_eq!(
+        page(format!("limit=3&cursor={}", cursor.unwrap())).await,
+        (1, None)
+    );
 }

@@ -1,6 +1,8 @@
 //! The outbox's guarantees with the real binary: receipts accepted during a
-//! Vipps outage survive a SIGKILL of the gateway, and two gateways on one
-//! PostgreSQL share a backlog, taking over the entries of one that died.
+//! Vipps outage survive a SIGKILL of the gateway, two gateways on one
+//! PostgreSQL share a backlog, taking over the entries of one that died,
+//! a second gateway on one SQLite file is refused until the first is
+//! gone, and a store that fails every statement is logged once a minute.
 //! Each test prints what it counted (accepted, delivered, lost, duplicated).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,4 +177,111 @@ async fn two_gateways_on_one_postgres_share_a_backlog_and_take_over_a_dead_ones_
     assert!(delivered_by_a > 0, "A delivered some before it was killed");
     assert!(delivered_by_b > 0, "B delivered some");
     drop(b);
+}
+
+/// Posts a receipt for `order` with `Prefer: respond-async`: the answer's
+/// status and body.
+async fn post_async(port: &str, order: &str) -> (u16, serde_json::Value) {
+    let mut resp = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/merchants/{MSN}/orders/{order}/receipt"
+        ))
+        .insert_header(("Prefer", "respond-async"))
+        .send_json(&spec_receipt())
+        .await
+        .expect("the gateway answers");
+    let body = resp.json().await.unwrap_or_default();
+    (resp.status().as_u16(), body)
+}
+
+#[actix_web::test]
+async fn a_second_gateway_on_one_sqlite_file_is_refused_and_takes_over_when_the_first_dies() {
+    let app = spawn_app().await;
+    app.add_fault(json!({"endpoint": "receipt", "status": 503}))
+        .await;
+    let dir = temp_dir("one-file");
+    let file = dir.join("outbox.db");
+    let store = format!("sqlite://{}", file.display());
+
+    let first = gateway(&app, &dir, "first", &store, "30s");
+    let port_first = first.value_after("gateway listening", "port").await;
+    assert_eq!(post_async(&port_first, "one-file-1").await.0, 202);
+
+    let second = gateway(&app, &dir, "second", &store, "30s");
+    let port_second = second.value_after("gateway listening", "port").await;
+    let refused = second.line_with("held by another process").await;
+    assert!(
+        refused.contains(&file.display().to_string()),
+        "the line names the file: {refused}"
+    );
+    let (status, body) = post_async(&port_second, "one-file-2").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "/problems/outbox-unavailable");
+    // The first gateway is not disturbed by the second.
+    assert_eq!(post_async(&port_first, "one-file-3").await.0, 202);
+
+    drop(first); // SIGKILL: the lock goes with the process
+    app.clear_faults().await;
+    poll_until("the second gateway to open the store", || async {
+        (post_async(&port_second, "one-file-2").await.0 == 202).then_some(())
+    })
+    .await;
+    let orders: Vec<String> = ["one-file-1", "one-file-2", "one-file-3"]
+        .map(String::from)
+        .to_vec();
+    wait_for_all(&app, &orders).await;
+    let (stored, _) = stored_at_vipps(&app).await;
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+    drop(second);
+}
+
+#[actix_web::test]
+async fn a_store_failing_every_claim_is_logged_once_a_minute_and_counted_every_time() {
+    let app = spawn_app().await;
+    let dir = temp_dir("failing-store");
+    let store = crate::outbox_store::postgres_database().await;
+    let gateway = gateway(&app, &dir, "failing", &store, "30s");
+    let port = gateway.value_after("gateway listening", "port").await;
+    assert!(gateway.saw("outbox store open").await);
+    // Every claim fails from now on, four times a second.
+    let db = sqlx::PgPool::connect(&store).await.unwrap();
+    sqlx::query("DROP TABLE deliveries")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let logged = gateway.line_with("outbox claim failed").await;
+    assert!(logged.contains("store=\"postgres://"), "{logged}");
+    assert!(logged.contains("suppressed=0"), "{logged}");
+
+    let errors = || async {
+        let body = awc::Client::default()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_outbox_store_errors_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = errors().await;
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        errors().await >= before + 4.0,
+        "every failure is counted: {before} then {}",
+        errors().await
+    );
+    assert_eq!(
+        gateway.count_new("outbox claim failed"),
+        0,
+        "no second line within the minute"
+    );
+    drop(gateway);
 }

@@ -443,6 +443,29 @@ async fn a_sqlite_store_is_a_wal_file_created_on_open() {
 }
 
 #[actix_rt::test]
+async fn a_sqlite_file_is_one_stores_until_it_is_closed() {
+    let file = temp_dir("outbox").join("outbox.db");
+    let url = format!("sqlite://{}", file.display());
+    let first = Store::open(&url, None).await.unwrap();
+    match Store::open(&url, None).await.unwrap_err() {
+        err @ StoreError::InUse { .. } => {
+            let text = err.to_string();
+            assert!(text.contains(&url), "{text}");
+            assert!(text.contains("another process"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The first still works; closed, it lets go of the file.
+    first.purge(T0).await.unwrap();
+    first.close().await;
+    let second = Store::open(&url, None).await.unwrap();
+    second.purge(T0).await.unwrap();
+    drop(second);
+    // Dropped without a close, it lets go too.
+    Store::open(&url, None).await.unwrap();
+}
+
+#[actix_rt::test]
 async fn a_sqlite_store_in_a_missing_directory_is_unavailable_and_named() {
     let file = temp_dir("outbox").join("missing").join("outbox.db");
     let url = format!("sqlite://{}", file.display());
@@ -466,6 +489,23 @@ async fn an_unreachable_postgres_is_named_without_its_password() {
     let err = Store::open(
         "postgres://gateway@127.0.0.1:1/outbox?connect_timeout=2",
         Some(&SecretString::from(password)),
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("postgres://gateway@127.0.0.1:1/outbox"),
+        "{text}"
+    );
+    assert!(!text.contains(password), "{text}");
+}
+
+#[actix_rt::test]
+async fn a_password_in_the_postgres_url_is_not_in_the_stores_name() {
+    let password = "url-password-never-shown";
+    let err = Store::open(
+        &format!("postgres://gateway:{password}@127.0.0.1:1/outbox?connect_timeout=2"),
+        None,
     )
     .await
     .unwrap_err();

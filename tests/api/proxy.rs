@@ -166,8 +166,7 @@ async fn every_allow_listed_pair_is_forwarded_to_the_same_vipps_path() {
     assert_eq!(
         order.body,
         json!({"category": {"category": "RECEIPT",
-                            "orderDetailsUrl": "https://shop.example/o/1", "imageId": null},
-               "receipt": null})
+                            "orderDetailsUrl": "https://shop.example/o/1", "imageId": null}})
     );
     let v1 = app.proxy(Method::GET, "/v1/receipts/4711", None).await;
     assert_eq!(v1.body, vipps_receipt());

@@ -54,8 +54,8 @@ const FORWARDED_RESPONSE: [(HeaderName, http::HeaderName); 7] = [
 
 /// The allow-list (SPEC §2): each path below [`PREFIX`] (and below Vipps'
 /// `/order-management`) with the methods forwarded on it. `{paymentType}`
-/// is `ecom` or `recurring`; `{orderId}` and `{transactionId}` follow the
-/// order id rules; `{categoryId}` is a hyphenated UUID.
+/// is one of [`PAYMENT_TYPES`]; `{orderId}` and `{transactionId}` follow
+/// the order id rules; `{categoryId}` is a hyphenated UUID.
 pub const ROUTES: [(&str, &[Method]); 8] = [
     ("/v1/images", &[Method::POST]),
     ("/v1/orders/{transactionId}", &[Method::PUT, Method::GET]),
@@ -71,6 +71,11 @@ pub const ROUTES: [(&str, &[Method]); 8] = [
     ),
 ];
 
+/// The v2 path's `{paymentType}` as Vipps spells it: 2.0's document wrote
+/// it in lower case, 2.1's enumerates it in upper case. Forwarded exactly as
+/// the caller wrote it; any other spelling (`Ecom`) is no route.
+const PAYMENT_TYPES: [&str; 4] = ["ecom", "recurring", "ECOM", "RECURRING"];
+
 /// The one operation that takes a query: 2.1's list of an order's links,
 /// `GET /v3/categories?orderId=`. Its query must be exactly that one
 /// parameter, with a valid order id; every other query is refused.
@@ -83,15 +88,18 @@ enum Refusal {
     NoRoute,
     /// An allow-listed path with another method.
     Method(&'static [Method]),
-    /// A query string the operation does not take.
+    /// A query string on an operation that takes none.
     Query,
+    /// A query on [`ORDER_QUERY_ROUTE`] that is not exactly
+    /// `orderId=<order id>`.
+    OrderQuery,
 }
 
 /// Whether one raw path segment fits a pattern segment.
 fn segment_ok(pattern: &str, raw: &str) -> bool {
     match pattern {
         // Sent upstream verbatim, so exactly as Vipps spells it.
-        "{paymentType}" => raw == "ecom" || raw == "recurring",
+        "{paymentType}" => PAYMENT_TYPES.contains(&raw),
         // `transactionId` is documented only as a string; Vipps ids are
         // digits or order ids, so the order id rules (and length) apply.
         "{orderId}" | "{transactionId}" => OrderId::is_valid(raw),
@@ -170,8 +178,11 @@ fn upstream_path(req: &HttpRequest) -> Result<String, Refusal> {
     if let Some(q) = query {
         let takes_order_query =
             (pattern, req.method()) == (ORDER_QUERY_ROUTE.0, &ORDER_QUERY_ROUTE.1);
-        if !(takes_order_query && order_query_ok(q)) {
+        if !takes_order_query {
             return Err(Refusal::Query);
+        }
+        if !order_query_ok(q) {
+            return Err(Refusal::OrderQuery);
         }
     }
     let mut path = String::with_capacity(
@@ -198,6 +209,12 @@ fn refusal_response(refusal: Refusal, method: &Method) -> HttpResponse {
             Kind::InvalidRequest,
             "query",
             "this operation takes no query parameters; only GET /v3/categories takes one, exactly orderId=<order id>",
+        )
+        .error_response(),
+        Refusal::OrderQuery => ApiError::field(
+            Kind::InvalidRequest,
+            "query",
+            "this operation takes exactly one query parameter, once: orderId=<order id>, the order id 1 to 256 characters of ^[0-9A-Za-z-_.]+$, not percent-encoded",
         )
         .error_response(),
         Refusal::Method(allowed) => {
@@ -375,6 +392,10 @@ mod tests {
             (Method::PUT, "/v2/ecom/categories/o-1"),
             (Method::POST, "/v2/recurring/receipts/o.1_x"),
             (Method::GET, "/v2/ecom/o-1"),
+            // 2.1's document spells the payment type in upper case.
+            (Method::GET, "/v2/ECOM/o-1"),
+            (Method::PUT, "/v2/RECURRING/categories/o-1"),
+            (Method::POST, "/v2/ECOM/receipts/o-1"),
             (Method::POST, "/v1/images"),
             (Method::PUT, "/v1/orders/123"),
             (Method::GET, "/v1/orders/123"),
@@ -467,7 +488,8 @@ mod tests {
             "/",
             "/v2/ecom/..",
             "/v2/ecom/.",
-            "/v2/ECOM/o-1",
+            "/v2/Ecom/o-1",
+            "/v2/Recurring/o-1",
             "/v2/pos/o-1",
             "/v2/ecom/a%2Fb",
             "/v2/ecom/%2e%2e",

@@ -236,12 +236,20 @@ pub struct ErrorResponse {
 }
 
 /// `OrderV2Response`: what `GET /v2/{paymentType}/{orderId}` answers. The
-/// receipt is kept exactly as it was received.
+/// receipt is kept exactly as it was received. 2.1 makes neither field
+/// nullable, so the one the order lacks is left out rather than `null`.
 /// Borrowed from the stored order, so answering copies nothing.
 #[derive(Debug, Serialize)]
 pub struct OrderV2Response<'a> {
+    #[serde(skip_serializing_if = "is_none")]
     pub category: &'a Option<OrderCategory>,
+    #[serde(skip_serializing_if = "is_none")]
     pub receipt: &'a Option<Value>,
+}
+
+/// `skip_serializing_if` for a borrowed `Option`.
+fn is_none<T>(value: &&Option<T>) -> bool {
+    value.is_none()
 }
 
 /// The deprecated v1 `GET /v1/orders/{transactionId}` answer.

@@ -496,17 +496,31 @@ fn authorize(
     }
 }
 
+/// The v2 path's `{paymentType}` as the order key holds it: 2.0's document
+/// spells it `ecom`/`recurring`, 2.1's `ECOM`/`RECURRING`, and both name
+/// the same order, kept under the lower-case name (as v1 and the state
+/// show it). Any other spelling is refused.
+fn payment_type(raw: &str) -> Option<&'static str> {
+    match raw {
+        "ecom" | "ECOM" => Some("ecom"),
+        "recurring" | "RECURRING" => Some("recurring"),
+        _ => None,
+    }
+}
+
 /// Checks `{paymentType}` and `{orderId}` and returns them.
 fn order_path(call: &Call) -> (String, String, Vec<InvalidParam>) {
-    let payment_type = call.path_param("paymentType").to_owned();
+    let raw_payment_type = call.path_param("paymentType");
     let order_id = call.path_param("orderId").to_owned();
     let mut errors = Vec::new();
-    if payment_type != "ecom" && payment_type != "recurring" {
+    let payment_type = payment_type(raw_payment_type).unwrap_or_else(|| {
         errors.push(InvalidParam::new(
             "paymentType",
-            "must be ecom or recurring",
+            "must be ECOM or RECURRING (or, as in 2.0, ecom or recurring)",
         ));
-    }
+        ""
+    });
+    let payment_type = payment_type.to_owned();
     if !validate::is_id(&order_id) {
         errors.push(InvalidParam::new(
             "orderId",

@@ -182,9 +182,17 @@ const BOTTOM_LINE: &[Field] = &[
     field("totalTax", AMOUNT, false, true),
     field("totalDiscount", AMOUNT, false, true),
     field("shippingAmount", AMOUNT, false, true),
-    field("shippingInfo", Kind::Object(SHIPPING_INFO), false, true),
-    field("paymentSources", Kind::Object(PAYMENT_SOURCES), false, true),
-    field("barcode", Kind::Object(BARCODE), false, true),
+    // 2.1 refers to these objects without `nullable` (unlike its scalar
+    // fields): `null` is refused, as for `unitInfo`, so an order read never
+    // answers a receipt that breaks the document.
+    field("shippingInfo", Kind::Object(SHIPPING_INFO), false, false),
+    field(
+        "paymentSources",
+        Kind::Object(PAYMENT_SOURCES),
+        false,
+        false,
+    ),
+    field("barcode", Kind::Object(BARCODE), false, false),
     field("receiptNumber", ANY_STRING, false, true),
     field("terminalId", ANY_STRING, false, true),
 ];

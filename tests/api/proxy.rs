@@ -166,13 +166,98 @@ async fn every_allow_listed_pair_is_forwarded_to_the_same_vipps_path() {
     assert_eq!(
         order.body,
         json!({"category": {"category": "RECEIPT",
-                            "orderDetailsUrl": "https://shop.example/o/1", "imageId": null},
-               "receipt": null})
+                            "orderDetailsUrl": "https://shop.example/o/1", "imageId": null}})
     );
     let v1 = app.proxy(Method::GET, "/v1/receipts/4711", None).await;
     assert_eq!(v1.body, vipps_receipt());
     let state = app.sim_state().await;
     assert_eq!(state["orders"].as_array().unwrap().len(), 3);
+}
+
+#[actix_rt::test]
+async fn the_v2_payment_type_is_forwarded_in_either_documented_case() {
+    let app = spawn_app().await;
+    // 2.1's document spells it ECOM/RECURRING, 2.0's ecom/recurring; the
+    // path reaches Vipps exactly as the caller wrote it.
+    let calls = [
+        (
+            Method::PUT,
+            "/v2/ECOM/categories/o-u",
+            Some(vipps_category()),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v2/RECURRING/receipts/o-u",
+            Some(vipps_receipt()),
+            201,
+        ),
+        (Method::GET, "/v2/ECOM/o-u", None, 200),
+        (Method::GET, "/v2/RECURRING/o-u", None, 200),
+        (Method::GET, "/v2/ecom/o-u", None, 200),
+    ];
+    for (method, path, body, status) in calls {
+        let a = app.proxy(method.clone(), path, body.as_ref()).await;
+        assert_eq!(a.status.as_u16(), status, "{method} {path}: {}", a.body);
+        let log = app.sim_requests().await;
+        let seen = log.last().unwrap();
+        assert_eq!(seen["path"], format!("/order-management{path}"));
+    }
+    // The simulator takes both spellings for one order.
+    let order = app.proxy(Method::GET, "/v2/ecom/o-u", None).await;
+    assert_eq!(order.body["category"]["category"], "RECEIPT");
+    let order = app.proxy(Method::GET, "/v2/recurring/o-u", None).await;
+    assert_eq!(order.body["receipt"], vipps_receipt());
+
+    // Any other spelling is no route, and never reaches Vipps.
+    let forwarded = app.sim_requests().await.len();
+    for path in [
+        "/v2/Ecom/o-u",
+        "/v2/eCOM/categories/o-u",
+        "/v2/Recurring/o-u",
+    ] {
+        let method = if path.contains("categories") {
+            Method::PUT
+        } else {
+            Method::GET
+        };
+        let a = app.proxy(method, path, None).await;
+        a.problem(404);
+    }
+    assert_eq!(app.sim_requests().await.len(), forwarded);
+}
+
+#[actix_rt::test]
+async fn a_refused_query_says_what_the_operation_takes() {
+    let app = spawn_app().await;
+    // The list of an order's links takes one query, and says which.
+    for query in ["?orderId=o-p&x=1", "?x=1", "?orderId=a%2Fb", "?orderId="] {
+        let a = app
+            .proxy(Method::GET, &format!("/v3/categories{query}"), None)
+            .await;
+        a.problem(400);
+        assert_eq!(a.invalid_names(), ["query"], "{query}");
+        let reason = a.body["invalidParams"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("exactly one query parameter, once: orderId=<order id>"),
+            "{query}: {reason}"
+        );
+        assert!(!reason.contains("no query"), "{query}: {reason}");
+    }
+    // Every other operation takes none.
+    for (method, path) in [
+        (Method::GET, "/v2/ecom/o-1?orderId=o-1"),
+        (Method::POST, "/v3/categories?orderId=o-1"),
+    ] {
+        let a = app.proxy(method.clone(), path, None).await;
+        a.problem(400);
+        let reason = a.body["invalidParams"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("this operation takes no query parameters"),
+            "{method} {path}: {reason}"
+        );
+    }
+    assert_eq!(app.upstream_call_count().await, 0);
 }
 
 #[actix_rt::test]
@@ -291,7 +376,7 @@ async fn traversal_and_encoding_tricks_never_reach_vipps() {
         "/vipps/order-management/v2/ecom/a\\b",
         "/vipps/order-management/v2/ecom\\o-1",
         "/vipps/order-management/v2/ecom/o-1/",
-        "/vipps/order-management/v2/ECOM/o-1",
+        "/vipps/order-management/v2/Ecom/o-1",
         "/vipps/order-management/v2/ecom/o-1;x=1",
         "/vipps/order-management/v2/ecom/@evil.example",
         "/vipps/order-management/v2/ecom/http:%2F%2Fevil.example",

@@ -663,7 +663,7 @@ async fn a_category_is_overwritten_by_a_later_put() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"category": {"category": "DELIVERY", "orderDetailsUrl": "http://shop.example/track", "imageId": null}, "receipt": null})
+        json!({"category": {"category": "DELIVERY", "orderDetailsUrl": "http://shop.example/track", "imageId": null}})
     );
 
     for (bad, name) in [
@@ -709,7 +709,86 @@ async fn get_order_is_404_until_something_is_stored() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["category"]["category"], "GENERAL");
-    assert_eq!(body["receipt"], Value::Null);
+    // 2.1 makes neither field nullable: the missing one is left out.
+    assert_eq!(body.get("receipt"), None, "{body}");
+    let req = sim.om(Method::POST, "/v2/ecom/receipts/order-2", &token);
+    assert_eq!(sim.send(req, Some(&receipt())).await.0, StatusCode::CREATED);
+    let (status, body) = sim
+        .send(sim.om(Method::GET, "/v2/ecom/order-2", &token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"receipt": receipt()}));
+}
+
+#[actix_web::test]
+async fn the_payment_type_in_either_documented_case_names_the_same_order() {
+    let sim = spawn();
+    let token = sim.token().await;
+    // 2.1's document spells it ECOM/RECURRING, 2.0's ecom/recurring.
+    let category = json!({"category": "GENERAL", "orderDetailsUrl": "https://shop.example"});
+    let req = sim.om(Method::PUT, "/v2/ECOM/categories/order-1", &token);
+    assert_eq!(sim.send(req, Some(&category)).await.0, StatusCode::OK);
+    let req = sim.om(Method::POST, "/v2/RECURRING/receipts/order-2", &token);
+    assert_eq!(sim.send(req, Some(&receipt())).await.0, StatusCode::CREATED);
+    for path in ["/v2/ecom/order-1", "/v2/ECOM/order-1"] {
+        let (status, body) = sim.send(sim.om(Method::GET, path, &token), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["category"]["category"], "GENERAL", "{path}");
+    }
+    // The v1 endpoints read the ecom order, whichever spelling stored it.
+    let (status, _) = sim
+        .send(sim.om(Method::GET, "/v1/orders/order-1", &token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // One order: its receipt cannot be added again in the other spelling.
+    let req = sim.om(Method::POST, "/v2/recurring/receipts/order-2", &token);
+    assert_eq!(
+        sim.send(req, Some(&receipt())).await.0,
+        StatusCode::CONFLICT
+    );
+    let (status, _) = sim
+        .send(sim.om(Method::GET, "/v2/ECOM/order-2", &token), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "ecom and recurring differ");
+    let state = sim.get_control("/state").await;
+    let kinds: Vec<&Value> = state["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| &o["paymentType"])
+        .collect();
+    assert_eq!(kinds, [&json!("ecom"), &json!("recurring")]);
+}
+
+#[actix_web::test]
+async fn null_for_a_non_nullable_receipt_object_is_refused() {
+    let sim = spawn();
+    let token = sim.token().await;
+    // 2.1 refers to these objects without `nullable`; stored, a `null`
+    // would make the order read break the document.
+    for (i, field) in ["barcode", "paymentSources", "shippingInfo"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut body = receipt();
+        body["bottomLine"][field] = Value::Null;
+        let order = format!("order-{i}");
+        let (status, problem) = sim.post_receipt(&token, &order, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {problem}");
+        assert_eq!(
+            param_names(&problem),
+            [format!("bottomLine.{field}")],
+            "{problem}"
+        );
+        assert_eq!(problem["invalidParams"][0]["reason"], "must not be null");
+    }
+    let mut body = receipt();
+    body["orderLines"][0]["unitInfo"] = Value::Null;
+    let (status, problem) = sim.post_receipt(&token, "order-u", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(param_names(&problem), ["orderLines[0].unitInfo"]);
+    let state = sim.get_control("/state").await;
+    assert_eq!(state["orders"], json!([]), "nothing was stored");
 }
 
 #[actix_web::test]
@@ -717,7 +796,7 @@ async fn path_parameters_are_checked() {
     let sim = spawn();
     let token = sim.token().await;
     for (path, name) in [
-        ("/v2/ECOM/order-1", "paymentType"),
+        ("/v2/Ecom/order-1", "paymentType"),
         ("/v2/pos/order-1", "paymentType"),
         ("/v2/ecom/order%20one", "orderId"),
         ("/v2/ecom/order+1", "orderId"),

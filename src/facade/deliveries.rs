@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::query::{self, Others};
-use super::{json_response, AppState, MerchantTarget};
+use super::{json_response, AppState, StoreTarget};
 use crate::domain::parse_hyphenated_uuid;
 use crate::error::{ApiError, Kind};
 use crate::outbox::{location, Delivery, DeliveryView, State, Store};
@@ -48,7 +48,7 @@ fn not_found() -> ApiError {
 }
 
 pub async fn get(
-    target: MerchantTarget,
+    target: StoreTarget,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -83,7 +83,7 @@ struct Page<'a> {
 }
 
 pub async fn list(
-    target: MerchantTarget,
+    target: StoreTarget,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

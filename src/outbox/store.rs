@@ -46,7 +46,7 @@ const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// included) before the store counts as unavailable: a database that is
 /// down or unreachable costs a caller at most this, and its `503` comes
 /// within a second (SPEC §3).
-const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(750);
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// PostgreSQL connections per replica: requests that enqueue, the worker
 /// and the delivery reads share them.

@@ -21,6 +21,7 @@ mod outbox;
 mod outbox_crash;
 mod outbox_limits;
 mod outbox_store;
+mod outbox_store_down;
 mod problems;
 mod properties;
 mod proxy;

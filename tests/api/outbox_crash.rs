@@ -17,13 +17,15 @@ use crate::helpers::{poll_until, spawn_app, spec_receipt, TestApp, MSN};
 use crate::lifecycle::{Process, BIN};
 
 /// A gateway process on `store`, against the test app's simulator, with
-/// short backoffs and `lease`.
+/// short backoffs and `lease`. Its rate is set, not left to the defaults:
+/// the 202s take nothing from it, and the deliveries go at 200 a second.
 fn gateway(app: &TestApp, dir: &Path, name: &str, store: &str, lease: &str) -> Process {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\n[upstream]\nbase_url = \"{}\"\n\
+             [resilience]\nrate_per_second = 200\nrate_burst = 400\n\
              [outbox]\nurl = \"{store}\"\nbackoff_base = \"500ms\"\nbackoff_max = \"1s\"\nlease = \"{lease}\"\n\
              [[merchants]]\nmsn = \"{MSN}\"\nclient_id = \"demo-client-id\"\n\
              client_secret_env = \"CRASH_CLIENT_SECRET\"\nsubscription_key_env = \"CRASH_SUBSCRIPTION_KEY\"\n",

@@ -80,6 +80,9 @@ on_both!(
     finished_entries_are_purged_and_pending_ones_counted,
     concurrent_claimers_take_each_entry_once,
     concurrent_identical_receipts_are_stored_once,
+    a_merchants_pending_entries_are_bounded_and_reposts_still_found,
+    a_postponed_entry_keeps_its_attempts_and_error,
+    a_claim_leaves_the_skipped_merchants_entries_alone,
 );
 
 fn request(kind: Kind, order: &str, content: &str) -> NewDelivery {
@@ -116,6 +119,77 @@ async fn claim_ids(store: &Store, owner: &str, now: i64) -> Vec<String> {
         .into_iter()
         .map(|c| c.delivery.id)
         .collect()
+}
+
+async fn a_merchants_pending_entries_are_bounded_and_reposts_still_found(store: Store) {
+    let store = store.with_max_pending(2);
+    let first = created(&store, &receipt("o-1", "a"), T0).await;
+    created(&store, &category("o-2", "b"), T0).await;
+    assert_eq!(
+        store.enqueue(&receipt("o-3", "c"), T0).await.unwrap(),
+        Enqueued::Full,
+        "a third pending entry"
+    );
+    // A repost creates nothing: found however full.
+    match store.enqueue(&receipt("o-1", "a"), T0).await.unwrap() {
+        Enqueued::Repost(d) => assert_eq!(d.id, first.id),
+        other => panic!("expected the repost, got {other:?}"),
+    }
+    // Another merchant has a bound of its own.
+    let mut other = receipt("o-3", "c");
+    other.msn = "654321".into();
+    created(&store, &other, T0).await;
+    // A finished entry makes room.
+    let claimed = store.claim("w", T0, LEASE, 10, &[]).await.unwrap();
+    let mine = claimed.iter().find(|c| c.delivery.id == first.id).unwrap();
+    assert!(store
+        .finish(&mine.delivery.id, "w", &Outcome::Delivered, T0 + 1)
+        .await
+        .unwrap());
+    created(&store, &receipt("o-3", "c"), T0 + 2).await;
+}
+
+async fn a_postponed_entry_keeps_its_attempts_and_error(store: Store) {
+    let d = created(&store, &receipt("o-1", "a"), T0).await;
+    assert_eq!(
+        claim_ids(&store, "w", T0).await,
+        std::slice::from_ref(&d.id)
+    );
+    let retry = Outcome::Retry {
+        next_attempt_at: T0 + 10,
+        error: "{\"status\":503}".into(),
+    };
+    assert!(store.finish(&d.id, "w", &retry, T0 + 1).await.unwrap());
+    assert_eq!(
+        claim_ids(&store, "w", T0 + 10).await,
+        std::slice::from_ref(&d.id)
+    );
+    let postponed = Outcome::Postponed {
+        next_attempt_at: T0 + 5_000,
+    };
+    assert!(store.finish(&d.id, "w", &postponed, T0 + 11).await.unwrap());
+    let after = get(&store, &d.id).await;
+    assert_eq!(after.state, State::Pending);
+    assert_eq!(after.attempts, 1, "nothing was sent: not an attempt");
+    assert_eq!(after.last_error.as_deref(), Some("{\"status\":503}"));
+    assert_eq!(after.next_attempt_at, Some(T0 + 5_000));
+    assert!(
+        claim_ids(&store, "w", T0 + 4_999).await.is_empty(),
+        "released, due later"
+    );
+    assert_eq!(claim_ids(&store, "w", T0 + 5_000).await, [d.id]);
+}
+
+async fn a_claim_leaves_the_skipped_merchants_entries_alone(store: Store) {
+    let mine = created(&store, &receipt("o-1", "a"), T0).await;
+    let mut other = receipt("o-1", "a");
+    other.msn = "654321".into();
+    let theirs = created(&store, &other, T0).await;
+    let skipped = store.claim("w", T0, LEASE, 10, &[MSN]).await.unwrap();
+    let ids: Vec<&str> = skipped.iter().map(|c| c.delivery.id.as_str()).collect();
+    assert_eq!(ids, [theirs.id.as_str()]);
+    // Left alone: not leased, so claimed at once when no longer skipped.
+    assert_eq!(claim_ids(&store, "w2", T0).await, [mine.id]);
 }
 
 async fn get(store: &Store, id: &str) -> Delivery {

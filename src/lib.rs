@@ -126,6 +126,7 @@ pub struct Application {
     reloader: Reloader,
     /// Started with the server when the outbox is enabled.
     outbox: Option<OutboxTasks>,
+    shutdown_grace: Duration,
 }
 
 /// The outbox's background work: opening its store, then delivering.
@@ -273,6 +274,7 @@ impl Application {
             metrics_server,
             reloader,
             outbox: outbox_worker,
+            shutdown_grace: settings.shutdown_grace,
         })
     }
 
@@ -291,23 +293,89 @@ impl Application {
 
     /// The server future; its handle stops it. The metrics-only listener,
     /// if any, is started alongside and serves until the process ends, so
-    /// the last scrapes of a draining instance still succeed.
-    pub fn server(self) -> Server {
-        if let Some(metrics) = self.metrics_server {
+    /// the last scrapes of a draining instance still succeed. The outbox's
+    /// tasks run until the process ends; [`Self::run`] stops them with the
+    /// server.
+    pub fn server(mut self) -> Server {
+        drop(self.start_tasks());
+        self.server
+    }
+
+    /// Runs the gateway: its server's handle (which stops it) and a future
+    /// that ends once the server has stopped and then the outbox with it:
+    /// the worker ends, an attempt under way given `shutdown_grace` to be
+    /// recorded, and the store's connections are closed, all before the
+    /// runtime ends (a task dropped by a runtime that is ending would drop
+    /// its database connection outside it).
+    pub fn run(
+        mut self,
+    ) -> (
+        actix_web::dev::ServerHandle,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ) {
+        let outbox = self.start_tasks();
+        let server = self.server;
+        let handle = server.handle();
+        let grace = self.shutdown_grace;
+        let running = async move {
+            let result = server.await;
+            if let Some(outbox) = outbox {
+                outbox.stop(grace).await;
+            }
+            result
+        };
+        (handle, running)
+    }
+
+    /// Starts the metrics listener and the outbox's tasks.
+    fn start_tasks(&mut self) -> Option<RunningOutbox> {
+        if let Some(metrics) = self.metrics_server.take() {
             actix_web::rt::spawn(metrics);
         }
-        if let Some(tasks) = self.outbox {
-            actix_web::rt::spawn(tasks.outbox.clone().open());
-            let client = VippsClient::new(tasks.upstream);
-            let worker = Worker::new(
-                tasks.outbox,
-                client,
-                tasks.state.merchants.clone(),
-                tasks.state.guards.clone(),
-            );
-            actix_web::rt::spawn(worker.run());
+        let tasks = self.outbox.take()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let opener = actix_web::rt::spawn(tasks.outbox.clone().open());
+        let client = VippsClient::new(tasks.upstream);
+        let worker = Worker::new(
+            tasks.outbox.clone(),
+            client,
+            tasks.state.merchants.clone(),
+            tasks.state.guards.clone(),
+        )
+        .until(stopped);
+        let worker = actix_web::rt::spawn(worker.run());
+        Some(RunningOutbox {
+            outbox: tasks.outbox,
+            opener,
+            worker,
+            stop,
+        })
+    }
+}
+
+/// The outbox's tasks, once started.
+struct RunningOutbox {
+    outbox: Arc<Outbox>,
+    opener: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningOutbox {
+    /// Stops the worker (at once when idle; an attempt under way may take
+    /// `grace` to be recorded), then closes the store.
+    async fn stop(self, grace: Duration) {
+        self.opener.abort();
+        self.stop.send_replace(true);
+        let mut worker = self.worker;
+        if tokio::time::timeout(grace, &mut worker).await.is_err() {
+            tracing::warn!("outbox worker still delivering at shutdown; its entries are taken over after their lease");
+            worker.abort();
+            let _ = worker.await;
         }
-        self.server
+        let _ = self.opener.await;
+        self.outbox.close().await;
+        tracing::info!("outbox stopped: worker ended, store closed");
     }
 }
 

@@ -130,17 +130,17 @@ async fn serve(
         (Some(path), false) => app.reloader().with_config_file(path),
         _ => app.reloader(),
     };
-    let server = app.server();
-    spawn_shutdown(server.handle());
+    let (handle, running) = app.run();
+    spawn_shutdown(handle);
     spawn_reload_on_hangup(reloader);
     if let Some(sim) = sim_server {
         let handle = sim.handle();
         actix_web::rt::spawn(sim);
-        let result = server.await;
+        let result = running.await;
         handle.stop(true).await;
         result.map_err(|e| e.to_string())
     } else {
-        server.await.map_err(|e| e.to_string())
+        running.await.map_err(|e| e.to_string())
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Worker {
     owner: String,
     /// A failing store is logged once a minute per kind of failure.
     warnings: StoreWarnings,
+    /// Turns `true` when the gateway stops.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Worker {
@@ -92,16 +94,34 @@ impl Worker {
             guards,
             owner: uuid::Uuid::new_v4().to_string(),
             warnings: StoreWarnings::default(),
+            stop: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// The worker, ending once `stop` turns `true`: between batches, and
+    /// at once while it waits.
+    pub fn until(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Waits `pause`, or less when the worker is told to stop.
+    async fn pause(&self, pause: Duration) {
+        let mut stop = self.stop.clone();
+        let _ = tokio::time::timeout(pause, stop.wait_for(|stop| *stop)).await;
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// Delivers due entries until the process ends.
     pub async fn run(self) {
         let mut purged_at: Option<tokio::time::Instant> = None;
         let mut counted_at: Option<tokio::time::Instant> = None;
-        loop {
+        while !self.stopping() {
             let Ok(store) = self.outbox.store().await else {
-                tokio::time::sleep(POLL).await;
+                self.pause(POLL).await;
                 continue;
             };
             if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
@@ -131,13 +151,13 @@ impl Worker {
                     let outcomes = futures_util::future::join_all(attempts).await;
                     self.record(&store, &batch, &outcomes).await;
                 }
-                Ok(_) => tokio::time::sleep(POLL).await,
+                Ok(_) => self.pause(POLL).await,
                 Err(e) => {
                     self.outbox.metrics.outbox_store_error();
                     if let Some(suppressed) = self.warnings.claim.admit() {
                         tracing::warn!(error = %e, store = store.name(), suppressed, "outbox claim failed");
                     }
-                    tokio::time::sleep(POLL).await;
+                    self.pause(POLL).await;
                 }
             }
         }

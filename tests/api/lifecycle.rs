@@ -166,6 +166,9 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         answer.expect("the in-flight request is answered").status(),
         404
     );
+    // The outbox stops with the server, before the runtime ends: its
+    // worker and store connections are not dropped by a runtime going away.
+    assert!(p.saw("outbox stopped").await, "the outbox was stopped");
     let status = actix_rt::task::spawn_blocking(move || p.child.wait())
         .await
         .unwrap()

@@ -300,7 +300,10 @@ pub async fn forward(
                 "must be visible ASCII",
             )
         })?;
-    let ctx = call_context(&req, state.merchant(&grant, msn)?);
+    let merchant = state.merchant(&grant, msn)?;
+    // Every proxied call goes to Vipps: it takes from the merchant's rate.
+    state.admit(&merchant)?;
+    let ctx = call_context(&req, merchant);
     let body = read_body(&req, payload, settings.body_limit).await?;
     let body = (!body.is_empty()).then_some(body);
     let headers = forwarded_request_headers(&req);

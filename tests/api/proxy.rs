@@ -608,3 +608,37 @@ async fn refused_gateway_credentials_are_502_not_the_callers_401() {
     let p = a.problem(503);
     assert!(p["type"].as_str().unwrap().ends_with("/token-unavailable"));
 }
+
+#[actix_rt::test]
+async fn proxied_calls_take_from_the_merchants_rate_and_a_refused_one_never_reaches_vipps() {
+    let app = spawn_app_with(Options {
+        extra_toml: "[resilience]\nrate_per_second = 1\nrate_burst = 3\n".into(),
+        ..Options::default()
+    })
+    .await;
+    // Ten at once against a bucket of three refilled once a second: only
+    // as many go through as the bucket held, give or take one a second.
+    let started = std::time::Instant::now();
+    let calls = (0..10).map(|i| {
+        let app = &app;
+        async move {
+            app.proxy(Method::GET, &format!("/v2/ecom/rate-{i}"), None)
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let seconds = started.elapsed().as_secs();
+    let limited: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    let passed = answers.iter().filter(|a| a.status == 404).count();
+    assert_eq!(limited.len() + passed, 10, "404 from Vipps or 429");
+    assert!(passed >= 3, "the burst goes through");
+    assert!(
+        u64::try_from(passed).unwrap() <= 3 + seconds + 1,
+        "{passed} passed in {seconds} s"
+    );
+    let p = limited[0].problem(429);
+    assert_eq!(p["type"], "/problems/rate-limited", "{p}");
+    assert!(limited[0].retry_after.is_some());
+    // A refused call never reached Vipps.
+    assert_eq!(app.sim_calls("order").await, u64::try_from(passed).unwrap());
+}

@@ -58,8 +58,12 @@ enum Attempt {
     Refused(String),
     /// Try again later. The problem (JSON).
     Again(String),
-    /// Nothing was sent: due again after this long, not counted.
-    NotSent(Duration),
+    /// Nothing was sent: due again after `wait`, not counted; `problem`
+    /// (JSON) is why, kept if `outbox.max_age` passes meanwhile.
+    NotSent {
+        wait: Duration,
+        problem: Option<String>,
+    },
 }
 
 /// The entry cannot be read back: it can never be delivered.
@@ -221,18 +225,31 @@ impl Worker {
 
     /// What one attempt on `d` came to, and when it is due again.
     async fn outcome(&self, d: &Delivery) -> Outcome {
-        match self.attempt(d).await {
+        let attempt = self.attempt(d).await;
+        let now = now_ms();
+        let max_age = i64::try_from(self.outbox.settings.max_age.as_millis()).unwrap_or(i64::MAX);
+        let too_old = now.saturating_sub(d.created_at) >= max_age;
+        match attempt {
             Attempt::Delivered => Outcome::Delivered,
-            Attempt::NotSent(wait) => Outcome::Postponed {
-                next_attempt_at: now_ms()
+            // Held back until max_age passed: failed with why, the last
+            // attempt's problem if one was sent, or the hold's.
+            Attempt::NotSent { problem, .. } if too_old => Outcome::Failed {
+                error: problem.or_else(|| d.last_error.clone()).unwrap_or_else(|| {
+                    ApiError::new(
+                        ProblemKind::UpstreamFailed,
+                        "Not delivered within outbox.max_age: calls to Vipps were held back (an open breaker, the merchant's rate) until it passed.",
+                    )
+                    .problem_json(&location(&d.msn, &d.id), None)
+                    .unwrap_or_default()
+                }),
+            },
+            Attempt::NotSent { wait, .. } => Outcome::Postponed {
+                next_attempt_at: now
                     .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
             },
             Attempt::Refused(error) => Outcome::Failed { error },
             Attempt::Again(error) => {
-                let now = now_ms();
-                let max_age =
-                    i64::try_from(self.outbox.settings.max_age.as_millis()).unwrap_or(i64::MAX);
-                if now.saturating_sub(d.created_at) >= max_age {
+                if too_old {
                     Outcome::Failed { error }
                 } else {
                     let s = &self.outbox.settings;
@@ -299,12 +316,17 @@ impl Worker {
     async fn attempt(&self, d: &Delivery) -> Attempt {
         let instance = location(&d.msn, &d.id);
         let problem = |e: ApiError| e.problem_json(&instance, None).unwrap_or_default();
+        let held_back = self.outbox.settings.backoff_base;
         let Some(merchant) = self.merchants.get(&d.msn) else {
-            // Removed by a reload: it may come back before max_age.
-            return Attempt::Again(problem(ApiError::new(
-                ProblemKind::MerchantNotFound,
-                "No merchant with this MSN is configured.",
-            )));
+            // Removed by a reload: it may come back before max_age. Nothing
+            // is sent, so no attempt is counted.
+            return Attempt::NotSent {
+                wait: held_back,
+                problem: Some(problem(ApiError::new(
+                    ProblemKind::MerchantNotFound,
+                    "No merchant with this MSN is configured.",
+                ))),
+            };
         };
         let (Ok(order), Ok(pt)) = (
             OrderId::parse(&d.order_id),
@@ -313,13 +335,18 @@ impl Worker {
             return unreadable(&problem);
         };
         // Within the lease: another replica may take the entry after it.
-        let deadline = tokio::time::Instant::now() + self.outbox.settings.lease / 2;
-        // The merchant's rate, without its burst: wait for a turn while
-        // the deadline allows, or come back when it will have one.
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.outbox.settings.lease / 2;
+        // The merchant's rate, without its burst: wait for a turn within
+        // the first half of the attempt's time (the call keeps the rest),
+        // or come back when it will have one.
         let guard = self.guards.get(&merchant.msn);
         while let Err(wait) = guard.pace(self.guards.config()) {
-            if tokio::time::Instant::now() + wait >= deadline {
-                return Attempt::NotSent(wait);
+            if tokio::time::Instant::now() + wait >= started + self.outbox.settings.lease / 4 {
+                return Attempt::NotSent {
+                    wait,
+                    problem: None,
+                };
             }
             tokio::time::sleep(wait).await;
         }
@@ -352,9 +379,10 @@ impl Worker {
             Err(e) if is_final(&e) => Attempt::Refused(problem(e)),
             // Held back before anything reached Vipps (an open breaker,
             // no call slot, token fetches backing off).
-            Err(e) if ctx.observed.last().is_none() => {
-                Attempt::NotSent(Duration::from_secs(e.retry_after.unwrap_or(1).max(1)))
-            }
+            Err(e) if ctx.observed.last().is_none() => Attempt::NotSent {
+                wait: e.retry_after.map_or(held_back, Duration::from_secs),
+                problem: Some(problem(e)),
+            },
             Err(e) => Attempt::Again(problem(e)),
         }
     }

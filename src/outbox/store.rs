@@ -919,8 +919,16 @@ impl Stage {
     fn error(&self, store: &str) -> StoreError {
         match self {
             Stage::Before(e) => unavailable(store, e),
-            // The database answered: the commit was refused, nothing stored.
-            Stage::Commit(e @ sqlx::Error::Database(_)) => unavailable(store, e),
+            // The database refused the commit: nothing stored. But a
+            // connection failure (SQLSTATE class 08) or a server shutting
+            // down (57P01–57P03) may come after a durable commit.
+            Stage::Commit(e @ sqlx::Error::Database(db))
+                if !db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")) =>
+            {
+                unavailable(store, e)
+            }
             Stage::Commit(e) => {
                 let StoreError::Unavailable { reason, .. } = unavailable(store, e) else {
                     return unavailable(store, e);

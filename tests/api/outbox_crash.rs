@@ -108,7 +108,9 @@ async fn receipts_accepted_during_an_outage_survive_a_sigkill_and_reach_vipps_on
     let store = format!("sqlite://{}", dir.join("outbox.db").display());
     let orders: Vec<String> = (0..500).map(|i| format!("crash-{i}")).collect();
 
-    let first = gateway(&app, &dir, "first", &store, "30s");
+    // A short lease: an entry the first held when it was killed is taken
+    // over within the test's wait.
+    let first = gateway(&app, &dir, "first", &store, "3s");
     let port = first.value_after("gateway listening", "port").await;
     accept_all(&port, &orders).await;
     drop(first); // SIGKILL, then reaped
@@ -207,11 +209,13 @@ async fn a_second_gateway_on_one_sqlite_file_is_refused_and_takes_over_when_the_
     let file = dir.join("outbox.db");
     let store = format!("sqlite://{}", file.display());
 
-    let first = gateway(&app, &dir, "first", &store, "30s");
+    // A short lease: an entry the first held when it was killed is taken
+    // over within the test's wait.
+    let first = gateway(&app, &dir, "first", &store, "3s");
     let port_first = first.value_after("gateway listening", "port").await;
     assert_eq!(post_async(&port_first, "one-file-1").await.0, 202);
 
-    let second = gateway(&app, &dir, "second", &store, "30s");
+    let second = gateway(&app, &dir, "second", &store, "3s");
     let port_second = second.value_after("gateway listening", "port").await;
     let refused = second.line_with("held by another process").await;
     assert!(

@@ -314,9 +314,13 @@ async fn deliveries_of(app: &TestApp, order: &str) -> Vec<Value> {
 async fn a_commit_whose_outcome_is_unknown_says_so_and_the_identical_repost_stores_it_once() {
     let cluster = Cluster::create();
     let proxy = CutProxy::start(cluster.port).await;
+    // One failed delivery opens the breaker for a minute: the worker then
+    // leaves the merchant's entries alone, and commits nothing of its own
+    // while the test cuts the next commit.
     let app = spawn_app_with(Options {
         extra_toml: format!(
-            "[outbox]\nurl = \"postgres://vog@127.0.0.1:{}/postgres\"\n",
+            "[resilience]\nmax_attempts = 1\nbreaker_failures = 1\nbreaker_open = \"60s\"\n\
+             [outbox]\nurl = \"postgres://vog@127.0.0.1:{}/postgres\"\n",
             proxy.port
         ),
         ..Options::default()
@@ -332,6 +336,8 @@ async fn a_commit_whose_outcome_is_unknown_says_so_and_the_identical_repost_stor
     })
     .await;
 
+    app.add_fault(serde_json::json!({"endpoint": "receipt", "status": 503}))
+        .await;
     for (mode, order, stored) in [
         (CUT_AFTER, "cut-after", true),
         (CUT_BEFORE, "cut-before", false),
@@ -355,5 +361,14 @@ async fn a_commit_whose_outcome_is_unknown_says_so_and_the_identical_repost_stor
         let all = deliveries_of(&app, order).await;
         assert_eq!(all.len(), 1, "{order}: {all:?}");
         assert_eq!(all[0]["deliveryId"], again["deliveryId"]);
+        if mode == CUT_AFTER {
+            // Its one attempt fails and opens the breaker: once that is
+            // recorded, the worker stays idle.
+            crate::helpers::poll_until("the attempt recorded", || async {
+                let d = deliveries_of(&app, order).await;
+                (d[0]["attempts"] == 1).then_some(())
+            })
+            .await;
+        }
     }
 }

@@ -125,6 +125,9 @@ async fn post(app: &TestApp, order: &str) -> (u16, Duration, Value) {
         .client
         .post(app.url(&format!("/v1/merchants/{MSN}/orders/{order}/receipt")))
         .insert_header(("Prefer", "respond-async"))
+        // A connection of its own: one kept from before a long pause may
+        // have been closed by the gateway as idle just as it is reused.
+        .force_close()
         .send_json(&spec_receipt())
         .await
         .expect("the gateway answers");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, web, FromRequest, HttpMessage as _, HttpRequest};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -60,15 +60,54 @@ impl Grant {
     }
 }
 
+/// Who called, as a verified JWT says: its `sub` and its client id (`azp`,
+/// or `client_id` when it has no `azp`). Kept on the request (its span,
+/// its access line, the deliveries it stores); never the token itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: Option<String>,
+    pub client: Option<String>,
+}
+
+/// Longest `sub` or client id kept; a longer one is cut at a character
+/// boundary.
+const MAX_IDENTITY: usize = 255;
+
+fn identity(value: Option<String>) -> Option<String> {
+    let mut value = value.filter(|v| !v.is_empty())?;
+    if value.len() > MAX_IDENTITY {
+        let mut end = MAX_IDENTITY;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    Some(value)
+}
+
 /// Reads the caller's grant from the request. In `jwt` mode a missing or
-/// invalid token is a 401 with `WWW-Authenticate: Bearer`.
+/// invalid token is a 401 with `WWW-Authenticate: Bearer`. A JWT caller's
+/// [`Caller`] is recorded on the request span (`caller`, `caller_client`)
+/// and left in the request's extensions.
 impl FromRequest for Grant {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         ready(match req.app_data::<web::Data<Authenticator>>() {
-            Some(auth) => auth.grant(req.headers()),
+            Some(auth) => auth.grant(req.headers()).map(|(grant, caller)| {
+                if let Some(caller) = caller {
+                    let span = tracing::Span::current();
+                    if let Some(subject) = &caller.subject {
+                        span.record("caller", subject.as_str());
+                    }
+                    if let Some(client) = &caller.client {
+                        span.record("caller_client", client.as_str());
+                    }
+                    req.extensions_mut().insert(caller);
+                }
+                grant
+            }),
             // Fail closed: a server built without an authenticator grants nothing.
             None => Err(ApiError::internal(&"no authenticator is registered")),
         })
@@ -124,6 +163,10 @@ struct Claims {
     msns: Option<serde_json::Value>,
     #[serde(default)]
     sub: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
 }
 
 /// Why a token was refused, in words safe to give the caller.
@@ -220,10 +263,11 @@ impl Authenticator {
         }
     }
 
-    /// The grant of the request with these headers.
-    pub fn grant(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
+    /// The grant of the request with these headers, and who the caller is
+    /// (`None` without JWT authentication).
+    pub fn grant(&self, headers: &HeaderMap) -> Result<(Grant, Option<Caller>), ApiError> {
         if self.mode == AuthMode::None {
-            return Ok(Grant::All);
+            return Ok((Grant::All, None));
         }
         let Some(verifier) = self.current() else {
             return Err(ApiError::internal(&"jwt mode without keys"));
@@ -288,7 +332,7 @@ impl JwtVerifier {
         })
     }
 
-    fn verify(&self, token: &str) -> Result<Grant, &'static str> {
+    fn verify(&self, token: &str) -> Result<(Grant, Option<Caller>), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(e.kind()))?;
         let key = match &self.keys {
             Keys::Single(k) => k,
@@ -313,8 +357,13 @@ impl JwtVerifier {
         let data =
             jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| refusal(e.kind()))?;
         let grant = grant_of(data.claims.msns.as_ref())?;
-        tracing::debug!(sub = data.claims.sub.as_deref(), "caller authenticated");
-        Ok(grant)
+        let claims = data.claims;
+        let caller = Caller {
+            subject: identity(claims.sub),
+            client: identity(claims.azp.or(claims.client_id)),
+        };
+        tracing::debug!(sub = caller.subject.as_deref(), "caller authenticated");
+        Ok((grant, Some(caller)))
     }
 }
 

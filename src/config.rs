@@ -83,6 +83,68 @@ pub struct Settings {
     pub merchants: Vec<MerchantSettings>,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// Traces (`[telemetry]`): OTLP export, off unless an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    #[serde(default)]
+    pub otlp: OtlpSettings,
+    /// The share of new traces recorded (0.0 to 1.0); a trace a caller
+    /// started follows the caller's sampled flag.
+    #[serde(default = "defaults::sampling_ratio")]
+    pub sampling_ratio: f64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp: OtlpSettings::default(),
+            sampling_ratio: defaults::sampling_ratio(),
+        }
+    }
+}
+
+/// `[telemetry.otlp]`: where spans are exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// The receiver's base URL (`http://otel-collector:4318`); spans go to
+    /// its `/v1/traces`. Unset: no export.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers sent with every export (`Name: value` lines), such as the
+    /// receiver's credentials.
+    #[serde(default)]
+    pub headers_file: Option<PathBuf>,
+    /// How long one export request may take.
+    #[serde(default = "defaults::otlp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OtlpSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::default(),
+            headers_file: None,
+            timeout: defaults::otlp_timeout(),
+        }
+    }
+}
+
+/// The OTLP encoding: protobuf over HTTP (what collectors take on port
+/// 4318). gRPC is not offered (docs/decisions.md, "Traces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -539,6 +601,12 @@ mod defaults {
     pub fn log_level() -> String {
         "info".into()
     }
+    pub fn sampling_ratio() -> f64 {
+        1.0
+    }
+    pub fn otlp_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn base_url() -> String {
         "https://apitest.vipps.no".into()
     }
@@ -708,6 +776,7 @@ impl Settings {
             return bad("workers must be at least 1".into());
         }
         self.validate_auth()?;
+        self.validate_telemetry()?;
         if self.proxy.body_limit == 0 {
             return bad("proxy.body_limit must be greater than zero".into());
         }
@@ -735,6 +804,29 @@ impl Settings {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_telemetry(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return bad("telemetry.sampling_ratio must be between 0.0 and 1.0");
+        }
+        if t.otlp.timeout.is_zero() {
+            return bad("telemetry.otlp.timeout must be greater than zero");
+        }
+        if let Some(endpoint) = &t.otlp.endpoint {
+            let uri: Result<http::Uri, _> = endpoint.parse();
+            let ok = uri.is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some()
+                    && u.query().is_none()
+            });
+            if !ok {
+                return bad("telemetry.otlp.endpoint must be an http:// or https:// URL such as http://otel-collector:4318");
             }
         }
         Ok(())

@@ -22,6 +22,7 @@ pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_seed;
+pub mod trace;
 pub mod translate;
 pub mod usecase;
 pub mod vipps;

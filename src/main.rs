@@ -11,7 +11,7 @@ use vipps_order_gateway::cli::{Cli, Command};
 use vipps_order_gateway::config::{InlineSecrets, LogFormat, MerchantSettings, Settings};
 use vipps_order_gateway::domain::Msn;
 use vipps_order_gateway::simulator::{self, Simulator, SimulatorSettings};
-use vipps_order_gateway::{telemetry, Application};
+use vipps_order_gateway::{telemetry, trace, Application};
 
 /// mimalloc instead of the system allocator (docs/decisions.md, "Memory
 /// allocator").
@@ -41,7 +41,7 @@ async fn run(cli: Cli, stdout: NonBlocking) -> Result<(), String> {
             listen,
         } => serve(config, simulator, listen, stdout).await,
         Command::Simulate { listen, workers } => {
-            init_logging(LogFormat::Text, "info", stdout);
+            init_logging(LogFormat::Text, "info", stdout, None);
             let listener = TcpListener::bind(&listen)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let settings = SimulatorSettings {
@@ -66,10 +66,15 @@ async fn run(cli: Cli, stdout: NonBlocking) -> Result<(), String> {
 
 /// JSON lines go through the background writer; text lines, read by a
 /// person at a terminal, are written at once.
-fn init_logging(format: LogFormat, level: &str, stdout: NonBlocking) {
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+    stdout: NonBlocking,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) {
     let subscriber = match format {
-        LogFormat::Json => telemetry::get_subscriber(format, level, stdout),
-        LogFormat::Text => telemetry::get_subscriber(format, level, std::io::stdout),
+        LogFormat::Json => telemetry::get_subscriber(format, level, stdout, tracer),
+        LogFormat::Text => telemetry::get_subscriber(format, level, std::io::stdout, tracer),
     };
     telemetry::init_subscriber(subscriber);
 }
@@ -115,7 +120,33 @@ async fn serve(
         settings.outbox.url = format!("sqlite://{}", dir.join("outbox.db").display());
         sim_server = Some(sim.run());
     }
-    init_logging(settings.log.format, &settings.log.level, stdout);
+    // Spans are exported from here on when telemetry.otlp.endpoint is set;
+    // what is queued is sent when the gateway stops.
+    let pipeline = trace::Pipeline::start(&settings.telemetry)?;
+    init_logging(
+        settings.log.format,
+        &settings.log.level,
+        stdout,
+        pipeline.as_ref().map(trace::Pipeline::tracer),
+    );
+    if let Some(endpoint) = &settings.telemetry.otlp.endpoint {
+        tracing::info!(endpoint = %endpoint, sampling_ratio = settings.telemetry.sampling_ratio, "exporting traces over OTLP");
+    }
+    let result = serve_with(settings, config, with_simulator, sim_server).await;
+    if let Some(pipeline) = pipeline {
+        // The provider's shutdown waits for the last export: off the
+        // runtime's thread.
+        let _ = actix_web::rt::task::spawn_blocking(move || pipeline.shutdown()).await;
+    }
+    result
+}
+
+async fn serve_with(
+    settings: Settings,
+    config: Option<std::path::PathBuf>,
+    with_simulator: bool,
+    sim_server: Option<actix_web::dev::Server>,
+) -> Result<(), String> {
     if let Some(url) = with_simulator.then(|| settings.upstream.base_url.clone()) {
         tracing::info!(upstream = %url, msn = simulator::DEMO_MSN, "running against the built-in simulator");
     }

@@ -95,6 +95,8 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        // The process's one counter of spans not exported (crate::trace).
+        registry.register(Box::new(crate::trace::dropped_spans().clone()))?;
         let requests = reg(
             &registry,
             IntCounterVec::new(

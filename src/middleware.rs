@@ -29,6 +29,7 @@ pub use crate::request::{
 use crate::request::{current_deadline, serve, Routed, DEFAULT_DEADLINE};
 use crate::state::AppState;
 use crate::telemetry::{REQUEST_SPAN, REQUEST_TARGET};
+use crate::trace;
 use crate::vipps::{Exchange, Observed};
 
 /// Runs a handler's work within the request's deadline: past it the caller
@@ -125,6 +126,9 @@ pub fn routed(req: &ServiceRequest, route: &str, operation: &'static str) {
     let span = tracing::Span::current();
     span.record("route", route);
     span.record("operation", operation);
+    if trace::exporting() {
+        trace::rename(&span, format!("{} {route}", req.method()));
+    }
     if let Some(ctx) = req.extensions().get::<RequestContext>() {
         ctx.routed.0.set(Some(operation));
     }
@@ -203,32 +207,78 @@ pub async fn middleware(
     let started = Instant::now();
     let observed = Observed::default();
     let routed = Routed::default();
+    // The proxy judges its raw path itself; its log names the surface, not
+    // the caller's path, so a log line never carries an arbitrary path.
+    let proxied = req.path().starts_with(PROXY_PREFIX);
+    let (msn_log, msn_label) = merchant_labels(&req);
+    // The caller's trace is continued; a malformed `traceparent` starts a
+    // new one.
+    let parent = trace::extract(
+        req.headers().get("traceparent").map(HeaderValue::as_bytes),
+        req.headers().get("tracestate").map(HeaderValue::as_bytes),
+    );
+    // A façade request's route is recorded once routed (`routed`); the
+    // proxy's is known now. With export off the span's ids are known before
+    // it is made; with export on they are the exported span's own.
+    let (span, trace_cx) = if trace::exporting() {
+        let span = tracing::info_span!(
+            target: REQUEST_TARGET,
+            REQUEST_SPAN,
+            otel.kind = "server",
+            otel.name = if proxied {
+                format!("{} {PROXY_ROUTE}", req.method())
+            } else {
+                req.method().to_string()
+            },
+            request_id = &*id,
+            method = req.method().as_str(),
+            msn = msn_log.as_deref(),
+            route = proxied.then_some(PROXY_ROUTE),
+            operation = proxied.then_some(PROXY_OPERATION),
+            order_id = Empty,
+            caller = Empty,
+            caller_client = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+            status = Empty,
+            upstream_status = Empty,
+            upstream_latency_ms = Empty,
+        );
+        let cx = trace::start(&span, parent.as_ref());
+        trace::Ids::of(&cx).record(&span);
+        (span, cx)
+    } else {
+        let cx = trace::start(&tracing::Span::none(), parent.as_ref());
+        let ids = trace::Ids::of(&cx);
+        let span = tracing::info_span!(
+            target: REQUEST_TARGET,
+            REQUEST_SPAN,
+            request_id = &*id,
+            method = req.method().as_str(),
+            msn = msn_log.as_deref(),
+            route = proxied.then_some(PROXY_ROUTE),
+            operation = proxied.then_some(PROXY_OPERATION),
+            order_id = Empty,
+            caller = Empty,
+            caller_client = Empty,
+            trace_id = ids.trace_id(),
+            span_id = ids.span_id(),
+            status = Empty,
+            upstream_status = Empty,
+            upstream_latency_ms = Empty,
+        );
+        (span, cx)
+    };
     let ctx = RequestContext {
         id: id.clone(),
         path: req.path().to_owned(),
         deadline: tokio::time::Instant::now() + settings.map_or(DEFAULT_DEADLINE, |s| s.deadline),
         observed: observed.clone(),
         routed: routed.clone(),
+        trace: trace_cx,
     };
     req.extensions_mut().insert(ctx.clone());
-    // The proxy judges its raw path itself; its log names the surface, not
-    // the caller's path, so a log line never carries an arbitrary path.
-    let proxied = req.path().starts_with(PROXY_PREFIX);
-    let (msn_log, msn_label) = merchant_labels(&req);
-    // A façade request's route is recorded once routed (`routed`); the
-    // proxy's is known now.
-    let span = tracing::info_span!(
-        target: REQUEST_TARGET,
-        REQUEST_SPAN,
-        request_id = &*id,
-        method = req.method().as_str(),
-        msn = msn_log.as_deref(),
-        route = proxied.then_some(PROXY_ROUTE),
-        operation = proxied.then_some(PROXY_OPERATION),
-        status = Empty,
-        upstream_status = Empty,
-        upstream_latency_ms = Empty,
-    );
+    let method = req.method().clone();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let _in_flight = metrics.as_ref().map(|m| m.in_flight());
     // The closing line is written within the request's span, so it
@@ -263,7 +313,11 @@ pub async fn middleware(
             status: result.is_ok().then_some(status),
             last: observed.last(),
         };
-        record_end(&tracing::Span::current(), &end);
+        let span = tracing::Span::current();
+        record_end(&span, &end);
+        if let (true, Some((route, _))) = (trace::exporting(), end.route) {
+            trace::rename(&span, format!("{method} {route}"));
+        }
         if result.is_ok() {
             tracing::info!(
                 latency_ms = elapsed.as_secs_f64() * 1000.0,

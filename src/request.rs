@@ -31,6 +31,9 @@ pub struct RequestContext {
     pub(crate) observed: Observed,
     /// Set once a resource has recorded the route.
     pub(crate) routed: Routed,
+    /// The request span's trace context: its upstream calls and the
+    /// deliveries it stores continue it.
+    pub trace: crate::trace::Context,
 }
 
 /// How requests are served, as app data: the most time one may take
@@ -79,6 +82,7 @@ pub fn call_context(req: &actix_web::HttpRequest, merchant: Arc<Merchant>) -> Ca
         merchant,
         deadline,
         observed,
+        trace: ctx.map(|c| c.trace.clone()),
     }
 }
 

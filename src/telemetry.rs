@@ -32,6 +32,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt as tfmt, EnvFilter, Registry};
 
 use crate::config::LogFormat;
+use crate::trace::SPAN_TARGET;
 
 /// The name of the span every request is served in.
 pub const REQUEST_SPAN: &str = "request";
@@ -41,7 +42,17 @@ pub const REQUEST_SPAN: &str = "request";
 /// whatever the level.
 pub const REQUEST_TARGET: &str = "vipps_order_gateway::request";
 
+/// The name of the span each outbox delivery attempt runs in.
+pub const DELIVERY_SPAN: &str = "delivery";
+
+/// The target of the delivery span; enabled at every level, as the request
+/// span.
+pub const DELIVERY_TARGET: &str = "vipps_order_gateway::delivery";
+
 /// Builds a subscriber writing to `sink`; tests pass their own sink.
+/// With a `tracer` (export on, [`crate::trace::Pipeline`]),
+/// tracing-opentelemetry records the spans with it, and the spans that
+/// exist only for export ([`crate::trace::SPAN_TARGET`]) are enabled.
 ///
 /// The level filter is a global one (`Registry` → `EnvFilter` → `fmt`),
 /// not a per-layer filter on the `fmt` layer: with a single layer both
@@ -52,6 +63,7 @@ pub fn get_subscriber<W>(
     format: LogFormat,
     level: &str,
     sink: W,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
 ) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -59,10 +71,24 @@ where
     let mut levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // A fixed directive, which always parses (the request-span tests below
     // fail otherwise).
-    if let Ok(request_span) = Directive::from_str(&format!("{REQUEST_TARGET}=trace")) {
-        levels = levels.add_directive(request_span);
+    for target in [REQUEST_TARGET, DELIVERY_TARGET] {
+        if let Ok(always) = Directive::from_str(&format!("{target}=trace")) {
+            levels = levels.add_directive(always);
+        }
     }
-    let registry = Registry::default().with(levels);
+    let export_spans = if tracer.is_some() { "info" } else { "off" };
+    if let Ok(directive) = Directive::from_str(&format!("{SPAN_TARGET}={export_spans}")) {
+        levels = levels.add_directive(directive);
+    }
+    let otel = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+    });
+    let registry = Registry::default().with(levels).with(otel);
     match format {
         LogFormat::Json => Box::new(
             registry.with(
@@ -189,6 +215,11 @@ impl<'a> Entries<'a> {
     }
 
     fn entry<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        // `otel.kind`, `otel.name`: directions to tracing-opentelemetry,
+        // not log fields.
+        if name.starts_with("otel.") {
+            return;
+        }
         if !self.first {
             self.out.push(b',');
         }
@@ -280,7 +311,7 @@ mod tests {
     #[test]
     fn json_lines_carry_the_event_and_the_request_span_fields() {
         let sink = Sink::default();
-        let subscriber = get_subscriber(LogFormat::Json, "info", sink.clone());
+        let subscriber = get_subscriber(LogFormat::Json, "info", sink.clone(), None);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 target: REQUEST_TARGET,
@@ -311,7 +342,7 @@ mod tests {
     #[test]
     fn fields_recorded_later_extend_the_span_object_and_every_value_is_valid_json() {
         let sink = Sink::default();
-        let subscriber = get_subscriber(LogFormat::Json, "info", sink.clone());
+        let subscriber = get_subscriber(LogFormat::Json, "info", sink.clone(), None);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 target: REQUEST_TARGET,
@@ -366,7 +397,7 @@ mod tests {
     #[test]
     fn the_request_span_is_kept_when_the_level_hides_info() {
         let sink = Sink::default();
-        let subscriber = get_subscriber(LogFormat::Json, "warn", sink.clone());
+        let subscriber = get_subscriber(LogFormat::Json, "warn", sink.clone(), None);
         tracing::subscriber::with_default(subscriber, || {
             let span =
                 tracing::info_span!(target: REQUEST_TARGET, REQUEST_SPAN, request_id = "r-2");

@@ -13,7 +13,7 @@ use crate::domain::{check_url, Category, ImageId, OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::outbox::{
-    fingerprint, prefers_async, CategoryPayload, Enqueued, Kind as OutboxKind, NewDelivery,
+    fingerprint, prefers_async, CategoryPayload, Enqueued, Kind as OutboxKind, NewDelivery, Origin,
     StoredImage,
 };
 use crate::translate::image::check_base64;
@@ -131,6 +131,7 @@ pub async fn read_link(
 async fn accept_async(
     state: &AppState,
     ctx: &CallContext,
+    origin: Origin,
     payment_type: PaymentType,
     order: &OrderId,
     link: ParsedLink,
@@ -161,6 +162,7 @@ async fn accept_async(
         order_id: order.as_str().to_owned(),
         fingerprint: fingerprint(&payload),
         payload,
+        origin,
     };
     match state.outbox.enqueue(&store, &new).await? {
         Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => accepted(&d),
@@ -172,7 +174,7 @@ async fn accept_async(
 
 pub async fn put(
     // First, so an unauthenticated caller gets its 401 before any other check.
-    AsyncOrderTarget(target): AsyncOrderTarget,
+    AsyncOrderTarget(target, origin): AsyncOrderTarget,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -186,7 +188,7 @@ pub async fn put(
         } = target;
         let parsed = parse_link(&req, payload, &state).await?;
         if state.outbox.enabled() && prefers_async(req.headers()) {
-            return accept_async(&state, &ctx, payment_type, &order, parsed).await;
+            return accept_async(&state, &ctx, origin, payment_type, &order, parsed).await;
         }
         let upstream = put_category(
             &client,

@@ -16,16 +16,20 @@ use actix_web::dev::{AppService, HttpServiceFactory, Payload};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
-use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError as _};
+use actix_web::{
+    FromRequest, Handler, HttpMessage as _, HttpRequest, HttpResponse, Responder,
+    ResponseError as _,
+};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use crate::auth::Grant;
+use crate::auth::{Caller, Grant};
 use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::call_context;
-use crate::outbox::prefers_async;
+use crate::outbox::{prefers_async, Origin};
 pub use crate::state::AppState;
+use crate::trace;
 pub use crate::usecase::{upstream_problem, Operation};
 use crate::vipps::CallContext;
 
@@ -115,14 +119,32 @@ impl FromRequest for OrderTarget {
 /// respond-async`) instead of calling Vipps: the merchant's rate is taken
 /// only when it calls Vipps. A handler that ends up calling Vipps after all
 /// takes it then ([`AppState::admit`]).
-pub struct AsyncOrderTarget(pub OrderTarget);
+/// Its [`Origin`] is what an entry the outbox stores keeps of the request:
+/// its trace context and its JWT caller.
+pub struct AsyncOrderTarget(pub OrderTarget, pub Origin);
 
 impl FromRequest for AsyncOrderTarget {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        ready(order_target(req, payload, Admit::UnlessStored).map(AsyncOrderTarget))
+        ready(
+            order_target(req, payload, Admit::UnlessStored).map(|target| {
+                let origin = origin(&target.ctx, req.extensions().get::<Caller>());
+                AsyncOrderTarget(target, origin)
+            }),
+        )
+    }
+}
+
+/// What a stored request keeps of where it came from.
+fn origin(ctx: &CallContext, caller: Option<&Caller>) -> Origin {
+    let (trace_parent, trace_state) = ctx.trace.as_ref().map(trace::to_stored).unzip();
+    Origin {
+        trace_parent,
+        trace_state: trace_state.flatten(),
+        created_by: caller.and_then(|c| c.subject.clone()),
+        created_by_client: caller.and_then(|c| c.client.clone()),
     }
 }
 
@@ -133,6 +155,7 @@ fn order_target(
 ) -> Result<OrderTarget, ApiError> {
     let MerchantTarget { ctx } = merchant_target(req, payload, admit)?;
     let order = order_id(req.match_info().get("orderId").unwrap_or_default())?;
+    tracing::Span::current().record("order_id", order.as_str());
     let query: PaymentQuery =
         query::parse(req.query_string(), &["paymentType"], query::Others::Ignored)?;
     Ok(OrderTarget {

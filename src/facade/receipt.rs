@@ -11,7 +11,7 @@ use crate::domain::{OrderId, PaymentType};
 use crate::error::{ApiError, Kind};
 use crate::middleware::within_deadline;
 use crate::outbox::{
-    fingerprint, prefers_async, receipt_payload, Enqueued, Kind as OutboxKind, NewDelivery,
+    fingerprint, prefers_async, receipt_payload, Enqueued, Kind as OutboxKind, NewDelivery, Origin,
 };
 use crate::translate::receipt::{build_receipt, totals, ReceiptRequest, Totals};
 use crate::usecase::post_receipt;
@@ -29,7 +29,7 @@ struct ReceiptCreated<'a> {
 
 pub async fn post(
     // First, so an unauthenticated caller gets its 401 before any other check.
-    AsyncOrderTarget(target): AsyncOrderTarget,
+    AsyncOrderTarget(target, origin): AsyncOrderTarget,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -61,8 +61,16 @@ pub async fn post(
         let sent = ReceiptJson::new(&receipt).map_err(|e| ApiError::internal(&e))?;
         if state.outbox.enabled() && prefers_async(req.headers()) {
             let receipt_totals = totals(&receipt);
-            if let Some(accepted) =
-                accept_async(&state, &ctx, payment_type, &order, &sent, &receipt_totals).await?
+            if let Some(accepted) = accept_async(
+                &state,
+                &ctx,
+                origin,
+                payment_type,
+                &order,
+                &sent,
+                &receipt_totals,
+            )
+            .await?
             {
                 return Ok(accepted);
             }
@@ -90,6 +98,7 @@ pub async fn post(
 async fn accept_async(
     state: &AppState,
     ctx: &CallContext,
+    origin: Origin,
     payment_type: PaymentType,
     order: &OrderId,
     sent: &ReceiptJson,
@@ -106,6 +115,7 @@ async fn accept_async(
         // The receipt as sent to Vipps: the same request gives the same text.
         fingerprint: fingerprint(sent.as_str()),
         payload,
+        origin,
     };
     match state.outbox.enqueue(&store, &new).await? {
         Enqueued::Created(d) | Enqueued::Repost(d) | Enqueued::Replaced(d) => accepted(&d).map(Some),

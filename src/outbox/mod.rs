@@ -26,7 +26,8 @@ use secrecy::SecretString;
 use serde::Serialize;
 
 pub use store::{
-    Claimed, Delivery, Enqueued, Kind, NewDelivery, Outcome, PendingStats, State, Store, StoreError,
+    Claimed, Delivery, Enqueued, Kind, NewDelivery, Origin, Outcome, PendingStats, State, Store,
+    StoreError,
 };
 
 use crate::config::OutboxSettings;
@@ -305,6 +306,19 @@ pub struct DeliveryView<'a> {
     pub receipt: Option<Box<serde_json::value::RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub totals: Option<Box<serde_json::value::RawValue>>,
+    /// The JWT caller that stored it; null without JWT authentication.
+    pub created_by: Option<CreatedBy<'a>>,
+    /// The trace of the request that stored it, which its attempts join.
+    pub trace_id: Option<&'a str>,
+}
+
+/// Who stored a delivery: the `sub` of the caller's token, and its client
+/// id (`azp` or `client_id`) when it had one.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedBy<'a> {
+    pub sub: Option<&'a str>,
+    pub client_id: Option<&'a str>,
 }
 
 impl<'a> DeliveryView<'a> {
@@ -333,6 +347,13 @@ impl<'a> DeliveryView<'a> {
                 .and_then(|e| serde_json::value::RawValue::from_string(e.to_owned()).ok()),
             receipt,
             totals,
+            created_by: (d.origin.created_by.is_some() || d.origin.created_by_client.is_some())
+                .then_some(CreatedBy {
+                    sub: d.origin.created_by.as_deref(),
+                    client_id: d.origin.created_by_client.as_deref(),
+                }),
+            // `00-<trace id>-<span id>-<flags>`.
+            trace_id: d.origin.trace_parent.as_deref().and_then(|p| p.get(3..35)),
         }
     }
 }

@@ -57,7 +57,8 @@ const POSTGRES_CONNECTIONS: u32 = 8;
 macro_rules! columns {
     () => {
         "seq, id, msn, kind, payment_type, order_id, fingerprint, payload, state, attempts, \
-         created_at, updated_at, delivered_at, next_attempt_at, last_error, lease_owner, lease_until"
+         created_at, updated_at, delivered_at, next_attempt_at, last_error, lease_owner, lease_until, \
+         trace_parent, trace_state, created_by, created_by_client"
     };
 }
 
@@ -71,7 +72,8 @@ const SELECT_ORDER: &str = concat!(
 // Only while no claimer holds it: one that does may be sending the old
 // link right now.
 const REPLACE: &str = concat!(
-    "UPDATE deliveries SET payload = $1, fingerprint = $2, updated_at = $3 \
+    "UPDATE deliveries SET payload = $1, fingerprint = $2, updated_at = $3, \
+     trace_parent = $5, trace_state = $6, created_by = $7, created_by_client = $8 \
      WHERE seq = $4 AND state = 'pending' AND (lease_owner IS NULL OR lease_until <= $3) \
      RETURNING ",
     columns!()
@@ -84,8 +86,9 @@ const COUNT_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries \
 
 const INSERT: &str = concat!(
     "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, state, \
-     attempts, created_at, updated_at, next_attempt_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8) RETURNING ",
+     attempts, created_at, updated_at, next_attempt_at, \
+     trace_parent, trace_state, created_by, created_by_client) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9, $10, $11, $12) RETURNING ",
     columns!()
 );
 
@@ -193,6 +196,21 @@ pub struct NewDelivery {
     pub fingerprint: String,
     /// What the worker sends and what the delivery resource shows (JSON).
     pub payload: String,
+    pub origin: Origin,
+}
+
+/// Where an entry came from: the accepting request's trace context, which
+/// its delivery attempts continue, and the caller that sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The accepting request span's `traceparent`.
+    pub trace_parent: Option<String>,
+    /// The caller's `tracestate`, passed on.
+    pub trace_state: Option<String>,
+    /// The caller's JWT `sub`; `None` without JWT authentication.
+    pub created_by: Option<String>,
+    /// The caller's client id (`azp` or `client_id`), when its token had one.
+    pub created_by_client: Option<String>,
 }
 
 /// A stored entry.
@@ -216,6 +234,7 @@ pub struct Delivery {
     pub next_attempt_at: Option<i64>,
     /// The last attempt's problem (JSON), if an attempt failed.
     pub last_error: Option<String>,
+    pub origin: Origin,
 }
 
 /// What [`Store::enqueue`] did.
@@ -392,6 +411,10 @@ macro_rules! enqueue_in {
                             .bind(&new.fingerprint)
                             .bind(now)
                             .bind(existing[i].seq)
+                            .bind(&new.origin.trace_parent)
+                            .bind(&new.origin.trace_state)
+                            .bind(&new.origin.created_by)
+                            .bind(&new.origin.created_by_client)
                             .fetch_optional(&mut **tx)
                             .await?;
                         replaced.map(|r| r.delivery().map(Enqueued::Replaced))
@@ -419,6 +442,10 @@ macro_rules! enqueue_in {
                         .bind(&new.fingerprint)
                         .bind(&new.payload)
                         .bind(now)
+                        .bind(&new.origin.trace_parent)
+                        .bind(&new.origin.trace_state)
+                        .bind(&new.origin.created_by)
+                        .bind(&new.origin.created_by_client)
                         .fetch_one(&mut **tx)
                         .await?;
                     row.delivery().map(Enqueued::Created)
@@ -501,6 +528,10 @@ struct Row {
     last_error: Option<String>,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
+    trace_parent: Option<String>,
+    trace_state: Option<String>,
+    created_by: Option<String>,
+    created_by_client: Option<String>,
 }
 
 impl Row {
@@ -522,6 +553,12 @@ impl Row {
             delivered_at: self.delivered_at,
             next_attempt_at: self.next_attempt_at,
             last_error: self.last_error,
+            origin: Origin {
+                trace_parent: self.trace_parent,
+                trace_state: self.trace_state,
+                created_by: self.created_by,
+                created_by_client: self.created_by_client,
+            },
         })
     }
 

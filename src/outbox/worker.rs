@@ -32,9 +32,14 @@ use super::{
     location, now_ms, CategoryPayload, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload,
     Store,
 };
+use tracing::field::Empty;
+use tracing::Instrument as _;
+
 use crate::config::MerchantRegistry;
 use crate::domain::{Category, ImageId, OrderId, PaymentType};
 use crate::error::{ApiError, Kind as ProblemKind};
+use crate::telemetry::{DELIVERY_SPAN, DELIVERY_TARGET};
+use crate::trace;
 use crate::translate::image::check_base64;
 use crate::usecase::{is_final, post_receipt, put_category, LinkImage};
 use crate::vipps::model::ReceiptJson;
@@ -152,8 +157,12 @@ impl Worker {
             {
                 Ok(batch) if !batch.is_empty() => {
                     let attempts = batch.iter().map(|c| self.outcome(&c.delivery));
-                    let outcomes = futures_util::future::join_all(attempts).await;
-                    self.record(&store, &batch, &outcomes).await;
+                    let (outcomes, spans): (Vec<Outcome>, Vec<tracing::Span>) =
+                        futures_util::future::join_all(attempts)
+                            .await
+                            .into_iter()
+                            .unzip();
+                    self.record(&store, &batch, &outcomes, &spans).await;
                 }
                 Ok(_) => self.pause(POLL).await,
                 Err(e) => {
@@ -223,9 +232,16 @@ impl Worker {
         }
     }
 
-    /// What one attempt on `d` came to, and when it is due again.
-    async fn outcome(&self, d: &Delivery) -> Outcome {
-        let attempt = self.attempt(d).await;
+    /// What one attempt on `d` came to, and when it is due again; and the
+    /// attempt's span, in the trace of the request that stored `d`.
+    async fn outcome(&self, d: &Delivery) -> (Outcome, tracing::Span) {
+        let (span, cx) = delivery_span(d);
+        let attempt = self.attempt(d, cx).instrument(span.clone()).await;
+        (self.judge(d, attempt), span)
+    }
+
+    /// The outcome of an attempt on `d`.
+    fn judge(&self, d: &Delivery, attempt: Attempt) -> Outcome {
         let now = now_ms();
         let max_age = i64::try_from(self.outbox.settings.max_age.as_millis()).unwrap_or(i64::MAX);
         let too_old = now.saturating_sub(d.created_at) >= max_age;
@@ -267,7 +283,13 @@ impl Worker {
 
     /// Records a batch's attempts in one transaction, then counts and logs
     /// each.
-    async fn record(&self, store: &Store, batch: &[Claimed], outcomes: &[Outcome]) {
+    async fn record(
+        &self,
+        store: &Store,
+        batch: &[Claimed],
+        outcomes: &[Outcome],
+        spans: &[tracing::Span],
+    ) {
         let attempts: Vec<(&str, &Outcome)> = batch
             .iter()
             .zip(outcomes)
@@ -283,8 +305,11 @@ impl Worker {
                 return;
             }
         };
-        for ((claimed, outcome), ours) in batch.iter().zip(outcomes).zip(recorded) {
+        for (((claimed, outcome), ours), span) in
+            batch.iter().zip(outcomes).zip(recorded).zip(spans)
+        {
             let d = &claimed.delivery;
+            let _in_attempt = span.enter();
             if !ours {
                 tracing::warn!(
                     delivery = d.id.as_str(),
@@ -297,8 +322,12 @@ impl Worker {
                 Outcome::Retry { .. } => "retried",
                 Outcome::Failed { .. } => "failed",
                 // Nothing was sent: no attempt to count or log.
-                Outcome::Postponed { .. } => continue,
+                Outcome::Postponed { .. } => {
+                    span.record("result", "postponed");
+                    continue;
+                }
             };
+            span.record("result", result);
             self.outbox
                 .metrics
                 .outbox_attempt(&d.msn, d.kind.as_str(), result);
@@ -313,7 +342,7 @@ impl Worker {
         }
     }
 
-    async fn attempt(&self, d: &Delivery) -> Attempt {
+    async fn attempt(&self, d: &Delivery, trace: trace::Context) -> Attempt {
         let instance = location(&d.msn, &d.id);
         let problem = |e: ApiError| e.problem_json(&instance, None).unwrap_or_default();
         let held_back = self.outbox.settings.backoff_base;
@@ -354,6 +383,7 @@ impl Worker {
             merchant,
             deadline,
             observed: Observed::default(),
+            trace: Some(trace),
         };
         let result = match d.kind {
             Kind::Receipt => match serde_json::from_str::<ReceiptPayload>(&d.payload) {
@@ -385,6 +415,54 @@ impl Worker {
             },
             Err(e) => Attempt::Again(problem(e)),
         }
+    }
+}
+
+/// The span of one delivery attempt on `d`, and its trace context: a
+/// child of the request span that stored `d` (docs/decisions.md,
+/// "Traces"), or of a new trace for an entry stored without one. Every
+/// line logged within it carries `trace_id` and `span_id`.
+fn delivery_span(d: &Delivery) -> (tracing::Span, trace::Context) {
+    let parent = trace::from_stored(
+        d.origin.trace_parent.as_deref(),
+        d.origin.trace_state.as_deref(),
+    );
+    if trace::exporting() {
+        let span = tracing::info_span!(
+            target: DELIVERY_TARGET,
+            DELIVERY_SPAN,
+            otel.kind = "consumer",
+            otel.name = format!("outbox delivery {}", d.kind.as_str()),
+            delivery = d.id.as_str(),
+            msn = d.msn.as_str(),
+            kind = d.kind.as_str(),
+            order_id = d.order_id.as_str(),
+            attempt = d.attempts + 1,
+            created_by = d.origin.created_by.as_deref(),
+            trace_id = Empty,
+            span_id = Empty,
+            result = Empty,
+        );
+        let cx = trace::start(&span, parent.as_ref());
+        trace::Ids::of(&cx).record(&span);
+        (span, cx)
+    } else {
+        let cx = trace::start(&tracing::Span::none(), parent.as_ref());
+        let ids = trace::Ids::of(&cx);
+        let span = tracing::info_span!(
+            target: DELIVERY_TARGET,
+            DELIVERY_SPAN,
+            delivery = d.id.as_str(),
+            msn = d.msn.as_str(),
+            kind = d.kind.as_str(),
+            order_id = d.order_id.as_str(),
+            attempt = d.attempts + 1,
+            created_by = d.origin.created_by.as_deref(),
+            trace_id = ids.trace_id(),
+            span_id = ids.span_id(),
+            result = Empty,
+        );
+        (span, cx)
     }
 }
 

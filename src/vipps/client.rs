@@ -26,6 +26,8 @@ use super::transport::{self, SendError, Transport};
 use crate::config::{expose, Merchant, Settings};
 use crate::domain::{ImageId, OrderId, PaymentType, MSN_HEADER};
 use crate::metrics::{Metrics, TokenFetch};
+use crate::trace::{self, SPAN_TARGET};
+use tracing::Instrument as _;
 
 /// The header carrying the merchant's subscription key.
 const SUBSCRIPTION_KEY: HeaderName = HeaderName::from_static("ocp-apim-subscription-key");
@@ -136,6 +138,9 @@ pub struct CallContext {
     /// On tokio's clock, as the timers that enforce it.
     pub deadline: tokio::time::Instant,
     pub observed: Observed,
+    /// The span the calls are made within (a request's, a delivery's):
+    /// each attempt's `traceparent` continues its trace.
+    pub trace: Option<crate::trace::Context>,
 }
 
 /// One upstream call.
@@ -322,7 +327,7 @@ impl VippsClient {
 
     /// A usable token for the merchant (see [`Self::token_for`]).
     pub async fn token(&self, merchant: &Merchant) -> Result<Arc<AccessToken>, UpstreamError> {
-        self.token_for(merchant, None).await
+        self.token_for(merchant, None, None).await
     }
 
     /// A usable token for the merchant, fetched once for concurrent
@@ -332,6 +337,7 @@ impl VippsClient {
         &self,
         merchant: &Merchant,
         observed: Option<&Observed>,
+        parent: Option<&trace::Context>,
     ) -> Result<Arc<AccessToken>, UpstreamError> {
         let cached = self.up.tokens.fresh(&merchant.msn).await;
         self.up
@@ -343,7 +349,7 @@ impl VippsClient {
         // The fetch's state lives on the heap: inline it would make every
         // call's future (and so every handler's) several kilobytes larger,
         // moved on each request for a path taken once per token lifetime.
-        Box::pin(self.fetch_or_wait(merchant, observed)).await
+        Box::pin(self.fetch_or_wait(merchant, observed, parent)).await
     }
 
     /// A token from the cache's single fetch for the merchant, started here
@@ -352,12 +358,13 @@ impl VippsClient {
         &self,
         merchant: &Merchant,
         observed: Option<&Observed>,
+        parent: Option<&trace::Context>,
     ) -> Result<Arc<AccessToken>, UpstreamError> {
         let lookup = self
             .up
             .tokens
             .get(&merchant.msn, || {
-                fetch_token(&self.http, &self.up, merchant, observed)
+                fetch_token(&self.http, &self.up, merchant, observed, parent)
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -369,7 +376,7 @@ impl VippsClient {
                 old.clone(),
             );
             actix_web::rt::spawn(async move {
-                match fetch_token(&http, &up, &m, None).await {
+                match fetch_token(&http, &up, &m, None, None).await {
                     Ok(new) => up.tokens.replace(m.msn.clone(), &old, new).await,
                     Err(e) => {
                         // The old token stays in use while it is valid; the
@@ -442,7 +449,7 @@ impl VippsClient {
                     cfg.queue_timeout.max(Duration::from_secs(1)),
                 ));
             };
-            let outcome = self.send_authorized(ctx, &call, endpoint).await;
+            let outcome = self.send_authorized(ctx, &call, endpoint, attempt).await;
             drop(slot);
             match &outcome {
                 Ok(r) if r.status.is_server_error() => guard.record(cfg, false),
@@ -505,10 +512,15 @@ impl VippsClient {
         ctx: &CallContext,
         call: &Call<'_>,
         endpoint: &'static str,
+        attempt: u32,
     ) -> Result<RawResponse, UpstreamError> {
         let m = &*ctx.merchant;
-        let token = self.token_for(m, Some(&ctx.observed)).await?;
-        let first = self.send_once(ctx, &token, call, endpoint).await?;
+        let token = self
+            .token_for(m, Some(&ctx.observed), ctx.trace.as_ref())
+            .await?;
+        let first = self
+            .send_once(ctx, &token, call, endpoint, (attempt, false))
+            .await?;
         if first.status != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
@@ -517,21 +529,48 @@ impl VippsClient {
             .metrics
             .observe_retry(&m.msn, endpoint, "unauthorized");
         Box::pin(self.up.tokens.invalidate_if_same(&m.msn, &token)).await;
-        let token = self.token_for(m, Some(&ctx.observed)).await?;
-        self.send_once(ctx, &token, call, endpoint).await
+        let token = self
+            .token_for(m, Some(&ctx.observed), ctx.trace.as_ref())
+            .await?;
+        self.send_once(ctx, &token, call, endpoint, (attempt, true))
+            .await
     }
 
     /// One exchange, counted, timed and logged under its endpoint name
-    /// (`endpoint` of the call's path, worked out once per call).
+    /// (`endpoint` of the call's path, worked out once per call), in a
+    /// client span of its own when spans are exported. `(attempt, replay)`:
+    /// the call's attempt number, and whether this is the one resend after
+    /// a `401` with a new token.
     async fn send_once(
         &self,
         ctx: &CallContext,
         token: &AccessToken,
         call: &Call<'_>,
         endpoint: &'static str,
+        (attempt, replay): (u32, bool),
     ) -> Result<RawResponse, UpstreamError> {
         let started = Instant::now();
-        let result = self.exchange(ctx, token, call).await;
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "vipps",
+            otel.kind = "client",
+            otel.name = endpoint,
+            endpoint,
+            method = call.method.as_str(),
+            msn = ctx.merchant.msn.as_str(),
+            attempt,
+            retry = attempt > 1,
+            replay,
+            status = tracing::field::Empty,
+        );
+        let cx = trace::child(&span, ctx.trace.as_ref());
+        let result = self
+            .exchange(ctx, token, call, &cx)
+            .instrument(span.clone())
+            .await;
+        if let Ok(answer) = &result {
+            span.record("status", answer.status.as_u16());
+        }
         let exchange = Exchange {
             status: result.as_ref().ok().map(|r| r.status.as_u16()),
             latency: started.elapsed(),
@@ -554,6 +593,7 @@ impl VippsClient {
         ctx: &CallContext,
         token: &AccessToken,
         call: &Call<'_>,
+        trace_cx: &trace::Context,
     ) -> Result<RawResponse, UpstreamError> {
         let remaining = ctx
             .deadline
@@ -581,6 +621,12 @@ impl VippsClient {
         for (name, value) in call.extra.into_iter().flatten() {
             headers.append(name.clone(), value.clone());
         }
+        // The span this attempt is sent from: Vipps continues its trace.
+        headers.insert(trace::TRACEPARENT, trace::traceparent(trace_cx));
+        match trace::tracestate(trace_cx) {
+            Some(state) => headers.insert(trace::TRACESTATE, state),
+            None => headers.remove(trace::TRACESTATE),
+        };
         if call.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(
                 header::CONTENT_TYPE,
@@ -833,11 +879,14 @@ pub fn status_error(resp: &RawResponse) -> UpstreamError {
 
 /// Fetches a token with the merchant's credentials, unless fetches for it are
 /// backing off after failures (then fails at once, without a call).
+/// A token fetch, in a span of its own when spans are exported: a request
+/// that waited for the token shows it.
 async fn fetch_token(
     http: &Transport,
     up: &Upstream,
     m: &Merchant,
     observed: Option<&Observed>,
+    parent: Option<&trace::Context>,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
     let guard = up.guards.get(&m.msn);
     if let Err((wait, rejected)) = guard.token_fetch_allowed() {
@@ -847,7 +896,21 @@ async fn fetch_token(
             UpstreamError::TokenUnavailable(wait)
         });
     }
-    let result = fetch_token_now(http, up, m, observed).await;
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "vipps token",
+        otel.kind = "client",
+        endpoint = "token",
+        msn = m.msn.as_str(),
+        error = tracing::field::Empty,
+    );
+    let cx = trace::child(&span, parent);
+    let result = fetch_token_now(http, up, m, observed, &cx)
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &result {
+        span.record("error", tracing::field::display(e));
+    }
     let outcome = match &result {
         Ok(_) => TokenFetch::Ok,
         Err(UpstreamError::TokenRejected(_)) => TokenFetch::Rejected,
@@ -869,6 +932,7 @@ async fn fetch_token_now(
     up: &Upstream,
     m: &Merchant,
     observed: Option<&Observed>,
+    trace_cx: &trace::Context,
 ) -> Result<Arc<AccessToken>, UpstreamError> {
     let started = tokio::time::Instant::now();
     let plain = |v: &str, what: &str| {
@@ -890,6 +954,10 @@ async fn fetch_token_now(
         HeaderName::from_static("client_secret"),
         secret_header(expose(&m.client_secret))?,
     );
+    headers.insert(trace::TRACEPARENT, trace::traceparent(trace_cx));
+    if let Some(state) = trace::tracestate(trace_cx) {
+        headers.insert(trace::TRACESTATE, state);
+    }
     let observe = |status: Option<StatusCode>| {
         let exchange = Exchange {
             status: status.map(|s| s.as_u16()),

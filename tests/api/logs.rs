@@ -77,7 +77,7 @@ fn the_duplicate_key_check_sees_a_key_twice_at_any_depth() {
 }
 
 /// A number at the end of `key=N` or `"key":N` in a log line.
-fn number_after(line: &str, key: &str) -> Option<u16> {
+pub(crate) fn number_after(line: &str, key: &str) -> Option<u16> {
     let rest = line.split(key).nth(1)?;
     let digits: String = rest
         .trim_start_matches(|c: char| !c.is_ascii_digit())
@@ -89,7 +89,7 @@ fn number_after(line: &str, key: &str) -> Option<u16> {
 
 /// Starts the gateway with the default log settings; its stdout lines
 /// arrive on the channel.
-fn spawn_gateway(
+pub(crate) fn spawn_gateway(
     cmd: &mut Command,
 ) -> (
     std::process::Child,

@@ -31,5 +31,6 @@ mod secrets;
 mod simulator;
 mod tax_rates;
 mod tokens;
+mod traces;
 mod upstream_errors;
 mod upstream_http;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use vipps_order_gateway::outbox::{
-    Delivery, Enqueued, Kind, NewDelivery, Outcome, PendingStats, State, Store, StoreError,
+    Delivery, Enqueued, Kind, NewDelivery, Origin, Outcome, PendingStats, State, Store, StoreError,
 };
 
 use crate::auth::temp_dir;
@@ -83,6 +83,7 @@ on_both!(
     a_merchants_pending_entries_are_bounded_and_reposts_still_found,
     a_postponed_entry_keeps_its_attempts_and_error,
     a_claim_leaves_the_skipped_merchants_entries_alone,
+    an_entry_keeps_its_origin_and_a_replaced_link_takes_the_new_one,
 );
 
 fn request(kind: Kind, order: &str, content: &str) -> NewDelivery {
@@ -93,7 +94,50 @@ fn request(kind: Kind, order: &str, content: &str) -> NewDelivery {
         order_id: order.into(),
         fingerprint: format!("fp-{content}"),
         payload: format!("{{\"content\":\"{content}\"}}"),
+        origin: Origin::default(),
     }
+}
+
+/// The origin of a request sent by `caller` within trace `trace`.
+fn origin(caller: &str, trace: &str) -> Origin {
+    Origin {
+        trace_parent: Some(format!("00-{trace}-00f067aa0ba902b7-01")),
+        trace_state: Some("shop=abc".into()),
+        created_by: Some(caller.into()),
+        created_by_client: Some(format!("{caller}-client")),
+    }
+}
+
+async fn an_entry_keeps_its_origin_and_a_replaced_link_takes_the_new_one(store: Store) {
+    let first = origin("svc-a", "4bf92f3577b34da6a3ce929d0e0e4736");
+    let mut new = receipt("o-1", "a");
+    new.origin = first.clone();
+    let d = created(&store, &new, T0).await;
+    assert_eq!(d.origin, first);
+    assert_eq!(get(&store, &d.id).await.origin, first);
+    // An identical repost is the same entry, from its first sender.
+    new.origin = origin("svc-b", "5bf92f3577b34da6a3ce929d0e0e4736");
+    match store.enqueue(&new, T0 + 1).await.unwrap() {
+        Enqueued::Repost(r) => assert_eq!(r.origin, first),
+        other => panic!("{other:?}"),
+    }
+    let claimed = store.claim("w", T0 + 2, LEASE, 10, &[]).await.unwrap();
+    assert_eq!(
+        claimed[0].delivery.origin, first,
+        "the worker reads it back"
+    );
+    // A category link that replaces a pending one carries its own request.
+    let mut link = request(Kind::Category, "o-2", "x");
+    link.origin = first.clone();
+    created(&store, &link, T0).await;
+    let mut newer = request(Kind::Category, "o-2", "y");
+    newer.origin = origin("svc-c", "6bf92f3577b34da6a3ce929d0e0e4736");
+    match store.enqueue(&newer, T0 + 3).await.unwrap() {
+        Enqueued::Replaced(r) => assert_eq!(r.origin, newer.origin),
+        other => panic!("{other:?}"),
+    }
+    let unknown = created(&store, &receipt("o-3", "z"), T0).await;
+    assert_eq!(unknown.origin, Origin::default(), "none: all null");
 }
 
 fn receipt(order: &str, content: &str) -> NewDelivery {

@@ -523,6 +523,41 @@ def outbox_database(values: dict[str, Any]) -> tuple[str, int, list[Any]]:
     return host, port, dests
 
 
+def otlp_receiver(values: dict[str, Any]) -> tuple[str, int, list[Any]]:
+    """The OTLP receiver's host, port and destinations, from the values
+    alone: networkPolicy.egress.otlp.port, else the endpoint URL's port,
+    else 443 (https) or 4318 (http); its CIDRs, and the pod its selectors
+    name (in the namespace its Service name says, or the release's)."""
+    url = values["gateway"]["telemetry"]["otlpEndpoint"]
+    scheme, rest = url.split("://", 1)
+    hostport = rest.split("/", 1)[0]
+    m = re.fullmatch(r"(\[[^\]]+\]|[^:]+)(?::(\d+))?", hostport)
+    assert m, url
+    host = m.group(1).strip("[]")
+    otlp = values["networkPolicy"]["egress"].get("otlp") or {}
+    port = otlp.get("port") or int(m.group(2) or (443 if scheme == "https" else 4318))
+    dests: list[Any] = [ipaddress.ip_network(c, strict=False) for c in otlp.get("cidrs") or []]
+    if otlp.get("namespaceSelector") is not None or otlp.get("podSelector") is not None:
+        ns_labels = labels_selected_by(otlp.get("namespaceSelector"))
+        ns_name = service_namespace(host) or ns_labels.get("kubernetes.io/metadata.name", NAMESPACE)
+        ns_labels["kubernetes.io/metadata.name"] = ns_name
+        dests.append((labels_selected_by(otlp.get("podSelector")), ns_labels))
+    return host, port, dests
+
+
+def check_otlp_egress(name: str, docs: list[dict[str, Any]], values: dict[str, Any], pod_labels: dict[str, str]) -> int:
+    """The NetworkPolicies selecting the gateway's pods admit the OTLP
+    receiver at each destination the values give for it, on its port."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    host, port, dests = otlp_receiver(values)
+    check(bool(dests), f"[{name}] the values name where the OTLP receiver is")
+    for dest in dests:
+        ok, isolating = egress_admits(policies, pod_labels, dest, port)
+        check(ok, f"[{name}] NetworkPolicy {isolating} admits the OTLP receiver {host}:{port} at {describe(dest)}")
+        print(f"  [{name}] OTLP receiver {host}:{port}/TCP at {describe(dest)}: {'admitted' if ok else 'BLOCKED'} by {isolating}")
+    return len(dests)
+
+
 def describe(dest: Any) -> str:
     if isinstance(dest, tuple):
         return f"pod {dest[0]} in namespace {dest[1].get('kubernetes.io/metadata.name')}"
@@ -886,11 +921,16 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
                 for port in eg["vippsPorts"]:
                     expect(egress_admits(nps, pod_labels, ipaddress.ip_network(cidr, strict=False), port)[0], f"egress admits Vipps' {cidr} on {port}")
             want = set(eg["vippsCidrs"])
+            rules = 2
             if ob["enabled"] and ob["store"] == "postgres":
                 n += check_database_egress(name, docs, values, pod_labels)
                 want |= set((eg.get("outboxDatabase") or {}).get("cidrs") or [])
-            else:
-                expect(len(egress) == 2, "outbox not on PostgreSQL: egress to DNS and Vipps only")
+                rules += 1
+            if (values["gateway"].get("telemetry") or {}).get("otlpEndpoint"):
+                n += check_otlp_egress(name, docs, values, pod_labels)
+                want |= set((eg.get("otlp") or {}).get("cidrs") or [])
+                rules += 1
+            expect(len(egress) == rules, f"egress to DNS, Vipps and only the peers the values turn on: {rules} rules")
             cidrs = sorted(t["ipBlock"]["cidr"] for r in egress for t in r.get("to", []) if "ipBlock" in t)
             expect(sorted(set(cidrs)) == sorted(want) and len(cidrs) == len(want), f"egress to exactly the Vipps and database CIDRs {cidrs}")
     print(f"  [{name}] {n} assertions on the rendered release")
@@ -926,12 +966,20 @@ def check_gateway_accepts(name: str, docs: list[dict[str, Any]], gateway: Path) 
             key = Path(tmp) / filename
             key.write_text(text)
             env[f"VOG_AUTH__JWT__{field.upper()}"] = str(key)
+        # The OTLP headers file of a mounted Secret: made-up headers.
+        headers_file = tomllib.loads(toml_text).get("telemetry", {}).get("otlp", {}).get("headers_file")
+        if headers_file:
+            made_up = Path(tmp) / "otlp-headers"
+            made_up.write_text("Authorization: Bearer made-up-otlp-key\n")
+            env["VOG_TELEMETRY__OTLP__HEADERS_FILE"] = str(made_up)
         res = subprocess.run([str(gateway), "check-config", "--config", str(config)], env=env, capture_output=True, text=True, timeout=60)
         if res.returncode != 0:
             print(res.stdout + res.stderr)
         check(res.returncode == 0, f"[{name}] the gateway's check-config accepts the rendered gateway.toml ({len(merchants)} merchant(s), auth key {key_kind})")
         if key_kind != "none":
             check("caller auth Jwt" in res.stdout, f"[{name}] check-config loaded the {key_kind} caller-auth key: {res.stdout.strip()}")
+        endpoint = tomllib.loads(toml_text).get("telemetry", {}).get("otlp", {}).get("endpoint")
+        check(f"traces {endpoint or 'not exported'}" in res.stdout, f"[{name}] check-config reads the chart's trace export ({endpoint or 'off'}): {res.stdout.strip()}")
         want_version = "2.0" if 'api_version = "2.0"' in Path(config).read_text() else "2.1"
         check(f"Order Management {want_version}" in res.stdout, f"[{name}] check-config reads the chart's Order Management version {want_version}: {res.stdout.strip()}")
         print(f"  [{name}] check-config: exit {res.returncode}, {len(merchants)} merchant(s), auth key {key_kind}, Order Management {want_version}")
@@ -1029,7 +1077,10 @@ def check_refusals() -> None:
             print(f"  {what}: refused ({str(err).strip().splitlines()[-1][:120]})")
     # Refused by the templates too, for an install that skips the schema
     # (helm install --skip-schema-validation): the chart without its schema.
-    unchecked = {"invalid-networkpolicy-outbox-database.yaml": "networkPolicy.egress.outboxDatabase: the outbox is on PostgreSQL"}
+    unchecked = {
+        "invalid-networkpolicy-outbox-database.yaml": "networkPolicy.egress.outboxDatabase: the outbox is on PostgreSQL",
+        "invalid-networkpolicy-otlp.yaml": "networkPolicy.egress.otlp: spans are exported",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         bare = Path(tmp) / CHART.name
         shutil.copytree(CHART, bare, ignore=shutil.ignore_patterns("values.schema.json"))

@@ -82,12 +82,17 @@ pub async fn check_config(path: &std::path::Path, connect: bool) -> Result<(), S
         .load_merchants(&|k| std::env::var(k).ok())
         .map_err(|e| e.to_string())?;
     let auth = crate::auth::Authenticator::load(&settings.auth).map_err(|e| e.to_string())?;
+    let otlp = &settings.telemetry.otlp;
+    if let Some(path) = &otlp.headers_file {
+        crate::trace::read_headers(path)?;
+    }
     println!(
-        "config ok: {} merchant(s), upstream {} (Order Management {}), caller auth {:?}",
+        "config ok: {} merchant(s), upstream {} (Order Management {}), caller auth {:?}, traces {}",
         merchants.len(),
         settings.upstream.base_url,
         settings.upstream.api_version.as_str(),
-        auth.mode()
+        auth.mode(),
+        otlp.endpoint.as_deref().unwrap_or("not exported"),
     );
     if !connect {
         return Ok(());

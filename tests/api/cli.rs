@@ -178,3 +178,68 @@ async fn serve_with_simulator_adds_a_receipt_out_of_the_box() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["totals"]["total"], "447.00");
 }
+
+#[test]
+fn check_config_reads_the_otlp_settings_and_refuses_a_bad_headers_file() {
+    let dir = temp_dir("check-otlp");
+    let config = write_config(&dir, "http://127.0.0.1:9");
+    let headers = dir.join("otlp-headers");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "[[merchants]]",
+        &format!(
+            "[telemetry]\nsampling_ratio = 0.5\n[telemetry.otlp]\nendpoint = \"http://otel-collector:4318\"\nheaders_file = \"{}\"\n[[merchants]]",
+            headers.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = || {
+        Command::new(BIN)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .env("TEST_DEMO_KEY", "demo-subscription-key")
+            .env_remove("VOG_TELEMETRY__OTLP__ENDPOINT")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&headers, "Authorization: Bearer otlp-s3cret\n").unwrap();
+    let ok = run();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("traces http://otel-collector:4318"), "{out}");
+    assert!(!out.contains("otlp-s3cret"), "{out}");
+    std::fs::write(&headers, "Authorization Bearer otlp-s3cret\n").unwrap();
+    let bad = run();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("telemetry.otlp.headers_file") && err.contains("line 1"),
+        "{err}"
+    );
+    assert!(!err.contains("otlp-s3cret"), "a header value in {err}");
+    // Settings the gateway cannot use are refused by name.
+    for (setting, fix) in [
+        ("sampling_ratio = 0.5", "sampling_ratio = 1.5"),
+        (
+            "endpoint = \"http://otel-collector:4318\"",
+            "endpoint = \"otel-collector:4318\"",
+        ),
+        ("[telemetry.otlp]", "[telemetry.otlp]\nprotocol = \"grpc\""),
+    ] {
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace(setting, fix)).unwrap();
+        let refused = run();
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{fix}");
+        assert!(
+            err.contains("telemetry") || err.contains("grpc"),
+            "{fix}: {err}"
+        );
+        std::fs::write(&config, text).unwrap();
+    }
+}

@@ -109,6 +109,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "networkPolicy.egress.outboxDatabase: the outbox is on PostgreSQL and the NetworkPolicy is on, so give the database's cidrs, or its namespaceSelector and/or podSelector; otherwise the pods cannot reach it and every asynchronous request is a 503" }}
 {{- end }}
 {{- end }}
+{{- if and $np.enabled .Values.gateway.telemetry.otlpEndpoint }}
+{{- $otlp := $np.egress.otlp }}
+{{- if not (or $otlp.cidrs (kindIs "map" $otlp.namespaceSelector) (kindIs "map" $otlp.podSelector)) }}
+{{- fail "networkPolicy.egress.otlp: spans are exported (gateway.telemetry.otlpEndpoint) and the NetworkPolicy is on, so give the receiver's cidrs, or its namespaceSelector and/or podSelector; otherwise every span is dropped" }}
+{{- end }}
+{{- end }}
+{{- with .Values.gateway.telemetry.otlpEndpoint }}
+{{- if not (regexMatch "^https?://[^/?#]+(/[^?#]*)?$" .) }}
+{{- fail "gateway.telemetry.otlpEndpoint must be an http:// or https:// URL such as http://otel-collector:4318" }}
+{{- end }}
+{{- end }}
 {{- if eq .Values.gateway.auth.mode "jwt" }}
 {{- $_ := include "vog.authKeyKind" . }}
 {{- end }}
@@ -149,5 +160,25 @@ gateway.outbox.postgres.url (postgres://USER@HOST:PORT/DB), else 5432. */}}
 {{- $hostport := regexReplaceAll "^[a-z]+://[^@/]*@([^/]*)/.*$" $url "${1}" }}
 {{- $port := regexFind ":[0-9]+$" $hostport | trimPrefix ":" }}
 {{- $port | default "5432" }}
+{{- end }}
+{{- end }}
+
+{{/* Where the OTLP headers file is mounted (a Secret, as a directory). */}}
+{{- define "vog.otlpHeadersPath" -}}
+/etc/vipps-order-gateway/otlp
+{{- end }}
+
+{{/* The port the NetworkPolicy opens to the OTLP receiver:
+networkPolicy.egress.otlp.port, else the port of
+gateway.telemetry.otlpEndpoint, else 443 for https and 4318 for http. */}}
+{{- define "vog.otlpPort" -}}
+{{- $otlp := .Values.networkPolicy.egress.otlp }}
+{{- if $otlp.port }}
+{{- int $otlp.port }}
+{{- else }}
+{{- $url := .Values.gateway.telemetry.otlpEndpoint }}
+{{- $hostport := regexReplaceAll "^[a-z]+://([^/?#]*).*$" $url "${1}" }}
+{{- $port := regexFind ":[0-9]+$" $hostport | trimPrefix ":" }}
+{{- $port | default (ternary "443" "4318" (hasPrefix "https:" $url)) }}
 {{- end }}
 {{- end }}

@@ -293,10 +293,57 @@ def gateway_config(workdir, sim_port, merchants, name="gateway", level="info"):
     return path, port
 
 
-def start_gateway(workdir, sim_port, merchants=(DEMO,), name="gateway", level="info"):
+def start_otlp_sink(workdir):
+    """An OTLP/HTTP receiver that takes every batch and keeps nothing (nginx
+    answering 200 to POST /v1/traces), for the cases with trace export on."""
+    port = free_port()
+    ndir = workdir / "otlp-sink"
+    for sub in ("logs", "tmp"):
+        (ndir / sub).mkdir(parents=True, exist_ok=True)
+    conf = f"""
+daemon off;
+worker_processes 1;
+error_log {ndir}/logs/error.log warn;
+pid {ndir}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {ndir}/tmp/body;
+    proxy_temp_path {ndir}/tmp/proxy;
+    fastcgi_temp_path {ndir}/tmp/fastcgi;
+    uwsgi_temp_path {ndir}/tmp/uwsgi;
+    scgi_temp_path {ndir}/tmp/scgi;
+    client_max_body_size 64m;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /healthz {{ return 200 "ok"; }}
+        location = /v1/traces {{ return 200; }}
+    }}
+}}
+"""
+    path = ndir / "nginx.conf"
+    path.write_text(conf)
+    proc = Proc("otlp-sink", ["nginx", "-p", str(ndir), "-c", str(path)], workdir)
+    wait_http(port, "/healthz", proc=proc.popen)
+    return proc, port
+
+
+def spans_dropped(port):
+    """gateway_trace_spans_dropped_total, summed over its reasons."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith("gateway_trace_spans_dropped_total{"))
+
+
+def start_gateway(workdir, sim_port, merchants=(DEMO,), name="gateway", level="info", otlp=None):
+    """The gateway in front of the simulator; with `otlp` (a port), exporting
+    every span (sampling ratio 1.0) to the OTLP receiver there."""
     path, port = gateway_config(workdir, sim_port, merchants, name, level)
     env = {"BENCH_CLIENT_SECRET": merchants[0]["client_secret"],
            "BENCH_SUBSCRIPTION_KEY": merchants[0]["subscription_key"]}
+    if otlp:
+        env["VOG_TELEMETRY__OTLP__ENDPOINT"] = f"http://127.0.0.1:{otlp}"
     proc = Proc(name, [str(BIN), "serve", "--config", str(path)], workdir, env=env)
     start = wait_http(port, "/healthz", proc=proc.popen)
     return proc, port, start
@@ -484,9 +531,14 @@ class Run:
                     body = self.write_body("vipps-receipt-10.json", self.vipps_receipt(sim, receipt10))
                     hdr["Content-Type"] = "application/json"
             else:
-                gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info")
-                servers = [gw, sim.proc]
-                if case == "gateway_proxy":
+                sink = None
+                if case.endswith("_otlp"):
+                    sink, sink_port = start_otlp_sink(wd)
+                    servers.append(sink)
+                gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info",
+                                            otlp=sink_port if sink else None)
+                servers = [gw, sim.proc] + ([sink] if sink else [])
+                if case in ("gateway_proxy", "gateway_proxy_otlp"):
                     hdr = {"Merchant-Serial-Number": DEMO["msn"]}
                     path, method, body = "/vipps" + read_path, "GET", None
                 elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
@@ -515,8 +567,9 @@ class Run:
         simulator grows by gigabytes of stored receipts while the other runs."""
         a, wd = self.args, self.workdir
         out = {}
-        groups = ((("direct", "nginx", "gateway_proxy", "bare_forwarder", "hyper_forwarder", "gateway_facade_read",
-                    "gateway_facade_read_warn"), False), (("nginx_receipt", "gateway_facade_receipt"), True))
+        groups = ((("direct", "nginx", "gateway_proxy", "gateway_proxy_otlp", "bare_forwarder", "hyper_forwarder",
+                    "gateway_facade_read", "gateway_facade_read_warn"), False),
+                  (("nginx_receipt", "gateway_facade_receipt", "gateway_facade_receipt_otlp"), True))
 
         def start(case, c):
             sim = Sim(wd)
@@ -528,6 +581,9 @@ class Run:
         def stop(c):
             if "sim" not in c:
                 return
+            if c["servers"] and c["servers"][0].name == "gateway" and len(c["servers"]) > 2:
+                # Export on: what the gateway could not hand to the receiver.
+                c["dropped"] = c.get("dropped", 0) + spans_dropped(c["port"])
             for srv in c["servers"]:
                 rss = srv.status_kb("VmHWM")
                 if rss is not None:
@@ -573,6 +629,8 @@ class Run:
                 chosen["rounds"] = [{k: r[k] for k in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req")}
                                     for r in c["runs"]]
                 chosen["peak_rss_kb"] = c["peak"]
+                if "dropped" in c:
+                    chosen["spans_dropped"] = c["dropped"]
                 if case in ("direct", "nginx", "gateway_proxy", "gateway_facade_read"):
                     chosen["probe_path"] = c["path"]
                 out[case] = chosen
@@ -846,7 +904,9 @@ def markdown(res):
              "gateway_facade_read": "extra: gateway façade GET order",
              "gateway_facade_read_warn": "extra: gateway façade GET order, `log.level = \"warn\"`",
              "nginx_receipt": "4a nginx, ready-made Vipps receipt (10 lines)",
-             "gateway_facade_receipt": "4b gateway façade receipt (10 lines)"}
+             "gateway_facade_receipt": "4b gateway façade receipt (10 lines)",
+             "gateway_proxy_otlp": "extra: gateway proxy, every span exported over OTLP",
+             "gateway_facade_receipt_otlp": "extra: gateway façade receipt, every span exported over OTLP"}
     for k, label in names.items():
         r = c.get(k, {"failed": "not run"})
         if "failed" in r:
@@ -931,6 +991,9 @@ def markdown(res):
         "gateway", "hyper-forwarder")
     row("extra: bare hyper forwarder / nginx", "hyper_forwarder", "nginx", "—", "—", "hyper-forwarder", "nginx")
     row("gateway façade receipt / nginx receipt", "gateway_facade_receipt", "nginx_receipt", "throughput ≥ 0.8×", met_facade(), "gateway", "nginx")
+    for otlp, plain in (("gateway_proxy_otlp", "gateway_proxy"), ("gateway_facade_receipt_otlp", "gateway_facade_receipt")):
+        if "failed" not in c.get(otlp, {"failed": ""}) and "failed" not in c.get(plain, {"failed": ""}):
+            row(f"{otlp} / {plain} (export on / off)", otlp, plain, "reported", "—", "gateway", "gateway")
     row("extra: gateway façade read / nginx", "gateway_facade_read", "nginx", "—", "—", "gateway", "nginx")
     row("extra: gateway façade read / direct", "gateway_facade_read", "direct", "—", "—", "gateway", "simulator")
     row("extra: façade read, log level warn / info", "gateway_facade_read_warn", "gateway_facade_read", "—", "—", "gateway", "gateway")

@@ -220,54 +220,44 @@ pub async fn middleware(
     // A façade request's route is recorded once routed (`routed`); the
     // proxy's is known now. With export off the span's ids are known before
     // it is made; with export on they are the exported span's own.
+    // The request span: `[otel fields]` for tracing-opentelemetry, then
+    // its log fields, `trace_id` and `span_id` as given.
+    macro_rules! request_span {
+        ([$($otel:tt)*], $trace_id:expr, $span_id:expr) => {
+            tracing::info_span!(
+                target: REQUEST_TARGET,
+                REQUEST_SPAN,
+                $($otel)*
+                request_id = &*id,
+                method = req.method().as_str(),
+                msn = msn_log.as_deref(),
+                route = proxied.then_some(PROXY_ROUTE),
+                operation = proxied.then_some(PROXY_OPERATION),
+                order_id = Empty,
+                caller = Empty,
+                caller_client = Empty,
+                trace_id = $trace_id,
+                span_id = $span_id,
+                status = Empty,
+                upstream_status = Empty,
+                upstream_latency_ms = Empty,
+            )
+        };
+    }
     let (span, trace_cx) = if trace::exporting() {
-        let span = tracing::info_span!(
-            target: REQUEST_TARGET,
-            REQUEST_SPAN,
-            otel.kind = "server",
-            otel.name = if proxied {
-                format!("{} {PROXY_ROUTE}", req.method())
-            } else {
-                req.method().to_string()
-            },
-            request_id = &*id,
-            method = req.method().as_str(),
-            msn = msn_log.as_deref(),
-            route = proxied.then_some(PROXY_ROUTE),
-            operation = proxied.then_some(PROXY_OPERATION),
-            order_id = Empty,
-            caller = Empty,
-            caller_client = Empty,
-            trace_id = Empty,
-            span_id = Empty,
-            status = Empty,
-            upstream_status = Empty,
-            upstream_latency_ms = Empty,
-        );
+        let name = if proxied {
+            format!("{} {PROXY_ROUTE}", req.method())
+        } else {
+            req.method().to_string()
+        };
+        let span = request_span!([otel.kind = "server", otel.name = name,], Empty, Empty);
         let cx = trace::start(&span, parent.as_ref());
         trace::Ids::of(&cx).record(&span);
         (span, cx)
     } else {
         let cx = trace::start(&tracing::Span::none(), parent.as_ref());
         let ids = trace::Ids::of(&cx);
-        let span = tracing::info_span!(
-            target: REQUEST_TARGET,
-            REQUEST_SPAN,
-            request_id = &*id,
-            method = req.method().as_str(),
-            msn = msn_log.as_deref(),
-            route = proxied.then_some(PROXY_ROUTE),
-            operation = proxied.then_some(PROXY_OPERATION),
-            order_id = Empty,
-            caller = Empty,
-            caller_client = Empty,
-            trace_id = ids.trace_id(),
-            span_id = ids.span_id(),
-            status = Empty,
-            upstream_status = Empty,
-            upstream_latency_ms = Empty,
-        );
-        (span, cx)
+        (request_span!([], ids.trace_id(), ids.span_id()), cx)
     };
     let ctx = RequestContext {
         id: id.clone(),

@@ -427,42 +427,36 @@ fn delivery_span(d: &Delivery) -> (tracing::Span, trace::Context) {
         d.origin.trace_parent.as_deref(),
         d.origin.trace_state.as_deref(),
     );
+    // `[otel fields]` for tracing-opentelemetry, then the log fields,
+    // `trace_id` and `span_id` as given.
+    macro_rules! delivery_span {
+        ([$($otel:tt)*], $trace_id:expr, $span_id:expr) => {
+            tracing::info_span!(
+                target: DELIVERY_TARGET,
+                DELIVERY_SPAN,
+                $($otel)*
+                delivery = d.id.as_str(),
+                msn = d.msn.as_str(),
+                kind = d.kind.as_str(),
+                order_id = d.order_id.as_str(),
+                attempt = d.attempts + 1,
+                created_by = d.origin.created_by.as_deref(),
+                trace_id = $trace_id,
+                span_id = $span_id,
+                result = Empty,
+            )
+        };
+    }
     if trace::exporting() {
-        let span = tracing::info_span!(
-            target: DELIVERY_TARGET,
-            DELIVERY_SPAN,
-            otel.kind = "consumer",
-            otel.name = format!("outbox delivery {}", d.kind.as_str()),
-            delivery = d.id.as_str(),
-            msn = d.msn.as_str(),
-            kind = d.kind.as_str(),
-            order_id = d.order_id.as_str(),
-            attempt = d.attempts + 1,
-            created_by = d.origin.created_by.as_deref(),
-            trace_id = Empty,
-            span_id = Empty,
-            result = Empty,
-        );
+        let name = format!("outbox delivery {}", d.kind.as_str());
+        let span = delivery_span!([otel.kind = "consumer", otel.name = name,], Empty, Empty);
         let cx = trace::start(&span, parent.as_ref());
         trace::Ids::of(&cx).record(&span);
         (span, cx)
     } else {
         let cx = trace::start(&tracing::Span::none(), parent.as_ref());
         let ids = trace::Ids::of(&cx);
-        let span = tracing::info_span!(
-            target: DELIVERY_TARGET,
-            DELIVERY_SPAN,
-            delivery = d.id.as_str(),
-            msn = d.msn.as_str(),
-            kind = d.kind.as_str(),
-            order_id = d.order_id.as_str(),
-            attempt = d.attempts + 1,
-            created_by = d.origin.created_by.as_deref(),
-            trace_id = ids.trace_id(),
-            span_id = ids.span_id(),
-            result = Empty,
-        );
-        (span, cx)
+        (delivery_span!([], ids.trace_id(), ids.span_id()), cx)
     }
 }
 

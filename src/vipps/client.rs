@@ -562,8 +562,13 @@ impl VippsClient {
             retry = attempt > 1,
             replay,
             status = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         let cx = trace::child(&span, ctx.trace.as_ref());
+        if !span.is_disabled() {
+            trace::Ids::of(&cx).record(&span);
+        }
         let result = self
             .exchange(ctx, token, call, &cx)
             .instrument(span.clone())
@@ -903,8 +908,13 @@ async fn fetch_token(
         endpoint = "token",
         msn = m.msn.as_str(),
         error = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     let cx = trace::child(&span, parent);
+    if !span.is_disabled() {
+        trace::Ids::of(&cx).record(&span);
+    }
     let result = fetch_token_now(http, up, m, observed, &cx)
         .instrument(span.clone())
         .await;

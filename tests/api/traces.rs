@@ -507,6 +507,25 @@ async fn a_callers_trace_runs_through_the_gateway_to_vipps_and_out_over_otlp() {
         assert_eq!(d.attr("created_by"), Some("svc-shop"));
         assert!(d.start_ns > server.start_ns);
     }
+    // The trace as the receiver saw it (shown with --nocapture).
+    let mut tree: Vec<&Span> = spans.iter().collect();
+    tree.sort_by_key(|s| s.start_ns);
+    println!("trace {accepted_in}, as the receiver decoded it:");
+    for s in &tree {
+        println!(
+            "  +{:>7.1} ms  {:<50} {:<9} span {} parent {} {}",
+            (s.start_ns - server.start_ns) as f64 / 1e6,
+            s.name,
+            format!("{:?}", s.kind),
+            s.span_id,
+            if s.parent.is_empty() { "-" } else { &s.parent },
+            ["status", "attempt", "retry", "result"]
+                .iter()
+                .filter_map(|k| s.attr(k).map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     assert_eq!(deliveries[0].attr("result"), Some("retried"));
     assert_eq!(deliveries.last().unwrap().attr("result"), Some("delivered"));
     let calls: Vec<&Span> = spans
@@ -568,6 +587,14 @@ async fn a_callers_trace_runs_through_the_gateway_to_vipps_and_out_over_otlp() {
     for v in &lines {
         assert!(!v.to_string().contains(&token), "the token in {v}");
     }
+    // The token fetch's line is written within its own span, which names
+    // the trace too.
+    let fetched = lines
+        .iter()
+        .find(|v| v["message"] == "fetched access token")
+        .expect("the token fetch's line");
+    assert_eq!(fetched["span"]["trace_id"], trace.as_str(), "{fetched}");
+    assert_eq!(fetched["span"]["name"], "vipps token");
 }
 
 #[actix_web::test]

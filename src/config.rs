@@ -529,7 +529,9 @@ impl std::fmt::Debug for Merchant {
 }
 
 /// The configured merchants by MSN.
-pub type Merchants = HashMap<Msn, Arc<Merchant>>;
+/// By MSN, hashed with FxHash: looked up on every request with a key from a
+/// fixed, configured set (docs/decisions.md, "Performance").
+pub type Merchants = HashMap<Msn, Arc<Merchant>, rustc_hash::FxBuildHasher>;
 
 /// The configured merchants, replaceable at run time (secrets reloaded).
 #[derive(Default)]
@@ -867,7 +869,8 @@ impl Settings {
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Merchants, ConfigError> {
-        let mut out = HashMap::with_capacity(self.merchants.len());
+        let mut out =
+            HashMap::with_capacity_and_hasher(self.merchants.len(), rustc_hash::FxBuildHasher);
         for m in &self.merchants {
             let (client_secret, subscription_key) = match &m.inline {
                 Some(i) => (i.client_secret.clone(), i.subscription_key.clone()),

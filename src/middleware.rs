@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 use futures_util::future::{Either, FutureExt as _};
@@ -90,6 +90,11 @@ impl MsnLabel {
         }
     }
 }
+
+/// The W3C trace context headers, as actix-web's header names (looked up
+/// without parsing a name on every request).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The route a proxied request's log line names.
 const PROXY_ROUTE: &str = "/vipps/order-management/...";
@@ -213,10 +218,12 @@ pub async fn middleware(
     let (msn_log, msn_label) = merchant_labels(&req);
     // The caller's trace is continued; a malformed `traceparent` starts a
     // new one.
-    let parent = trace::extract(
-        req.headers().get("traceparent").map(HeaderValue::as_bytes),
-        req.headers().get("tracestate").map(HeaderValue::as_bytes),
-    );
+    let parent = req.headers().get(&TRACEPARENT).and_then(|parent| {
+        trace::extract(
+            Some(parent.as_bytes()),
+            req.headers().get(&TRACESTATE).map(HeaderValue::as_bytes),
+        )
+    });
     // A façade request's route is recorded once routed (`routed`); the
     // proxy's is known now. With export off the span's ids are known before
     // it is made; with export on they are the exported span's own.
@@ -252,12 +259,11 @@ pub async fn middleware(
         };
         let span = request_span!([otel.kind = "server", otel.name = name,], Empty, Empty);
         let cx = trace::start(&span, parent.as_ref());
-        trace::Ids::of(&cx).record(&span);
+        cx.record(&span);
         (span, cx)
     } else {
         let cx = trace::start(&tracing::Span::none(), parent.as_ref());
-        let ids = trace::Ids::of(&cx);
-        (request_span!([], ids.trace_id(), ids.span_id()), cx)
+        (request_span!([], cx.trace_id(), cx.span_id()), cx)
     };
     let ctx = RequestContext {
         id: id.clone(),
@@ -266,6 +272,10 @@ pub async fn middleware(
         observed: observed.clone(),
         routed: routed.clone(),
         trace: trace_cx,
+        merchant: match &msn_label {
+            MsnLabel::Configured(m) => Some(m.clone()),
+            MsnLabel::Fixed(_) => None,
+        },
     };
     req.extensions_mut().insert(ctx.clone());
     let method = req.method().clone();

@@ -300,7 +300,7 @@ pub async fn forward(
                 "must be visible ASCII",
             )
         })?;
-    let merchant = state.merchant(&grant, msn)?;
+    let merchant = state.merchant(&req, &grant, msn)?;
     // Every proxied call goes to Vipps: it takes from the merchant's rate.
     state.admit(&merchant)?;
     let ctx = call_context(&req, merchant);
@@ -374,6 +374,10 @@ mod tests {
             );
             assert!(!HOP_BY_HOP.contains(&name.as_str()), "{name}");
             assert!(!banned.contains(&name.as_str()), "{name}");
+        }
+        // The gateway sends its own trace context (the client sets it).
+        for (name, _) in &FORWARDED_REQUEST {
+            assert!(!["traceparent", "tracestate"].contains(&name.as_str()));
         }
     }
 

@@ -34,6 +34,9 @@ pub struct RequestContext {
     /// The request span's trace context: its upstream calls and the
     /// deliveries it stores continue it.
     pub trace: crate::trace::Context,
+    /// The configured merchant of the request's MSN (the path's, or the
+    /// proxy's header), as the middleware found it.
+    pub merchant: Option<Arc<Merchant>>,
 }
 
 /// How requests are served, as app data: the most time one may take

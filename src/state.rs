@@ -5,11 +5,14 @@
 
 use std::sync::Arc;
 
+use actix_web::{HttpMessage as _, HttpRequest};
+
 use crate::auth::Grant;
 use crate::config::{Limits, Merchant, MerchantRegistry};
 use crate::domain::ApiVersion;
 use crate::error::{ApiError, Kind};
 use crate::outbox::Outbox;
+use crate::request::RequestContext;
 use crate::vipps::resilience::{retry_after_secs, Guards};
 
 /// State shared by every worker.
@@ -25,10 +28,22 @@ pub struct AppState {
 
 impl AppState {
     /// The merchant a request acts for: the caller's grant first (403), then
-    /// that it is configured (404).
-    pub fn merchant(&self, grant: &Grant, msn: &str) -> Result<Arc<Merchant>, ApiError> {
+    /// that it is configured (404). The request middleware has looked the
+    /// request's MSN up already, for its metrics: that merchant is used when
+    /// it is the one asked for, so the registry is read once per request.
+    pub fn merchant(
+        &self,
+        req: &HttpRequest,
+        grant: &Grant,
+        msn: &str,
+    ) -> Result<Arc<Merchant>, ApiError> {
         grant.check(msn)?;
-        self.merchants.get(msn).ok_or_else(|| {
+        let known = req
+            .extensions()
+            .get::<RequestContext>()
+            .and_then(|c| c.merchant.clone())
+            .filter(|m| m.msn.as_str() == msn);
+        known.or_else(|| self.merchants.get(msn)).ok_or_else(|| {
             ApiError::new(
                 Kind::MerchantNotFound,
                 "No merchant with this MSN is configured.",

@@ -69,13 +69,73 @@ pub fn exporting() -> bool {
 }
 
 /// The context of a span: its trace, its own id, the sampled flag and the
-/// caller's `tracestate`.
-pub type Context = SpanContext;
+/// caller's `tracestate`, with its `traceparent` written once: the log's
+/// `trace_id` and `span_id` are read from it, and a call sent from the span
+/// carries it.
+///
+/// Shared: a request's context is cloned into its task-local and each call
+/// context, and held across awaits, so it is a pointer wide.
+#[derive(Debug, Clone)]
+pub struct Context(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    span: SpanContext,
+    header: HeaderValue,
+}
+
+impl Context {
+    fn new(span: SpanContext) -> Self {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&span.trace_id().to_bytes(), &mut out[3..35]);
+        hex_into(&span.span_id().to_bytes(), &mut out[36..52]);
+        hex_into(&[span.trace_flags().to_u8()], &mut out[53..55]);
+        let header = HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""));
+        Self(Arc::new(Shared { span, header }))
+    }
+
+    /// The OpenTelemetry span context.
+    pub fn span_context(&self) -> &SpanContext {
+        &self.0.span
+    }
+
+    /// The `traceparent` a call sent from this span carries
+    /// (`00-<trace id>-<span id>-<flags>`).
+    pub fn traceparent(&self) -> &HeaderValue {
+        &self.0.header
+    }
+
+    /// The trace id, as the log writes it (32 hexadecimal digits).
+    pub fn trace_id(&self) -> &str {
+        self.header_part(3..35)
+    }
+
+    /// The span id, as the log writes it (16 hexadecimal digits).
+    pub fn span_id(&self) -> &str {
+        self.header_part(36..52)
+    }
+
+    fn header_part(&self, range: std::ops::Range<usize>) -> &str {
+        self.0
+            .header
+            .as_bytes()
+            .get(range)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records `trace_id` and `span_id` on `span`, which declares them
+    /// `Empty`.
+    pub fn record(&self, span: &tracing::Span) {
+        span.record("trace_id", self.trace_id());
+        span.record("span_id", self.span_id());
+    }
+}
 
 /// The caller's trace context from its `traceparent` and `tracestate`;
 /// `None` when it sent none or a malformed one (the request then starts a
 /// new trace: a bad header is never the caller's error).
-pub fn extract(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Option<Context> {
+pub fn extract(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Option<SpanContext> {
     struct Headers<'a> {
         parent: &'a str,
         state: Option<&'a str>,
@@ -104,7 +164,7 @@ pub fn extract(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Option<
 /// stored with an outbox entry) when there is one, as a new trace
 /// otherwise. Call it before the span is first entered. Returns the span's
 /// own context.
-pub fn start(span: &tracing::Span, parent: Option<&Context>) -> Context {
+pub fn start(span: &tracing::Span, parent: Option<&SpanContext>) -> Context {
     if exporting() && !span.is_disabled() {
         if let Some(parent) = parent {
             let cx = opentelemetry::Context::new().with_remote_span_context(parent.clone());
@@ -112,23 +172,28 @@ pub fn start(span: &tracing::Span, parent: Option<&Context>) -> Context {
         }
         let own = span.context().span().span_context().clone();
         if own.is_valid() {
-            return own;
+            return Context::new(own);
         }
     }
-    local(parent)
+    Context::new(local(parent))
 }
 
-/// The context of a span opened within `parent`'s: the span `span` when it
-/// is exported (its parent is then the enclosing `tracing` span), else a
-/// new span id in `parent`'s trace (or in a new trace).
+/// The context a call made within `parent`'s span is sent from: the span
+/// `span` when it is exported (its parent is then the enclosing `tracing`
+/// span); else `parent` itself, since nothing records a span of the call
+/// (Vipps sees the request's or the delivery's span as its parent); else,
+/// with no parent, a new trace.
 pub fn child(span: &tracing::Span, parent: Option<&Context>) -> Context {
     if exporting() && !span.is_disabled() {
         let own = span.context().span().span_context().clone();
         if own.is_valid() {
-            return own;
+            return Context::new(own);
         }
     }
-    local(parent)
+    match parent {
+        Some(parent) => parent.clone(),
+        None => Context::new(local(None)),
+    }
 }
 
 /// Names an exported span anew (a request's, once its route is known).
@@ -141,7 +206,7 @@ pub fn rename(span: &tracing::Span, name: String) {
 /// A new span id under `parent`, or a new trace: the ids of a span that is
 /// not exported. Its sampled flag is the parent's: the gateway records
 /// nothing, and says so to Vipps unless its caller recorded.
-fn local(parent: Option<&Context>) -> Context {
+fn local(parent: Option<&SpanContext>) -> SpanContext {
     let span_id = SpanId::from(fastrand::u64(1..));
     match parent {
         Some(p) => SpanContext::new(
@@ -170,52 +235,9 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// A context's ids as the log writes them (`trace_id`, `span_id`), kept on
-/// the stack.
-pub struct Ids {
-    trace: [u8; 32],
-    span: [u8; 16],
-}
-
-impl Ids {
-    pub fn of(cx: &Context) -> Self {
-        let mut ids = Ids {
-            trace: [b'0'; 32],
-            span: [b'0'; 16],
-        };
-        hex_into(&cx.trace_id().to_bytes(), &mut ids.trace);
-        hex_into(&cx.span_id().to_bytes(), &mut ids.span);
-        ids
-    }
-
-    pub fn trace_id(&self) -> &str {
-        std::str::from_utf8(&self.trace).unwrap_or_default()
-    }
-
-    pub fn span_id(&self) -> &str {
-        std::str::from_utf8(&self.span).unwrap_or_default()
-    }
-
-    /// Records both on `span`, which declares them `Empty`.
-    pub fn record(&self, span: &tracing::Span) {
-        span.record("trace_id", self.trace_id());
-        span.record("span_id", self.span_id());
-    }
-}
-
-/// The `traceparent` a call sent from the span `cx` carries
-/// (`00-<trace id>-<span id>-<flags>`).
-pub fn traceparent(cx: &Context) -> HeaderValue {
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex_into(&cx.trace_id().to_bytes(), &mut out[3..35]);
-    hex_into(&cx.span_id().to_bytes(), &mut out[36..52]);
-    hex_into(&[cx.trace_flags().to_u8()], &mut out[53..55]);
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
-}
-
 /// The `tracestate` passed on with `cx`, when the caller sent one.
 pub fn tracestate(cx: &Context) -> Option<HeaderValue> {
-    let state = cx.trace_state().header();
+    let state = cx.0.span.trace_state().header();
     if state.is_empty() {
         return None;
     }
@@ -225,14 +247,14 @@ pub fn tracestate(cx: &Context) -> Option<HeaderValue> {
 /// A context as stored with an outbox entry: its `traceparent` and
 /// `tracestate` header values.
 pub fn to_stored(cx: &Context) -> (String, Option<String>) {
-    let parent = traceparent(cx).to_str().unwrap_or_default().to_owned();
-    let state = cx.trace_state().header();
+    let parent = cx.traceparent().to_str().unwrap_or_default().to_owned();
+    let state = cx.0.span.trace_state().header();
     (parent, (!state.is_empty()).then_some(state))
 }
 
 /// A stored context back (see [`to_stored`]); `None` when there is none or
 /// it does not read.
-pub fn from_stored(parent: Option<&str>, state: Option<&str>) -> Option<Context> {
+pub fn from_stored(parent: Option<&str>, state: Option<&str>) -> Option<SpanContext> {
     extract(parent.map(str::as_bytes), state.map(str::as_bytes))
 }
 
@@ -291,19 +313,7 @@ impl Pipeline {
                 });
             })
             .map_err(|e| format!("telemetry: cannot start the export thread: {e}"))?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("telemetry: TLS setup failed: {e}"))?;
-        let tls = hyper_rustls::ConfigBuilderExt::with_webpki_roots(tls).with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client =
-            opentelemetry_http::hyper::HyperClient::new(connector, settings.otlp.timeout, None);
+        let client = OtlpClient::new(settings.otlp.timeout)?;
         let protocol = match settings.otlp.protocol {
             OtlpProtocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
         };
@@ -370,6 +380,74 @@ impl Pipeline {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// The exporter's HTTP client: hyper-util's pooled HTTP/1.1 client with
+/// hyper-rustls (the webpki roots, rustls' ring provider), as the Vipps
+/// client uses, so the export adds no HTTP stack to the build.
+/// opentelemetry-http's own hyper client would turn on hyper's HTTP/2 for
+/// the whole process, the Vipps client's included.
+#[derive(Debug, Clone)]
+struct OtlpClient {
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    timeout: Duration,
+}
+
+/// Most bytes read from a receiver's answer (a partial-success message).
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+impl OtlpClient {
+    fn new(timeout: Duration) -> Result<Self, String> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("telemetry: TLS setup failed: {e}"))?;
+        let tls = hyper_rustls::ConfigBuilderExt::with_webpki_roots(tls).with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let inner =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(Self { inner, timeout })
+    }
+}
+
+type ExportAnswer = Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError>;
+
+impl opentelemetry_http::HttpClient for OtlpClient {
+    fn send_bytes<'client, 'call>(
+        &'client self,
+        request: http::Request<bytes::Bytes>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ExportAnswer> + Send + 'call>>
+    where
+        'client: 'call,
+        Self: 'call,
+    {
+        use http_body_util::BodyExt as _;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+            let exchange = async {
+                let answer = self.inner.request(request).await?;
+                let (parts, body) = answer.into_parts();
+                let body = http_body_util::Limited::new(body, MAX_ANSWER)
+                    .collect()
+                    .await?
+                    .to_bytes();
+                Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
+            };
+            tokio::time::timeout(self.timeout, exchange)
+                .await
+                .map_err(|_| "the OTLP receiver did not answer in time")?
+        })
     }
 }
 
@@ -557,40 +635,52 @@ mod tests {
         )
         .unwrap();
         let own = start(&tracing::Span::none(), Some(&parent));
-        assert_eq!(own.trace_id(), parent.trace_id());
-        assert_ne!(own.span_id(), parent.span_id());
-        assert!(own.is_sampled(), "the caller's flag is passed on");
-        let header = traceparent(&own);
-        let text = header.to_str().unwrap();
+        let sc = own.span_context();
+        assert_eq!(sc.trace_id(), parent.trace_id());
+        assert_ne!(sc.span_id(), parent.span_id());
+        assert!(sc.is_sampled(), "the caller's flag is passed on");
+        let text = own.traceparent().to_str().unwrap();
         assert_eq!(
             text,
             format!(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-{:016x}-01",
-                own.span_id()
+                sc.span_id()
             )
         );
+        assert_eq!(own.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(own.span_id(), format!("{:016x}", sc.span_id()));
         assert_eq!(tracestate(&own).unwrap(), "congo=t61rcWkgMzE");
         let again = extract(Some(text.as_bytes()), None).unwrap();
-        assert_eq!(again.span_id(), own.span_id());
+        assert_eq!(again.span_id(), sc.span_id());
+        // A call made within it, with export off, is sent from it.
+        let call = child(&tracing::Span::none(), Some(&own));
+        assert_eq!(call.traceparent(), own.traceparent());
 
         let fresh = start(&tracing::Span::none(), None);
-        assert!(fresh.is_valid());
-        assert!(!fresh.is_sampled(), "a trace nobody records is not sampled");
+        let sc = fresh.span_context();
+        assert!(sc.is_valid());
+        assert!(!sc.is_sampled(), "a trace nobody records is not sampled");
         assert!(tracestate(&fresh).is_none());
-        let ids = Ids::of(&fresh);
-        assert_eq!(ids.trace_id(), format!("{:032x}", fresh.trace_id()));
-        assert_eq!(ids.span_id(), format!("{:016x}", fresh.span_id()));
+        assert_eq!(fresh.trace_id(), format!("{:032x}", sc.trace_id()));
+        assert_eq!(fresh.span_id(), format!("{:016x}", sc.span_id()));
+        assert!(fresh.traceparent().to_str().unwrap().ends_with("-00"));
+        let orphan = child(&tracing::Span::none(), None);
+        assert_ne!(
+            orphan.trace_id(),
+            fresh.trace_id(),
+            "no parent: a new trace"
+        );
     }
 
     #[test]
     fn a_stored_context_reads_back() {
-        let cx = local(None);
+        let cx = start(&tracing::Span::none(), None);
         let (parent, state) = to_stored(&cx);
         assert!(state.is_none());
         let back = from_stored(Some(&parent), None).unwrap();
         assert_eq!(
             (back.trace_id(), back.span_id()),
-            (cx.trace_id(), cx.span_id())
+            (cx.span_context().trace_id(), cx.span_context().span_id())
         );
         assert!(from_stored(None, None).is_none());
         assert!(from_stored(Some("nonsense"), None).is_none());

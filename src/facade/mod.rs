@@ -72,7 +72,7 @@ fn merchant_target(
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal(&"no application state is registered"))?;
     let msn = req.match_info().get("msn").unwrap_or_default();
-    let merchant = state.merchant(&grant, msn)?;
+    let merchant = state.merchant(req, &grant, msn)?;
     let stored = state.outbox.enabled() && prefers_async(req.headers());
     if admit == Admit::Always || (admit == Admit::UnlessStored && !stored) {
         state.admit(&merchant)?;

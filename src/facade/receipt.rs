@@ -35,7 +35,10 @@ pub async fn post(
     state: web::Data<AppState>,
     client: web::Data<VippsClient>,
 ) -> Result<HttpResponse, ApiError> {
-    within_deadline(async move {
+    // The work's future is large (the receipt, its translation and the
+    // Vipps call, all held across awaits): on the heap, it is moved once
+    // instead of with every move of the handler's future.
+    Box::pin(within_deadline(async move {
         let OrderTarget {
             ctx,
             order,
@@ -87,7 +90,7 @@ pub async fn post(
                 replayed,
             },
         )
-    })
+    }))
     .await
 }
 

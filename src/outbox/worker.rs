@@ -451,12 +451,11 @@ fn delivery_span(d: &Delivery) -> (tracing::Span, trace::Context) {
         let name = format!("outbox delivery {}", d.kind.as_str());
         let span = delivery_span!([otel.kind = "consumer", otel.name = name,], Empty, Empty);
         let cx = trace::start(&span, parent.as_ref());
-        trace::Ids::of(&cx).record(&span);
+        cx.record(&span);
         (span, cx)
     } else {
         let cx = trace::start(&tracing::Span::none(), parent.as_ref());
-        let ids = trace::Ids::of(&cx);
-        (delivery_span!([], ids.trace_id(), ids.span_id()), cx)
+        (delivery_span!([], cx.trace_id(), cx.span_id()), cx)
     }
 }
 

@@ -567,12 +567,17 @@ impl VippsClient {
         );
         let cx = trace::child(&span, ctx.trace.as_ref());
         if !span.is_disabled() {
-            trace::Ids::of(&cx).record(&span);
+            cx.record(&span);
         }
-        let result = self
-            .exchange(ctx, token, call, &cx)
-            .instrument(span.clone())
-            .await;
+        // A disabled span (export off) is not entered: wrapping the exchange
+        // would move its whole future once more on every call.
+        let result = if span.is_disabled() {
+            self.exchange(ctx, token, call, &cx).await
+        } else {
+            self.exchange(ctx, token, call, &cx)
+                .instrument(span.clone())
+                .await
+        };
         if let Ok(answer) = &result {
             span.record("status", answer.status.as_u16());
         }
@@ -627,11 +632,13 @@ impl VippsClient {
             headers.append(name.clone(), value.clone());
         }
         // The span this attempt is sent from: Vipps continues its trace.
-        headers.insert(trace::TRACEPARENT, trace::traceparent(trace_cx));
-        match trace::tracestate(trace_cx) {
-            Some(state) => headers.insert(trace::TRACESTATE, state),
-            None => headers.remove(trace::TRACESTATE),
-        };
+        // The proxy passes on no caller `traceparent` or `tracestate` (its
+        // allow-list), and a token's headers hold neither: these are the
+        // only ones.
+        headers.insert(trace::TRACEPARENT, trace_cx.traceparent().clone());
+        if let Some(state) = trace::tracestate(trace_cx) {
+            headers.insert(trace::TRACESTATE, state);
+        }
         if call.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(
                 header::CONTENT_TYPE,
@@ -913,7 +920,7 @@ async fn fetch_token(
     );
     let cx = trace::child(&span, parent);
     if !span.is_disabled() {
-        trace::Ids::of(&cx).record(&span);
+        cx.record(&span);
     }
     let result = fetch_token_now(http, up, m, observed, &cx)
         .instrument(span.clone())
@@ -964,7 +971,7 @@ async fn fetch_token_now(
         HeaderName::from_static("client_secret"),
         secret_header(expose(&m.client_secret))?,
     );
-    headers.insert(trace::TRACEPARENT, trace::traceparent(trace_cx));
+    headers.insert(trace::TRACEPARENT, trace_cx.traceparent().clone());
     if let Some(state) = trace::tracestate(trace_cx) {
         headers.insert(trace::TRACESTATE, state);
     }

@@ -29,14 +29,14 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 /// The guards of every merchant, created on first use.
 pub struct Guards {
     cfg: Resilience,
-    map: RwLock<HashMap<Msn, Arc<MerchantGuard>>>,
+    map: RwLock<HashMap<Msn, Arc<MerchantGuard>, rustc_hash::FxBuildHasher>>,
 }
 
 impl Guards {
     pub fn new(cfg: Resilience) -> Self {
         Self {
             cfg,
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
         }
     }
 

@@ -28,8 +28,9 @@ pub struct AccessToken {
     /// when the token is not a valid header value.
     pub bearer: Option<HeaderValue>,
     /// The headers of every call made with this token: `Authorization`
-    /// (when `bearer` is set) and the merchant's headers the token was
-    /// fetched with. Built once per token, cloned for each call.
+    /// (when `bearer` is set), the merchant's headers the token was
+    /// fetched with, and a `traceparent` that each call replaces with its
+    /// own. Built once per token, cloned for each call.
     pub call_headers: HeaderMap,
     pub expires_at: Instant,
     pub lifetime: Duration,
@@ -63,6 +64,12 @@ impl AccessToken {
         if let Some(bearer) = &bearer {
             merchant_headers.insert(header::AUTHORIZATION, bearer.clone());
         }
+        // Each call's own `traceparent` takes this slot: set in place, it
+        // does not grow the cloned map (a reallocation on every call).
+        merchant_headers.insert(
+            crate::trace::TRACEPARENT,
+            HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"),
+        );
         Self {
             value,
             bearer,
@@ -111,7 +118,7 @@ impl Lookup {
 /// The cache of tokens, shared by every worker.
 #[derive(Clone)]
 pub struct TokenCache {
-    cache: Cache<Msn, Arc<AccessToken>>,
+    cache: Cache<Msn, Arc<AccessToken>, rustc_hash::FxBuildHasher>,
     margin: Duration,
 }
 
@@ -119,7 +126,9 @@ impl TokenCache {
     pub fn new(margin: Duration) -> Self {
         Self {
             // Entries are replaced when stale, so no time-based eviction.
-            cache: Cache::builder().max_capacity(1_000_000).build(),
+            cache: Cache::builder()
+                .max_capacity(1_000_000)
+                .build_with_hasher(rustc_hash::FxBuildHasher),
             margin,
         }
     }

@@ -242,6 +242,12 @@ def check_dockerfile() -> None:
         any(line.split()[:2] == ["COPY", "migrations"] for line in instructions),
         "the Dockerfile copies the outbox's migrations into the build",
     )
+    # askama reads templates/ when the binary is built.
+    check("!templates/" in dockerignore, ".dockerignore lets the simulator's page templates in")
+    check(
+        any(line.split()[:2] == ["COPY", "templates"] for line in instructions),
+        "the Dockerfile copies the simulator's page templates into the build",
+    )
 
 
 # ---------------------------------------------------------------- docs

@@ -500,7 +500,7 @@ fn authorize(
 /// spells it `ecom`/`recurring`, 2.1's `ECOM`/`RECURRING`, and both name
 /// the same order, kept under the lower-case name (as v1 and the state
 /// show it). Any other spelling is refused.
-fn payment_type(raw: &str) -> Option<&'static str> {
+pub(super) fn payment_type(raw: &str) -> Option<&'static str> {
     match raw {
         "ecom" | "ECOM" => Some("ecom"),
         "recurring" | "RECURRING" => Some("recurring"),

@@ -1,0 +1,552 @@
+//! What a receipt page shows, built from the simulator's state: a copy taken
+//! under the state's lock ([`OrderSnapshot`]), then laid out here without
+//! it. The same view is the page's JSON twin, so a test can read every
+//! figure the page shows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::barcode;
+use super::format::{self, CurrencyStyle};
+use crate::simulator::image::ImageFormat;
+use crate::simulator::model::v3::PaymentType;
+use crate::simulator::model::{Category, OrderCategory, OrderLine, QuantityUnit, Receipt};
+use crate::simulator::state::State;
+
+/// An uploaded image's facts (the simulator keeps no image bytes).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFacts {
+    pub format: ImageFormat,
+    pub height: u32,
+    pub bytes: usize,
+}
+
+impl ImageFacts {
+    pub fn format_name(&self) -> &'static str {
+        match self.format {
+            ImageFormat::Png => "PNG",
+            ImageFormat::Jpeg => "JPEG",
+        }
+    }
+}
+
+/// One 2.1 category link, as stored.
+#[derive(Clone, Debug)]
+pub struct LinkSnapshot {
+    pub category_id: String,
+    pub category: Category,
+    pub url: String,
+    pub image_id: Option<String>,
+}
+
+/// Everything the simulator holds about one order, copied out of the state
+/// so the page is laid out without holding the lock.
+#[derive(Clone, Debug)]
+pub struct OrderSnapshot {
+    pub msn: String,
+    pub payment_type: String,
+    pub order_id: String,
+    pub category: Option<OrderCategory>,
+    pub links: Vec<LinkSnapshot>,
+    pub receipt: Option<Value>,
+    /// The merchant's uploaded images among those the order names.
+    pub images: BTreeMap<String, ImageFacts>,
+}
+
+fn v3_payment_type(p: PaymentType) -> &'static str {
+    match p {
+        PaymentType::Ecom => "ecom",
+        PaymentType::Recurring => "recurring",
+    }
+}
+
+impl OrderSnapshot {
+    /// The order under (msn, paymentType, orderId) — its v2 category and
+    /// receipt and its 2.1 links — or `None` when the simulator holds
+    /// nothing for it. `payment_type` is `ecom` or `recurring`.
+    pub fn take(state: &State, msn: &str, payment_type: &str, order_id: &str) -> Option<Self> {
+        let key = (msn.to_owned(), payment_type.to_owned(), order_id.to_owned());
+        let record = state.orders.get(&key);
+        let mut links: Vec<_> = state
+            .categories
+            .iter()
+            .filter(|((m, _), c)| {
+                m == msn
+                    && c.request.order_id == order_id
+                    && v3_payment_type(c.request.payment_type) == payment_type
+            })
+            .collect();
+        if record.is_none() && links.is_empty() {
+            return None;
+        }
+        links.sort_by_key(|(_, c)| c.seq);
+        let links: Vec<LinkSnapshot> = links
+            .into_iter()
+            .map(|((_, id), c)| LinkSnapshot {
+                category_id: id.hyphenated().to_string(),
+                category: c.request.kind,
+                url: c.request.url.clone(),
+                image_id: c.request.image_id.clone(),
+            })
+            .collect();
+        let category = record.and_then(|r| r.category.clone());
+        let images = category
+            .iter()
+            .filter_map(|c| c.image_id.as_ref())
+            .chain(links.iter().filter_map(|l| l.image_id.as_ref()))
+            .filter_map(|id| {
+                let image = state.images.get(&(msn.to_owned(), id.clone()))?;
+                let facts = ImageFacts {
+                    format: image.format,
+                    height: image.height,
+                    bytes: image.bytes,
+                };
+                Some((id.clone(), facts))
+            })
+            .collect();
+        Some(OrderSnapshot {
+            msn: msn.to_owned(),
+            payment_type: payment_type.to_owned(),
+            order_id: order_id.to_owned(),
+            category,
+            links,
+            receipt: record.and_then(|r| r.receipt.clone()),
+            images,
+        })
+    }
+}
+
+/// An amount: exact minor units, and the text the page shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Money {
+    pub minor: i128,
+    pub text: String,
+}
+
+/// A VAT rate: hundredths of a percent (2550), and the text (`25,5 %`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Rate {
+    pub hundredths: i64,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    pub image_id: String,
+    /// `None`: no image of that id was uploaded for the merchant.
+    pub uploaded: Option<ImageFacts>,
+}
+
+/// The v2 category, or one 2.1 link (`category_id` set).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category_id: Option<String>,
+    pub category: &'static str,
+    pub url: String,
+    pub image: Option<ImageView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineView {
+    pub id: String,
+    pub name: String,
+    /// The quantity with a decimal comma, when `unitInfo` gives one.
+    pub quantity: Option<String>,
+    pub unit: Option<&'static str>,
+    pub unit_price: Option<Money>,
+    pub discount: Option<Money>,
+    /// Negative for a return: Vipps subtracts it.
+    pub total: Money,
+    pub tax: Money,
+    pub excluding_tax: Money,
+    pub rate: Rate,
+    pub is_return: bool,
+    pub is_shipping: bool,
+    /// Only an absolute http(s) URL becomes a link.
+    pub product_url: Option<String>,
+    /// The product URL when it is not one the page links to.
+    pub product_url_text: Option<String>,
+}
+
+/// The lines of one VAT rate, added up (returns negative).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VatView {
+    pub rate: Rate,
+    pub total: Money,
+    pub tax: Money,
+    pub excluding_tax: Money,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentView {
+    pub source: &'static str,
+    pub amount: Money,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BarcodeView {
+    pub format: &'static str,
+    pub data: Option<String>,
+    /// The drawing, for the page only.
+    #[serde(skip)]
+    pub svg: Option<String>,
+    /// Why the data cannot be drawn in its format.
+    pub problem: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptView {
+    pub currency: &'static str,
+    pub lines: Vec<LineView>,
+    /// Ascending by rate.
+    pub vat: Vec<VatView>,
+    /// The lines added up, returns subtracted.
+    pub subtotal: Money,
+    pub tip: Option<Money>,
+    /// Subtotal plus tip: what the customer paid.
+    pub total: Money,
+    pub total_tax: Money,
+    pub total_excluding_tax: Money,
+    pub payment_sources: Vec<PaymentView>,
+    pub pos_id: Option<String>,
+    pub receipt_number: Option<String>,
+    pub terminal_id: Option<String>,
+    pub barcode: Option<BarcodeView>,
+}
+
+/// The JSON twin of an order page.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub msn: String,
+    pub payment_type: String,
+    pub order_id: String,
+    /// The v2 category (`PUT …/categories/{orderId}`).
+    pub category: Option<LinkView>,
+    /// The 2.1 links (`/v3/categories`), oldest first.
+    pub links: Vec<LinkView>,
+    pub receipt: Option<ReceiptView>,
+    /// Why a stored receipt could not be laid out (never for a receipt the
+    /// simulator accepted; kept so the page shows it instead of failing).
+    pub receipt_problem: Option<String>,
+}
+
+pub fn category_name(c: Category) -> &'static str {
+    match c {
+        Category::General => "GENERAL",
+        Category::Receipt => "RECEIPT",
+        Category::OrderConfirmation => "ORDER_CONFIRMATION",
+        Category::Delivery => "DELIVERY",
+        Category::Ticket => "TICKET",
+        Category::Booking => "BOOKING",
+    }
+}
+
+fn unit_name(u: QuantityUnit) -> &'static str {
+    match u {
+        QuantityUnit::Pcs => "pcs",
+        QuantityUnit::Kg => "kg",
+        QuantityUnit::Km => "km",
+        QuantityUnit::Minute => "min",
+        QuantityUnit::Litre => "l",
+        QuantityUnit::Kwh => "kWh",
+    }
+}
+
+fn is_web_link(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
+/// A receipt's sums in minor units (returns negative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub total: i128,
+    pub tax: i128,
+    pub excluding_tax: i128,
+}
+
+impl Sums {
+    fn add(&mut self, line: &OrderLine) {
+        let sign: i128 = if line.is_return == Some(true) { -1 } else { 1 };
+        self.total += sign * i128::from(line.total_amount);
+        self.tax += sign * i128::from(line.total_tax_amount);
+        self.excluding_tax += sign * i128::from(line.total_amount_excluding_tax);
+    }
+}
+
+/// A line's rate in hundredths: `taxRate`, else `taxPercentage` × 100 (the
+/// simulator checked that one is given and that they agree).
+fn line_rate(line: &OrderLine) -> Result<i64, String> {
+    line.tax_rate
+        .or(line.tax_percentage.map(|p| p * 100))
+        .ok_or_else(|| format!("line {} has neither taxRate nor taxPercentage", line.id))
+}
+
+/// Reads a stored receipt with the simulator's own model.
+pub fn read_receipt(value: &Value) -> Result<Receipt, String> {
+    Receipt::deserialize(value).map_err(|e| format!("the stored receipt cannot be read: {e}"))
+}
+
+/// The currency's code and its style.
+fn style(receipt: &Receipt) -> Result<CurrencyStyle, String> {
+    let code = match receipt.bottom_line.currency {
+        crate::simulator::model::Currency::Nok => "NOK",
+        crate::simulator::model::Currency::Dkk => "DKK",
+        crate::simulator::model::Currency::Eur => "EUR",
+    };
+    CurrencyStyle::of(code).ok_or_else(|| format!("no way to write {code}"))
+}
+
+/// What the customer paid, as the index shows it: the lines (returns
+/// subtracted) plus the tip.
+pub fn paid(receipt: &Receipt) -> Result<String, String> {
+    let style = style(receipt)?;
+    let mut sums = Sums::default();
+    receipt.order_lines.iter().for_each(|l| sums.add(l));
+    let tip = i128::from(receipt.bottom_line.tip_amount.unwrap_or(0));
+    Ok(style.amount(sums.total + tip))
+}
+
+fn lay_out(receipt: &Receipt) -> Result<ReceiptView, String> {
+    let style = style(receipt)?;
+    let money = |minor: i128| Money {
+        minor,
+        text: style.amount(minor),
+    };
+    let rate = |hundredths: i64| Rate {
+        hundredths,
+        text: format::rate(hundredths),
+    };
+    let mut sums = Sums::default();
+    let mut by_rate: BTreeMap<i64, Sums> = BTreeMap::new();
+    let mut lines = Vec::with_capacity(receipt.order_lines.len());
+    for line in &receipt.order_lines {
+        let hundredths = line_rate(line)?;
+        sums.add(line);
+        by_rate.entry(hundredths).or_default().add(line);
+        let sign: i128 = if line.is_return == Some(true) { -1 } else { 1 };
+        let unit = line.unit_info.as_ref();
+        let (product_url, product_url_text) = match &line.product_url {
+            Some(url) if is_web_link(url) => (Some(url.clone()), None),
+            Some(url) if !url.is_empty() => (None, Some(url.clone())),
+            _ => (None, None),
+        };
+        lines.push(LineView {
+            id: line.id.clone(),
+            name: line.name.clone(),
+            quantity: unit.map(|u| format::quantity(&u.quantity)),
+            unit: unit.and_then(|u| u.quantity_unit).map(unit_name),
+            unit_price: unit.and_then(|u| u.unit_price).map(|p| money(p.into())),
+            discount: line.discount.filter(|d| *d != 0).map(|d| money(d.into())),
+            total: money(sign * i128::from(line.total_amount)),
+            tax: money(sign * i128::from(line.total_tax_amount)),
+            excluding_tax: money(sign * i128::from(line.total_amount_excluding_tax)),
+            rate: rate(hundredths),
+            is_return: line.is_return == Some(true),
+            is_shipping: line.is_shipping == Some(true),
+            product_url,
+            product_url_text,
+        });
+    }
+    let bottom = &receipt.bottom_line;
+    let tip = bottom.tip_amount.filter(|t| *t != 0).map(i128::from);
+    let payment_sources = bottom
+        .payment_sources
+        .iter()
+        .flat_map(|p| {
+            [
+                ("Gift card", p.gift_card),
+                ("Card", p.card),
+                ("Voucher", p.voucher),
+                ("Cash", p.cash),
+            ]
+        })
+        .filter_map(|(source, amount)| {
+            amount.map(|a| PaymentView {
+                source,
+                amount: money(a.into()),
+            })
+        })
+        .collect();
+    let barcode = bottom.barcode.as_ref().map(|b| {
+        let drawn = b.data.as_deref().map(|data| barcode::svg(b.format, data));
+        BarcodeView {
+            format: barcode::format_name(b.format),
+            data: b.data.clone(),
+            problem: drawn.as_ref().and_then(|d| d.as_ref().err().cloned()),
+            svg: drawn.and_then(Result::ok),
+        }
+    });
+    Ok(ReceiptView {
+        currency: style.code,
+        lines,
+        vat: by_rate
+            .into_iter()
+            .map(|(hundredths, s)| VatView {
+                rate: rate(hundredths),
+                total: money(s.total),
+                tax: money(s.tax),
+                excluding_tax: money(s.excluding_tax),
+            })
+            .collect(),
+        subtotal: money(sums.total),
+        tip: tip.map(money),
+        total: money(sums.total + tip.unwrap_or(0)),
+        total_tax: money(sums.tax),
+        total_excluding_tax: money(sums.excluding_tax),
+        payment_sources,
+        pos_id: bottom.pos_id.clone(),
+        receipt_number: bottom.receipt_number.clone(),
+        terminal_id: bottom.terminal_id.clone(),
+        barcode,
+    })
+}
+
+impl OrderView {
+    pub fn build(order: &OrderSnapshot) -> OrderView {
+        let image = |id: &Option<String>| {
+            id.as_ref().map(|id| ImageView {
+                image_id: id.clone(),
+                uploaded: order.images.get(id).copied(),
+            })
+        };
+        let (receipt, receipt_problem) = match order.receipt.as_ref().map(read_receipt) {
+            None => (None, None),
+            Some(Ok(r)) => match lay_out(&r) {
+                Ok(view) => (Some(view), None),
+                Err(problem) => (None, Some(problem)),
+            },
+            Some(Err(problem)) => (None, Some(problem)),
+        };
+        OrderView {
+            msn: order.msn.clone(),
+            payment_type: order.payment_type.clone(),
+            order_id: order.order_id.clone(),
+            category: order.category.as_ref().map(|c| LinkView {
+                category_id: None,
+                category: category_name(c.category),
+                url: c.order_details_url.clone(),
+                image: image(&c.image_id),
+            }),
+            links: order
+                .links
+                .iter()
+                .map(|l| LinkView {
+                    category_id: Some(l.category_id.clone()),
+                    category: category_name(l.category),
+                    url: l.url.clone(),
+                    image: image(&l.image_id),
+                })
+                .collect(),
+            receipt,
+            receipt_problem,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn snapshot(receipt: Value) -> OrderSnapshot {
+        OrderSnapshot {
+            msn: "123456".into(),
+            payment_type: "ecom".into(),
+            order_id: "o-1".into(),
+            category: None,
+            links: Vec::new(),
+            receipt: Some(receipt),
+            images: BTreeMap::new(),
+        }
+    }
+
+    fn line(name: &str, total: i64, tax: i64, rate: Value) -> Value {
+        json!({"name": name, "id": name, "totalAmount": total,
+               "totalAmountExcludingTax": total - tax, "totalTaxAmount": tax, "taxRate": rate})
+    }
+
+    #[test]
+    fn returns_count_negative_and_vat_is_grouped_by_exact_rate() {
+        let receipt = json!({
+            "orderLines": [
+                line("coat", 10_000, 2032, json!(2550)),
+                line("bread", 479, 57, json!(1350)),
+                {"name": "buns", "id": "buns", "totalAmount": 640, "totalAmountExcludingTax": 510,
+                 "totalTaxAmount": 130, "taxPercentage": null, "taxRate": 2550},
+                {"name": "back", "id": "back", "totalAmount": 640, "totalAmountExcludingTax": 510,
+                 "totalTaxAmount": 130, "taxPercentage": 25, "isReturn": true},
+            ],
+            "bottomLine": {"currency": "EUR", "tipAmount": 100}
+        });
+        let view = OrderView::build(&snapshot(receipt));
+        let r = view
+            .receipt
+            .unwrap_or_else(|| panic!("{:?}", view.receipt_problem));
+        let rates: Vec<i64> = r.vat.iter().map(|v| v.rate.hundredths).collect();
+        assert_eq!(rates, [1350, 2500, 2550]);
+        let at = |h: i64| {
+            r.vat
+                .iter()
+                .find(|v| v.rate.hundredths == h)
+                .map(|v| v.total.minor)
+        };
+        assert_eq!(at(2500), Some(-640));
+        assert_eq!(at(2550), Some(10_640));
+        assert_eq!(r.subtotal.minor, 10_000 + 479 + 640 - 640);
+        assert_eq!(r.total.minor, r.subtotal.minor + 100);
+        assert_eq!(r.total_tax.minor, 2032 + 57 + 130 - 130);
+        assert_eq!(
+            r.total_tax.minor + r.total_excluding_tax.minor,
+            r.subtotal.minor
+        );
+        assert_eq!(r.lines[3].total.minor, -640);
+        assert!(r.lines[3].is_return);
+        assert_eq!(r.lines[0].rate.text.replace(format::NBSP, " "), "25,5 %");
+        assert_eq!(r.total.text.replace(format::NBSP, " "), "105,79 €");
+    }
+
+    #[test]
+    fn only_web_addresses_become_links() {
+        let mut script = line("x", 100, 20, json!(2500));
+        script["productUrl"] = json!("javascript:alert(1)");
+        let mut web = line("y", 100, 20, json!(2500));
+        web["productUrl"] = json!("HTTPS://shop.example/y");
+        let receipt = json!({"orderLines": [script, web], "bottomLine": {"currency": "NOK"}});
+        let view = OrderView::build(&snapshot(receipt));
+        let r = view
+            .receipt
+            .unwrap_or_else(|| panic!("{:?}", view.receipt_problem));
+        assert_eq!(r.lines[0].product_url, None);
+        assert_eq!(
+            r.lines[0].product_url_text.as_deref(),
+            Some("javascript:alert(1)")
+        );
+        assert_eq!(
+            r.lines[1].product_url.as_deref(),
+            Some("HTTPS://shop.example/y")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_receipt_is_reported_not_laid_out() {
+        let view = OrderView::build(&snapshot(json!({"orderLines": "none"})));
+        assert!(view.receipt.is_none());
+        assert!(view
+            .receipt_problem
+            .is_some_and(|p| p.contains("cannot be read")));
+    }
+}

@@ -110,12 +110,12 @@ pub async fn index(shared: web::Data<Shared>) -> HttpResponse {
             }
         }
         for ((msn, _), link) in &state.categories {
-            let payment_type = match link.request.payment_type {
-                super::model::v3::PaymentType::Ecom => "ecom",
-                super::model::v3::PaymentType::Recurring => "recurring",
-            };
             *keys
-                .entry((msn, payment_type, &link.request.order_id))
+                .entry((
+                    msn,
+                    link.request.payment_type.lower(),
+                    &link.request.order_id,
+                ))
                 .or_insert(0) += 1;
         }
         let total = keys.len();

@@ -11,7 +11,6 @@ use serde_json::Value;
 use super::barcode;
 use super::format::{self, CurrencyStyle};
 use crate::simulator::image::ImageFormat;
-use crate::simulator::model::v3::PaymentType;
 use crate::simulator::model::{Category, OrderCategory, OrderLine, QuantityUnit, Receipt};
 use crate::simulator::state::State;
 
@@ -56,13 +55,6 @@ pub struct OrderSnapshot {
     pub images: BTreeMap<String, ImageFacts>,
 }
 
-fn v3_payment_type(p: PaymentType) -> &'static str {
-    match p {
-        PaymentType::Ecom => "ecom",
-        PaymentType::Recurring => "recurring",
-    }
-}
-
 impl OrderSnapshot {
     /// The order under (msn, paymentType, orderId) — its v2 category and
     /// receipt and its 2.1 links — or `None` when the simulator holds
@@ -76,7 +68,7 @@ impl OrderSnapshot {
             .filter(|((m, _), c)| {
                 m == msn
                     && c.request.order_id == order_id
-                    && v3_payment_type(c.request.payment_type) == payment_type
+                    && c.request.payment_type.lower() == payment_type
             })
             .collect();
         if record.is_none() && links.is_empty() {

@@ -176,6 +176,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/_simulator/orders/{msn}/{paymentType}/{orderId}")
             .route(web::get().to(preview::order)),
     )
+    .service(
+        web::resource("/_simulator/images/{msn}/{imageId}").route(web::get().to(preview::image)),
+    )
     .service(web::resource("/_simulator/state").route(web::get().to(control::state)))
     .service(web::resource("/_simulator/counters").route(web::get().to(control::counters)))
     .service(

@@ -362,9 +362,7 @@ fn log_entry(endpoint: Endpoint, req: &HttpRequest, body: &Bytes, status: u16) -
         headers,
         body,
         status,
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        at_ms: super::state::unix_ms(),
     }
 }
 
@@ -576,12 +574,13 @@ fn upload_image(state: &mut State, call: &Call) -> Result<Reply, Problem> {
             format!("Image {} already exists and cannot be overwritten", key.1),
         ));
     }
-    state.images.insert(
+    state.add_image(
         key,
         ImageRecord {
             format: info.format,
             bytes: bytes.len(),
             height: info.height,
+            data: Some(bytes::Bytes::from(bytes)),
         },
     );
     let body = ImageResponse {
@@ -597,7 +596,8 @@ fn upload_image(state: &mut State, call: &Call) -> Result<Reply, Problem> {
 fn put_category(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     let key = v2_key(state, call)?;
     let category = validate::order_category(&call.json()?).map_err(Problem::invalid)?;
-    state.orders.entry(key).or_default().category = Some(category);
+    state.orders.entry(key.clone()).or_default().category = Some(category);
+    state.touch(key);
     Ok(Reply::uuid(StatusCode::OK))
 }
 
@@ -621,7 +621,8 @@ fn store_receipt(
     }
     let body = call.json()?;
     validate::receipt(&body).map_err(Problem::invalid)?;
-    state.orders.entry(key).or_default().receipt = Some(body);
+    state.orders.entry(key.clone()).or_default().receipt = Some(body);
+    state.touch(key);
     Ok(())
 }
 
@@ -657,7 +658,8 @@ fn get_order(state: &mut State, call: &Call) -> Result<Reply, Problem> {
 fn v1_put_order(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     let key = v1_key(state, call)?;
     let category = validate::order_category(&call.json()?).map_err(Problem::invalid)?;
-    state.orders.entry(key).or_default().category = Some(category);
+    state.orders.entry(key.clone()).or_default().category = Some(category);
+    state.touch(key);
     Ok(Reply::empty(StatusCode::OK))
 }
 

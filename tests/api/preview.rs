@@ -162,6 +162,9 @@ async fn a_receipt_is_laid_out_with_the_totals_the_gateway_computed() {
     assert!(page.raw.contains("<svg"), "no barcode drawn");
     assert!(page.raw.contains("FI-0527-01"));
     assert!(page.raw.contains("in memory"));
+    // What the gateway computed adds up, so the app would show it right.
+    assert_eq!(view["warnings"], json!([]));
+    assert!(!page.raw.contains("id=\"warnings\""));
 }
 
 #[actix_web::test]
@@ -398,4 +401,257 @@ async fn a_receipt_of_many_lines_is_laid_out_whole() {
     // Grouped by thousands with no-break spaces: 500 × 37.02 NOK.
     let total = view["receipt"]["total"]["text"].as_str().expect("text");
     assert!(total.contains(NBSP) && page.raw.contains(total), "{total}");
+}
+
+/// Where `needle` first occurs in `haystack`, for order checks.
+fn position(haystack: &str, needle: &str) -> usize {
+    haystack
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} is missing"))
+}
+
+#[actix_web::test]
+async fn the_index_is_newest_first_filters_by_msn_and_order_id_and_has_a_json_twin() {
+    let app = spawn_app().await;
+    for order in ["order-a", "order-b", "order-c"] {
+        let sent = app.post_receipt(MSN, order, &spec_receipt()).await;
+        assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    }
+    // A link added later makes order-a the newest.
+    let link = json!({"category": "TICKET", "url": "https://shop.example/tickets/a"});
+    let added = app
+        .post_json(
+            &format!("/v1/merchants/{MSN}/orders/order-a/categories"),
+            &link,
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+
+    let index = page(&app, "/_simulator/orders", "application/json").await;
+    assert_eq!(index.status, StatusCode::OK, "{}", index.raw);
+    assert!(index.content_type.starts_with("application/json"));
+    let ids: Vec<&str> = index.body["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter_map(|o| o["orderId"].as_str())
+        .collect();
+    assert_eq!(ids, ["order-a", "order-c", "order-b"]);
+    assert_eq!(index.body["total"], 3);
+    assert!(index.body["inMemory"]
+        .as_str()
+        .is_some_and(|t| t.contains("in memory")));
+    let newest = &index.body["orders"][0];
+    assert_eq!(newest["msn"], MSN);
+    assert_eq!(newest["paymentType"], "ecom");
+    assert_eq!(newest["hasReceipt"], true);
+    assert_eq!(newest["links"], 1);
+    assert_eq!(newest["category"], Value::Null);
+    assert_eq!(newest["href"], "/_simulator/orders/123456/ecom/order-a");
+    let when = newest["updatedAt"].as_str().expect("updatedAt");
+    assert!(
+        when.len() == 24 && when.ends_with('Z') && when.starts_with("20"),
+        "{when}"
+    );
+
+    let html_index = html(&app, "/_simulator/orders").await;
+    let (a, c, b) = (
+        position(&html_index.raw, "/ecom/order-a\""),
+        position(&html_index.raw, "/ecom/order-c\""),
+        position(&html_index.raw, "/ecom/order-b\""),
+    );
+    assert!(a < c && c < b, "not newest first");
+    assert!(html_index.raw.contains(" UTC</td>"), "no time shown");
+    assert!(html_index.raw.contains("in memory"));
+    assert!(html_index
+        .raw
+        .contains("<form class=\"filter\" method=\"get\""));
+
+    let by_order = page(&app, "/_simulator/orders?orderId=der-c", "application/json").await;
+    assert_eq!(by_order.body["total"], 1);
+    assert_eq!(by_order.body["orders"][0]["orderId"], "order-c");
+    let by_msn = page(
+        &app,
+        &format!("/_simulator/orders?msn={MSN}&orderId="),
+        "application/json",
+    )
+    .await;
+    assert_eq!(by_msn.body["total"], 3);
+    let other = page(&app, "/_simulator/orders?msn=654321", "application/json").await;
+    assert_eq!(other.body["total"], 0);
+    assert_eq!(other.body["orders"], json!([]));
+
+    let filtered = html(&app, "/_simulator/orders?orderId=%22%3E%3Cb%3Ex").await;
+    assert!(filtered.raw.contains("No order matches"));
+    assert!(
+        !filtered.raw.contains("\"><b>x"),
+        "the filter's value is escaped"
+    );
+    let csp = filtered
+        .headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(csp.contains("form-action 'self'"), "{csp}");
+}
+
+/// The bytes and content type of a GET to the simulator.
+async fn fetch(app: &TestApp, path: &str) -> (StatusCode, String, Vec<u8>) {
+    let mut resp = app
+        .client
+        .get(format!("{}{path}", app.sim_address))
+        .send()
+        .await
+        .expect("the simulator answers");
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp.body().await.expect("a body");
+    (resp.status(), content_type, body.to_vec())
+}
+
+#[actix_web::test]
+async fn an_uploaded_image_is_served_and_shown_and_a_missing_one_is_warned_about() {
+    let app = spawn_app().await;
+    let with_image = json!({"category": "RECEIPT", "url": "https://shop.example/o/1",
+                            "image": {"data": b64(&png(300)), "imageId": "logo-1"}});
+    let put = app
+        .put_json(
+            &format!("/v1/merchants/{MSN}/orders/order-1/category"),
+            &with_image,
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    let shown =
+        json!({"category": "BOOKING", "url": "https://shop.example/book/1", "imageId": "logo-1"});
+    let missing = json!({"category": "DELIVERY", "url": "https://shop.example/track/1", "imageId": "never-sent"});
+    for link in [&shown, &missing] {
+        let added = app
+            .post_json(
+                &format!("/v1/merchants/{MSN}/orders/order-1/categories"),
+                link,
+            )
+            .await;
+        assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+    }
+
+    let (status, content_type, bytes) = fetch(&app, "/_simulator/images/123456/logo-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "image/png");
+    assert_eq!(bytes, png(300), "the image as uploaded");
+    let (status, _, _) = fetch(&app, "/_simulator/images/123456/never-sent").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = fetch(&app, "/_simulator/images/654321/logo-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another merchant's image");
+
+    let view = twin(&app, "order-1").await;
+    let src = "/_simulator/images/123456/logo-1";
+    assert_eq!(view["category"]["image"]["src"], src);
+    assert_eq!(view["category"]["button"], "See receipt");
+    assert_eq!(view["links"][0]["image"]["src"], src);
+    assert_eq!(view["links"][0]["button"], "See booking");
+    assert_eq!(view["links"][1]["image"]["src"], Value::Null);
+    assert_eq!(view["links"][1]["button"], "Track delivery");
+    let warnings = view["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["kind"], "image-missing");
+    assert!(warnings[0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("never-sent")));
+
+    let page = html(&app, "/_simulator/orders/123456/ecom/order-1").await;
+    assert_eq!(
+        page.raw.matches(&format!("<img src=\"{src}\"")).count(),
+        2,
+        "the category's and the link's image"
+    );
+    assert!(page.raw.contains("Image never-sent is missing"));
+    assert!(page.raw.contains(">Track delivery</a>"));
+    let csp = page
+        .headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(csp.contains("img-src 'self'"), "{csp}");
+}
+
+#[actix_web::test]
+async fn figures_the_app_would_show_oddly_are_warned_about() {
+    let app = spawn_app().await;
+    // Sent through the proxy: the façade computes figures that add up, a
+    // caller of Vipps' own API may not.
+    let receipt = json!({
+        "orderLines": [
+            {"name": "<b>Wrong VAT</b>", "id": "vat", "totalAmount": 10000,
+             "totalAmountExcludingTax": 9000, "totalTaxAmount": 1000, "taxRate": 2500},
+            {"name": "Wrong amount", "id": "amount", "totalAmount": 30000,
+             "totalAmountExcludingTax": 24000, "totalTaxAmount": 6000, "taxRate": 2500,
+             "unitInfo": {"unitPrice": 19900, "quantity": "2", "quantityUnit": "PCS"}},
+            {"name": "Rounded", "id": "ok", "totalAmount": 53,
+             "totalAmountExcludingTax": 42, "totalTaxAmount": 11, "taxRate": 2500,
+             "unitInfo": {"unitPrice": 35, "quantity": "1.5", "quantityUnit": "KG"}}
+        ],
+        "bottomLine": {"currency": "NOK", "totalTax": 7000,
+                       "paymentSources": {"card": 40000}}
+    });
+    let proxied = app
+        .proxy(Method::POST, "/v2/ecom/receipts/odd", Some(&receipt))
+        .await;
+    assert_eq!(proxied.status, StatusCode::CREATED, "{}", proxied.body);
+
+    let view = twin(&app, "odd").await;
+    let kinds: Vec<(&str, Option<i64>)> = view["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| (w["kind"].as_str().unwrap_or(""), w["line"].as_i64()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("line-vat", Some(0)),
+            ("line-amount", Some(1)),
+            ("total", None),
+            ("total", None)
+        ]
+    );
+    let messages: Vec<String> = view["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w["message"].as_str())
+        .map(|m| m.replace(NBSP, " "))
+        .collect();
+    assert!(
+        messages[0].contains("VAT 10,00 kr is not 25 % of 100,00 kr"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("is 398,00 kr, but the line's amount is 300,00 kr"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].contains("payment sources add up to 400,00 kr"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3].contains("totalTax is 70,00 kr, but the lines' VAT adds up to 70,11 kr"),
+        "{messages:?}"
+    );
+
+    let page = html(&app, "/_simulator/orders/123456/ecom/odd").await;
+    assert!(page.raw.contains("id=\"warnings\""));
+    assert_eq!(page.raw.matches("<li class=\"warning ").count(), 4);
+    assert!(
+        !page.raw.contains("<b>Wrong"),
+        "a name in a warning is escaped"
+    );
+
+    // The README's example, through the façade: nothing to warn about.
+    let sent = app.post_receipt(MSN, "fine", &spec_receipt()).await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    assert_eq!(twin(&app, "fine").await["warnings"], json!([]));
 }

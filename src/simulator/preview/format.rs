@@ -86,6 +86,29 @@ pub fn quantity(text: &str) -> String {
     text.replacen('.', ",", 1)
 }
 
+/// A Unix millisecond time as the index writes it: `2026-12-06 14:03:07 UTC`.
+pub fn when(ms: u64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    at(ms)
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
+}
+
+/// A Unix millisecond time in RFC 3339 (UTC, milliseconds), for the JSON twin.
+pub fn rfc3339(ms: u64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at(ms)
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_default()
+}
+
+fn at(ms: u64) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +162,12 @@ mod tests {
         assert_eq!(plain(rate(1205)), "12,05 %");
         assert_eq!(plain(rate(0)), "0 %");
         assert_eq!(plain(rate(10_000)), "100 %");
+    }
+
+    #[test]
+    fn times_are_written_in_utc() {
+        assert_eq!(when(1_796_457_600_123), "2026-12-05 08:00:00 UTC");
+        assert_eq!(rfc3339(1_796_457_600_123), "2026-12-05T08:00:00.123Z");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -14,13 +15,16 @@ use crate::simulator::image::ImageFormat;
 use crate::simulator::model::{Category, OrderCategory, OrderLine, QuantityUnit, Receipt};
 use crate::simulator::state::State;
 
-/// An uploaded image's facts (the simulator keeps no image bytes).
+/// An uploaded image's facts.
 #[derive(Clone, Copy, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageFacts {
     pub format: ImageFormat,
     pub height: u32,
     pub bytes: usize,
+    /// Whether the simulator still holds the image itself (it lets go of
+    /// the oldest images' bytes past its bound), so the page can show it.
+    pub held: bool,
 }
 
 impl ImageFacts {
@@ -95,6 +99,7 @@ impl OrderSnapshot {
                     format: image.format,
                     height: image.height,
                     bytes: image.bytes,
+                    held: image.data.is_some(),
                 };
                 Some((id.clone(), facts))
             })
@@ -131,6 +136,8 @@ pub struct ImageView {
     pub image_id: String,
     /// `None`: no image of that id was uploaded for the merchant.
     pub uploaded: Option<ImageFacts>,
+    /// Where the simulator serves the image, when it holds it.
+    pub src: Option<String>,
 }
 
 /// The v2 category, or one 2.1 link (`category_id` set).
@@ -140,8 +147,22 @@ pub struct LinkView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category_id: Option<String>,
     pub category: &'static str,
+    /// The text of the link's button on the page.
+    pub button: &'static str,
     pub url: String,
     pub image: Option<ImageView>,
+}
+
+/// Something the app would show oddly, or not at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warning {
+    /// `total`, `line-amount`, `line-vat` or `image-missing`.
+    pub kind: &'static str,
+    /// The line it is about (its index in `orderLines`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -229,6 +250,9 @@ pub struct OrderView {
     /// The 2.1 links (`/v3/categories`), oldest first.
     pub links: Vec<LinkView>,
     pub receipt: Option<ReceiptView>,
+    /// What the app would show oddly: totals that do not add up, a line's
+    /// VAT off its rate, an image it cannot show.
+    pub warnings: Vec<Warning>,
     /// Why a stored receipt could not be laid out (never for a receipt the
     /// simulator accepted; kept so the page shows it instead of failing).
     pub receipt_problem: Option<String>,
@@ -242,6 +266,20 @@ pub fn category_name(c: Category) -> &'static str {
         Category::Delivery => "DELIVERY",
         Category::Ticket => "TICKET",
         Category::Booking => "BOOKING",
+    }
+}
+
+/// The text of a category's button on the page. Vipps' documents name
+/// the categories but not the app's wording (which follows the customer's
+/// language), so these are the simulator's own English labels.
+pub fn button_text(c: Category) -> &'static str {
+    match c {
+        Category::General => "Order details",
+        Category::Receipt => "See receipt",
+        Category::OrderConfirmation => "See order confirmation",
+        Category::Delivery => "Track delivery",
+        Category::Ticket => "See ticket",
+        Category::Booking => "See booking",
     }
 }
 
@@ -311,7 +349,133 @@ pub fn paid(receipt: &Receipt) -> Result<String, String> {
     Ok(style.amount(sums.total + tip))
 }
 
-fn lay_out(receipt: &Receipt) -> Result<ReceiptView, String> {
+/// How far (in minor units) a line's VAT may be from its rate applied to
+/// its amount: rounding to the minor unit, in whichever direction a
+/// merchant's system rounds, moves it by less than one.
+pub const VAT_TOLERANCE_MINOR: i128 = 1;
+
+/// Whether a line's `totalTaxAmount` is more than [`VAT_TOLERANCE_MINOR`]
+/// from `totalAmount × rate / (10000 + rate)`, compared exactly in integers.
+fn vat_is_off(line: &OrderLine, hundredths: i64) -> bool {
+    let rate = i128::from(hundredths);
+    let divisor = 10_000 + rate;
+    let off =
+        (i128::from(line.total_tax_amount) * divisor - i128::from(line.total_amount) * rate).abs();
+    off > VAT_TOLERANCE_MINOR * divisor
+}
+
+/// When a line gives a unit price: how far its `totalAmount` is from
+/// quantity × unit price − discount, if more than rounding explains (half
+/// a minor unit per unit, as the unit price itself is rounded to minor
+/// units, and half for the product). `None` when it adds up or cannot be
+/// checked.
+fn line_amount_off(line: &OrderLine) -> Option<(Decimal, Decimal)> {
+    let unit = line.unit_info.as_ref()?;
+    let price = Decimal::from(unit.unit_price?);
+    let quantity = Decimal::from_str_exact(&unit.quantity).ok()?;
+    let expected = quantity.checked_mul(price)? - Decimal::from(line.discount.unwrap_or(0));
+    let off = (expected - Decimal::from(line.total_amount)).abs();
+    let tolerance = (quantity + Decimal::ONE) / Decimal::TWO;
+    (off > tolerance).then_some((expected, off))
+}
+
+/// A decimal of minor units rounded to a whole one (half away from zero).
+fn whole_minor(d: Decimal) -> i128 {
+    use rust_decimal::prelude::ToPrimitive as _;
+    d.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        .to_i128()
+        .unwrap_or(0)
+}
+
+/// The receipt's own figures that do not add up: each line's amount
+/// against its unit price and its VAT against its rate, the payment
+/// sources against the total, and the deprecated bottom-line totals
+/// against the lines.
+fn receipt_warnings(receipt: &Receipt, view: &ReceiptView, style: CurrencyStyle) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for (i, (line, shown)) in receipt.order_lines.iter().zip(&view.lines).enumerate() {
+        if let Some((expected, _)) = line_amount_off(line) {
+            warnings.push(Warning {
+                kind: "line-amount",
+                line: Some(i),
+                message: format!(
+                    "{}: {} × {} less discount is {}, but the line's amount is {}",
+                    line.name,
+                    shown.quantity.as_deref().unwrap_or("1"),
+                    shown.unit_price.as_ref().map_or("", |p| p.text.as_str()),
+                    style.amount(whole_minor(expected)),
+                    style.amount(i128::from(line.total_amount)),
+                ),
+            });
+        }
+        if vat_is_off(line, shown.rate.hundredths) {
+            warnings.push(Warning {
+                kind: "line-vat",
+                line: Some(i),
+                message: format!(
+                    "{}: VAT {} is not {} of {} (more than rounding apart)",
+                    line.name,
+                    style.amount(i128::from(line.total_tax_amount)),
+                    shown.rate.text,
+                    style.amount(i128::from(line.total_amount)),
+                ),
+            });
+        }
+    }
+    let bottom = &receipt.bottom_line;
+    if let Some(sources) = &bottom.payment_sources {
+        let paid: i128 = [
+            sources.gift_card,
+            sources.card,
+            sources.voucher,
+            sources.cash,
+        ]
+        .into_iter()
+        .flatten()
+        .map(i128::from)
+        .sum();
+        if paid != view.total.minor {
+            warnings.push(Warning {
+                kind: "total",
+                line: None,
+                message: format!(
+                    "The payment sources add up to {}, but the receipt's total is {}",
+                    style.amount(paid),
+                    view.total.text
+                ),
+            });
+        }
+    }
+    if let Some(total) = bottom.total_amount.map(i128::from) {
+        if total != view.total.minor && total != view.subtotal.minor {
+            warnings.push(Warning {
+                kind: "total",
+                line: None,
+                message: format!(
+                    "bottomLine.totalAmount is {}, but the lines add up to {}",
+                    style.amount(total),
+                    view.subtotal.text
+                ),
+            });
+        }
+    }
+    if let Some(tax) = bottom.total_tax.map(i128::from) {
+        if tax != view.total_tax.minor {
+            warnings.push(Warning {
+                kind: "total",
+                line: None,
+                message: format!(
+                    "bottomLine.totalTax is {}, but the lines' VAT adds up to {}",
+                    style.amount(tax),
+                    view.total_tax.text
+                ),
+            });
+        }
+    }
+    warnings
+}
+
+fn lay_out(receipt: &Receipt) -> Result<(ReceiptView, Vec<Warning>), String> {
     let style = style(receipt)?;
     let money = |minor: i128| Money {
         minor,
@@ -381,7 +545,7 @@ fn lay_out(receipt: &Receipt) -> Result<ReceiptView, String> {
             svg: drawn.and_then(Result::ok),
         }
     });
-    Ok(ReceiptView {
+    let view = ReceiptView {
         currency: style.code,
         lines,
         vat: by_rate
@@ -403,32 +567,49 @@ fn lay_out(receipt: &Receipt) -> Result<ReceiptView, String> {
         receipt_number: bottom.receipt_number.clone(),
         terminal_id: bottom.terminal_id.clone(),
         barcode,
-    })
+    };
+    let warnings = receipt_warnings(receipt, &view, style);
+    Ok((view, warnings))
 }
 
 impl OrderView {
     pub fn build(order: &OrderSnapshot) -> OrderView {
         let image = |id: &Option<String>| {
-            id.as_ref().map(|id| ImageView {
-                image_id: id.clone(),
-                uploaded: order.images.get(id).copied(),
+            id.as_ref().map(|id| {
+                let uploaded = order.images.get(id).copied();
+                ImageView {
+                    image_id: id.clone(),
+                    src: uploaded.filter(|f| f.held).map(|_| {
+                        format!(
+                            "/_simulator/images/{}/{}",
+                            path_segment(&order.msn),
+                            path_segment(id)
+                        )
+                    }),
+                    uploaded,
+                }
             })
         };
+        let mut warnings = Vec::new();
         let (receipt, receipt_problem) = match order.receipt.as_ref().map(read_receipt) {
             None => (None, None),
             Some(Ok(r)) => match lay_out(&r) {
-                Ok(view) => (Some(view), None),
+                Ok((view, found)) => {
+                    warnings = found;
+                    (Some(view), None)
+                }
                 Err(problem) => (None, Some(problem)),
             },
             Some(Err(problem)) => (None, Some(problem)),
         };
-        OrderView {
+        let mut view = OrderView {
             msn: order.msn.clone(),
             payment_type: order.payment_type.clone(),
             order_id: order.order_id.clone(),
             category: order.category.as_ref().map(|c| LinkView {
                 category_id: None,
                 category: category_name(c.category),
+                button: button_text(c.category),
                 url: c.order_details_url.clone(),
                 image: image(&c.image_id),
             }),
@@ -438,14 +619,53 @@ impl OrderView {
                 .map(|l| LinkView {
                     category_id: Some(l.category_id.clone()),
                     category: category_name(l.category),
+                    button: button_text(l.category),
                     url: l.url.clone(),
                     image: image(&l.image_id),
                 })
                 .collect(),
             receipt,
+            warnings,
             receipt_problem,
+        };
+        let missing: Vec<Warning> = view
+            .category
+            .iter()
+            .chain(&view.links)
+            .filter_map(|link| link.image.as_ref())
+            .filter(|image| image.src.is_none())
+            .map(|image| Warning {
+                kind: "image-missing",
+                line: None,
+                message: match image.uploaded {
+                    None => format!(
+                        "Image {} is missing: the simulator holds no image of that id for merchant {}",
+                        image.image_id, view.msn
+                    ),
+                    Some(_) => format!(
+                        "Image {} is missing: the simulator no longer holds its bytes (it keeps the newest images only)",
+                        image.image_id
+                    ),
+                },
+            })
+            .collect();
+        view.warnings.extend(missing);
+        view
+    }
+}
+
+/// A path segment with everything but unreserved characters
+/// percent-encoded.
+pub fn path_segment(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -531,6 +751,33 @@ mod tests {
             r.lines[1].product_url.as_deref(),
             Some("HTTPS://shop.example/y")
         );
+    }
+
+    #[test]
+    fn vat_within_one_minor_unit_of_the_rate_is_rounding() {
+        let at = |tax: i64| {
+            let line: OrderLine = serde_json::from_value(line("x", 10_000, tax, json!(2500)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            vat_is_off(&line, 2500)
+        };
+        assert!(!at(2000) && !at(1999) && !at(2001));
+        assert!(at(2002) && at(1998) && at(0));
+    }
+
+    #[test]
+    fn a_line_amount_may_differ_by_its_unit_price_rounding_only() {
+        let with = |total: i64, quantity: &str, price: i64, discount: i64| {
+            let mut l = line("x", total, 0, json!(0));
+            l["unitInfo"] = json!({"unitPrice": price, "quantity": quantity});
+            l["discount"] = json!(discount);
+            let line: OrderLine = serde_json::from_value(l).unwrap_or_else(|e| panic!("{e}"));
+            line_amount_off(&line).is_some()
+        };
+        // 41.37 l at 1.899 EUR sent as 1.90: 7,856 against 7,860.3.
+        assert!(!with(7856, "41.37", 190, 0));
+        assert!(!with(29_800, "2", 19_900, 10_000));
+        assert!(with(39_800, "2", 19_900, 10_000), "discount not taken off");
+        assert!(with(30_000, "2", 19_900, 0));
     }
 
     #[test]

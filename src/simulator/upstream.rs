@@ -446,18 +446,17 @@ fn token(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     })
 }
 
-/// The checks every Order Management request passes before its own: the MSN
-/// header, the bearer token and subscription key (401), then the system
-/// headers and the path parameters (400). Returns the MSN.
+/// The checks every Order Management request passes before its own: a
+/// known, unexpired bearer token (401), the MSN header (400), the token's
+/// MSN and the subscription key (401), then the system headers and the
+/// path parameters (400). Returns the MSN. Authentication comes first, as
+/// Vipps' API gateway answers a request without a valid token before its
+/// service reads any header.
 fn authorize(
     state: &State,
     call: &Call,
     path_errors: Vec<InvalidParam>,
 ) -> Result<String, Problem> {
-    let msn = call
-        .header(MSN)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| Problem::invalid(vec![InvalidParam::new(MSN, "is a required header")]))?;
     let bearer = call
         .header("Authorization")
         .and_then(|v| {
@@ -473,6 +472,10 @@ fn authorize(
     if Instant::now() >= token.expires_at {
         return Err(Problem::unauthorized("Expired access token"));
     }
+    let msn = call
+        .header(MSN)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| Problem::invalid(vec![InvalidParam::new(MSN, "is a required header")]))?;
     if token.msn != msn {
         return Err(Problem::unauthorized(
             "The access token was not issued for this Merchant-Serial-Number",

@@ -24,8 +24,10 @@ RUN mkdir -p src tests/api \
 # The gateway itself. touch: the copied sources may be older than the
 # placeholders, and cargo decides what to rebuild by modification time.
 COPY src ./src
-# The outbox's migrations, which the binary embeds.
+# The outbox's migrations and the simulator's page templates, which the
+# binary embeds.
 COPY migrations ./migrations
+COPY templates ./templates
 RUN mkdir -p tests/api \
     && echo 'fn main() {}' > tests/api/main.rs \
     && touch src/main.rs src/lib.rs \
@@ -48,7 +50,8 @@ COPY --from=builder /build/target/release/vipps-order-gateway /usr/local/bin/vip
 
 # 65532 is distroless' "nonroot" user; numeric, so runAsNonRoot can verify it.
 USER 65532:65532
-# 8080: the API (listen); 9090: /metrics (metrics_listen).
-EXPOSE 8080 9090
+# 8080: the API (listen); 9090: /metrics (metrics_listen); 7070: the
+# simulator, run with the command `simulate --listen 0.0.0.0:7070`.
+EXPOSE 8080 9090 7070
 ENTRYPOINT ["/usr/local/bin/vipps-order-gateway"]
 CMD ["serve", "--config", "/etc/vipps-order-gateway/gateway.toml"]

@@ -242,6 +242,12 @@ def check_dockerfile() -> None:
         any(line.split()[:2] == ["COPY", "migrations"] for line in instructions),
         "the Dockerfile copies the outbox's migrations into the build",
     )
+    # askama reads templates/ when the binary is built.
+    check("!templates/" in dockerignore, ".dockerignore lets the simulator's page templates in")
+    check(
+        any(line.split()[:2] == ["COPY", "templates"] for line in instructions),
+        "the Dockerfile copies the simulator's page templates into the build",
+    )
 
 
 # ---------------------------------------------------------------- docs
@@ -681,9 +687,17 @@ def self_test_database_egress() -> None:
     print(f"  {n} self-test cases")
 
 
+SIMULATOR_TEMPLATE = "templates/simulator.yaml"
+
+
+def is_simulator(doc: dict[str, Any]) -> bool:
+    return doc["_template"].endswith(SIMULATOR_TEMPLATE)
+
+
 def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
-    dep = one(docs, "Deployment")
-    svc = one(docs, "Service")
+    # The gateway's own resources; the simulator's are checked by check_simulator.
+    dep = one([d for d in docs if not is_simulator(d)], "Deployment")
+    svc = one([d for d in docs if not is_simulator(d)], "Service")
     if not check(dep is not None and svc is not None, f"[{name}] one Deployment and one Service"):
         return
     assert dep is not None and svc is not None
@@ -930,10 +944,104 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
                 n += check_otlp_egress(name, docs, values, pod_labels)
                 want |= set((eg.get("otlp") or {}).get("cidrs") or [])
                 rules += 1
+            if values["simulator"]["enabled"]:
+                n += check_simulator_egress(name, docs, values, pod_labels)
+                rules += 1
             expect(len(egress) == rules, f"egress to DNS, Vipps and only the peers the values turn on: {rules} rules")
             cidrs = sorted(t["ipBlock"]["cidr"] for r in egress for t in r.get("to", []) if "ipBlock" in t)
             expect(sorted(set(cidrs)) == sorted(want) and len(cidrs) == len(want), f"egress to exactly the Vipps and database CIDRs {cidrs}")
     print(f"  [{name}] {n} assertions on the rendered release")
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+def simulator_pod(docs: list[dict[str, Any]]) -> Pod | None:
+    """The simulator's pods as a NetworkPolicy destination: their labels in
+    the release's namespace."""
+    sim = [d for d in docs if is_simulator(d) and d["kind"] == "Deployment"]
+    if len(sim) != 1:
+        return None
+    return sim[0]["spec"]["template"]["metadata"]["labels"], {"kubernetes.io/metadata.name": NAMESPACE}
+
+
+def check_simulator_egress(name: str, docs: list[dict[str, Any]], values: dict[str, Any], pod_labels: dict[str, str]) -> int:
+    """The gateway's NetworkPolicy admits the simulator's pods on their port,
+    and only because of its rule for them: without that rule the same
+    policy blocks them (so the check can fail)."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    dest = simulator_pod(docs)
+    port = values["simulator"]["port"]
+    if not check(dest is not None, f"[{name}] one simulator Deployment"):
+        return 1
+    assert dest is not None
+    ok, isolating = egress_admits(policies, pod_labels, dest, port)
+    check(ok, f"[{name}] NetworkPolicy {isolating} admits the simulator's pods on {port}/TCP")
+    stripped = copy.deepcopy(policies)
+    for np in stripped:
+        np["spec"]["egress"] = [r for r in np["spec"].get("egress") or []
+                                if not any(peer_admits(p, dest, NAMESPACE) for p in r.get("to") or [])]
+    check(not egress_admits(stripped, pod_labels, dest, port)[0],
+          f"[{name}] without its simulator rule, the NetworkPolicy blocks the simulator (the check can fail)")
+    check(not egress_admits(policies, pod_labels, dest, port + 1)[0],
+          f"[{name}] the NetworkPolicy admits the simulator on its port only")
+    print(f"  [{name}] simulator {describe(dest)} on {port}/TCP: {'admitted' if ok else 'BLOCKED'} by {isolating}")
+    return 3
+
+
+def check_simulator(name: str, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """simulator.enabled: its own Deployment and Service, selected apart from
+    the gateway's; simulator.asUpstream: gateway.toml's base URL is its Service."""
+    sim_docs = [d for d in docs if is_simulator(d)]
+    sim = values["simulator"]
+    if not sim["enabled"]:
+        check(not sim_docs, f"[{name}] simulator off: nothing of it is rendered")
+        return
+    dep, svc = one(sim_docs, "Deployment"), one(sim_docs, "Service")
+    if not check(dep is not None and svc is not None and len(sim_docs) == 2, f"[{name}] the simulator is one Deployment and one Service"):
+        return
+    assert dep is not None and svc is not None
+    gw_dep = one([d for d in docs if not is_simulator(d)], "Deployment")
+    gw_svc = one([d for d in docs if not is_simulator(d)], "Service")
+    assert gw_dep is not None and gw_svc is not None
+    pod = dep["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    gw_labels = gw_dep["spec"]["template"]["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    port = sim["port"]
+    n = 0
+
+    def expect(ok: bool, what: str) -> None:
+        nonlocal n
+        n += 1
+        check(ok, f"[{name}] simulator: {what}")
+
+    expect(container["args"] == ["simulate", "--listen", f"0.0.0.0:{port}"], f"runs simulate --listen 0.0.0.0:{port}: {container['args']}")
+    expect(container["image"] == gw_dep["spec"]["template"]["spec"]["containers"][0]["image"], "runs the gateway's image")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    expect(ports == {"http": port}, f"container port http is {port}")
+    expect(dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}, "one replica, replaced with Recreate (its state is in memory)")
+    expect(subset(dep["spec"]["selector"]["matchLabels"], labels), "the Deployment selects its pods")
+    expect(subset(svc["spec"]["selector"], labels), "its Service selects its pods")
+    expect([(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(port, "http")], f"its Service serves {port} from port http")
+    expect(not subset(svc["spec"]["selector"], gw_labels), "its Service does not select the gateway's pods")
+    expect(not subset(gw_svc["spec"]["selector"], labels), "the gateway's Service does not select the simulator's pods")
+    pdb = one(docs, "PodDisruptionBudget")
+    if pdb is not None:
+        expect(not subset(pdb["spec"]["selector"]["matchLabels"], labels), "the gateway's PodDisruptionBudget does not cover the simulator")
+    for probe in ("livenessProbe", "readinessProbe"):
+        expect(container[probe]["httpGet"]["port"] == "http", f"{probe} on port http")
+    sc, psc = container["securityContext"], pod["spec"]["securityContext"]
+    expect(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False, "read-only root, no privilege escalation")
+    expect(psc.get("runAsNonRoot") is True and pod["spec"]["automountServiceAccountToken"] is False, "non-root, no service-account token")
+    expect(not container.get("env") and not container.get("volumeMounts"), "no environment and no secret mounted")
+    base_url = gateway_toml(docs)["upstream"]["base_url"]
+    if sim["asUpstream"]:
+        want = f"http://{svc['metadata']['name']}.{NAMESPACE}.svc:{port}"
+        expect(base_url == want, f"asUpstream: gateway.toml's base_url is the simulator's Service {want}: {base_url}")
+    else:
+        expect(base_url == values["gateway"]["upstream"]["baseUrl"], f"not asUpstream: base_url stays gateway.upstream.baseUrl: {base_url}")
+    print(f"  [{name}] {n} assertions on the simulator")
 
 
 def check_gateway_accepts(name: str, docs: list[dict[str, Any]], gateway: Path) -> None:
@@ -1075,6 +1183,31 @@ def check_refusals() -> None:
             check(False, f"rendering accepts {what}")
         except helm.HelmRenderError as err:
             print(f"  {what}: refused ({str(err).strip().splitlines()[-1][:120]})")
+    # The simulator: never beside a production gateway, never an upstream
+    # that is not deployed; each refusal says why.
+    simulator_base = yaml.safe_load((VALUES / "simulator.yaml").read_text())
+    simulator_cases = {
+        "the simulator in production": ({**simulator_base, "environment": "production"}, "simulator.enabled is refused with environment: production"),
+        "the simulator in production, not as upstream": (
+            {**simulator_base, "environment": "production", "simulator": {"enabled": True}},
+            "simulator.enabled is refused with environment: production",
+        ),
+        "the simulator as upstream, not deployed": (
+            {**simulator_base, "simulator": {"enabled": False, "asUpstream": True}},
+            "simulator.asUpstream points the gateway at the simulator's Service",
+        ),
+    }
+    for what, (values, want) in simulator_cases.items():
+        chart.validate_schema(values)
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            check(False, f"rendering accepts {what}")
+        except helm.HelmRenderError as err:
+            check(want in str(err), f"{what}: refused naming {want!r}: {str(err).strip()[:200]}")
+            print(f"  {what}: refused ({str(err).strip().splitlines()[-1][:160]})")
+    production = {**simulator_base, "environment": "production", "simulator": {"enabled": False}}
+    docs = render(production)
+    check(not any(is_simulator(d) for d in docs), "environment production without the simulator renders, with no simulator")
     # Refused by the templates too, for an install that skips the schema
     # (helm install --skip-schema-validation): the chart without its schema.
     unchecked = {
@@ -1093,7 +1226,7 @@ def check_refusals() -> None:
             except helm.HelmRenderError as err:
                 check(want in str(err), f"{fname}: without the schema, the templates refuse it naming {want!r}: {str(err).strip()[:200]}")
                 print(f"  {fname} without the schema: refused ({str(err).strip().splitlines()[-1][:160]})")
-    print(f"  {len(files)} schema refusals, {len(template_cases) + len(unchecked)} template refusals")
+    print(f"  {len(files)} schema refusals, {len(template_cases) + len(simulator_cases) + len(unchecked)} template refusals")
 
 
 # ---------------------------------------------------------------- main
@@ -1109,7 +1242,7 @@ def main() -> int:
     check_dockerfile()
     check_values_documented()
     self_test_database_egress()
-    scenarios = ["default", "metrics", "all-on", "outbox-sqlite", "outbox-postgres", "outbox-postgres-cidr"]
+    scenarios = ["default", "metrics", "all-on", "outbox-sqlite", "outbox-postgres", "outbox-postgres-cidr", "simulator"]
     sets = sorted(f.stem for f in VALUES.glob("*.yaml") if not f.stem.startswith("invalid-"))
     check(sets == sorted(scenarios[1:]), f"every value set of deploy/values/ is rendered: {sets}")
     check_lint(scenarios)
@@ -1124,6 +1257,7 @@ def main() -> int:
             totals[kind] = totals.get(kind, 0) + count
         values = chart.merge_values(given) if given else defaults
         check_semantics(name, docs, values)
+        check_simulator(name, docs, values)
         check_gateway_accepts(name, docs, args.gateway)
     # Every kind of caller-auth key, made by the chart from a value: the
     # rendered release fits together and the gateway loads the key.
@@ -1157,12 +1291,19 @@ def main() -> int:
     given = copy.deepcopy(base)
     given["gateway"]["outbox"]["maxPendingPerMerchant"] = 5000
     variants.append(("outbox-postgres-max-pending", given, True))
+    # The simulator deployed beside the gateway but not its upstream, on
+    # another port.
+    given = load_values("simulator")
+    assert given is not None
+    given["simulator"].update(asUpstream=False, port=8081)
+    variants.append(("simulator-beside", given, True))
     for name, given, run_gateway in variants:
         section(f"render {name}")
         docs = render(given)
         for k, count in check_schemas(name, docs).items():
             totals[k] = totals.get(k, 0) + count
         check_semantics(name, docs, chart.merge_values(given))
+        check_simulator(name, docs, chart.merge_values(given))
         if run_gateway:
             check_gateway_accepts(name, docs, args.gateway)
     check_rolls()

@@ -51,7 +51,7 @@ async fn run(cli: Cli, stdout: NonBlocking) -> Result<(), String> {
             let sim = Simulator::build(listener, settings).map_err(|e| e.to_string())?;
             tracing::info!(
                 port = sim.port(),
-                "simulator listening; demo merchant {}",
+                "simulator listening; demo merchant {}; receipts at /_simulator/orders",
                 simulator::DEMO_MSN
             );
             let server = sim.run();
@@ -148,7 +148,12 @@ async fn serve_with(
     sim_server: Option<actix_web::dev::Server>,
 ) -> Result<(), String> {
     if let Some(url) = with_simulator.then(|| settings.upstream.base_url.clone()) {
-        tracing::info!(upstream = %url, msn = simulator::DEMO_MSN, "running against the built-in simulator");
+        tracing::info!(
+            upstream = %url,
+            msn = simulator::DEMO_MSN,
+            receipts = %format!("{url}/_simulator/orders"),
+            "running against the built-in simulator"
+        );
     }
     let app = Application::build(settings).map_err(|e| e.to_string())?;
     tracing::info!(port = app.port(), "gateway listening");

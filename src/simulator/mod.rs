@@ -16,6 +16,7 @@ mod image;
 // is a check in itself); the rules read only some of its fields.
 #[allow(dead_code)]
 mod model;
+mod preview;
 mod state;
 mod upstream;
 mod validate;
@@ -169,6 +170,14 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/order-management/v3/categories/{categoryId}")
             .route(web::get().to(upstream!(Endpoint::V3CategoryGet)))
             .route(web::delete().to(upstream!(Endpoint::V3CategoryDelete))),
+    )
+    .service(web::resource("/_simulator/orders").route(web::get().to(preview::index)))
+    .service(
+        web::resource("/_simulator/orders/{msn}/{paymentType}/{orderId}")
+            .route(web::get().to(preview::order)),
+    )
+    .service(
+        web::resource("/_simulator/images/{msn}/{imageId}").route(web::get().to(preview::image)),
     )
     .service(web::resource("/_simulator/state").route(web::get().to(control::state)))
     .service(web::resource("/_simulator/counters").route(web::get().to(control::counters)))

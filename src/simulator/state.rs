@@ -94,6 +94,32 @@ pub struct ImageRecord {
     pub format: ImageFormat,
     pub bytes: usize,
     pub height: u32,
+    /// The image itself, for the receipt pages; `None` once the simulator
+    /// let go of it to stay within [`IMAGE_BYTES_HELD`].
+    pub data: Option<bytes::Bytes>,
+}
+
+/// How many bytes of uploaded images the simulator keeps to show on its
+/// receipt pages (32 images of the 2,000,000 bytes Vipps allows); past it,
+/// the oldest images' bytes are let go (their facts stay).
+pub const IMAGE_BYTES_HELD: usize = 64 * 1024 * 1024;
+
+/// When something was last stored for an order (a receipt, a category or a
+/// 2.1 link), for the index's newest-first order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    /// Increases with every store, so two stores in one millisecond keep
+    /// their order.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// The current time in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A fault rule as the control API receives it.
@@ -173,6 +199,12 @@ pub struct State {
     pub orders: BTreeMap<(String, String, String), OrderRecord>,
     /// Keyed by (msn, imageId).
     pub images: BTreeMap<(String, String), ImageRecord>,
+    /// Images whose bytes are held, oldest first, and their total size.
+    pub images_held: VecDeque<(String, String)>,
+    pub image_bytes_held: usize,
+    /// Keyed by (msn, paymentType, orderId): when the order last changed.
+    pub activity: HashMap<(String, String, String), Activity>,
+    pub next_activity_seq: u64,
     /// 2.1's category links, keyed by (msn, categoryId): an id is only
     /// found by the merchant that created it.
     pub categories: BTreeMap<(String, uuid::Uuid), StoredCategory>,
@@ -197,6 +229,10 @@ impl State {
             tokens: HashMap::new(),
             orders: BTreeMap::new(),
             images: BTreeMap::new(),
+            images_held: VecDeque::new(),
+            image_bytes_held: 0,
+            activity: HashMap::new(),
+            next_activity_seq: 0,
             categories: BTreeMap::new(),
             next_category_seq: 0,
             faults: Vec::new(),
@@ -300,6 +336,45 @@ impl State {
         self.log.push_back(entry);
     }
 
+    /// Notes that something was stored for the order under `key`.
+    pub fn touch(&mut self, key: (String, String, String)) {
+        let seq = self.next_activity_seq;
+        self.next_activity_seq += 1;
+        self.activity.insert(
+            key,
+            Activity {
+                seq,
+                at_ms: unix_ms(),
+            },
+        );
+    }
+
+    /// Stores an uploaded image with its bytes, letting go of the oldest
+    /// images' bytes while more than [`IMAGE_BYTES_HELD`] are held.
+    pub fn add_image(&mut self, key: (String, String), record: ImageRecord) {
+        self.add_image_within(key, record, IMAGE_BYTES_HELD);
+    }
+
+    fn add_image_within(&mut self, key: (String, String), mut record: ImageRecord, held: usize) {
+        if let Some(data) = &record.data {
+            if data.len() > held {
+                record.data = None;
+            } else {
+                self.image_bytes_held += data.len();
+                self.images_held.push_back(key.clone());
+            }
+        }
+        self.images.insert(key, record);
+        while self.image_bytes_held > held {
+            let Some(oldest) = self.images_held.pop_front() else {
+                break;
+            };
+            if let Some(data) = self.images.get_mut(&oldest).and_then(|i| i.data.take()) {
+                self.image_bytes_held -= data.len();
+            }
+        }
+    }
+
     /// Expires every token issued so far; returns how many there were.
     pub fn expire_tokens(&mut self) -> usize {
         let now = Instant::now();
@@ -315,6 +390,10 @@ impl State {
         self.tokens.clear();
         self.orders.clear();
         self.images.clear();
+        self.images_held.clear();
+        self.image_bytes_held = 0;
+        self.activity.clear();
+        self.next_activity_seq = 0;
         self.categories.clear();
         self.next_category_seq = 0;
         self.faults.clear();
@@ -351,5 +430,47 @@ impl Shared {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(len: usize) -> ImageRecord {
+        ImageRecord {
+            format: ImageFormat::Png,
+            bytes: len,
+            height: 200,
+            data: Some(bytes::Bytes::from(vec![0; len])),
+        }
+    }
+
+    fn held(state: &State, id: &str) -> bool {
+        state
+            .images
+            .get(&("1".to_owned(), id.to_owned()))
+            .is_some_and(|i| i.data.is_some())
+    }
+
+    #[test]
+    fn the_oldest_images_bytes_go_first_and_their_facts_stay() {
+        let mut state = State::new(&SimulatorSettings::demo());
+        for id in ["a", "b", "c"] {
+            state.add_image_within(("1".into(), id.into()), image(4), 10);
+        }
+        assert!(!held(&state, "a"));
+        assert!(held(&state, "b") && held(&state, "c"));
+        assert_eq!(state.image_bytes_held, 8);
+        assert_eq!(state.images.len(), 3, "facts of every image stay");
+        state.add_image_within(("1".into(), "huge".into()), image(11), 10);
+        assert!(
+            !held(&state, "huge"),
+            "an image over the bound is never held"
+        );
+        assert!(held(&state, "b") && held(&state, "c"));
+        state.reset();
+        assert_eq!(state.image_bytes_held, 0);
+        assert!(state.images_held.is_empty());
     }
 }

@@ -362,9 +362,7 @@ fn log_entry(endpoint: Endpoint, req: &HttpRequest, body: &Bytes, status: u16) -
         headers,
         body,
         status,
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        at_ms: super::state::unix_ms(),
     }
 }
 
@@ -448,18 +446,17 @@ fn token(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     })
 }
 
-/// The checks every Order Management request passes before its own: the MSN
-/// header, the bearer token and subscription key (401), then the system
-/// headers and the path parameters (400). Returns the MSN.
+/// The checks every Order Management request passes before its own: a
+/// known, unexpired bearer token (401), the MSN header (400), the token's
+/// MSN and the subscription key (401), then the system headers and the
+/// path parameters (400). Returns the MSN. Authentication comes first, as
+/// Vipps' API gateway answers a request without a valid token before its
+/// service reads any header.
 fn authorize(
     state: &State,
     call: &Call,
     path_errors: Vec<InvalidParam>,
 ) -> Result<String, Problem> {
-    let msn = call
-        .header(MSN)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| Problem::invalid(vec![InvalidParam::new(MSN, "is a required header")]))?;
     let bearer = call
         .header("Authorization")
         .and_then(|v| {
@@ -475,6 +472,10 @@ fn authorize(
     if Instant::now() >= token.expires_at {
         return Err(Problem::unauthorized("Expired access token"));
     }
+    let msn = call
+        .header(MSN)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| Problem::invalid(vec![InvalidParam::new(MSN, "is a required header")]))?;
     if token.msn != msn {
         return Err(Problem::unauthorized(
             "The access token was not issued for this Merchant-Serial-Number",
@@ -500,7 +501,7 @@ fn authorize(
 /// spells it `ecom`/`recurring`, 2.1's `ECOM`/`RECURRING`, and both name
 /// the same order, kept under the lower-case name (as v1 and the state
 /// show it). Any other spelling is refused.
-fn payment_type(raw: &str) -> Option<&'static str> {
+pub(super) fn payment_type(raw: &str) -> Option<&'static str> {
     match raw {
         "ecom" | "ECOM" => Some("ecom"),
         "recurring" | "RECURRING" => Some("recurring"),
@@ -576,12 +577,13 @@ fn upload_image(state: &mut State, call: &Call) -> Result<Reply, Problem> {
             format!("Image {} already exists and cannot be overwritten", key.1),
         ));
     }
-    state.images.insert(
+    state.add_image(
         key,
         ImageRecord {
             format: info.format,
             bytes: bytes.len(),
             height: info.height,
+            data: Some(bytes::Bytes::from(bytes)),
         },
     );
     let body = ImageResponse {
@@ -597,7 +599,8 @@ fn upload_image(state: &mut State, call: &Call) -> Result<Reply, Problem> {
 fn put_category(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     let key = v2_key(state, call)?;
     let category = validate::order_category(&call.json()?).map_err(Problem::invalid)?;
-    state.orders.entry(key).or_default().category = Some(category);
+    state.orders.entry(key.clone()).or_default().category = Some(category);
+    state.touch(key);
     Ok(Reply::uuid(StatusCode::OK))
 }
 
@@ -621,7 +624,8 @@ fn store_receipt(
     }
     let body = call.json()?;
     validate::receipt(&body).map_err(Problem::invalid)?;
-    state.orders.entry(key).or_default().receipt = Some(body);
+    state.orders.entry(key.clone()).or_default().receipt = Some(body);
+    state.touch(key);
     Ok(())
 }
 
@@ -657,7 +661,8 @@ fn get_order(state: &mut State, call: &Call) -> Result<Reply, Problem> {
 fn v1_put_order(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     let key = v1_key(state, call)?;
     let category = validate::order_category(&call.json()?).map_err(Problem::invalid)?;
-    state.orders.entry(key).or_default().category = Some(category);
+    state.orders.entry(key.clone()).or_default().category = Some(category);
+    state.touch(key);
     Ok(Reply::empty(StatusCode::OK))
 }
 

@@ -22,6 +22,7 @@ mod outbox_crash;
 mod outbox_limits;
 mod outbox_store;
 mod outbox_store_down;
+mod preview;
 mod problems;
 mod properties;
 mod proxy;

@@ -205,8 +205,8 @@ async fn a_postgres_store_down_at_start_answers_503_within_a_second_and_accepts_
 
 /// What the [`CutProxy`] does with the next `COMMIT` it sees.
 const PASS: u8 = 0;
-/// Forward it, then break the connection before the answer comes back:
-/// the entry is stored, but the gateway cannot know.
+/// Forward it, let the server commit, and break the connection instead of
+/// passing its answer on: the entry is stored, but the gateway cannot know.
 const CUT_AFTER: u8 = 1;
 /// Break the connection instead of forwarding it: nothing is stored.
 const CUT_BEFORE: u8 = 2;
@@ -238,6 +238,13 @@ impl CutProxy {
                 let (mut server_rx, mut server_tx) = server.into_split();
                 let cut = std::sync::Arc::new(tokio::sync::Notify::new());
                 let cut_up = cut.clone();
+                // Set while the server's answer to a cut COMMIT is being
+                // swallowed; `answered` fires once the server said it is
+                // ready again (the COMMIT done), or closed.
+                let swallow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let swallow_down = swallow.clone();
+                let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+                let answered_down = answered.clone();
                 actix_rt::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
@@ -257,14 +264,15 @@ impl CutProxy {
                         }
                         if action == CUT_AFTER {
                             // Nothing the server answers reaches the gateway.
-                            cut_up.notify_one();
+                            swallow.store(true, Ordering::SeqCst);
                         }
                         if server_tx.write_all(chunk).await.is_err() {
                             break;
                         }
                         if action == CUT_AFTER {
-                            // Let the server read it whole before the cut.
-                            actix_rt::time::sleep(Duration::from_millis(200)).await;
+                            // The server has committed when it answers;
+                            // only then is the connection cut.
+                            answered.notified().await;
                             break;
                         }
                     }
@@ -279,6 +287,13 @@ impl CutProxy {
                             read = server_rx.read(&mut buf) => match read {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
+                                    if swallow_down.load(Ordering::SeqCst) {
+                                        // ReadyForQuery: 'Z', length 5.
+                                        if buf[..n].windows(5).any(|w| w == b"Z\0\0\0\x05") {
+                                            answered_down.notify_one();
+                                        }
+                                        continue;
+                                    }
                                     if client_tx.write_all(&buf[..n]).await.is_err() {
                                         break;
                                     }
@@ -286,6 +301,7 @@ impl CutProxy {
                             },
                         }
                     }
+                    answered_down.notify_one();
                     // Dropping both halves closes the gateway's connection.
                 });
             }

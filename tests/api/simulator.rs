@@ -466,6 +466,12 @@ async fn order_management_needs_a_token_and_an_msn() {
         .insert_header(("Ocp-Apim-Subscription-Key", DEMO_SUBSCRIPTION_KEY))
         .insert_header(("Merchant-Serial-Number", DEMO_MSN));
     assert_eq!(sim.send(no_token, None).await.0, StatusCode::UNAUTHORIZED);
+    // Without a token, a missing MSN is not looked at: authentication first.
+    let neither = sim
+        .client
+        .delete(sim.url("/order-management/v3/categories/81e0eba4-5763-4bd6-b64c-2c640fc09cb8"))
+        .insert_header(("Ocp-Apim-Subscription-Key", DEMO_SUBSCRIPTION_KEY));
+    assert_eq!(sim.send(neither, None).await.0, StatusCode::UNAUTHORIZED);
     let forged = sim.om(Method::GET, "/v2/ecom/o-1", "not-a-token");
     assert_eq!(sim.send(forged, None).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -123,6 +123,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq .Values.gateway.auth.mode "jwt" }}
 {{- $_ := include "vog.authKeyKind" . }}
 {{- end }}
+{{- if and .Values.simulator.enabled (eq .Values.environment "production") }}
+{{- fail "simulator.enabled is refused with environment: production. The simulator is a test double: its control API and receipt pages have no authentication, it accepts fixture credentials, and it keeps receipts in memory only. Deploy it to a staging release, or set simulator.enabled to false" }}
+{{- end }}
+{{- if and .Values.simulator.asUpstream (not .Values.simulator.enabled) }}
+{{- fail "simulator.asUpstream points the gateway at the simulator's Service, which simulator.enabled deploys: turn simulator.enabled on, or asUpstream off" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas is greater than autoscaling.maxReplicas" }}
 {{- end }}
@@ -180,5 +186,35 @@ gateway.telemetry.otlpEndpoint, else 443 for https and 4318 for http. */}}
 {{- $hostport := regexReplaceAll "^[a-z]+://([^/?#]*).*$" $url "${1}" }}
 {{- $port := regexFind ":[0-9]+$" $hostport | trimPrefix ":" }}
 {{- $port | default (ternary "443" "4318" (hasPrefix "https:" $url)) }}
+{{- end }}
+{{- end }}
+
+{{/* The simulator's name: <fullname>-simulator. */}}
+{{- define "vog.simulatorFullname" -}}
+{{- printf "%s-simulator" (include "vog.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The simulator pods' labels: a name of their own, so neither the
+gateway's Service, PodDisruptionBudget nor NetworkPolicy selects them. */}}
+{{- define "vog.simulatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-simulator" (include "vog.name" . | trunc 53 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "vog.simulatorLabels" -}}
+helm.sh/chart: {{ include "vog.chart" . }}
+{{ include "vog.simulatorSelectorLabels" . }}
+app.kubernetes.io/component: simulator
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The gateway's upstream: the simulator's Service with simulator.asUpstream,
+else gateway.upstream.baseUrl. */}}
+{{- define "vog.upstreamBaseUrl" -}}
+{{- if .Values.simulator.asUpstream }}
+{{- printf "http://%s.%s.svc:%d" (include "vog.simulatorFullname" .) .Release.Namespace (int .Values.simulator.port) }}
+{{- else }}
+{{- .Values.gateway.upstream.baseUrl }}
 {{- end }}
 {{- end }}

@@ -15,6 +15,16 @@ pub enum PaymentType {
     Recurring,
 }
 
+impl PaymentType {
+    /// The name the v2 paths and the simulator's state give it.
+    pub fn lower(self) -> &'static str {
+        match self {
+            PaymentType::Ecom => "ecom",
+            PaymentType::Recurring => "recurring",
+        }
+    }
+}
+
 /// `AddCategoryRequest`: the body of `POST /v3/categories`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -38,9 +38,15 @@ pub(super) fn post_category(state: &mut State, call: &Call) -> Result<Reply, Pro
     let id = uuid::Uuid::new_v4();
     let seq = state.next_category_seq;
     state.next_category_seq += 1;
+    let order = (
+        msn.clone(),
+        request.payment_type.lower().to_owned(),
+        request.order_id.clone(),
+    );
     state
         .categories
         .insert((msn, id), StoredCategory { request, seq });
+    state.touch(order);
     let body = AddCategoryResponse {
         category_id: id.hyphenated().to_string(),
     };

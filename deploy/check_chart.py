@@ -551,36 +551,24 @@ def otlp_receiver(values: dict[str, Any]) -> tuple[str, int, list[Any]]:
     return host, port, dests
 
 
-def check_otlp_egress(name: str, docs: list[dict[str, Any]], values: dict[str, Any], pod_labels: dict[str, str]) -> int:
-    """The NetworkPolicies selecting the gateway's pods admit the OTLP
-    receiver at each destination the values give for it, on its port."""
-    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
-    host, port, dests = otlp_receiver(values)
-    check(bool(dests), f"[{name}] the values name where the OTLP receiver is")
-    for dest in dests:
-        ok, isolating = egress_admits(policies, pod_labels, dest, port)
-        check(ok, f"[{name}] NetworkPolicy {isolating} admits the OTLP receiver {host}:{port} at {describe(dest)}")
-        print(f"  [{name}] OTLP receiver {host}:{port}/TCP at {describe(dest)}: {'admitted' if ok else 'BLOCKED'} by {isolating}")
-    return len(dests)
-
-
 def describe(dest: Any) -> str:
     if isinstance(dest, tuple):
         return f"pod {dest[0]} in namespace {dest[1].get('kubernetes.io/metadata.name')}"
     return str(dest)
 
 
-def check_database_egress(name: str, docs: list[dict[str, Any]], values: dict[str, Any], pod_labels: dict[str, str]) -> int:
-    """The NetworkPolicies selecting the gateway's pods admit the outbox's
-    PostgreSQL database at each destination the values give for it, on
-    its port. Returns the number of destinations looked at."""
+def check_peer_egress(name: str, docs: list[dict[str, Any]], what: str, peer: tuple[str, int, list[Any]], pod_labels: dict[str, str]) -> int:
+    """The NetworkPolicies selecting the gateway's pods admit `what` (the
+    outbox's database, the OTLP receiver: its host, port and destinations
+    from the values) at each destination, on its port. Returns the number
+    of destinations looked at."""
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
-    host, port, dests = outbox_database(values)
-    check(bool(dests), f"[{name}] the values name where the outbox's database is")
+    host, port, dests = peer
+    check(bool(dests), f"[{name}] the values name where {what} is")
     for dest in dests:
         ok, isolating = egress_admits(policies, pod_labels, dest, port)
-        check(ok, f"[{name}] NetworkPolicy {isolating} admits the outbox's database {host}:{port} at {describe(dest)}")
-        print(f"  [{name}] outbox database {host}:{port}/TCP at {describe(dest)}: {'admitted' if ok else 'BLOCKED'} by {isolating}")
+        check(ok, f"[{name}] NetworkPolicy {isolating} admits {what} {host}:{port} at {describe(dest)}")
+        print(f"  [{name}] {what} {host}:{port}/TCP at {describe(dest)}: {'admitted' if ok else 'BLOCKED'} by {isolating}")
     return len(dests)
 
 
@@ -937,11 +925,11 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
             want = set(eg["vippsCidrs"])
             rules = 2
             if ob["enabled"] and ob["store"] == "postgres":
-                n += check_database_egress(name, docs, values, pod_labels)
+                n += check_peer_egress(name, docs, "the outbox's database", outbox_database(values), pod_labels)
                 want |= set((eg.get("outboxDatabase") or {}).get("cidrs") or [])
                 rules += 1
             if (values["gateway"].get("telemetry") or {}).get("otlpEndpoint"):
-                n += check_otlp_egress(name, docs, values, pod_labels)
+                n += check_peer_egress(name, docs, "the OTLP receiver", otlp_receiver(values), pod_labels)
                 want |= set((eg.get("otlp") or {}).get("cidrs") or [])
                 rules += 1
             if values["simulator"]["enabled"]:

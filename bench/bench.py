@@ -293,6 +293,44 @@ def gateway_config(workdir, sim_port, merchants, name="gateway", level="info"):
     return path, port
 
 
+def start_haproxy(workdir, sim, token):
+    """HAProxy (Debian's 2.6) in front of the simulator, as nginx is: one
+    thread on the servers' CPU, connections to the simulator kept and
+    shared (`http-reuse always`), the same Vipps headers set on every
+    request."""
+    port = free_port()
+    hdir = workdir / "haproxy"
+    hdir.mkdir(parents=True, exist_ok=True)
+    inject = "\n".join(f'    http-request set-header {k} "{v}"'
+                       for k, v in sim.vipps_headers(token).items())
+    conf = f"""
+global
+    nbthread 1
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend front
+    bind 127.0.0.1:{port}
+    http-request return status 200 content-type text/plain string ok if {{ path /healthz }}
+    http-request del-header Authorization
+    http-request del-header Ocp-Apim-Subscription-Key
+{inject}
+    default_backend vipps
+backend vipps
+    server simulator 127.0.0.1:{sim.port}
+"""
+    path = hdir / "haproxy.cfg"
+    path.write_text(conf)
+    proc = Proc("haproxy", ["haproxy", "-db", "-f", str(path)], workdir)
+    wait_http(port, "/healthz", proc=proc.popen)
+    return proc, port
+
+
 def start_otlp_sink(workdir):
     """An OTLP/HTTP receiver that takes every batch and keeps nothing (nginx
     answering 200 to POST /v1/traces), for the cases with trace export on."""
@@ -519,6 +557,11 @@ class Run:
                 bf, port = start_bare_forwarder(wd, sim, sim.token(), BARE if case == "bare_forwarder" else HYPER)
                 servers = [bf, sim.proc]
                 path, hdr, method, body = "/vipps" + read_path, {}, "GET", None
+            elif case == "haproxy":
+                hp, port = start_haproxy(wd, sim, sim.token())
+                servers = [hp, sim.proc]
+                hdr = {"Merchant-Serial-Number": DEMO["msn"]}
+                path, method, body = read_path, "GET", None
             elif case in ("nginx", "nginx_receipt"):
                 ng, port = start_nginx(wd, sim, sim.token())
                 servers = [ng, sim.proc]
@@ -567,7 +610,7 @@ class Run:
         simulator grows by gigabytes of stored receipts while the other runs."""
         a, wd = self.args, self.workdir
         out = {}
-        groups = ((("direct", "nginx", "gateway_proxy", "gateway_proxy_otlp", "bare_forwarder", "hyper_forwarder",
+        groups = ((("direct", "nginx", "haproxy", "gateway_proxy", "gateway_proxy_otlp", "bare_forwarder", "hyper_forwarder",
                     "gateway_facade_read", "gateway_facade_read_warn"), False),
                   (("nginx_receipt", "gateway_facade_receipt", "gateway_facade_receipt_otlp"), True))
 
@@ -898,6 +941,7 @@ def markdown(res):
     L.append("|---|---|---|---|---|---|---|---|---|")
     names = {"direct": "1 direct (wrk → simulator, GET order)",
              "nginx": "2 nginx → simulator (GET order)",
+             "haproxy": "extra: HAProxy → simulator (GET order)",
              "gateway_proxy": "3 gateway proxy `/vipps/...` (GET order)",
              "bare_forwarder": "extra: bare actix-web + awc forwarder (GET order)",
              "hyper_forwarder": "extra: bare hyper forwarder (GET order)",
@@ -983,6 +1027,8 @@ def markdown(res):
         return "yes" if t[0] >= 0.8 else "no"
 
     row("gateway proxy / nginx", "gateway_proxy", "nginx", "throughput ≥ 1.0×, p99 ≤ 1.2×", met_proxy(), "gateway", "nginx")
+    row("gateway proxy / HAProxy", "gateway_proxy", "haproxy", "—", "—", "gateway", "haproxy")
+    row("extra: HAProxy / nginx", "haproxy", "nginx", "—", "—", "haproxy", "nginx")
     row("gateway proxy / direct", "gateway_proxy", "direct", "—", "—", "gateway", "simulator")
     row("extra: gateway proxy / bare actix-web + awc forwarder", "gateway_proxy", "bare_forwarder", "—", "—",
         "gateway", "bare-forwarder")

@@ -226,26 +226,39 @@ def start_bare_forwarder(workdir, sim, token, binary=BARE):
     return proc, port
 
 
-def start_nginx(workdir, sim, token):
-    port = free_port()
-    ndir = workdir / "nginx"
+def run_nginx(workdir, name, http_body, connections=4096):
+    """An nginx (one worker, in the foreground) under workdir/name, serving
+    `http_body` (the `http` block's contents; `{ndir}` in it names the
+    directory), with its own temp paths; returns its Proc."""
+    ndir = workdir / name
     for sub in ("logs", "tmp"):
         (ndir / sub).mkdir(parents=True, exist_ok=True)
-    inject = "\n".join(f'            proxy_set_header {k} "{v}";'
-                       for k, v in sim.vipps_headers(token).items())
     conf = f"""
 daemon off;
 worker_processes 1;
 error_log {ndir}/logs/error.log warn;
 pid {ndir}/nginx.pid;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
-    access_log {ndir}/logs/access.log;
     client_body_temp_path {ndir}/tmp/body;
     proxy_temp_path {ndir}/tmp/proxy;
     fastcgi_temp_path {ndir}/tmp/fastcgi;
     uwsgi_temp_path {ndir}/tmp/uwsgi;
     scgi_temp_path {ndir}/tmp/scgi;
+{http_body.replace("{ndir}", str(ndir))}
+}}
+"""
+    path = ndir / "nginx.conf"
+    path.write_text(conf)
+    return Proc(name, ["nginx", "-p", str(ndir), "-c", str(path)], workdir)
+
+
+def start_nginx(workdir, sim, token):
+    port = free_port()
+    inject = "\n".join(f'            proxy_set_header {k} "{v}";'
+                       for k, v in sim.vipps_headers(token).items())
+    proc = run_nginx(workdir, "nginx", f"""
+    access_log {{ndir}}/logs/access.log;
     client_max_body_size 4m;
     client_body_buffer_size 4m;
     upstream vipps {{
@@ -263,12 +276,7 @@ http {{
             proxy_set_header Ocp-Apim-Subscription-Key "";
 {inject}
         }}
-    }}
-}}
-"""
-    path = ndir / "nginx.conf"
-    path.write_text(conf)
-    proc = Proc("nginx", ["nginx", "-p", str(ndir), "-c", str(path)], workdir)
+    }}""")
     wait_http(port, "/healthz", proc=proc.popen)
     return proc, port
 
@@ -335,33 +343,14 @@ def start_otlp_sink(workdir):
     """An OTLP/HTTP receiver that takes every batch and keeps nothing (nginx
     answering 200 to POST /v1/traces), for the cases with trace export on."""
     port = free_port()
-    ndir = workdir / "otlp-sink"
-    for sub in ("logs", "tmp"):
-        (ndir / sub).mkdir(parents=True, exist_ok=True)
-    conf = f"""
-daemon off;
-worker_processes 1;
-error_log {ndir}/logs/error.log warn;
-pid {ndir}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
+    proc = run_nginx(workdir, "otlp-sink", f"""
     access_log off;
-    client_body_temp_path {ndir}/tmp/body;
-    proxy_temp_path {ndir}/tmp/proxy;
-    fastcgi_temp_path {ndir}/tmp/fastcgi;
-    uwsgi_temp_path {ndir}/tmp/uwsgi;
-    scgi_temp_path {ndir}/tmp/scgi;
     client_max_body_size 64m;
     server {{
         listen 127.0.0.1:{port};
         location = /healthz {{ return 200 "ok"; }}
         location = /v1/traces {{ return 200; }}
-    }}
-}}
-"""
-    path = ndir / "nginx.conf"
-    path.write_text(conf)
-    proc = Proc("otlp-sink", ["nginx", "-p", str(ndir), "-c", str(path)], workdir)
+    }}""", connections=256)
     wait_http(port, "/healthz", proc=proc.popen)
     return proc, port
 
@@ -574,14 +563,16 @@ class Run:
                     body = self.write_body("vipps-receipt-10.json", self.vipps_receipt(sim, receipt10))
                     hdr["Content-Type"] = "application/json"
             else:
-                sink = None
+                sink, otlp = None, None
                 if case.endswith("_otlp"):
-                    sink, sink_port = start_otlp_sink(wd)
+                    sink, otlp = start_otlp_sink(wd)
                     servers.append(sink)
+                elif case.endswith("_otlp_down"):
+                    otlp = free_port()  # nothing listens there: every export fails
                 gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info",
-                                            otlp=sink_port if sink else None)
+                                            otlp=otlp)
                 servers = [gw, sim.proc] + ([sink] if sink else [])
-                if case in ("gateway_proxy", "gateway_proxy_otlp"):
+                if case in ("gateway_proxy", "gateway_proxy_otlp", "gateway_proxy_otlp_down"):
                     hdr = {"Merchant-Serial-Number": DEMO["msn"]}
                     path, method, body = "/vipps" + read_path, "GET", None
                 elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
@@ -610,13 +601,13 @@ class Run:
         simulator grows by gigabytes of stored receipts while the other runs."""
         a, wd = self.args, self.workdir
         out = {}
-        groups = ((("direct", "nginx", "haproxy", "gateway_proxy", "gateway_proxy_otlp", "bare_forwarder", "hyper_forwarder",
+        groups = ((("direct", "nginx", "haproxy", "gateway_proxy", "gateway_proxy_otlp", "gateway_proxy_otlp_down", "bare_forwarder", "hyper_forwarder",
                     "gateway_facade_read", "gateway_facade_read_warn"), False),
                   (("nginx_receipt", "gateway_facade_receipt", "gateway_facade_receipt_otlp"), True))
 
         def start(case, c):
             sim = Sim(wd)
-            c.update(sim=sim, servers=[sim.proc])
+            c.update(sim=sim, servers=[sim.proc], case=case)
             port, script, servers, path = self.setup_case(case, sim)
             c.update(port=port, script=script, servers=servers, path=path)
             run_wrk(port, script, min(2, a.seconds), a.connections, servers=servers)  # warm-up
@@ -624,7 +615,7 @@ class Run:
         def stop(c):
             if "sim" not in c:
                 return
-            if c["servers"] and c["servers"][0].name == "gateway" and len(c["servers"]) > 2:
+            if "_otlp" in c["case"]:
                 # Export on: what the gateway could not hand to the receiver.
                 c["dropped"] = c.get("dropped", 0) + spans_dropped(c["port"])
             for srv in c["servers"]:
@@ -950,6 +941,7 @@ def markdown(res):
              "nginx_receipt": "4a nginx, ready-made Vipps receipt (10 lines)",
              "gateway_facade_receipt": "4b gateway façade receipt (10 lines)",
              "gateway_proxy_otlp": "extra: gateway proxy, every span exported over OTLP",
+             "gateway_proxy_otlp_down": "extra: gateway proxy, exporting to a receiver that is down",
              "gateway_facade_receipt_otlp": "extra: gateway façade receipt, every span exported over OTLP"}
     for k, label in names.items():
         r = c.get(k, {"failed": "not run"})
@@ -1037,7 +1029,8 @@ def markdown(res):
         "gateway", "hyper-forwarder")
     row("extra: bare hyper forwarder / nginx", "hyper_forwarder", "nginx", "—", "—", "hyper-forwarder", "nginx")
     row("gateway façade receipt / nginx receipt", "gateway_facade_receipt", "nginx_receipt", "throughput ≥ 0.8×", met_facade(), "gateway", "nginx")
-    for otlp, plain in (("gateway_proxy_otlp", "gateway_proxy"), ("gateway_facade_receipt_otlp", "gateway_facade_receipt")):
+    for otlp, plain in (("gateway_proxy_otlp", "gateway_proxy"), ("gateway_proxy_otlp_down", "gateway_proxy"),
+                        ("gateway_facade_receipt_otlp", "gateway_facade_receipt")):
         if "failed" not in c.get(otlp, {"failed": ""}) and "failed" not in c.get(plain, {"failed": ""}):
             row(f"{otlp} / {plain} (export on / off)", otlp, plain, "reported", "—", "gateway", "gateway")
     row("extra: gateway façade read / nginx", "gateway_facade_read", "nginx", "—", "—", "gateway", "nginx")

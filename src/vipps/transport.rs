@@ -1,26 +1,35 @@
-//! One worker's HTTP/1.1 connections to Vipps, on hyper-util's pooled
-//! client with rustls, and the gateway's policies on top of it: a total
-//! time per exchange, a size limit on answers, idle and lifetime limits on
-//! connections, no redirects, and failures sorted into "nothing was sent"
-//! and "the outcome is unknown".
+//! One worker's HTTP/1.1 connections to Vipps, on hyper's connection API
+//! (`hyper::client::conn::http1`) with rustls, and the gateway's policies
+//! on top of it: a total time per exchange, a size limit on answers, idle
+//! and lifetime limits on connections, no redirects, and failures sorted
+//! into "nothing was sent" and "the outcome is unknown".
+//!
+//! actix-web runs one single-threaded runtime per worker, and each worker
+//! builds its own client: the pool is the worker's own, with no lock and
+//! no task between a request and its connection (docs/decisions.md,
+//! "Upstream").
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::client::conn::http1;
 use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service as _;
 
 /// An idle connection older than this is closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-/// No connection is reused once it has been open this long, so a changed
-/// DNS answer or a drained upstream node is picked up.
+/// No connection is used once it has been open this long, so a changed DNS
+/// answer or a drained upstream node is picked up.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(75);
-/// Most idle connections a worker keeps.
+/// Most idle connections a worker keeps to one upstream host.
 pub const MAX_IDLE: usize = 128;
 
 /// A complete answer.
@@ -34,7 +43,8 @@ pub struct RawResponse {
 /// Why an exchange produced no answer.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened: nothing was sent.
+    /// No connection could be opened, or the request was never written:
+    /// nothing was sent.
     Connect(String),
     /// The exchange broke after the request may have been sent (cut short,
     /// unparsable, over the size limit): the outcome is unknown.
@@ -65,30 +75,54 @@ pub fn default_tls_config() -> Result<rustls::ClientConfig, String> {
 }
 
 type Connector = HttpsConnector<HttpConnector>;
-type PooledClient = Client<Connector, Full<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
 
-/// One worker's pooled connections. Cheap to clone (shared).
+/// One worker's connections. Cheap to clone (shared within the worker).
 #[derive(Clone)]
 pub struct Transport {
-    inner: Arc<Inner>,
+    inner: Rc<Inner>,
 }
 
 struct Inner {
     connector: Connector,
     idle_timeout: Duration,
-    /// How long one pool hands out connections at most (each pool a random
-    /// quarter less or not). A connection is opened in the current pool and
-    /// is never taken from it after the pool's time is up, so its last use
-    /// comes before `MAX_LIFETIME`.
-    pool_lifetime: Duration,
-    current: Mutex<Generation>,
+    max_lifetime: Duration,
+    /// Idle connections per upstream host (the gateway has one,
+    /// `upstream.base_url`).
+    hosts: RefCell<Vec<Host>>,
+    /// Whether a task is waiting to close idle connections as they expire.
+    reaping: Cell<bool>,
 }
 
-/// The pool requests take connections from, until `until`. Once replaced,
-/// a pool closes its idle connections when the last request using it ends.
-struct Generation {
-    client: PooledClient,
-    until: Instant,
+struct Host {
+    scheme: Scheme,
+    authority: Authority,
+    /// Oldest idle first; connections are taken from the back, so the most
+    /// recently used (warm) one goes first and the front ones expire.
+    idle: VecDeque<Idle>,
+}
+
+/// A connection and when it may be used until.
+struct Conn {
+    sender: Sender,
+    /// When it was opened plus its lifetime: it is not used from then on.
+    expires: Instant,
+}
+
+struct Idle {
+    conn: Conn,
+    /// When its idle time ends: it is not used from then on.
+    idle_until: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        now < self.idle_until && now < self.conn.expires && !self.conn.sender.is_closed()
+    }
+
+    fn ends(&self) -> Instant {
+        self.idle_until.min(self.conn.expires)
+    }
 }
 
 impl Transport {
@@ -113,43 +147,76 @@ impl Transport {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        // A connection may idle up to the idle timeout after its pool's
-        // last use of it, and must not be used again past its lifetime.
-        let pool_lifetime = max_lifetime.saturating_sub(idle_timeout);
-        let current = Mutex::new(Generation::new(&connector, idle_timeout, pool_lifetime));
         Self {
-            inner: Arc::new(Inner {
+            inner: Rc::new(Inner {
                 connector,
                 idle_timeout,
-                pool_lifetime,
-                current,
+                max_lifetime,
+                hosts: RefCell::new(Vec::new()),
+                reaping: Cell::new(false),
             }),
         }
     }
 
     /// Sends `req` and reads the whole answer, at most `limit` body bytes.
-    /// The caller bounds the time.
+    /// The caller bounds the time. An idle connection that turns out to be
+    /// closed before the request was written to it is left for the next;
+    /// once a request was written, it is never written again here.
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        mut req: Request<Full<Bytes>>,
         limit: usize,
     ) -> Result<RawResponse, SendError> {
-        let sent = {
-            let inner = &*self.inner;
-            let mut current = inner.current.lock().unwrap_or_else(PoisonError::into_inner);
-            if Instant::now() >= current.until {
-                *current =
-                    Generation::new(&inner.connector, inner.idle_timeout, inner.pool_lifetime);
-            }
-            current.client.request(req)
+        let uri = std::mem::take(req.uri_mut());
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::Connect(format!("not an absolute URL: {uri}")));
         };
-        let resp = sent.await.map_err(|e| {
-            if e.is_connect() {
-                SendError::Connect(cause(&e))
-            } else {
-                SendError::Broken(cause(&e))
+        if !req.headers().contains_key(header::HOST) {
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| SendError::Connect("the host is not a valid header value".into()))?;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        // HTTP/1.1 names the target in origin form; the host is in `Host`.
+        *req.uri_mut() = match uri.path_and_query() {
+            Some(path) => Uri::from(path.clone()),
+            None => Uri::from_static("/"),
+        };
+        while let Some(mut conn) = self.checkout(scheme, authority) {
+            if conn.sender.ready().await.is_err() {
+                continue;
             }
-        })?;
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return self.read(conn, scheme, authority, resp, limit).await,
+                Err(mut e) => match e.take_message() {
+                    // Closed before the request was written: try the next.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Broken(cause(e.error()))),
+                },
+            }
+        }
+        let mut conn = self.connect(uri.clone()).await?;
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => self.read(conn, scheme, authority, resp, limit).await,
+            Err(mut e) => Err(match e.take_message() {
+                Some(_) => SendError::Connect(format!(
+                    "the new connection closed before the request was written: {}",
+                    cause(e.error())
+                )),
+                None => SendError::Broken(cause(e.error())),
+            }),
+        }
+    }
+
+    /// Reads the answer's body, then keeps the connection for the next
+    /// exchange.
+    async fn read(
+        &self,
+        conn: Conn,
+        scheme: &Scheme,
+        authority: &Authority,
+        resp: http::Response<hyper::body::Incoming>,
+        limit: usize,
+    ) -> Result<RawResponse, SendError> {
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, limit)
             .collect()
@@ -162,43 +229,136 @@ impl Transport {
                 }
             })?
             .to_bytes();
+        self.checkin(scheme, authority, conn);
         Ok(RawResponse {
             status: parts.status,
             headers: parts.headers,
             body,
         })
     }
+
+    /// The most recently used idle connection to the host that may still
+    /// be used; those that may not are closed.
+    fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Conn> {
+        let mut hosts = self.inner.hosts.borrow_mut();
+        let host = hosts
+            .iter_mut()
+            .find(|h| h.authority == *authority && h.scheme == *scheme)?;
+        let now = Instant::now();
+        while let Some(idle) = host.idle.pop_back() {
+            if idle.usable(now) {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` idle for the next exchange with the host, unless its
+    /// lifetime is over; past `MAX_IDLE`, the oldest idle one is closed.
+    fn checkin(&self, scheme: &Scheme, authority: &Authority, conn: Conn) {
+        let now = Instant::now();
+        if now >= conn.expires || conn.sender.is_closed() {
+            return;
+        }
+        let idle = Idle {
+            conn,
+            idle_until: now + self.inner.idle_timeout,
+        };
+        {
+            let mut hosts = self.inner.hosts.borrow_mut();
+            let i = match hosts
+                .iter()
+                .position(|h| h.authority == *authority && h.scheme == *scheme)
+            {
+                Some(i) => i,
+                None => {
+                    hosts.push(Host {
+                        scheme: scheme.clone(),
+                        authority: authority.clone(),
+                        idle: VecDeque::new(),
+                    });
+                    hosts.len() - 1
+                }
+            };
+            let host = &mut hosts[i];
+            host.idle.push_back(idle);
+            if host.idle.len() > MAX_IDLE {
+                host.idle.pop_front();
+            }
+        }
+        if !self.inner.reaping.replace(true) {
+            actix_rt::spawn(reap(Rc::downgrade(&self.inner)));
+        }
+    }
+
+    /// A new connection to the host of `uri`, its exchanges driven by a
+    /// task of its own on this worker.
+    async fn connect(&self, uri: Uri) -> Result<Conn, SendError> {
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| SendError::Connect(cause(&*e)))?;
+        let io = connector
+            .call(uri)
+            .await
+            .map_err(|e| SendError::Connect(cause(&*e)))?;
+        let opened = Instant::now();
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(cause(&e)))?;
+        // Ends when the connection closes: the peer closed it, an exchange
+        // broke, or the pool dropped its sender.
+        actix_rt::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %cause(&e), "upstream connection ended");
+            }
+        });
+        Ok(Conn {
+            sender,
+            expires: opened + jittered(self.inner.max_lifetime),
+        })
+    }
+}
+
+/// Closes idle connections as their idle time or lifetime ends, then ends
+/// once none is idle (the next check-in starts it again) or the transport
+/// is gone.
+async fn reap(inner: Weak<Inner>) {
+    loop {
+        let next = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for host in inner.hosts.borrow_mut().iter_mut() {
+                host.idle.retain(|i| i.usable(now));
+                for i in &host.idle {
+                    next = Some(next.map_or(i.ends(), |n| n.min(i.ends())));
+                }
+            }
+            match next {
+                Some(next) => next,
+                None => {
+                    inner.reaping.set(false);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
 }
 
 #[cfg(test)]
 impl Transport {
-    /// Ends the current pool's time now, as the clock would.
-    fn end_current_pool(&self) {
-        self.inner
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .until = Instant::now();
+    /// How many connections are idle.
+    fn idle(&self) -> usize {
+        self.inner.hosts.borrow().iter().map(|h| h.idle.len()).sum()
     }
 }
 
-impl Generation {
-    fn new(connector: &Connector, idle_timeout: Duration, lifetime: Duration) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(MAX_IDLE)
-            .build(connector.clone());
-        Self {
-            client,
-            until: Instant::now() + jittered(lifetime),
-        }
-    }
-}
-
-/// `lifetime` less up to a quarter of it, at random: workers started
-/// together then replace their pools, and reopen their connections, at
-/// different moments.
+/// `lifetime` less up to a quarter of it, at random: connections opened
+/// together (a burst at start) are replaced at different moments.
 fn jittered(lifetime: Duration) -> Duration {
     lifetime.saturating_sub(lifetime / 4 * fastrand::u32(0..=1000) / 1000)
 }
@@ -276,57 +436,103 @@ mod tests {
         default_tls_config().unwrap()
     }
 
+    /// Polls `cond` until it holds, for at most 10 s.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[actix_rt::test]
-    async fn connections_are_reused_until_their_lifetime_is_over() {
-        let (port, accepted, _) = upstream().await;
+    async fn a_connection_is_reused_while_it_is_young_and_not_idle_too_long() {
+        let (port, accepted, closed) = upstream().await;
         let url = format!("http://127.0.0.1:{port}/x");
-        let hour = Duration::from_secs(3600);
-        let minute = Duration::from_secs(60);
-        let keep = Transport::with_reuse(plain_tls(), hour, minute, hour);
+        let t = Transport::with_reuse(plain_tls(), HOUR, HOUR, HOUR);
         for _ in 0..3 {
-            let a = keep.send(get(&url), 1024).await.unwrap();
+            let a = t.send(get(&url), 1024).await.unwrap();
             assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"ok"[..]));
         }
         assert_eq!(accepted.get(), 1, "one connection for three calls");
-        // A lifetime no longer than the idle timeout: a connection could
-        // idle past its lifetime before its next use, so none is reused.
-        let fresh = Transport::with_reuse(plain_tls(), hour, minute, minute);
-        for _ in 0..3 {
-            fresh.send(get(&url), 1024).await.unwrap();
-        }
-        assert_eq!(accepted.get(), 4, "a new connection for each call");
+        assert_eq!((t.idle(), closed.get()), (1, 0));
     }
 
     #[actix_rt::test]
-    async fn a_pool_past_its_time_is_replaced_and_its_idle_connections_closed() {
+    async fn a_connection_past_its_lifetime_is_closed_and_never_used_again() {
         let (port, accepted, closed) = upstream().await;
         let url = format!("http://127.0.0.1:{port}/x");
-        // Connections may idle for an hour: only the pool's time ending can
-        // close one.
-        let hour = Duration::from_secs(3600);
-        let t = Transport::with_reuse(plain_tls(), hour, hour, hour * 2);
-        for _ in 0..2 {
+        // No lifetime at all: a connection serves the exchange it was
+        // opened for and is closed after it.
+        let t = Transport::with_reuse(plain_tls(), HOUR, HOUR, Duration::ZERO);
+        for _ in 0..3 {
             t.send(get(&url), 1024).await.unwrap();
         }
-        assert_eq!(accepted.get(), 1, "reused within the pool's time");
-        assert_eq!(closed.get(), 0);
-        t.end_current_pool();
+        assert_eq!(accepted.get(), 3, "a new connection for each call");
+        until("the three connections are closed", || closed.get() == 3).await;
+        assert_eq!(t.idle(), 0);
+        // A lifetime of 200 ms: the idle connection is closed once it ends,
+        // with no call to notice it, and the next call opens another.
+        let (port, accepted, closed) = upstream().await;
+        let url = format!("http://127.0.0.1:{port}/x");
+        let lifetime = Duration::from_millis(200);
+        let t = Transport::with_reuse(plain_tls(), HOUR, HOUR, lifetime);
+        let opened = Instant::now();
         t.send(get(&url), 1024).await.unwrap();
-        assert_eq!(accepted.get(), 2, "a new pool opens a new connection");
-        // The replaced pool closes the connection it held idle.
-        for _ in 0..200 {
-            if closed.get() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        until("the connection is closed", || closed.get() == 1).await;
+        assert!(
+            opened.elapsed() >= lifetime * 3 / 4,
+            "closed after {:?}",
+            opened.elapsed()
+        );
+        t.send(get(&url), 1024).await.unwrap();
+        assert_eq!(accepted.get(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn an_idle_connection_is_closed_when_its_idle_time_ends() {
+        let (port, accepted, closed) = upstream().await;
+        let url = format!("http://127.0.0.1:{port}/x");
+        let idle = Duration::from_millis(100);
+        let t = Transport::with_reuse(plain_tls(), HOUR, idle, HOUR);
+        t.send(get(&url), 1024).await.unwrap();
+        let answered = Instant::now();
+        until("the idle connection is closed", || closed.get() == 1).await;
+        assert!(
+            answered.elapsed() >= idle,
+            "closed after {:?}",
+            answered.elapsed()
+        );
+        assert_eq!(t.idle(), 0);
+        t.send(get(&url), 1024).await.unwrap();
+        assert_eq!(accepted.get(), 2, "a new connection after the idle time");
+    }
+
+    #[actix_rt::test]
+    async fn at_most_max_idle_connections_are_kept() {
+        let (port, accepted, closed) = upstream().await;
+        let url = format!("http://127.0.0.1:{port}/x");
+        let t = Transport::with_reuse(plain_tls(), HOUR, HOUR, HOUR);
+        // Started together, the exchanges find no idle connection: each
+        // opens its own.
+        let calls: Vec<_> = (0..MAX_IDLE + 2)
+            .map(|_| {
+                let (t, url) = (t.clone(), url.clone());
+                actix_rt::spawn(async move { t.send(get(&url), 1024).await.map(|_| ()) })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
         }
-        assert_eq!(closed.get(), 1, "the old pool's connection is closed");
-        t.send(get(&url), 1024).await.unwrap();
-        assert_eq!(accepted.get(), 2, "the new pool's connection is reused");
+        assert_eq!(accepted.get(), MAX_IDLE + 2);
+        assert_eq!(t.idle(), MAX_IDLE);
+        until("the two oldest are closed", || closed.get() == 2).await;
     }
 
     #[test]
-    fn a_pool_hands_out_connections_for_three_quarters_to_all_of_its_time() {
+    fn a_connection_lives_three_quarters_to_all_of_its_lifetime() {
         let lifetime = Duration::from_secs(60);
         for _ in 0..1000 {
             let j = jittered(lifetime);

@@ -310,12 +310,15 @@ pub async fn forward(
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|e| ApiError::internal(&e))?;
     // Within the request's deadline, as on the façade: a token fetch or a
-    // wait for a call slot counts too.
-    let answer = within_deadline(async {
+    // wait for a call slot counts too. The call's future is large (the
+    // request, its retries and the exchange, all held across awaits): on
+    // the heap, it is moved once instead of with every move of the
+    // handler's future.
+    let answer = Box::pin(within_deadline(async {
         Ok(client
             .send_with_headers(&ctx, method, &path, body, &headers)
             .await)
-    })
+    }))
     .await?;
     // Transport failures and token trouble map as on the façade (502/504),
     // Vipps' field names unchanged; any complete answer from Order

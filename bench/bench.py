@@ -31,9 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "vipps-order-gateway"
-BARE = ROOT / "target" / "release" / "bare-forwarder"
-HYPER = ROOT / "target" / "release" / "hyper-forwarder"
+# Where `bench/run` builds: cargo's CARGO_TARGET_DIR when set (a relative one
+# is read from the repository's root, where bench/run runs cargo).
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+BIN = TARGET / "release" / "vipps-order-gateway"
+BARE = TARGET / "release" / "bare-forwarder"
+HYPER = TARGET / "release" / "hyper-forwarder"
 LIB = ROOT / "bench" / "lib"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -1141,6 +1144,7 @@ def markdown(res):
 
 
 def main():
+    global BIN
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=int, default=10, help="length of one measured run")
     p.add_argument("--runs", type=int, default=3, help="runs per side-by-side case")
@@ -1148,9 +1152,14 @@ def main():
     p.add_argument("--size-connections", type=int, default=4)
     p.add_argument("--only", default="", help="comma-separated parts: cases,half,tokens,merchants,sizes,sim")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--gateway-bin", metavar="PATH",
+                   help=f"the gateway build to measure (default {BIN}, which bench/run builds); "
+                        "it also serves as the simulator")
     a = p.parse_args()
+    if a.gateway_bin:
+        BIN = Path(a.gateway_bin).resolve()
     if not BIN.exists():
-        sys.exit(f"{BIN} is missing: run bench/run (it builds it)")
+        sys.exit(f"{BIN} is missing: run bench/run (it builds it) or pass --gateway-bin")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="vog-bench-"))

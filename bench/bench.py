@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""The gateway's cost against nginx and a direct call, measured side by side.
+"""The gateway's cost against nginx, HAProxy and a direct call, measured side
+by side.
 
-Run through `bench/run` (which builds the release binary and installs wrk and
-nginx). Every figure it writes comes from this run: results.json (raw) and
-results.md (the tables BENCHMARKS.md quotes).
+Run through `bench/run` (which builds the release binary and installs wrk,
+nginx and HAProxy), or with --gateway-bin for a binary built elsewhere;
+--baseline PATH measures a second build of the gateway (the one before a
+change) in the same rounds. Every figure it writes comes from this run:
+results.json (raw) and results.md (the tables BENCHMARKS.md quotes).
 
 Placement (2-core machine): the servers under test (simulator, and nginx or
 the gateway in front of it) share CPU 0; wrk runs alone on CPU 1. Every server
@@ -31,9 +34,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "vipps-order-gateway"
-BARE = ROOT / "target" / "release" / "bare-forwarder"
-HYPER = ROOT / "target" / "release" / "hyper-forwarder"
+# Where `bench/run` builds: cargo's CARGO_TARGET_DIR when set (a relative one
+# is read from the repository's root, where bench/run runs cargo).
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+BIN = TARGET / "release" / "vipps-order-gateway"
+BARE = TARGET / "release" / "bare-forwarder"
+HYPER = TARGET / "release" / "hyper-forwarder"
 LIB = ROOT / "bench" / "lib"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -69,8 +75,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_http(port, path="/healthz", timeout=20.0, proc=None):
-    """Polls until GET path answers (any status); returns seconds waited."""
+def wait_http(port, path="/healthz", timeout=20.0, proc=None, ok=False):
+    """Polls until GET path answers (any status; with `ok`, a 200); returns
+    seconds waited."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc is not None and proc.poll() is not None:
@@ -78,7 +85,7 @@ def wait_http(port, path="/healthz", timeout=20.0, proc=None):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                if s.recv(16).startswith(b"HTTP/1.1"):
+                if s.recv(16).startswith(b"HTTP/1.1 200" if ok else b"HTTP/1.1"):
                     return time.monotonic() - start
         except OSError:
             pass
@@ -92,6 +99,7 @@ class Proc:
     def __init__(self, name, argv, workdir, env=None, cpu=SERVER_CPU):
         self.name = name
         self.logfile = open(workdir / f"{name}.log", "ab")
+        self.spawned = time.monotonic()
         self.popen = subprocess.Popen(
             ["taskset", "-c", cpu, *argv],
             stdout=self.logfile,
@@ -339,6 +347,44 @@ backend vipps
     return proc, port
 
 
+class VippsNginx:
+    """An nginx playing Vipps for the receipt-forwarding cases: it answers
+    the token call with a fixed token and every receipt POST with a 201
+    and a receipt id, storing nothing, so a proxy's own cost is what
+    changes from one front to the next. Shaped like Sim where the fronts
+    read it (port, proc, token, vipps_headers, stop)."""
+
+    TOKEN = "bench-vipps-nginx-token"
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        token = json.dumps({"token_type": "Bearer", "expires_in": "3600", "ext_expires_in": "3600",
+                            "access_token": self.TOKEN})
+        self.proc = run_nginx(workdir, "vipps-nginx", f"""
+    access_log off;
+    client_max_body_size 4m;
+    client_body_buffer_size 4m;
+    default_type application/json;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{self.port};
+        location = /healthz {{ return 200 "ok"; }}
+        location = /accesstoken/get {{ return 200 '{token}'; }}
+        location ~ ^/order-management/v2/[a-z]+/receipts/[^/]+$ {{
+            return 201 '"0b5e3bb4-7d6e-4a5f-9f1c-3c1d2e4f5a6b"';
+        }}
+    }}""")
+        wait_http(self.port, "/healthz", proc=self.proc.popen)
+
+    def token(self, m=DEMO):
+        return self.TOKEN
+
+    vipps_headers = Sim.vipps_headers
+
+    def stop(self):
+        self.proc.stop()
+
+
 def start_otlp_sink(workdir):
     """An OTLP/HTTP receiver that takes every batch and keeps nothing (nginx
     answering 200 to POST /v1/traces), for the cases with trace export on."""
@@ -363,17 +409,19 @@ def spans_dropped(port):
                if l.startswith("gateway_trace_spans_dropped_total{"))
 
 
-def start_gateway(workdir, sim_port, merchants=(DEMO,), name="gateway", level="info", otlp=None):
-    """The gateway in front of the simulator; with `otlp` (a port), exporting
-    every span (sampling ratio 1.0) to the OTLP receiver there."""
+def start_gateway(workdir, sim_port, merchants=(DEMO,), name="gateway", level="info", otlp=None, binary=None):
+    """The gateway (the build under test, or `binary`) in front of the
+    simulator; with `otlp` (a port), exporting every span (sampling ratio
+    1.0) to the OTLP receiver there. Returns (proc, port, start): start is
+    the seconds from spawning the process to its first 200 on /healthz."""
     path, port = gateway_config(workdir, sim_port, merchants, name, level)
     env = {"BENCH_CLIENT_SECRET": merchants[0]["client_secret"],
            "BENCH_SUBSCRIPTION_KEY": merchants[0]["subscription_key"]}
     if otlp:
         env["VOG_TELEMETRY__OTLP__ENDPOINT"] = f"http://127.0.0.1:{otlp}"
-    proc = Proc(name, [str(BIN), "serve", "--config", str(path)], workdir, env=env)
-    start = wait_http(port, "/healthz", proc=proc.popen)
-    return proc, port, start
+    proc = Proc(name, [str(binary or BIN), "serve", "--config", str(path)], workdir, env=env)
+    wait_http(port, "/healthz", proc=proc.popen, ok=True)
+    return proc, port, time.monotonic() - proc.spawned
 
 
 def bench_merchants(n):
@@ -477,6 +525,13 @@ def best_of(runs):
 # ---------------------------------------------------------------- cases
 
 
+# The receipt-forwarding cases (issue 27's table): a 10-line Vipps receipt
+# POSTed through each proxy to an nginx playing Vipps.
+PROXY_RECEIPT = ("nginx_proxy_receipt", "haproxy_proxy_receipt", "gateway_proxy_receipt")
+# The gateway cases that --baseline measures on the build before as well.
+BASELINE_CASES = ("gateway_proxy", "gateway_facade_read", "gateway_facade_receipt", "gateway_proxy_receipt")
+
+
 def receipt_lines(n):
     return [{"id": f"sku-{i}", "name": f"Item number {i}", "quantity": "2", "unitPrice": "199.00",
              "taxPercent": "25"} for i in range(n)]
@@ -525,21 +580,41 @@ class Run:
         chosen["peak_rss_kb"] = {s.name: s.status_kb("VmHWM") for s in servers}
         return chosen
 
-    # -- cases 1-3 (reads) and 4 (receipts)
+    # -- cases 1-3 (reads), 4 (receipts) and 5 (receipts forwarded)
     def setup_case(self, case, sim):
-        """Starts the front of a side-by-side case in front of `sim` and probes
-        it; returns (port, script, servers, path)."""
+        """Starts the front of a side-by-side case in front of `sim` (a
+        VippsNginx for the forwarded receipts) and probes it; returns (port,
+        script, servers, path). A case ending in `_baseline` is its plain
+        case on the baseline build."""
         wd = self.workdir
         read_path = "/order-management/v2/ecom/bench-read"
         servers = []
+        baseline = case.endswith("_baseline")
+        base = case.removesuffix("_baseline")
         try:
             token = sim.token()
             vh = sim.vipps_headers(token)
             receipt10 = facade_receipt(10)
-            # a stored order for the read cases
-            self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
-                       self.vipps_receipt(sim, receipt10))
-            if case == "direct":
+            if base not in PROXY_RECEIPT:
+                # a stored order for the read cases
+                self.check(sim.port, "POST", "/order-management/v2/ecom/receipts/bench-read", vh,
+                           self.vipps_receipt(sim, receipt10))
+            if base in PROXY_RECEIPT:
+                # the same ready Vipps receipt through every front, each
+                # setting the same Vipps headers
+                hdr = {"Merchant-Serial-Number": DEMO["msn"], "Content-Type": "application/json"}
+                path, method = "/order-management/v2/ecom/receipts/{id}", "POST"
+                body = self.write_body("vipps-receipt-10.json", self.ready_receipt(receipt10))
+                if base == "nginx_proxy_receipt":
+                    front, port = start_nginx(wd, sim, token)
+                elif base == "haproxy_proxy_receipt":
+                    front, port = start_haproxy(wd, sim, token)
+                else:
+                    front, port, _ = start_gateway(wd, sim.port, name="gateway-baseline" if baseline else "gateway",
+                                                   binary=self.args.baseline if baseline else None)
+                    path = "/vipps" + path
+                servers = [front, sim.proc]
+            elif case == "direct":
                 servers = [sim.proc]
                 port, path, hdr, method, body = sim.port, read_path, vh, "GET", None
             elif case in ("bare_forwarder", "hyper_forwarder"):
@@ -570,12 +645,13 @@ class Run:
                 elif case.endswith("_otlp_down"):
                     otlp = free_port()  # nothing listens there: every export fails
                 gw, port, _ = start_gateway(wd, sim.port, level="warn" if case.endswith("_warn") else "info",
-                                            otlp=otlp)
+                                            otlp=otlp, name="gateway-baseline" if baseline else "gateway",
+                                            binary=self.args.baseline if baseline else None)
                 servers = [gw, sim.proc] + ([sink] if sink else [])
-                if case in ("gateway_proxy", "gateway_proxy_otlp", "gateway_proxy_otlp_down"):
+                if base in ("gateway_proxy", "gateway_proxy_otlp", "gateway_proxy_otlp_down"):
                     hdr = {"Merchant-Serial-Number": DEMO["msn"]}
                     path, method, body = "/vipps" + read_path, "GET", None
-                elif case in ("gateway_facade_read", "gateway_facade_read_warn"):
+                elif base in ("gateway_facade_read", "gateway_facade_read_warn"):
                     hdr = {}
                     path, method, body = f"/v1/merchants/{DEMO['msn']}/orders/bench-read", "GET", None
                 else:
@@ -598,15 +674,23 @@ class Run:
         stretch of the machine falls on every front of the group alike. The
         read cases stay up across the rounds (they store nothing); each
         receipt run gets a fresh simulator and front, so that neither
-        simulator grows by gigabytes of stored receipts while the other runs."""
+        simulator grows by gigabytes of stored receipts while the other runs.
+        The forwarded receipts go to an nginx playing Vipps, which stores
+        nothing: those fronts stay up across the rounds too. With
+        --baseline, each gateway case of BASELINE_CASES runs right after
+        itself on the baseline build, in the same rounds."""
         a, wd = self.args, self.workdir
         out = {}
         groups = ((("direct", "nginx", "haproxy", "gateway_proxy", "gateway_proxy_otlp", "gateway_proxy_otlp_down", "bare_forwarder", "hyper_forwarder",
                     "gateway_facade_read", "gateway_facade_read_warn"), False),
-                  (("nginx_receipt", "gateway_facade_receipt", "gateway_facade_receipt_otlp"), True))
+                  (("nginx_receipt", "gateway_facade_receipt", "gateway_facade_receipt_otlp"), True),
+                  (PROXY_RECEIPT, False))
+        if a.baseline:
+            groups = tuple((sum(((c, c + "_baseline") if c in BASELINE_CASES else (c,) for c in group), ()), fresh)
+                           for group, fresh in groups)
 
         def start(case, c):
-            sim = Sim(wd)
+            sim = VippsNginx(wd) if case.removesuffix("_baseline") in PROXY_RECEIPT else Sim(wd)
             c.update(sim=sim, servers=[sim.proc], case=case)
             port, script, servers, path = self.setup_case(case, sim)
             c.update(port=port, script=script, servers=servers, path=path)
@@ -669,6 +753,17 @@ class Run:
                     chosen["probe_path"] = c["path"]
                 out[case] = chosen
         self.results["cases"] = out
+
+    def ready_receipt(self, facade):
+        """vipps_receipt, taken from a simulator of its own when not known yet
+        (the nginx playing Vipps does not translate)."""
+        if len(facade["lines"]) not in getattr(self, "_vipps_receipts", {}):
+            sim = Sim(self.workdir)
+            try:
+                self.vipps_receipt(sim, facade)
+            finally:
+                sim.stop()
+        return self._vipps_receipts[len(facade["lines"])]
 
     def vipps_receipt(self, sim, facade):
         """The Vipps receipt the gateway sends for a façade receipt: read from
@@ -788,38 +883,52 @@ class Run:
 
     # -- memory and start time against the number of merchants
     def merchants_scale(self):
-        a, wd = self.args, self.workdir
-        out = {}
+        """Start time (spawn to the first 200 on /healthz, 3 starts) and
+        memory (idle RSS, and VmHWM after a wrk run of façade receipts spread
+        over every merchant) with 1, 1,000 and 10,000 merchants; issue 27's
+        limits are read at 1,000 (memory) and 10,000 (start). With
+        --baseline, the baseline build the same way, size by size."""
+        builds = [("merchants", "gateway", None)]
+        if self.args.baseline:
+            builds.append(("merchants_baseline", "gateway-baseline", self.args.baseline))
+        for key, _, _ in builds:
+            self.results[key] = {}
         for n in (1, 1000, 10000):
-            merchants = [DEMO] if n == 1 else bench_merchants(n)
-            sim = Sim(wd)
-            try:
-                if n > 1:
-                    sim.add_merchants(merchants)
-                starts, idle = [], None
-                for i in range(3):
-                    gw, port, start = start_gateway(wd, sim.port, merchants, name=f"gateway-{n}")
-                    starts.append(start)
-                    time.sleep(0.3)
-                    idle = gw.status_kb("VmRSS")
-                    if i < 2:
-                        gw.stop()
-                # under load: 10-line receipts spread over every merchant
-                body = self.write_body("facade-receipt-10.json", facade_receipt(10))
-                script = wrk_script(wd, f"scale-{n}", "POST", "/v1/merchants/{msn}/orders/{id}/receipt",
-                                    {"Content-Type": "application/json"}, body,
-                                    msns=[m["msn"] for m in merchants])
-                log(f"merchants {n}")
-                r = self.measure(f"scale-{n}", port, script, [gw, sim.proc], runs=1,
-                                 seconds=max(a.seconds, 10))
+            for key, name, binary in builds:
+                self.results[key][str(n)] = self.merchants_at(n, f"{name}-{n}", binary)
+
+    def merchants_at(self, n, name, binary):
+        a, wd = self.args, self.workdir
+        merchants = [DEMO] if n == 1 else bench_merchants(n)
+        sim = Sim(wd)
+        gw = None
+        try:
+            if n > 1:
+                sim.add_merchants(merchants)
+            starts, idle = [], None
+            for i in range(3):
+                gw, port, start = start_gateway(wd, sim.port, merchants, name=name, binary=binary)
+                starts.append(start)
+                time.sleep(0.3)
+                idle = gw.status_kb("VmRSS")
+                if i < 2:
+                    gw.stop()
+            # under load: 10-line receipts spread over every merchant
+            body = self.write_body("facade-receipt-10.json", facade_receipt(10))
+            script = wrk_script(wd, f"scale-{n}", "POST", "/v1/merchants/{msn}/orders/{id}/receipt",
+                                {"Content-Type": "application/json"}, body,
+                                msns=[m["msn"] for m in merchants])
+            log(f"merchants {n} ({name})")
+            r = self.measure(f"scale-{n}", port, script, [gw, sim.proc], runs=1,
+                             seconds=max(a.seconds, 10))
+            return {"start_s": starts, "start_median_s": statistics.median(starts),
+                    "idle_rss_kb": idle, "peak_rss_under_load_kb": r["peak_rss_kb"][name],
+                    "load": r,
+                    "token_fetches": sum(sim.counters()["tokenFetches"].values())}
+        finally:
+            if gw:
                 gw.stop()
-                out[str(n)] = {"start_s": starts, "start_median_s": statistics.median(starts),
-                               "idle_rss_kb": idle, "peak_rss_under_load_kb": r["peak_rss_kb"]["gateway-" + str(n)],
-                               "load": r,
-                               "token_fetches": sum(sim.counters()["tokenFetches"].values())}
-            finally:
-                sim.stop()
-        self.results["merchants"] = out
+            sim.stop()
 
     # -- latency against receipt size and image size
     def sizes(self):
@@ -906,7 +1015,7 @@ def machine():
         except (OSError, IndexError):
             return "unknown"
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-            "wrk": ver(["wrk", "-v"]), "nginx": ver(["nginx", "-v"]),
+            "wrk": ver(["wrk", "-v"]), "nginx": ver(["nginx", "-v"]), "haproxy": ver(["haproxy", "-v"]),
             "rustc": ver(["rustc", "--version"]),
             "git": ver(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"]),
             "loadavg_at_start": os.getloadavg()}
@@ -914,6 +1023,68 @@ def machine():
 
 def ms(us):
     return f"{us / 1000:.2f}"
+
+
+def forwarding_table(res, rounds, fmt):
+    """Issue 27's table: a 10-line receipt forwarded by nginx, HAProxy and the
+    gateway (and the baseline build, when given) in the same rounds, with the
+    ratios its targets are read from."""
+    c = res.get("cases", {})
+    if not any(k in c for k in PROXY_RECEIPT):
+        return []
+    haproxy = re.search(r"version (\d+\.\d+)", res["machine"].get("haproxy", ""))
+    baseline = res["args"].get("baseline")
+    sides = [("nginx_proxy_receipt", "nginx (1 worker, keep-alive pool)"),
+             ("haproxy_proxy_receipt", f"HAProxy {haproxy.group(1) if haproxy else ''} (1 thread, `http-reuse always`)"),
+             ("gateway_proxy_receipt", "the gateway (new build)" if baseline else "the gateway")]
+    if baseline:
+        sides.append(("gateway_proxy_receipt_baseline", "the gateway (before)"))
+    L = ["### Forwarding a 10-line receipt: nginx, HAProxy and the gateway", ""]
+    L.append(f"wrk -t1 -c{res['args']['connections']} POSTing the ready Vipps receipt of the 10-line façade receipt "
+             "(a new order id per request) through each proxy to an nginx playing Vipps (a 201 for every "
+             "receipt, nothing stored); every proxy sets the same static Vipps headers and keeps its "
+             "connections to it open. Each front has one worker on the servers' CPU, as in the cases above; "
+             f"the figures are the median-throughput run of {res['args']['runs']} rounds"
+             + (f"; the gateway before is `{baseline}`, measured in the same rounds." if baseline else "."))
+    L.append("")
+    L.append("| side | req/s | p50 | p99 |")
+    L.append("|---|---|---|---|")
+    for k, label in sides:
+        r = c.get(k, {"failed": "not run"})
+        if "failed" in r:
+            L.append(f"| {label} | FAILED: {r['failed'][:120]} | | |")
+        else:
+            L.append(f"| {label} | {r['rps']:.0f} | {ms(r['p50_us'])} ms | {ms(r['p99_us'])} ms |")
+    L.append("")
+
+    def line(label, a, b, f, floor=None, ceiling=None):
+        rr = rounds(a, b, f)
+        if rr is None:
+            return f"- {label}: not measured"
+        met = ""
+        if floor is not None:
+            met = f" (target ≥ {floor:.1f}×: {'met' if rr[0] >= floor else 'missed'})"
+        if ceiling is not None:
+            met = f" (target ≤ {ceiling:.1f}×: {'met' if rr[0] <= ceiling else 'missed'})"
+        return f"- {label}: {fmt(rr, True)}{met}"
+
+    L.append("Ratios, round by round (median, lowest–highest):")
+    L.append("")
+    L.append(line("throughput, gateway / HAProxy", "gateway_proxy_receipt", "haproxy_proxy_receipt", "rps", floor=1.0))
+    L.append(line("throughput, gateway / nginx", "gateway_proxy_receipt", "nginx_proxy_receipt", "rps", floor=0.9))
+    L.append(line("p99, gateway / HAProxy", "gateway_proxy_receipt", "haproxy_proxy_receipt", "p99_us", ceiling=1.0))
+    L.append(line("p99, gateway / nginx", "gateway_proxy_receipt", "nginx_proxy_receipt", "p99_us", ceiling=1.0))
+    L.append(line("throughput, gateway façade receipt / nginx forwarding the ready receipt (to the simulator)",
+                  "gateway_facade_receipt", "nginx_receipt", "rps", floor=0.7))
+    if baseline:
+        L.append(line("throughput, gateway new build / before", "gateway_proxy_receipt",
+                      "gateway_proxy_receipt_baseline", "rps"))
+        L.append(line("p99, gateway new build / before", "gateway_proxy_receipt",
+                      "gateway_proxy_receipt_baseline", "p99_us"))
+        L.append(line("throughput, façade receipt new build / before", "gateway_facade_receipt",
+                      "gateway_facade_receipt_baseline", "rps"))
+    L.append("")
+    return L
 
 
 def markdown(res):
@@ -942,7 +1113,14 @@ def markdown(res):
              "gateway_facade_receipt": "4b gateway façade receipt (10 lines)",
              "gateway_proxy_otlp": "extra: gateway proxy, every span exported over OTLP",
              "gateway_proxy_otlp_down": "extra: gateway proxy, exporting to a receiver that is down",
-             "gateway_facade_receipt_otlp": "extra: gateway façade receipt, every span exported over OTLP"}
+             "gateway_facade_receipt_otlp": "extra: gateway façade receipt, every span exported over OTLP",
+             "nginx_proxy_receipt": "5a nginx → nginx playing Vipps (POST 10-line receipt)",
+             "haproxy_proxy_receipt": "5b HAProxy → nginx playing Vipps (POST 10-line receipt)",
+             "gateway_proxy_receipt": "5c gateway proxy `/vipps/...` → nginx playing Vipps (POST 10-line receipt)"}
+    if res["args"].get("baseline"):
+        # each gateway case's baseline row right below it
+        names = {k2: v2 for k, v in names.items()
+                 for k2, v2 in ((k, v), (k + "_baseline", v + " (baseline)")) if k in BASELINE_CASES or k2 == k}
     for k, label in names.items():
         r = c.get(k, {"failed": "not run"})
         if "failed" in r:
@@ -1018,6 +1196,14 @@ def markdown(res):
             return "not measured"
         return "yes" if t[0] >= 0.8 else "no"
 
+    def met_forward(other, floor):
+        """Issue 27's proxy targets against `other`: throughput at least
+        `floor` times its, p99 no worse."""
+        t, p = rounds("gateway_proxy_receipt", other, "rps"), rounds("gateway_proxy_receipt", other, "p99_us")
+        if t is None or p is None:
+            return "not measured"
+        return "yes" if t[0] >= floor and p[0] <= 1.0 else "no"
+
     row("gateway proxy / nginx", "gateway_proxy", "nginx", "throughput ≥ 1.0×, p99 ≤ 1.2×", met_proxy(), "gateway", "nginx")
     row("gateway proxy / HAProxy", "gateway_proxy", "haproxy", "—", "—", "gateway", "haproxy")
     row("extra: HAProxy / nginx", "haproxy", "nginx", "—", "—", "haproxy", "nginx")
@@ -1033,11 +1219,21 @@ def markdown(res):
                         ("gateway_facade_receipt_otlp", "gateway_facade_receipt")):
         if "failed" not in c.get(otlp, {"failed": ""}) and "failed" not in c.get(plain, {"failed": ""}):
             row(f"{otlp} / {plain} (export on / off)", otlp, plain, "reported", "—", "gateway", "gateway")
+    row("gateway proxy receipt / HAProxy receipt", "gateway_proxy_receipt", "haproxy_proxy_receipt",
+        "throughput ≥ 1.0×, p99 ≤ 1.0×", met_forward("haproxy_proxy_receipt", 1.0), "gateway", "haproxy")
+    row("gateway proxy receipt / nginx receipt", "gateway_proxy_receipt", "nginx_proxy_receipt",
+        "throughput ≥ 0.9×, p99 ≤ 1.0×", met_forward("nginx_proxy_receipt", 0.9), "gateway", "nginx")
+    row("extra: HAProxy receipt / nginx receipt", "haproxy_proxy_receipt", "nginx_proxy_receipt", "—", "—",
+        "haproxy", "nginx")
+    if res["args"].get("baseline"):
+        for k in BASELINE_CASES:
+            row(f"{names[k]}: build / baseline", k, k + "_baseline", "reported", "—", "gateway", "gateway-baseline")
     row("extra: gateway façade read / nginx", "gateway_facade_read", "nginx", "—", "—", "gateway", "nginx")
     row("extra: gateway façade read / direct", "gateway_facade_read", "direct", "—", "—", "gateway", "simulator")
     row("extra: façade read, log level warn / info", "gateway_facade_read_warn", "gateway_facade_read", "—", "—", "gateway", "gateway")
     row("nginx / direct", "nginx", "direct", "—", "—", "nginx", "simulator")
     L.append("")
+    L += forwarding_table(res, rounds, fmt)
 
     h = res.get("half_load")
     if h:
@@ -1092,20 +1288,30 @@ def markdown(res):
     if m:
         L.append("### Merchants: start time and memory")
         L.append("")
-        L.append("Start = exec of `serve` to `/healthz` answering (3 starts). Load: 10-line receipts through the façade, "
-                 "spread over every merchant in turn (each merchant fetches its own token).")
+        L.append("Start = spawning `serve` to its first 200 on `/healthz` (3 starts). Load: 10-line receipts through "
+                 "the façade, spread over every merchant in turn (each merchant fetches its own token); peak RSS "
+                 "is the gateway's VmHWM after that run.")
         L.append("")
+        builds = [("merchants", "")]
+        if res.get("merchants_baseline"):
+            builds.append(("merchants_baseline", " (baseline)"))
         L.append("| merchants | start median s (3 starts) | idle RSS MB | peak RSS under load MB | req/s under load | p99 ms | token fetches |")
         L.append("|---|---|---|---|---|---|---|")
-        for n, r in m.items():
-            L.append(f"| {int(n):,} | {r['start_median_s']:.3f} ({', '.join(f'{s:.3f}' for s in r['start_s'])}) | "
-                     f"{r['idle_rss_kb'] / 1024:.1f} | {r['peak_rss_under_load_kb'] / 1024:.1f} | {r['load']['rps']:.0f} | "
-                     f"{ms(r['load']['p99_us'])} | {r['token_fetches']} |")
-        ok_mem = m.get("1000", {}).get("peak_rss_under_load_kb", 1e12) <= 40 * 1024
-        ok_start = m.get("10000", {}).get("start_median_s", 1e9) <= 1.0
+        for key, suffix in builds:
+            for n, r in res[key].items():
+                L.append(f"| {int(n):,}{suffix} | {r['start_median_s']:.3f} ({', '.join(f'{s:.3f}' for s in r['start_s'])}) | "
+                         f"{r['idle_rss_kb'] / 1024:.1f} | {r['peak_rss_under_load_kb'] / 1024:.1f} | {r['load']['rps']:.0f} | "
+                         f"{ms(r['load']['p99_us'])} | {r['token_fetches']} |")
         L.append("")
-        L.append(f"Targets: ≤ 40 MB RSS under load with 1,000 merchants — {'met' if ok_mem else 'missed'}; "
-                 f"start ≤ 1 s with 10,000 — {'met' if ok_start else 'missed'}.")
+        for key, suffix in builds:
+            mem = res[key].get("1000", {}).get("peak_rss_under_load_kb")
+            start = res[key].get("10000", {}).get("start_median_s")
+            mem_text = (f"{mem / 1024:.1f} MB (limit 40 MB): {'met' if mem <= 40 * 1024 else 'missed'}"
+                        if mem is not None else "not measured")
+            start_text = (f"{start:.3f} s (limit 1 s): {'met' if start <= 1.0 else 'missed'}"
+                          if start is not None else "not measured")
+            L.append(f"- {'the gateway' if not suffix else 'the baseline'}: peak RSS under load with 1,000 merchants "
+                     f"{mem_text}; start with 10,000 merchants {start_text}")
         L.append("")
 
     s = res.get("sizes")
@@ -1141,6 +1347,7 @@ def markdown(res):
 
 
 def main():
+    global BIN
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=int, default=10, help="length of one measured run")
     p.add_argument("--runs", type=int, default=3, help="runs per side-by-side case")
@@ -1148,9 +1355,21 @@ def main():
     p.add_argument("--size-connections", type=int, default=4)
     p.add_argument("--only", default="", help="comma-separated parts: cases,half,tokens,merchants,sizes,sim")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--baseline", metavar="PATH",
+                   help="another gateway build (the one before a change) measured in the same rounds "
+                        "as the build under test: the gateway cases and the merchants part")
+    p.add_argument("--gateway-bin", metavar="PATH",
+                   help=f"the gateway build to measure (default {BIN}, which bench/run builds); "
+                        "it also serves as the simulator")
     a = p.parse_args()
+    if a.gateway_bin:
+        BIN = Path(a.gateway_bin).resolve()
     if not BIN.exists():
-        sys.exit(f"{BIN} is missing: run bench/run (it builds it)")
+        sys.exit(f"{BIN} is missing: run bench/run (it builds it) or pass --gateway-bin")
+    if a.baseline:
+        a.baseline = str(Path(a.baseline).resolve())
+        if not Path(a.baseline).exists():
+            sys.exit(f"--baseline {a.baseline}: no such file")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="vog-bench-"))

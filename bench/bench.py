@@ -31,9 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "vipps-order-gateway"
-BARE = ROOT / "target" / "release" / "bare-forwarder"
-HYPER = ROOT / "target" / "release" / "hyper-forwarder"
+# Where cargo put the release builds: CARGO_TARGET_DIR when set (bench/run
+# builds there too), the repository's target/ otherwise.
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+BIN = TARGET / "release" / "vipps-order-gateway"
+BARE = TARGET / "release" / "bare-forwarder"
+HYPER = TARGET / "release" / "hyper-forwarder"
 LIB = ROOT / "bench" / "lib"
 SERVER_CPU = "0"
 LOAD_CPU = "1"

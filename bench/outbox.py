@@ -101,7 +101,9 @@ def start(workdir, sim_port, name, url):
 def sample_payload(workdir, sim):
     """The payload one real 202 stores: a gateway on a scratch SQLite file
     accepts one receipt, and its row is read back."""
-    db = workdir / "sample.db"
+    # A file of its own each time: on one shared file, a sample delivered
+    # by an earlier call makes this one's answer a synchronous 201.
+    db = workdir / f"sample-{uuid.uuid4().hex}.db"
     gw, port = start(workdir, sim.port, "gateway-sample", f"sqlite://{db}")
     try:
         st, body = bench.http("POST", port, f"/v1/merchants/{bench.DEMO['msn']}/orders/sample/receipt",

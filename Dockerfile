@@ -12,8 +12,10 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /build
 
 # Dependencies first, in their own layer: built against placeholder sources so
-# this layer is reused until Cargo.toml or Cargo.lock change.
+# this layer is reused until Cargo.toml, Cargo.lock or the build settings
+# (.cargo/config.toml: how the bundled SQLite is compiled) change.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir -p src tests/api \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

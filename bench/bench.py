@@ -34,9 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Where `bench/run` builds: cargo's CARGO_TARGET_DIR when set (a relative one
-# is read from the repository's root, where bench/run runs cargo).
-TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+# Where cargo put the release builds: CARGO_TARGET_DIR when set (bench/run
+# builds there too), the repository's target/ otherwise.
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 BIN = TARGET / "release" / "vipps-order-gateway"
 BARE = TARGET / "release" / "bare-forwarder"
 HYPER = TARGET / "release" / "hyper-forwarder"

@@ -6,9 +6,10 @@
    then one or two gateways start on it and deliver it; the figure is
    receipts delivered per second, from the gateways listening to the last
    delivery. For SQLite (one replica) and PostgreSQL (one and two replicas).
-2. The 202 path beside the synchronous one: wrk posts 10-line receipts to
-   one gateway (SQLite store), with and without `Prefer: respond-async`;
-   throughput and p99 of each, the worker delivering meanwhile.
+2. The 202 path beside the synchronous one, on each store: wrk posts
+   10-line receipts to one gateway (on SQLite, then on PostgreSQL), with and
+   without `Prefer: respond-async`; throughput, p50 and p99 of each, and the
+   ratio 202 / 201, the worker delivering meanwhile.
 
 Run through `bench/run --outbox [OUT_DIR]` (it builds the binary and
 installs wrk); PostgreSQL comes from Debian's packages (installed when
@@ -100,7 +101,9 @@ def start(workdir, sim_port, name, url):
 def sample_payload(workdir, sim):
     """The payload one real 202 stores: a gateway on a scratch SQLite file
     accepts one receipt, and its row is read back."""
-    db = workdir / "sample.db"
+    # A file of its own each time: on one shared file, a sample delivered
+    # by an earlier call makes this one's answer a synchronous 201.
+    db = workdir / f"sample-{uuid.uuid4().hex}.db"
     gw, port = start(workdir, sim.port, "gateway-sample", f"sqlite://{db}")
     try:
         st, body = bench.http("POST", port, f"/v1/merchants/{bench.DEMO['msn']}/orders/sample/receipt",
@@ -181,9 +184,25 @@ def drain(workdir, sim, store, replicas, pg=None):
             "simulator_calls": stored.get("calls", {}).get("receipt")}
 
 
-def paths(workdir, sim, seconds):
-    """wrk on the 202 path and the synchronous one, one gateway on SQLite."""
-    gw, port = start(workdir, sim.port, "gateway-paths", f"sqlite://{workdir / 'paths.db'}")
+def commit_groups(port, store):
+    """The gateway's commits of asynchronous requests so far, and the
+    requests they answered (gateway_outbox_commit_group_size; zeros from a
+    build without it)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    found = {}
+    for line in text.splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(f'gateway_outbox_commit_group_size_{part}{{store="{store}"}}'):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found.get("count", 0.0), found.get("sum", 0.0)
+
+
+def paths(workdir, sim, seconds, store, url):
+    """wrk on the 202 path and the synchronous one, one gateway on `store`
+    at `url`."""
+    bench.log(f"outbox paths on {store}")
+    gw, port = start(workdir, sim.port, f"gateway-paths-{store}", url)
     out = {}
     try:
         body = workdir / "receipt-10.json"
@@ -193,12 +212,17 @@ def paths(workdir, sim, seconds):
                                       f"/v1/merchants/{bench.DEMO['msn']}/orders/{{id}}/receipt",
                                       {"Content-Type": "application/json", **headers}, body)
             bench.run_wrk(port, script, 2, 32, servers=[gw])
+            before = commit_groups(port, store)
             runs = [bench.run_wrk(port, script, seconds, 32, servers=[gw]) for _ in range(3)]
+            after = commit_groups(port, store)
             r = bench.best_of(runs)
             if r["errors"]:
                 raise bench.BenchError(f"{label}: {r['errors']} errors")
+            commits, answered = after[0] - before[0], after[1] - before[1]
             out[label] = {"rps": round(r["rps"]), "p50_us": r["p50_us"], "p99_us": r["p99_us"],
-                          "runs_rps": [round(x["rps"]) for x in runs]}
+                          "runs_rps": [round(x["rps"]) for x in runs],
+                          "gateway_cpu_us_per_req": round(r["cpu_us_per_req"][gw.name]),
+                          "commits": round(commits), "mean_group": round(answered / commits, 1) if commits else None}
             bench.log(f"  {label}: {r['rps']:.0f} req/s p99 {r['p99_us']} µs")
     finally:
         gw.stop()
@@ -214,7 +238,9 @@ def main():
     try:
         drains = [drain(workdir, sim, "sqlite", 1), drain(workdir, sim, "postgres", 1, pg),
                   drain(workdir, sim, "postgres", 2, pg)]
-        path_figures = paths(workdir, sim, 10)
+        pg.psql("postgres", "CREATE DATABASE paths")
+        path_figures = {"sqlite": paths(workdir, sim, 10, "sqlite", f"sqlite://{workdir / 'paths.db'}"),
+                        "postgres": paths(workdir, sim, 10, "postgres", pg.url("paths"))}
     finally:
         pg.stop()
         sim.stop()
@@ -224,13 +250,20 @@ def main():
              "(from start to the last delivery).", "",
              "| store | replicas | seconds | receipts/s |", "|---|---|---|---|"]
     lines += [f"| {d['store']} | {d['replicas']} | {d['seconds']} | {d['per_second']:,} |" for d in drains]
-    s, a = path_figures["synchronous"], path_figures["async-202"]
-    lines += ["", "The 202 path beside the synchronous one (wrk, 32 connections, 10-line receipts, best of 3 runs of 10 s; "
-              "one gateway on SQLite, its worker delivering meanwhile):", "",
-              "| path | req/s | p50 ms | p99 ms | runs req/s |", "|---|---|---|---|---|"]
-    for label, r in (("synchronous 201", s), ("Prefer: respond-async, 202", a)):
-        lines.append(f"| {label} | {r['rps']:,} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['runs_rps']} |")
-    lines += ["", f"202 / synchronous: throughput {a['rps'] / s['rps']:.2f}×, p99 {a['p99_us'] / s['p99_us']:.2f}×"]
+    lines += ["", "The 202 path beside the synchronous one (wrk, 32 connections, 10-line receipts, the median of 3 runs "
+              "of 10 s; one gateway per store, its worker delivering meanwhile):", "",
+              "| store | path | req/s | p50 ms | p99 ms | gateway CPU µs/req | mean commit group | runs req/s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for store, figures in path_figures.items():
+        for label, r in (("synchronous 201", figures["synchronous"]), ("Prefer: respond-async, 202", figures["async-202"])):
+            group = "—" if r["mean_group"] is None else r["mean_group"]
+            lines.append(f"| {store} | {label} | {r['rps']:,} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
+                         f"| {r['gateway_cpu_us_per_req']} | {group} | {r['runs_rps']} |")
+    lines.append("")
+    for store, figures in path_figures.items():
+        s, a = figures["synchronous"], figures["async-202"]
+        figures["ratio_202_201"] = round(a["rps"] / s["rps"], 2)
+        lines.append(f"- {store}: 202 / 201 throughput {a['rps'] / s['rps']:.2f}×, p99 {a['p99_us'] / s['p99_us']:.2f}×")
     text = "\n".join(lines) + "\n"
     (out / "outbox.md").write_text(text)
     (out / "outbox.json").write_text(json.dumps({"drains": drains, "paths": path_figures}, indent=2))

@@ -820,7 +820,8 @@ def check_semantics(name: str, docs: list[dict[str, Any]], values: dict[str, Any
         expect(secret.get("secretName") == pg["existingSecret"] and items.get(filename) == pg["key"],
                f"outbox on PostgreSQL: {path} is key {pg['key']} of Secret {pg['existingSecret']}")
         expect(not claims, "outbox on PostgreSQL: no PersistentVolumeClaim")
-    for key, field in (("maxAge", "max_age"), ("retention", "retention"), ("maxPendingPerMerchant", "max_pending_per_merchant")):
+    for key, field in (("maxAge", "max_age"), ("retention", "retention"), ("maxPendingPerMerchant", "max_pending_per_merchant"),
+                       ("groupCommitWait", "group_commit_wait")):
         expect(tob.get(field) == (ob.get(key) if ob["enabled"] else None), f"outbox.{field} only when gateway.outbox.{key} is set")
     for key in ("connectTimeout", "tokenMargin"):
         expect(toml["upstream"].get(snake(key)) == gw["upstream"].get(key), f"upstream.{snake(key)} only when gateway.upstream.{key} is set")
@@ -1265,7 +1266,7 @@ def main() -> int:
     # The outbox's database at a URL without a port (so 5432); behind a
     # Service whose pods listen on another port (a pooler), so the
     # NetworkPolicy opens networkPolicy.egress.outboxDatabase.port; and
-    # outbox.max_pending_per_merchant set.
+    # outbox.max_pending_per_merchant and outbox.group_commit_wait set.
     variants: list[tuple[str, dict[str, Any], bool]] = []
     given = load_values("outbox-postgres-cidr")
     assert given is not None
@@ -1278,6 +1279,7 @@ def main() -> int:
     variants.append(("outbox-postgres-target-port", given, True))
     given = copy.deepcopy(base)
     given["gateway"]["outbox"]["maxPendingPerMerchant"] = 5000
+    given["gateway"]["outbox"]["groupCommitWait"] = "5ms"
     variants.append(("outbox-postgres-max-pending", given, True))
     # The simulator deployed beside the gateway but not its upstream, on
     # another port.

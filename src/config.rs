@@ -22,6 +22,10 @@ use crate::domain::{ApiVersion, Msn};
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "VOG_";
 
+/// The longest `outbox.group_commit_wait`: a lone asynchronous request
+/// waits that long for company before its commit.
+const MAX_GROUP_COMMIT_WAIT: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -403,6 +407,15 @@ pub struct OutboxSettings {
     /// store, since a `202` is not limited by the merchant's rate.
     #[serde(default = "defaults::outbox_max_pending_per_merchant")]
     pub max_pending_per_merchant: u32,
+    /// After the first enqueue of a group, how long the store's writer
+    /// waits for more before it commits them together (one sync to disk
+    /// for all); zero: only the enqueues already waiting. A lone `202`
+    /// waits this long more.
+    #[serde(
+        default = "defaults::outbox_group_commit_wait",
+        with = "humantime_serde"
+    )]
+    pub group_commit_wait: Duration,
 }
 
 impl Default for OutboxSettings {
@@ -417,6 +430,7 @@ impl Default for OutboxSettings {
             max_age: defaults::outbox_max_age(),
             retention: defaults::outbox_retention(),
             max_pending_per_merchant: defaults::outbox_max_pending_per_merchant(),
+            group_commit_wait: defaults::outbox_group_commit_wait(),
         }
     }
 }
@@ -591,6 +605,9 @@ mod defaults {
     pub fn outbox_max_pending_per_merchant() -> u32 {
         100_000
     }
+    pub fn outbox_group_commit_wait() -> Duration {
+        Duration::from_millis(2)
+    }
     pub fn outbox_retention() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
     }
@@ -749,6 +766,10 @@ impl Settings {
         }
         if o.max_pending_per_merchant == 0 {
             return bad("outbox.max_pending_per_merchant must be at least 1".into());
+        }
+        // Every lone `202` waits this long: a bound, not a schedule.
+        if o.group_commit_wait > MAX_GROUP_COMMIT_WAIT {
+            return bad("outbox.group_commit_wait must be at most 100ms".into());
         }
         if o.backoff_base.is_zero() || o.backoff_base > o.backoff_max {
             return bad(
@@ -1187,6 +1208,25 @@ subscription_key_env = "KEY"
         assert_eq!(timeout("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(timeout("10").is_err());
         assert!(timeout("ten seconds").is_err());
+    }
+
+    #[test]
+    fn the_group_commit_wait_is_2ms_by_default_zero_allowed_and_at_most_100ms() {
+        let wait = |value: &str| {
+            Settings::from_toml(BASE, env(&[("VOG_OUTBOX__GROUP_COMMIT_WAIT", value)]))
+                .map(|s| s.outbox.group_commit_wait)
+                .map_err(|e| e.to_string())
+        };
+        let default = Settings::from_toml(BASE, []).unwrap();
+        assert_eq!(default.outbox.group_commit_wait, Duration::from_millis(2));
+        assert_eq!(wait("0ms"), Ok(Duration::ZERO));
+        assert_eq!(wait("100ms"), Ok(Duration::from_millis(100)));
+        let err = wait("101ms").expect_err("past the bound");
+        assert!(
+            err.contains("outbox.group_commit_wait must be at most 100ms"),
+            "{err}"
+        );
+        assert!(wait("2").is_err(), "a duration needs its unit");
     }
 
     #[test]

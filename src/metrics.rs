@@ -34,6 +34,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Requests per committed outbox group, up to the store's most (64).
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 /// How a token fetch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFetch {
@@ -70,6 +73,7 @@ pub struct Metrics {
     outbox_oldest: GaugeVec,
     outbox_deliveries: IntCounterVec,
     outbox_store_errors: IntCounter,
+    outbox_commit_groups: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -223,8 +227,20 @@ impl Metrics {
                 "Failures of the outbox's store: it could not be opened, or a statement failed.",
             )?,
         )?;
+        let outbox_commit_groups = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_outbox_commit_group_size",
+                    "Asynchronous requests answered by one commit of the outbox's store, by store (sqlite, postgres).",
+                )
+                .buckets(GROUP_BUCKETS.to_vec()),
+                &["store"],
+            )?,
+        )?;
         Ok(Self {
             registry,
+            outbox_commit_groups,
             outbox_pending,
             outbox_oldest,
             outbox_deliveries,
@@ -258,6 +274,14 @@ impl Metrics {
         self.outbox_deliveries
             .with_label_values(&[msn, kind, result])
             .inc();
+    }
+
+    /// One committed group of the outbox's store (`sqlite`, `postgres`)
+    /// and the requests it answered.
+    pub fn outbox_commit_group(&self, store: &str, size: usize) {
+        self.outbox_commit_groups
+            .with_label_values(&[store])
+            .observe(size as f64);
     }
 
     /// Counts one failure of the outbox's store.

@@ -26,8 +26,8 @@ use secrecy::SecretString;
 use serde::Serialize;
 
 pub use store::{
-    Claimed, Delivery, Enqueued, Kind, NewDelivery, Origin, Outcome, PendingStats, State, Store,
-    StoreError,
+    Claimed, Delivery, Enqueued, GroupObserver, Grouping, Kind, NewDelivery, Origin, Outcome,
+    PendingStats, State, Store, StoreError,
 };
 
 use crate::config::OutboxSettings;
@@ -151,7 +151,14 @@ impl Outbox {
             }
             None => None,
         };
-        Store::open(&self.settings.url, password.as_ref())
+        let metrics = self.metrics.clone();
+        let grouping = Grouping {
+            wait: self.settings.group_commit_wait,
+            observe: Some(Arc::new(move |store: &'static str, size: usize| {
+                metrics.outbox_commit_group(store, size);
+            })),
+        };
+        Store::open_with(&self.settings.url, password.as_ref(), grouping)
             .await
             .map(|s| s.with_max_pending(self.settings.max_pending_per_merchant))
     }

@@ -1,14 +1,16 @@
 //! The outbox's durable store, through sqlx: an embedded SQLite file (WAL,
 //! full sync; one replica) or PostgreSQL (several replicas). Both have the
 //! same table (`migrations/sqlite`, `migrations/postgres`, embedded in the
-//! binary) and, but for the claim's row locks, the same statements.
+//! binary) and, but for the claim's row locks and how an insert reports its
+//! `seq`, the same statements.
 //!
 //! Times are Unix milliseconds, passed in by the caller, so a test decides
 //! what "now" is and replicas compare the same clock (the wall clock).
 //!
 //! What the store guarantees (docs/decisions.md, "Outbox"):
 //! - [`Store::enqueue`] returns once the entry is committed (SQLite with
-//!   `synchronous = FULL`, PostgreSQL's commit);
+//!   `synchronous = FULL`, PostgreSQL's commit), in a group with the
+//!   enqueues that came with it (see [`Grouping`]);
 //! - at most one pending receipt per order, enforced by a unique index, so
 //!   two replicas taking the same receipt at once store it once;
 //! - [`Store::claim`] hands an entry to one claimer at a time, under a lease
@@ -48,9 +50,27 @@ const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// within a second (SPEC §3).
 const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// PostgreSQL connections per replica: requests that enqueue, the worker
-/// and the delivery reads share them.
+/// PostgreSQL connections per replica: the writers (one each while it
+/// commits a group), the worker and the delivery reads share them.
 const POSTGRES_CONNECTIONS: u32 = 8;
+
+/// Most enqueues committed together. On PostgreSQL each runs in a
+/// savepoint of its own, which takes a subtransaction id once it writes:
+/// a backend keeps 64 of them at hand, and a transaction with more makes
+/// every snapshot in the cluster look them up on disk.
+const GROUP_MAX: usize = 64;
+
+/// PostgreSQL writers per replica, each committing its own group: while one
+/// waits for its statements and its commit, the next gathers and runs the
+/// next group. SQLite has one writer (the store has one connection).
+const POSTGRES_WRITERS: usize = 4;
+
+/// Tries of an enqueue whose statement met another transaction's work: the
+/// same order's pending receipt, stored by another writer or replica since
+/// the enqueue looked (a unique violation), or a deadlock between two
+/// groups. Each try after the first runs in the next group, whose
+/// statements see what the other committed.
+const ENQUEUE_TRIES: u8 = 3;
 
 /// Every column of `deliveries`, in [`Row`]'s order (a macro, so that
 /// statements stay `&'static str`).
@@ -84,13 +104,24 @@ const REPLACE: &str = concat!(
 const COUNT_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries \
      WHERE msn = $1 AND state = 'pending' LIMIT $2) AS p";
 
-const INSERT: &str = concat!(
-    "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, state, \
-     attempts, created_at, updated_at, next_attempt_at, \
-     trace_parent, trace_state, created_by, created_by_client) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9, $10, $11, $12) RETURNING ",
-    columns!()
-);
+/// A new entry; what it stores is known but for its `seq`, which SQLite
+/// reports as the last rowid and PostgreSQL returns ([`INSERT_POSTGRES`]).
+macro_rules! insert {
+    ($returning:literal) => {
+        concat!(
+            "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, \
+             state, attempts, created_at, updated_at, next_attempt_at, \
+             trace_parent, trace_state, created_by, created_by_client) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9, $10, $11, $12)",
+            $returning
+        )
+    };
+}
+
+/// Without `RETURNING`: SQLite prepares a statement with a `RETURNING`
+/// clause again at every execution, which cost more than the insert.
+const INSERT_SQLITE: &str = insert!("");
+const INSERT_POSTGRES: &str = insert!(" RETURNING seq");
 
 /// The claim, but for the row locks (see [`Store::claim`]).
 macro_rules! claim {
@@ -334,9 +365,8 @@ pub struct Store {
     pool: Pool,
     /// The store's URL without its password, for logs and errors.
     name: String,
-    /// SQLite's group writer; PostgreSQL commits each request on its own
-    /// connection (it groups concurrent commits itself).
-    writer: Option<tokio::sync::mpsc::Sender<Job>>,
+    /// The enqueues' way to the writers, which commit them in groups.
+    writer: tokio::sync::mpsc::Sender<Job>,
     /// Most pending entries per merchant (`outbox.max_pending_per_merchant`).
     max_pending: i64,
     /// A SQLite store's hold on its file, until it is closed.
@@ -362,14 +392,20 @@ macro_rules! with_pool {
 
 /// One request's enqueue in the open transaction `$tx` (`&mut
 /// Transaction`), which the caller commits: what [`Store::enqueue`] answers,
-/// and at most one statement that writes.
+/// and at most one statement that writes. `$insert` stores a new entry
+/// ([`insert_sqlite`], [`insert_postgres`]). `$pending` holds the pending
+/// entries of each merchant the group has counted so far, its own creations
+/// included: a merchant's backlog is counted once per group, not once per
+/// request (the count walks up to `outbox.max_pending_per_merchant` index
+/// entries, so per request it grew with the backlog).
 macro_rules! enqueue_in {
-    ($tx:expr, $new:expr, $now:expr, $max_pending:expr) => {
+    ($tx:expr, $new:expr, $now:expr, $max_pending:expr, $pending:expr, $insert:path) => {
         async {
             let tx = $tx;
             let new: &NewDelivery = $new;
             let now: i64 = $now;
             let max_pending: i64 = $max_pending;
+            let counted: &mut std::collections::HashMap<String, i64> = $pending;
             let existing: Vec<Row> = sqlx::query_as(SELECT_ORDER)
                 .bind(&new.msn)
                 .bind(&new.payment_type)
@@ -425,30 +461,44 @@ macro_rules! enqueue_in {
             let answer = match answer {
                 Some(answer) => answer,
                 None => 'insert: {
-                    let (pending,): (i64,) = sqlx::query_as(COUNT_PENDING)
-                        .bind(&new.msn)
-                        .bind(max_pending)
-                        .fetch_one(&mut **tx)
-                        .await?;
+                    let pending = match counted.get(&new.msn) {
+                        Some(pending) => *pending,
+                        None => {
+                            let (pending,): (i64,) = sqlx::query_as(COUNT_PENDING)
+                                .bind(&new.msn)
+                                .bind(max_pending)
+                                .fetch_one(&mut **tx)
+                                .await?;
+                            counted.insert(new.msn.clone(), pending);
+                            pending
+                        }
+                    };
                     if pending >= max_pending {
                         break 'insert Ok(Enqueued::Full);
                     }
-                    let row: Row = sqlx::query_as(INSERT)
-                        .bind(uuid::Uuid::new_v4().to_string())
-                        .bind(&new.msn)
-                        .bind(new.kind.as_str())
-                        .bind(&new.payment_type)
-                        .bind(&new.order_id)
-                        .bind(&new.fingerprint)
-                        .bind(&new.payload)
-                        .bind(now)
-                        .bind(&new.origin.trace_parent)
-                        .bind(&new.origin.trace_state)
-                        .bind(&new.origin.created_by)
-                        .bind(&new.origin.created_by_client)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                    row.delivery().map(Enqueued::Created)
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let seq = $insert(&mut **tx, new, &id, now).await?;
+                    if let Some(pending) = counted.get_mut(&new.msn) {
+                        *pending += 1;
+                    }
+                    Ok(Enqueued::Created(Delivery {
+                        seq,
+                        id,
+                        msn: new.msn.clone(),
+                        kind: new.kind,
+                        payment_type: new.payment_type.clone(),
+                        order_id: new.order_id.clone(),
+                        fingerprint: new.fingerprint.clone(),
+                        payload: new.payload.clone(),
+                        state: State::Pending,
+                        attempts: 0,
+                        created_at: now,
+                        updated_at: now,
+                        delivered_at: None,
+                        next_attempt_at: Some(now),
+                        last_error: None,
+                        origin: new.origin.clone(),
+                    }))
                 }
             };
             Ok::<_, sqlx::Error>(answer)
@@ -456,56 +506,294 @@ macro_rules! enqueue_in {
     };
 }
 
-/// Most SQLite enqueues committed together.
-const GROUP_MAX: usize = 64;
+/// Binds a new entry's values to `INSERT_*`.
+macro_rules! bind_insert {
+    ($statement:expr, $new:expr, $id:expr, $now:expr) => {
+        $statement
+            .bind($id)
+            .bind(&$new.msn)
+            .bind($new.kind.as_str())
+            .bind(&$new.payment_type)
+            .bind(&$new.order_id)
+            .bind(&$new.fingerprint)
+            .bind(&$new.payload)
+            .bind($now)
+            .bind(&$new.origin.trace_parent)
+            .bind(&$new.origin.trace_state)
+            .bind(&$new.origin.created_by)
+            .bind(&$new.origin.created_by_client)
+    };
+}
 
-/// An enqueue waiting for the SQLite writer.
+/// Stores a new entry on SQLite: its `seq`.
+async fn insert_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewDelivery,
+    id: &str,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    Ok(bind_insert!(sqlx::query(INSERT_SQLITE), new, id, now)
+        .execute(conn)
+        .await?
+        .last_insert_rowid())
+}
+
+/// Stores a new entry on PostgreSQL: its `seq`.
+async fn insert_postgres(
+    conn: &mut sqlx::PgConnection,
+    new: &NewDelivery,
+    id: &str,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    let (seq,): (i64,) = bind_insert!(sqlx::query_as(INSERT_POSTGRES), new, id, now)
+        .fetch_one(conn)
+        .await?;
+    Ok(seq)
+}
+
+/// An enqueue waiting for a writer.
 struct Job {
     new: NewDelivery,
     now: i64,
     max_pending: i64,
+    /// Tries so far (see [`ENQUEUE_TRIES`]).
+    tries: u8,
     done: tokio::sync::oneshot::Sender<Result<Enqueued, StoreError>>,
 }
 
-/// SQLite's enqueues, committed in groups: every request waiting when a
-/// commit starts goes into it, so one sync to disk stores them all (with
-/// `synchronous = FULL`, one sync per commit bounds the `202`s a second).
-/// Each request is answered once its group is committed.
-async fn sqlite_writer(pool: SqlitePool, name: String, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.recv().await {
-        let mut group = vec![first];
-        while group.len() < GROUP_MAX {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
+/// Called with the store (`sqlite`, `postgres`) and the number of requests
+/// each committed group answered.
+pub type GroupObserver = Arc<dyn Fn(&'static str, usize) + Send + Sync>;
+
+/// How a store commits enqueues (`outbox.group_commit_wait`).
+///
+/// Every enqueue goes to a writer, which commits enqueues in groups: one
+/// transaction and one commit (one sync to disk) for all of them, each
+/// answered only once that commit is done. A group is the first enqueue, every
+/// one already waiting, and every one that comes within `wait` of the first,
+/// up to 64. The wait is what lets requests that arrive a little apart
+/// share a commit; a group that is full goes at once.
+#[derive(Clone, Default)]
+pub struct Grouping {
+    /// How long a group stays open after its first enqueue; zero: it takes
+    /// only the enqueues already waiting.
+    pub wait: Duration,
+    /// Told the size of every committed group (a metric).
+    pub observe: Option<GroupObserver>,
+}
+
+impl std::fmt::Debug for Grouping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grouping")
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adds the next enqueues to `group`: when it is empty, the first to come
+/// (`false`: none will, every sender is gone); then every one already
+/// waiting and, until `wait` after the first, every one that comes, up to
+/// `max`. A non-empty `group` (carried over from the last) has waited once:
+/// it takes only what is waiting.
+async fn gather<T>(
+    group: &mut Vec<T>,
+    jobs: &mut tokio::sync::mpsc::Receiver<T>,
+    wait: Duration,
+    max: usize,
+) -> bool {
+    use tokio::sync::mpsc::error::TryRecvError;
+    let wait = if group.is_empty() {
+        match jobs.recv().await {
+            Some(first) => group.push(first),
+            None => return false,
         }
-        let committed: Result<Vec<Result<Enqueued, StoreError>>, Stage> = async {
-            let mut tx = pool.begin().await.map_err(Stage::Before)?;
-            let mut answers = Vec::with_capacity(group.len());
-            for job in &group {
-                answers.push(
-                    enqueue_in!(&mut tx, &job.new, job.now, job.max_pending)
+        wait
+    } else {
+        Duration::ZERO
+    };
+    let until = tokio::time::Instant::now() + wait;
+    while group.len() < max {
+        match jobs.try_recv() {
+            Ok(job) => group.push(job),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) if wait.is_zero() => break,
+            Err(TryRecvError::Empty) => match tokio::time::timeout_at(until, jobs.recv()).await {
+                Ok(Some(job)) => group.push(job),
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    true
+}
+
+/// What one enqueue of a group came to.
+enum Tried {
+    /// Its answer, sent once the group is committed.
+    Answer(Box<Result<Enqueued, StoreError>>),
+    /// It met another transaction's work: try it again in the next group.
+    Again(sqlx::Error),
+}
+
+/// Whether a failed statement met another transaction's work (see
+/// [`ENQUEUE_TRIES`]): the unique index of pending receipts, or a deadlock.
+fn met_another(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() || db.code().is_some_and(|c| c == "40P01")
+        }
+        _ => false,
+    }
+}
+
+/// Whether a failed statement on SQLite was undone alone, leaving the
+/// transaction open: a constraint failure (SQLite's result code 19 and its
+/// extended codes). Others (a full disk, an I/O error) may have rolled
+/// the whole transaction back.
+fn sqlite_statement_undone(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 19),
+        _ => false,
+    }
+}
+
+/// Runs a group's enqueues in one transaction of `$pool` and commits it:
+/// each enqueue's [`Tried`], or where the transaction failed ([`Stage`]).
+///
+/// A statement that fails answers its own request only. PostgreSQL aborts
+/// the whole transaction at a failed statement, so there each enqueue runs
+/// in a savepoint of its own (`$savepoints`), rolled back alone when it
+/// fails. SQLite undoes a failed constraint alone and keeps the transaction;
+/// any other failure there fails the group.
+macro_rules! run_group {
+    ($pool:expr, $group:expr, $name:expr, $savepoints:expr, $insert:path) => {
+        async {
+            let group: &[Job] = $group;
+            let name: &str = $name;
+            let mut tx = $pool.begin().await.map_err(Stage::Before)?;
+            let mut counted = std::collections::HashMap::new();
+            let mut tried = Vec::with_capacity(group.len());
+            for job in group {
+                let result = if $savepoints {
+                    let mut savepoint = sqlx::Connection::begin(&mut *tx)
                         .await
-                        .map_err(Stage::Before)?,
-                );
+                        .map_err(Stage::Before)?;
+                    let result = enqueue_in!(
+                        &mut savepoint,
+                        &job.new,
+                        job.now,
+                        job.max_pending,
+                        &mut counted,
+                        $insert
+                    )
+                    .await;
+                    match result {
+                        Ok(answer) => {
+                            savepoint.commit().await.map_err(Stage::Before)?;
+                            Ok(answer)
+                        }
+                        Err(e @ sqlx::Error::Database(_)) => {
+                            savepoint.rollback().await.map_err(Stage::Before)?;
+                            Err(Ok(e))
+                        }
+                        Err(e) => Err(Err(Stage::Before(e))),
+                    }
+                } else {
+                    enqueue_in!(
+                        &mut tx,
+                        &job.new,
+                        job.now,
+                        job.max_pending,
+                        &mut counted,
+                        $insert
+                    )
+                    .await
+                    .map_err(|e| {
+                        if sqlite_statement_undone(&e) {
+                            Ok(e)
+                        } else {
+                            Err(Stage::Before(e))
+                        }
+                    })
+                };
+                tried.push(match result {
+                    Ok(answer) => Tried::Answer(Box::new(answer)),
+                    Err(Ok(e)) if met_another(&e) => Tried::Again(e),
+                    Err(Ok(e)) => Tried::Answer(Box::new(Err(unavailable(name, &e)))),
+                    Err(Err(stage)) => return Err(stage),
+                });
             }
             tx.commit().await.map_err(Stage::Commit)?;
-            Ok(answers)
+            Ok::<_, Stage>(tried)
         }
-        .await;
-        match committed {
-            Ok(answers) => {
-                for (job, answer) in group.into_iter().zip(answers) {
-                    let _ = job.done.send(answer);
-                }
+    };
+}
+
+/// The enqueues waiting for the store's writers: one receiver, shared; the
+/// writer holding it gathers the next group (and waits there for its first
+/// request while the store is idle).
+type Jobs = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>;
+
+/// One of the store's writers: gathers a group ([`gather`]), commits it
+/// ([`run_group!`]) and answers each request, until every sender is gone.
+/// Nothing is answered before its group's commit: a `202` still means
+/// stored. A failed commit answers every request of the group with the
+/// failure (the outcome unknown where the commit broke).
+async fn writer(pool: Pool, name: String, jobs: Jobs, grouping: Grouping) {
+    let store = match pool {
+        Pool::Sqlite(_) => "sqlite",
+        Pool::Postgres(_) => "postgres",
+    };
+    let mut group: Vec<Job> = Vec::with_capacity(GROUP_MAX);
+    loop {
+        if group.is_empty() {
+            let mut jobs = jobs.lock().await;
+            if !gather(&mut group, &mut jobs, grouping.wait, GROUP_MAX).await {
+                return;
             }
+        } else if let Ok(mut jobs) = jobs.try_lock() {
+            // Carried over: with what is waiting, if no other writer is
+            // gathering (it may be waiting for a first request that never
+            // comes); alone otherwise.
+            gather(&mut group, &mut jobs, grouping.wait, GROUP_MAX).await;
+        }
+        let committed = match &pool {
+            Pool::Sqlite(pool) => run_group!(pool, &group, &name, false, insert_sqlite).await,
+            Pool::Postgres(pool) => run_group!(pool, &group, &name, true, insert_postgres).await,
+        };
+        let tried = match committed {
+            Ok(tried) => tried,
             Err(e) => {
-                for job in group {
+                for job in group.drain(..) {
                     let _ = job.done.send(Err(e.error(&name)));
                 }
+                continue;
+            }
+        };
+        let mut answered = 0;
+        let mut again = Vec::new();
+        for (mut job, tried) in group.drain(..).zip(tried) {
+            match tried {
+                Tried::Again(_) if job.tries + 1 < ENQUEUE_TRIES => {
+                    job.tries += 1;
+                    again.push(job);
+                }
+                Tried::Again(e) => {
+                    answered += 1;
+                    let _ = job.done.send(Err(unavailable(&name, &e)));
+                }
+                Tried::Answer(answer) => {
+                    answered += 1;
+                    let _ = job.done.send(*answer);
+                }
             }
         }
+        if let Some(observe) = &grouping.observe {
+            observe(store, answered);
+        }
+        group = again;
     }
 }
 
@@ -575,8 +863,21 @@ fn deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, StoreError> {
 impl Store {
     /// Opens the store at `url` (`sqlite://PATH` or `postgres://…`, with
     /// `password` for PostgreSQL) and brings its table up to date. The
-    /// SQLite file is created when missing, not its directory.
+    /// SQLite file is created when missing, not its directory. Its groups
+    /// take only the enqueues already waiting ([`Store::open_with`] sets a
+    /// wait).
     pub async fn open(url: &str, password: Option<&SecretString>) -> Result<Store, StoreError> {
+        Self::open_with(url, password, Grouping::default()).await
+    }
+
+    /// [`Store::open`], committing enqueues in groups as `grouping` says.
+    pub async fn open_with(
+        url: &str,
+        password: Option<&SecretString>,
+        grouping: Grouping,
+    ) -> Result<Store, StoreError> {
+        let (writer, jobs) = tokio::sync::mpsc::channel(GROUP_MAX * 4);
+        let jobs: Jobs = Arc::new(tokio::sync::Mutex::new(jobs));
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|_| StoreError::Url)?
@@ -584,6 +885,10 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_ACQUIRE_TIMEOUT);
+            // A statement's undo record (its statement journal) in memory,
+            // not in a temporary file: every insert in a group transaction
+            // writes one.
+            let options = options.pragma("temp_store", "memory");
             let name = format!("sqlite://{}", options.get_filename().display());
             // Taken before the first connection: a refused process neither
             // migrates nor recovers the file another one is writing.
@@ -608,12 +913,12 @@ impl Store {
                 .run(&pool)
                 .await
                 .map_err(|e| unavailable(&e.into()))?;
-            let (writer, jobs) = tokio::sync::mpsc::channel(GROUP_MAX * 4);
-            tokio::spawn(sqlite_writer(pool.clone(), name.clone(), jobs));
+            let pool = Pool::Sqlite(pool);
+            tokio::spawn(self::writer(pool.clone(), name.clone(), jobs, grouping));
             Ok(Store {
-                pool: Pool::Sqlite(pool),
+                pool,
                 name,
-                writer: Some(writer),
+                writer,
                 max_pending: i64::MAX,
                 lock,
             })
@@ -642,10 +947,19 @@ impl Store {
                 .run(&pool)
                 .await
                 .map_err(|e| unavailable(&e.into()))?;
+            let pool = Pool::Postgres(pool);
+            for _ in 0..POSTGRES_WRITERS {
+                tokio::spawn(self::writer(
+                    pool.clone(),
+                    name.clone(),
+                    jobs.clone(),
+                    grouping.clone(),
+                ));
+            }
             Ok(Store {
-                pool: Pool::Postgres(pool),
+                pool,
                 name,
-                writer: None,
+                writer,
                 max_pending: i64::MAX,
                 lock: None,
             })
@@ -672,49 +986,23 @@ impl Store {
 
     /// Stores `new` at `now`, committed before it returns, unless the order
     /// already has a pending entry this request repeats, conflicts with or
-    /// replaces (see [`Enqueued`]).
+    /// replaces (see [`Enqueued`]). Committed in a group with the enqueues
+    /// that came with it ([`Grouping`]).
     pub async fn enqueue(&self, new: &NewDelivery, now: i64) -> Result<Enqueued, StoreError> {
-        if let Some(writer) = &self.writer {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            let job = Job {
-                new: new.clone(),
-                now,
-                max_pending: self.max_pending,
-                done,
-            };
-            let gone = || StoreError::Unavailable {
-                store: self.name.clone(),
-                reason: "the store is closed".into(),
-            };
-            writer.send(job).await.map_err(|_| gone())?;
-            return answer.await.map_err(|_| gone())?;
-        }
-        // A receipt stored by another replica between the look and the
-        // insert breaks the unique index: look again, once.
-        for _ in 0..2 {
-            match self.try_enqueue(new, now).await {
-                Err(Stage::Before(sqlx::Error::Database(e))) if e.is_unique_violation() => continue,
-                other => return other.map_err(|e| e.error(&self.name))?,
-            }
-        }
-        self.try_enqueue(new, now)
-            .await
-            .map_err(|e| e.error(&self.name))?
-    }
-
-    async fn try_enqueue(
-        &self,
-        new: &NewDelivery,
-        now: i64,
-    ) -> Result<Result<Enqueued, StoreError>, Stage> {
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(Stage::Before)?;
-            let answer = enqueue_in!(&mut tx, new, now, self.max_pending)
-                .await
-                .map_err(Stage::Before)?;
-            tx.commit().await.map_err(Stage::Commit)?;
-            Ok(answer)
-        })
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            new: new.clone(),
+            now,
+            max_pending: self.max_pending,
+            tries: 0,
+            done,
+        };
+        let gone = || StoreError::Unavailable {
+            store: self.name.clone(),
+            reason: "the store is closed".into(),
+        };
+        self.writer.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Claims up to `limit` entries due at `now` for `owner` until
@@ -999,5 +1287,94 @@ fn unavailable(store: &str, e: &sqlx::Error) -> StoreError {
     StoreError::Unavailable {
         store: store.to_owned(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const WAIT: Duration = Duration::from_millis(2);
+
+    fn channel() -> (
+        tokio::sync::mpsc::Sender<u32>,
+        tokio::sync::mpsc::Receiver<u32>,
+    ) {
+        tokio::sync::mpsc::channel(GROUP_MAX * 4)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_wait_a_group_is_what_is_already_waiting() {
+        let (tx, mut rx) = channel();
+        for i in 0..3 {
+            tx.send(i).await.unwrap();
+        }
+        let started = Instant::now();
+        let mut group = Vec::new();
+        assert!(gather(&mut group, &mut rx, Duration::ZERO, GROUP_MAX).await);
+        assert_eq!(group, [0, 1, 2]);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_takes_what_comes_within_the_wait_after_its_first() {
+        let (tx, mut rx) = channel();
+        let sender = tokio::spawn(async move {
+            tx.send(0).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(1).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            // 3 ms after the first: the next group's.
+            tx.send(2).await.unwrap();
+        });
+        let mut group = Vec::new();
+        let started = Instant::now();
+        assert!(gather(&mut group, &mut rx, WAIT, GROUP_MAX).await);
+        assert_eq!(group, [0, 1]);
+        assert_eq!(started.elapsed(), WAIT, "closed at the bound");
+        sender.await.unwrap();
+        group.clear();
+        assert!(gather(&mut group, &mut rx, WAIT, GROUP_MAX).await);
+        assert_eq!(group, [2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_group_goes_without_waiting_for_the_bound() {
+        let (tx, mut rx) = channel();
+        for i in 0..u32::try_from(GROUP_MAX).unwrap() + 5 {
+            tx.send(i).await.unwrap();
+        }
+        let started = Instant::now();
+        let mut group = Vec::new();
+        assert!(gather(&mut group, &mut rx, Duration::from_secs(1), GROUP_MAX).await);
+        assert_eq!(group.len(), GROUP_MAX);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        group.clear();
+        assert!(gather(&mut group, &mut rx, WAIT, GROUP_MAX).await);
+        assert_eq!(group, [64, 65, 66, 67, 68], "the rest, in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_carried_group_does_not_wait_again() {
+        let (tx, mut rx) = channel();
+        tx.send(1).await.unwrap();
+        let started = Instant::now();
+        let mut group = vec![0];
+        assert!(gather(&mut group, &mut rx, Duration::from_secs(1), GROUP_MAX).await);
+        assert_eq!(group, [0, 1]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathering_ends_when_every_sender_is_gone() {
+        let (tx, mut rx) = channel();
+        tx.send(0).await.unwrap();
+        drop(tx);
+        let mut group = Vec::new();
+        assert!(gather(&mut group, &mut rx, WAIT, GROUP_MAX).await);
+        assert_eq!(group, [0]);
+        group.clear();
+        assert!(!gather(&mut group, &mut rx, WAIT, GROUP_MAX).await);
     }
 }

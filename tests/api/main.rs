@@ -19,6 +19,7 @@ mod metrics;
 mod openapi;
 mod outbox;
 mod outbox_crash;
+mod outbox_group_commit;
 mod outbox_limits;
 mod outbox_store;
 mod outbox_store_down;

@@ -4,11 +4,14 @@
 //! database.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
+use sqlx::Connection as _;
 use vipps_order_gateway::outbox::{
-    Delivery, Enqueued, Kind, NewDelivery, Origin, Outcome, PendingStats, State, Store, StoreError,
+    Delivery, Enqueued, Grouping, Kind, NewDelivery, Origin, Outcome, PendingStats, State, Store,
+    StoreError,
 };
 
 use crate::auth::temp_dir;
@@ -66,6 +69,24 @@ macro_rules! on_both {
             #[actix_rt::test]
             async fn postgres() {
                 super::$name(super::postgres_store().await).await;
+            }
+        }
+    )*};
+}
+
+/// Runs a behaviour on the URL of a fresh store of each kind, as
+/// `NAME::sqlite` and `NAME::postgres`: for behaviours that open the store
+/// themselves, or reach its database beside it.
+macro_rules! on_both_urls {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_rt::test]
+            async fn sqlite() {
+                super::$name(super::sqlite_url()).await;
+            }
+            #[actix_rt::test]
+            async fn postgres() {
+                super::$name(super::postgres_database().await).await;
             }
         }
     )*};
@@ -633,4 +654,257 @@ async fn a_password_in_the_postgres_url_is_not_in_the_stores_name() {
         "{text}"
     );
     assert!(!text.contains(password), "{text}");
+}
+
+fn sqlite_url() -> String {
+    format!(
+        "sqlite://{}",
+        temp_dir("outbox").join("outbox.db").display()
+    )
+}
+
+/// The sizes of the groups a store committed, in order.
+type Groups = Arc<Mutex<Vec<usize>>>;
+
+/// A store at `url` whose groups stay open `wait` after their first
+/// enqueue, and the sizes of the groups it commits.
+async fn grouped(url: &str, wait: Duration) -> (Store, Groups) {
+    let groups = Groups::default();
+    let seen = groups.clone();
+    let grouping = Grouping {
+        wait,
+        observe: Some(Arc::new(move |store: &'static str, size: usize| {
+            assert!(["sqlite", "postgres"].contains(&store), "{store}");
+            seen.lock().unwrap().push(size);
+        })),
+    };
+    let store = Store::open_with(url, None, grouping)
+        .await
+        .expect("the store opens");
+    (store, groups)
+}
+
+fn sizes(groups: &Groups) -> Vec<usize> {
+    groups.lock().unwrap().clone()
+}
+
+/// Enqueues `requests` at once: every one is sent to the writer before it
+/// runs (the test runtime has one thread), so they meet in one group.
+async fn together(store: &Store, requests: &[NewDelivery]) -> Vec<Result<Enqueued, StoreError>> {
+    futures_util::future::join_all(requests.iter().map(|r| store.enqueue(r, T0))).await
+}
+
+fn created_id(answer: &Result<Enqueued, StoreError>) -> String {
+    match answer {
+        Ok(Enqueued::Created(d)) => d.id.clone(),
+        other => panic!("expected a new entry, got {other:?}"),
+    }
+}
+
+/// SQL run beside the store, on a connection of its own.
+async fn beside(url: &str, sql: &'static str) {
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+on_both_urls!(
+    concurrent_enqueues_share_one_commit_and_each_is_answered,
+    a_lone_enqueue_waits_for_the_bound_and_commits_alone,
+    a_conflict_and_a_repost_in_a_group_are_answered_beside_its_new_entries,
+    a_failing_statement_answers_its_own_request_and_not_its_groups,
+);
+
+async fn concurrent_enqueues_share_one_commit_and_each_is_answered(url: String) {
+    let (store, groups) = grouped(&url, Duration::ZERO).await;
+    let requests: Vec<NewDelivery> = (0..20).map(|i| receipt(&format!("o-{i}"), "a")).collect();
+    let answers = together(&store, &requests).await;
+    let ids: HashSet<String> = answers.iter().map(created_id).collect();
+    assert_eq!(ids.len(), 20, "each its own entry");
+    assert_eq!(sizes(&groups), [20], "one commit for all");
+    let stored: HashSet<String> = store
+        .list(MSN, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(stored, ids, "each stored");
+}
+
+async fn a_lone_enqueue_waits_for_the_bound_and_commits_alone(url: String) {
+    let wait = Duration::from_millis(100);
+    let (store, groups) = grouped(&url, wait).await;
+    let started = Instant::now();
+    created(&store, &receipt("o-1", "a"), T0).await;
+    let took = started.elapsed();
+    assert!(took >= wait, "answered after {took:?}, before the bound");
+    // Only a group that waited to fill would take this long.
+    assert!(
+        took < wait + Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    assert_eq!(sizes(&groups), [1]);
+}
+
+async fn a_conflict_and_a_repost_in_a_group_are_answered_beside_its_new_entries(url: String) {
+    let (store, groups) = grouped(&url, Duration::ZERO).await;
+    let first = created(&store, &receipt("o-1", "a"), T0).await;
+    let answers = together(
+        &store,
+        &[
+            receipt("o-1", "b"),
+            receipt("o-2", "a"),
+            receipt("o-1", "a"),
+            receipt("o-3", "a"),
+            // The same new receipt twice in one group: stored once.
+            receipt("o-4", "a"),
+            receipt("o-4", "a"),
+        ],
+    )
+    .await;
+    assert_eq!(sizes(&groups), [1, 6]);
+    match &answers[0] {
+        Ok(Enqueued::Conflict(d)) => assert_eq!(d.id, first.id),
+        other => panic!("a different receipt conflicts, got {other:?}"),
+    }
+    assert_eq!(answers[2].as_ref().unwrap(), &Enqueued::Repost(first));
+    created_id(&answers[1]);
+    created_id(&answers[3]);
+    let fourth = created_id(&answers[4]);
+    match &answers[5] {
+        Ok(Enqueued::Repost(d)) => assert_eq!(d.id, fourth),
+        other => panic!("the second is a repost, got {other:?}"),
+    }
+    assert_eq!(store.list(MSN, None, None, 100).await.unwrap().len(), 4);
+}
+
+async fn a_failing_statement_answers_its_own_request_and_not_its_groups(url: String) {
+    let (store, groups) = grouped(&url, Duration::ZERO).await;
+    // A statement that fails for one order only, as a constraint would.
+    if url.starts_with("sqlite:") {
+        beside(
+            &url,
+            "CREATE TRIGGER poison BEFORE INSERT ON deliveries WHEN NEW.order_id = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned order'); END",
+        )
+        .await;
+    } else {
+        beside(
+            &url,
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.order_id = 'poison' THEN RAISE EXCEPTION 'poisoned order'; END IF; \
+               RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION poison()",
+        )
+        .await;
+    }
+    let answers = together(
+        &store,
+        &[
+            receipt("o-1", "a"),
+            receipt("poison", "a"),
+            receipt("o-2", "a"),
+        ],
+    )
+    .await;
+    assert_eq!(sizes(&groups), [3], "one group");
+    let ids = [created_id(&answers[0]), created_id(&answers[2])];
+    match &answers[1] {
+        Err(StoreError::Unavailable { reason, .. }) => {
+            assert!(reason.contains("poisoned order"), "{reason}");
+        }
+        other => panic!("the failing request fails, got {other:?}"),
+    }
+    for id in ids {
+        assert_eq!(get(&store, &id).await.state, State::Pending, "stored");
+    }
+    assert_eq!(store.list(MSN, None, None, 100).await.unwrap().len(), 2);
+    // The store goes on.
+    created(&store, &receipt("o-3", "a"), T0).await;
+}
+
+#[actix_rt::test]
+async fn a_receipt_another_replica_stores_meanwhile_is_found_in_the_next_group_on_postgres() {
+    let url = postgres_database().await;
+    let (store, groups) = grouped(&url, Duration::ZERO).await;
+    // Another replica's transaction has stored o-9's receipt, not yet
+    // committed: the group's insert of it waits for that transaction.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut other).await.unwrap();
+    let theirs = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, \
+         state, attempts, created_at, updated_at, next_attempt_at) \
+         VALUES ($1, $2, 'receipt', 'ecom', 'o-9', 'fp-a', '{\"content\":\"a\"}', 'pending', 0, $3, $3, $3)",
+    )
+    .bind(&theirs)
+    .bind(MSN)
+    .bind(T0)
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let group = {
+        let store = store.clone();
+        actix_rt::spawn(async move {
+            together(
+                &store,
+                &[
+                    receipt("o-8", "a"),
+                    receipt("o-9", "a"),
+                    receipt("o-10", "a"),
+                ],
+            )
+            .await
+        })
+    };
+    let watch = sqlx::PgPool::connect(&url).await.unwrap();
+    crate::helpers::poll_until(
+        "the group's insert to wait for the other transaction",
+        || {
+            let watch = watch.clone();
+            async move {
+                let (waiting,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&watch)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    let answers = group.await.unwrap();
+    created_id(&answers[0]);
+    created_id(&answers[2]);
+    match &answers[1] {
+        Ok(Enqueued::Repost(d)) => assert_eq!(d.id, theirs, "the other replica's entry"),
+        other => panic!("the identical receipt is a repost, got {other:?}"),
+    }
+    assert_eq!(
+        sizes(&groups),
+        [2, 1],
+        "its group committed the others; it was looked up again in the next"
+    );
+}
+
+#[actix_rt::test]
+async fn the_bundled_sqlite_plans_without_looking_at_bound_values() {
+    // .cargo/config.toml builds it so: otherwise nearly every statement is
+    // prepared again at every execution (docs/decisions.md, "Outbox").
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let options: Vec<(String,)> = sqlx::query_as("PRAGMA compile_options")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert!(options.iter().any(|(o,)| o == "ENABLE_QPSG"), "{options:?}");
 }

@@ -573,3 +573,13 @@ impl TestApp {
             .unwrap_or(0)
     }
 }
+
+/// Every delivery of the merchant `MSN` (one page of 100 suffices in the
+/// tests), newest first.
+pub async fn deliveries(app: &TestApp) -> Vec<Value> {
+    let page = app
+        .get(&format!("/v1/merchants/{MSN}/deliveries?limit=100"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    page.body["deliveries"].as_array().unwrap().clone()
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, spec_receipt, Options, TestApp, MSN};
+use crate::helpers::{deliveries, spawn_app_with, spec_receipt, Options, TestApp, MSN};
 use crate::metrics::scrape;
 
 /// A gateway whose groups stay open `wait` after their first request, on
@@ -69,13 +69,8 @@ async fn commits(app: &TestApp, store: &str) -> (f64, f64) {
 
 /// The merchant's deliveries by order id.
 async fn stored(app: &TestApp) -> std::collections::HashMap<String, String> {
-    let page = app
-        .get(&format!("/v1/merchants/{MSN}/deliveries?limit=100"))
-        .await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    page.body["deliveries"]
-        .as_array()
-        .unwrap()
+    deliveries(app)
+        .await
         .iter()
         .map(|d| {
             (

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{poll_until, spawn_app_with, spec_receipt, Options, TestApp, MSN, MSN2};
+use crate::helpers::{
+    deliveries, poll_until, spawn_app_with, spec_receipt, Options, TestApp, MSN, MSN2,
+};
 
 /// The limits every test here relies on, set explicitly: the merchant's
 /// rate (200/s, burst 400, as by default), and short outbox backoffs.
@@ -180,15 +182,6 @@ async fn past_its_bound_the_outbox_answers_503_outbox_full_and_a_repost_is_still
         (status == 202).then_some(())
     })
     .await;
-}
-
-/// Every delivery of the merchant (one page suffices here).
-async fn deliveries(app: &TestApp) -> Vec<Value> {
-    let page = app
-        .get(&format!("/v1/merchants/{MSN}/deliveries?limit=100"))
-        .await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    page.body["deliveries"].as_array().unwrap().clone()
 }
 
 fn attempts(deliveries: &[Value]) -> u64 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::auth::temp_dir;
-use crate::helpers::{spawn_app_with, spec_receipt, Options, TestApp, MSN};
+use crate::helpers::{deliveries, spawn_app_with, spec_receipt, Options, TestApp, MSN};
 
 /// A PostgreSQL cluster of one test, on a loopback port; stopped when dropped.
 struct Cluster {
@@ -316,16 +316,10 @@ impl CutProxy {
 
 /// The merchant's deliveries of `order`.
 async fn deliveries_of(app: &TestApp, order: &str) -> Vec<Value> {
-    let page = app
-        .get(&format!("/v1/merchants/{MSN}/deliveries?limit=100"))
-        .await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    page.body["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
+    deliveries(app)
+        .await
+        .into_iter()
         .filter(|d| d["orderId"] == order)
-        .cloned()
         .collect()
 }
 

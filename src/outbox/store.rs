@@ -109,12 +109,20 @@ const COUNT_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries \
 macro_rules! insert {
     ($returning:literal) => {
         concat!(
-            "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, \
-             state, attempts, created_at, updated_at, next_attempt_at, \
-             trace_parent, trace_state, created_by, created_by_client) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8, $9, $10, $11, $12)",
+            insert_columns!(),
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14)",
             $returning
         )
+    };
+}
+
+/// The columns a new entry's insert sets, in [`bind_insert!`]'s order but
+/// for the literals (`'pending'`, `0`).
+macro_rules! insert_columns {
+    () => {
+        "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, \
+         state, attempts, created_at, updated_at, next_attempt_at, \
+         trace_parent, trace_state, created_by, created_by_client)"
     };
 }
 
@@ -390,6 +398,100 @@ macro_rules! with_pool {
     };
 }
 
+/// What a request comes to, given its order's entries as [`SELECT_ORDER`]
+/// reads them (newest first), before anything is written.
+enum Decision {
+    /// Answered by what is stored; nothing to write.
+    Answer(Box<Result<Enqueued, StoreError>>),
+    /// The pending category link `seq`, not yet claimed, takes this request
+    /// ([`REPLACE`]).
+    Replace(i64),
+    /// A new entry, if the merchant has room.
+    Insert,
+}
+
+fn decide(new: &NewDelivery, mut existing: Vec<Row>, now: i64) -> Decision {
+    let pending = existing
+        .iter()
+        .position(|r| r.state == State::Pending.as_str());
+    match (new.kind, pending) {
+        (Kind::Receipt, Some(i)) => {
+            let row = existing.swap_remove(i);
+            let same = row.fingerprint == new.fingerprint;
+            Decision::Answer(Box::new(row.delivery().map(|d| {
+                if same {
+                    Enqueued::Repost(d)
+                } else {
+                    Enqueued::Conflict(d)
+                }
+            })))
+        }
+        (Kind::Receipt, None) if !existing.is_empty() => Decision::Answer(Box::new(
+            existing
+                .swap_remove(0)
+                .delivery()
+                .map(Enqueued::AlreadyDelivered),
+        )),
+        (Kind::Category, Some(i)) if !existing[i].leased(now) => {
+            if existing[i].fingerprint == new.fingerprint {
+                Decision::Answer(Box::new(
+                    existing.swap_remove(i).delivery().map(Enqueued::Repost),
+                ))
+            } else {
+                Decision::Replace(existing[i].seq)
+            }
+        }
+        _ => Decision::Insert,
+    }
+}
+
+/// A new entry's id: a UUID version 7, ordered by time (and within a
+/// millisecond, by a counter), so that the unique index on ids takes a
+/// group's new entries on its last pages. Random ids (version 4) put each
+/// on a page of its own, and every page a commit changes is written to the
+/// log and again to the file. Its 74 random bits keep it unguessable;
+/// the time it tells is the entry's `createdAt`, shown anyway.
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The entry a new request became, stored as `id` and `seq` at `now`.
+fn created(new: &NewDelivery, id: String, seq: i64, now: i64) -> Delivery {
+    Delivery {
+        seq,
+        id,
+        msn: new.msn.clone(),
+        kind: new.kind,
+        payment_type: new.payment_type.clone(),
+        order_id: new.order_id.clone(),
+        fingerprint: new.fingerprint.clone(),
+        payload: new.payload.clone(),
+        state: State::Pending,
+        attempts: 0,
+        created_at: now,
+        updated_at: now,
+        delivered_at: None,
+        next_attempt_at: Some(now),
+        last_error: None,
+        origin: new.origin.clone(),
+    }
+}
+
+/// The merchant `$msn`'s pending entries in `$conn`, counted up to `$max`
+/// ([`COUNT_PENDING`]).
+macro_rules! count_pending {
+    ($conn:expr, $msn:expr, $max:expr) => {
+        async {
+            let (pending,): (i64,) = sqlx::query_as(COUNT_PENDING)
+                .bind($msn)
+                .bind($max)
+                .fetch_one($conn)
+                .await?;
+            Ok::<i64, sqlx::Error>(pending)
+        }
+    };
+}
+
 /// One request's enqueue in the open transaction `$tx` (`&mut
 /// Transaction`), which the caller commits: what [`Store::enqueue`] answers,
 /// and at most one statement that writes. `$insert` stores a new entry
@@ -413,62 +515,31 @@ macro_rules! enqueue_in {
                 .bind(new.kind.as_str())
                 .fetch_all(&mut **tx)
                 .await?;
-            let pending = existing
-                .iter()
-                .position(|r| r.state == State::Pending.as_str());
-            let answer = match (new.kind, pending) {
-                (Kind::Receipt, Some(i)) => {
-                    let row = existing
-                        .into_iter()
-                        .nth(i)
-                        .ok_or(sqlx::Error::RowNotFound)?;
-                    let same = row.fingerprint == new.fingerprint;
-                    Some(row.delivery().map(|d| {
-                        if same {
-                            Enqueued::Repost(d)
-                        } else {
-                            Enqueued::Conflict(d)
-                        }
-                    }))
-                }
-                (Kind::Receipt, None) if !existing.is_empty() => existing
-                    .into_iter()
-                    .next()
-                    .map(|r| r.delivery().map(Enqueued::AlreadyDelivered)),
-                (Kind::Category, Some(i)) if !existing[i].leased(now) => {
-                    if existing[i].fingerprint == new.fingerprint {
-                        existing
-                            .into_iter()
-                            .nth(i)
-                            .map(|r| r.delivery().map(Enqueued::Repost))
-                    } else {
-                        let replaced: Option<Row> = sqlx::query_as(REPLACE)
-                            .bind(&new.payload)
-                            .bind(&new.fingerprint)
-                            .bind(now)
-                            .bind(existing[i].seq)
-                            .bind(&new.origin.trace_parent)
-                            .bind(&new.origin.trace_state)
-                            .bind(&new.origin.created_by)
-                            .bind(&new.origin.created_by_client)
-                            .fetch_optional(&mut **tx)
-                            .await?;
-                        replaced.map(|r| r.delivery().map(Enqueued::Replaced))
-                    }
-                }
-                _ => None,
-            };
-            let answer = match answer {
-                Some(answer) => answer,
-                None => 'insert: {
+            let mut decision = decide(new, existing, now);
+            if let Decision::Replace(seq) = decision {
+                let replaced: Option<Row> = sqlx::query_as(REPLACE)
+                    .bind(&new.payload)
+                    .bind(&new.fingerprint)
+                    .bind(now)
+                    .bind(seq)
+                    .bind(&new.origin.trace_parent)
+                    .bind(&new.origin.trace_state)
+                    .bind(&new.origin.created_by)
+                    .bind(&new.origin.created_by_client)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                decision = match replaced {
+                    Some(row) => Decision::Answer(Box::new(row.delivery().map(Enqueued::Replaced))),
+                    None => Decision::Insert,
+                };
+            }
+            let answer = match decision {
+                Decision::Answer(answer) => *answer,
+                Decision::Replace(_) | Decision::Insert => 'insert: {
                     let pending = match counted.get(&new.msn) {
                         Some(pending) => *pending,
                         None => {
-                            let (pending,): (i64,) = sqlx::query_as(COUNT_PENDING)
-                                .bind(&new.msn)
-                                .bind(max_pending)
-                                .fetch_one(&mut **tx)
-                                .await?;
+                            let pending = count_pending!(&mut **tx, &new.msn, max_pending).await?;
                             counted.insert(new.msn.clone(), pending);
                             pending
                         }
@@ -476,29 +547,12 @@ macro_rules! enqueue_in {
                     if pending >= max_pending {
                         break 'insert Ok(Enqueued::Full);
                     }
-                    let id = uuid::Uuid::new_v4().to_string();
+                    let id = new_id();
                     let seq = $insert(&mut **tx, new, &id, now).await?;
                     if let Some(pending) = counted.get_mut(&new.msn) {
                         *pending += 1;
                     }
-                    Ok(Enqueued::Created(Delivery {
-                        seq,
-                        id,
-                        msn: new.msn.clone(),
-                        kind: new.kind,
-                        payment_type: new.payment_type.clone(),
-                        order_id: new.order_id.clone(),
-                        fingerprint: new.fingerprint.clone(),
-                        payload: new.payload.clone(),
-                        state: State::Pending,
-                        attempts: 0,
-                        created_at: now,
-                        updated_at: now,
-                        delivered_at: None,
-                        next_attempt_at: Some(now),
-                        last_error: None,
-                        origin: new.origin.clone(),
-                    }))
+                    Ok(Enqueued::Created(created(new, id, seq, now)))
                 }
             };
             Ok::<_, sqlx::Error>(answer)
@@ -517,6 +571,8 @@ macro_rules! bind_insert {
             .bind(&$new.order_id)
             .bind(&$new.fingerprint)
             .bind(&$new.payload)
+            .bind($now)
+            .bind($now)
             .bind($now)
             .bind(&$new.origin.trace_parent)
             .bind(&$new.origin.trace_state)
@@ -659,76 +715,328 @@ fn sqlite_statement_undone(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Runs a group's enqueues in one transaction of `$pool` and commits it:
+/// Runs a group's enqueues in one PostgreSQL transaction and commits it:
 /// each enqueue's [`Tried`], or where the transaction failed ([`Stage`]).
 ///
-/// A statement that fails answers its own request only. PostgreSQL aborts
-/// the whole transaction at a failed statement, so there each enqueue runs
-/// in a savepoint of its own (`$savepoints`), rolled back alone when it
-/// fails. SQLite undoes a failed constraint alone and keeps the transaction;
-/// any other failure there fails the group.
-macro_rules! run_group {
-    ($pool:expr, $group:expr, $name:expr, $savepoints:expr, $insert:path) => {
-        async {
-            let group: &[Job] = $group;
-            let name: &str = $name;
-            let mut tx = $pool.begin().await.map_err(Stage::Before)?;
-            let mut counted = std::collections::HashMap::new();
-            let mut tried = Vec::with_capacity(group.len());
-            for job in group {
-                let result = if $savepoints {
-                    let mut savepoint = sqlx::Connection::begin(&mut *tx)
-                        .await
-                        .map_err(Stage::Before)?;
-                    let result = enqueue_in!(
-                        &mut savepoint,
-                        &job.new,
-                        job.now,
-                        job.max_pending,
-                        &mut counted,
-                        $insert
-                    )
-                    .await;
-                    match result {
-                        Ok(answer) => {
-                            savepoint.commit().await.map_err(Stage::Before)?;
-                            Ok(answer)
-                        }
-                        Err(e @ sqlx::Error::Database(_)) => {
-                            savepoint.rollback().await.map_err(Stage::Before)?;
-                            Err(Ok(e))
-                        }
-                        Err(e) => Err(Err(Stage::Before(e))),
-                    }
-                } else {
-                    enqueue_in!(
-                        &mut tx,
-                        &job.new,
-                        job.now,
-                        job.max_pending,
-                        &mut counted,
-                        $insert
-                    )
-                    .await
-                    .map_err(|e| {
-                        if sqlite_statement_undone(&e) {
-                            Ok(e)
-                        } else {
-                            Err(Stage::Before(e))
-                        }
-                    })
-                };
-                tried.push(match result {
-                    Ok(answer) => Tried::Answer(Box::new(answer)),
-                    Err(Ok(e)) if met_another(&e) => Tried::Again(e),
-                    Err(Ok(e)) => Tried::Answer(Box::new(Err(unavailable(name, &e)))),
-                    Err(Err(stage)) => return Err(stage),
-                });
+/// A statement that fails answers its own request only: PostgreSQL aborts
+/// the whole transaction at a failed statement, so each enqueue runs in a
+/// savepoint of its own, rolled back alone when it fails.
+async fn run_group_postgres(pool: &PgPool, group: &[Job], name: &str) -> Result<Vec<Tried>, Stage> {
+    let mut tx = pool.begin().await.map_err(Stage::Before)?;
+    let mut counted = std::collections::HashMap::new();
+    let mut tried = Vec::with_capacity(group.len());
+    for job in group {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx)
+            .await
+            .map_err(Stage::Before)?;
+        let result = enqueue_in!(
+            &mut savepoint,
+            &job.new,
+            job.now,
+            job.max_pending,
+            &mut counted,
+            insert_postgres
+        )
+        .await;
+        tried.push(match result {
+            Ok(answer) => {
+                savepoint.commit().await.map_err(Stage::Before)?;
+                Tried::Answer(Box::new(answer))
             }
-            tx.commit().await.map_err(Stage::Commit)?;
-            Ok::<_, Stage>(tried)
-        }
+            Err(e @ sqlx::Error::Database(_)) => {
+                savepoint.rollback().await.map_err(Stage::Before)?;
+                failed_alone(name, e)
+            }
+            Err(e) => return Err(Stage::Before(e)),
+        });
+    }
+    tx.commit().await.map_err(Stage::Commit)?;
+    Ok(tried)
+}
+
+/// A statement that failed and was undone alone: tried again in the next
+/// group when it met another transaction's work, answered with the failure
+/// otherwise.
+fn failed_alone(name: &str, e: sqlx::Error) -> Tried {
+    if met_another(&e) {
+        Tried::Again(e)
+    } else {
+        Tried::Answer(Box::new(Err(unavailable(name, &e))))
+    }
+}
+
+/// An order, as [`SELECT_ORDER`] finds its entries.
+type OrderKey = (String, String, String, Kind);
+
+fn order_key(new: &NewDelivery) -> OrderKey {
+    (
+        new.msn.clone(),
+        new.payment_type.clone(),
+        new.order_id.clone(),
+        new.kind,
+    )
+}
+
+/// The entries of `keys`' orders, as [`SELECT_ORDER`] reads each, in one
+/// statement ([`ORDERS_SQLITE`]), the keys padded to a power of two (the
+/// last repeated).
+async fn orders_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    keys: &[&OrderKey],
+) -> Result<std::collections::HashMap<OrderKey, Vec<Row>>, sqlx::Error> {
+    let mut orders: std::collections::HashMap<OrderKey, Vec<Row>> =
+        std::collections::HashMap::with_capacity(keys.len());
+    let Some(last) = keys.last() else {
+        return Ok(orders);
     };
+    let padded = keys.len().next_power_of_two();
+    let sql: &'static str = &ORDERS_SQLITE[padded.ilog2() as usize];
+    let mut query = sqlx::query_as::<_, Row>(sql);
+    for key in keys
+        .iter()
+        .chain(std::iter::repeat_n(last, padded - keys.len()))
+    {
+        query = query
+            .bind(&key.0)
+            .bind(&key.1)
+            .bind(&key.2)
+            .bind(key.3.as_str());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for row in query.fetch_all(conn).await? {
+        if !seen.insert(row.seq) {
+            continue;
+        }
+        let key = (
+            row.msn.clone(),
+            row.payment_type.clone(),
+            row.order_id.clone(),
+            Kind::parse(&row.kind).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        );
+        orders.entry(key).or_default().push(row);
+    }
+    Ok(orders)
+}
+
+/// Statements for 1, 2, 4, … [`GROUP_MAX`] rows, at `[log2 of the
+/// size]`: a group's statements come in these sizes, so that a few
+/// statements, prepared once on the connection, serve every group. The
+/// SQLite ones take anonymous parameters (`?`): binding looks up every
+/// parameter's name, which SQLite finds by walking its list of named ones,
+/// so hundreds of named parameters take quadratic time to bind.
+type BySize = std::sync::LazyLock<Vec<String>>;
+
+fn by_size(build: fn(usize) -> String) -> Vec<String> {
+    (0..=GROUP_MAX.ilog2()).map(|k| build(1 << k)).collect()
+}
+
+/// The entries of `n` orders ([`orders_sqlite`]). The keys drive the join
+/// (CROSS JOIN keeps them outside), each a probe of `deliveries_order`.
+static ORDERS_SQLITE: BySize = BySize::new(|| {
+    by_size(|n| {
+        let values = vec!["(?, ?, ?, ?)"; n].join(", ");
+        format!(
+            "WITH k(k_msn, k_payment_type, k_order_id, k_kind) AS (VALUES {values}) \
+             SELECT {} FROM k CROSS JOIN deliveries ON msn = k_msn \
+             AND payment_type = k_payment_type AND order_id = k_order_id AND kind = k_kind \
+             AND state IN ('pending', 'delivered') ORDER BY seq DESC",
+            columns!()
+        )
+    })
+});
+
+/// `n` claimed entries delivered at `$1`, while `$2`'s claim
+/// ([`Store::finish_all`]): the ids of those recorded. The ids come from
+/// `$3` on, the last repeated up to `n`. `state` is tested with `$state`:
+/// SQLite, with no statistics, would otherwise walk every pending entry
+/// through `deliveries_due` rather than probe each id (`+state` there).
+fn finish_delivered(n: usize, state: &str) -> String {
+    let ids = (0..n)
+        .map(|i| format!("${}", i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+         next_attempt_at = NULL, delivered_at = $1, updated_at = $1, \
+         lease_owner = NULL, lease_until = NULL \
+         WHERE id IN ({ids}) AND lease_owner = $2 AND {state} = 'pending' RETURNING id"
+    )
+}
+
+static FINISH_DELIVERED_SQLITE: BySize = BySize::new(|| by_size(|n| finish_delivered(n, "+state")));
+static FINISH_DELIVERED_POSTGRES: BySize =
+    BySize::new(|| by_size(|n| finish_delivered(n, "state")));
+
+/// `n` new entries in one insert ([`insert_all_sqlite`]), each bound as
+/// [`bind_insert!`] binds one; the stored `id` and `seq` of each, in no
+/// particular order.
+static INSERT_ROWS_SQLITE: BySize = BySize::new(|| {
+    by_size(|n| {
+        let row = "(?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)";
+        format!(
+            "{} VALUES {} RETURNING id, seq",
+            insert_columns!(),
+            vec![row; n].join(", ")
+        )
+    })
+});
+
+/// Stores the new entries `rows` (`(job, id)`) of `group` on SQLite in
+/// multi-row inserts ([`INSERT_ROWS_SQLITE`], in chunks of powers of
+/// two), answering each in `tried`. A chunk whose insert
+/// fails on a constraint (undone alone) is stored row by row, so that the
+/// failure answers its own request only.
+async fn insert_all_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    group: &[Job],
+    rows: &mut Vec<(usize, String)>,
+    tried: &mut [Option<Tried>],
+    counted: &mut std::collections::HashMap<String, i64>,
+    name: &str,
+) -> Result<(), Stage> {
+    let mut rest: &[(usize, String)] = rows;
+    while !rest.is_empty() {
+        let size = GROUP_MAX.min(1 << rest.len().ilog2());
+        let (chunk, later) = rest.split_at(size);
+        rest = later;
+        let sql: &'static str = &INSERT_ROWS_SQLITE[size.ilog2() as usize];
+        let mut query = sqlx::query_as::<_, (String, i64)>(sql);
+        for (job, id) in chunk {
+            query = bind_insert!(query, group[*job].new, id, group[*job].now);
+        }
+        match query.fetch_all(&mut *conn).await {
+            Ok(stored) => {
+                let seqs: std::collections::HashMap<String, i64> = stored.into_iter().collect();
+                for (job, id) in chunk {
+                    let job_at = *job;
+                    let job = &group[job_at];
+                    let seq = *seqs
+                        .get(id)
+                        .ok_or(Stage::Before(sqlx::Error::RowNotFound))?;
+                    tried[job_at] = Some(Tried::Answer(Box::new(Ok(Enqueued::Created(created(
+                        &job.new,
+                        id.clone(),
+                        seq,
+                        job.now,
+                    ))))));
+                }
+            }
+            Err(e) if sqlite_statement_undone(&e) => {
+                for (job_at, id) in chunk {
+                    let job = &group[*job_at];
+                    tried[*job_at] = Some(
+                        match insert_sqlite(&mut *conn, &job.new, id, job.now).await {
+                            Ok(seq) => Tried::Answer(Box::new(Ok(Enqueued::Created(created(
+                                &job.new,
+                                id.clone(),
+                                seq,
+                                job.now,
+                            ))))),
+                            Err(e) if sqlite_statement_undone(&e) => {
+                                if let Some(pending) = counted.get_mut(&job.new.msn) {
+                                    *pending -= 1;
+                                }
+                                failed_alone(name, e)
+                            }
+                            Err(e) => return Err(Stage::Before(e)),
+                        },
+                    );
+                }
+            }
+            Err(e) => return Err(Stage::Before(e)),
+        }
+    }
+    rows.clear();
+    Ok(())
+}
+
+/// Runs a group's enqueues in one SQLite transaction and commits it: each
+/// enqueue's [`Tried`], or where the transaction failed ([`Stage`]).
+///
+/// The group's statements are few whatever its size: one read of all its
+/// orders' entries, one count of each merchant's backlog, and multi-row
+/// inserts of its new entries ([`insert_all_sqlite`]); each statement is a
+/// round trip to the connection's thread. A request whose order an earlier
+/// request of the group has written, or that replaces a category link,
+/// runs alone ([`enqueue_in!`]), after the new entries so far are stored,
+/// so that it sees them. SQLite undoes a failed constraint alone and keeps
+/// the transaction; any other failure fails the group.
+async fn run_group_sqlite(
+    pool: &SqlitePool,
+    group: &[Job],
+    name: &str,
+) -> Result<Vec<Tried>, Stage> {
+    let mut tx = pool.begin().await.map_err(Stage::Before)?;
+    let keys: Vec<OrderKey> = group.iter().map(|job| order_key(&job.new)).collect();
+    let distinct: Vec<&OrderKey> = {
+        let mut seen = std::collections::HashSet::new();
+        keys.iter().filter(|key| seen.insert(*key)).collect()
+    };
+    let mut orders = orders_sqlite(&mut tx, &distinct)
+        .await
+        .map_err(Stage::Before)?;
+    let mut counted: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for job in group {
+        if !counted.contains_key(&job.new.msn) {
+            let pending = count_pending!(&mut *tx, &job.new.msn, job.max_pending)
+                .await
+                .map_err(Stage::Before)?;
+            counted.insert(job.new.msn.clone(), pending);
+        }
+    }
+    let mut tried: Vec<Option<Tried>> = group.iter().map(|_| None).collect();
+    let mut rows: Vec<(usize, String)> = Vec::new();
+    let mut read = std::collections::HashSet::new();
+    for (at, (job, key)) in group.iter().zip(&keys).enumerate() {
+        let decision = if read.insert(key) {
+            decide(&job.new, orders.remove(key).unwrap_or_default(), job.now)
+        } else {
+            // An earlier request of the group read this order: what it
+            // wrote is not in the entries read.
+            Decision::Replace(0)
+        };
+        let answer = match decision {
+            Decision::Answer(answer) => *answer,
+            Decision::Insert => {
+                let pending = counted.entry(job.new.msn.clone()).or_default();
+                if *pending >= job.max_pending {
+                    Ok(Enqueued::Full)
+                } else {
+                    *pending += 1;
+                    rows.push((at, new_id()));
+                    continue;
+                }
+            }
+            Decision::Replace(_) => {
+                insert_all_sqlite(&mut tx, group, &mut rows, &mut tried, &mut counted, name)
+                    .await?;
+                let alone = enqueue_in!(
+                    &mut tx,
+                    &job.new,
+                    job.now,
+                    job.max_pending,
+                    &mut counted,
+                    insert_sqlite
+                )
+                .await;
+                match alone {
+                    Ok(answer) => answer,
+                    Err(e) if sqlite_statement_undone(&e) => {
+                        tried[at] = Some(failed_alone(name, e));
+                        continue;
+                    }
+                    Err(e) => return Err(Stage::Before(e)),
+                }
+            }
+        };
+        tried[at] = Some(Tried::Answer(Box::new(answer)));
+    }
+    insert_all_sqlite(&mut tx, group, &mut rows, &mut tried, &mut counted, name).await?;
+    tx.commit().await.map_err(Stage::Commit)?;
+    tried
+        .into_iter()
+        .map(|t| t.ok_or(Stage::Before(sqlx::Error::RowNotFound)))
+        .collect()
 }
 
 /// The enqueues waiting for the store's writers: one receiver, shared; the
@@ -737,7 +1045,7 @@ macro_rules! run_group {
 type Jobs = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>;
 
 /// One of the store's writers: gathers a group ([`gather`]), commits it
-/// ([`run_group!`]) and answers each request, until every sender is gone.
+/// ([`run_group_sqlite`], [`run_group_postgres`]) and answers each request, until every sender is gone.
 /// Nothing is answered before its group's commit: a `202` still means
 /// stored. A failed commit answers every request of the group with the
 /// failure (the outcome unknown where the commit broke).
@@ -760,8 +1068,8 @@ async fn writer(pool: Pool, name: String, jobs: Jobs, grouping: Grouping) {
             gather(&mut group, &mut jobs, grouping.wait, GROUP_MAX).await;
         }
         let committed = match &pool {
-            Pool::Sqlite(pool) => run_group!(pool, &group, &name, false, insert_sqlite).await,
-            Pool::Postgres(pool) => run_group!(pool, &group, &name, true, insert_postgres).await,
+            Pool::Sqlite(pool) => run_group_sqlite(pool, &group, &name).await,
+            Pool::Postgres(pool) => run_group_postgres(pool, &group, &name).await,
         };
         let tried = match committed {
             Ok(tried) => tried,
@@ -1064,7 +1372,10 @@ impl Store {
 
     /// Records the attempts on several claimed entries at `now`, in one
     /// transaction (one commit, so one sync to disk for all): for each,
-    /// whether the claim was still `owner`'s.
+    /// whether the claim was still `owner`'s. The deliveries, the common
+    /// outcome, are recorded together in one statement per
+    /// [`GROUP_MAX`] ([`finish_delivered`]); with nothing else, that
+    /// statement is the transaction.
     pub async fn finish_all(
         &self,
         owner: &str,
@@ -1075,37 +1386,70 @@ impl Store {
              next_attempt_at = $2, last_error = COALESCE($3, last_error), \
              delivered_at = $4, updated_at = $5, lease_owner = NULL, lease_until = NULL \
              WHERE id = $6 AND lease_owner = $7 AND state = 'pending'";
+        let delivered: Vec<&str> = attempts
+            .iter()
+            .filter(|(_, outcome)| matches!(outcome, Outcome::Delivered))
+            .map(|(id, _)| *id)
+            .collect();
+        let alone = delivered.len() == attempts.len() && delivered.len() <= GROUP_MAX;
+        let finish_delivered = match self.pool {
+            Pool::Sqlite(_) => &FINISH_DELIVERED_SQLITE,
+            Pool::Postgres(_) => &FINISH_DELIVERED_POSTGRES,
+        };
         let result: Result<Vec<bool>, sqlx::Error> = with_pool!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut finished = std::collections::HashSet::new();
+            let mut tx = if alone { None } else { Some(pool.begin().await?) };
+            for chunk in delivered.chunks(GROUP_MAX) {
+                let padded = chunk.len().next_power_of_two();
+                let sql: &'static str = &finish_delivered[padded.ilog2() as usize];
+                let mut query = sqlx::query_scalar::<_, String>(sql).bind(now).bind(owner);
+                for id in chunk.iter().chain(std::iter::repeat_n(&chunk[chunk.len() - 1], padded - chunk.len())) {
+                    query = query.bind(*id);
+                }
+                let ids = match tx.as_mut() {
+                    Some(tx) => query.fetch_all(&mut **tx).await?,
+                    None => query.fetch_all(pool).await?,
+                };
+                finished.extend(ids);
+            }
             let mut done = Vec::with_capacity(attempts.len());
             for (id, outcome) in attempts {
-                let (state, next_attempt_at, error, delivered_at) = match outcome {
-                    Outcome::Delivered => (State::Delivered, None, None, Some(now)),
+                let (state, next_attempt_at, error) = match outcome {
+                    Outcome::Delivered => {
+                        done.push(finished.contains(*id));
+                        continue;
+                    }
                     Outcome::Retry {
                         next_attempt_at,
                         error,
-                    } => (State::Pending, Some(*next_attempt_at), Some(error), None),
-                    Outcome::Failed { error } => (State::Failed, None, Some(error), None),
+                    } => (State::Pending, Some(*next_attempt_at), Some(error)),
+                    Outcome::Failed { error } => (State::Failed, None, Some(error)),
                     Outcome::Postponed { next_attempt_at } => {
-                        (State::Pending, Some(*next_attempt_at), None, None)
+                        (State::Pending, Some(*next_attempt_at), None)
                     }
                 };
                 let sent = i64::from(!matches!(outcome, Outcome::Postponed { .. }));
+                let Some(tx) = tx.as_mut() else {
+                    return Err(sqlx::Error::RowNotFound);
+                };
                 let affected = sqlx::query(finish)
                     .bind(state.as_str())
                     .bind(next_attempt_at)
                     .bind(error)
-                    .bind(delivered_at)
+                    // Only the deliveries above are delivered.
+                    .bind(None::<i64>)
                     .bind(now)
                     .bind(*id)
                     .bind(owner)
                     .bind(sent)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?
                     .rows_affected();
                 done.push(affected == 1);
             }
-            tx.commit().await?;
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
             Ok(done)
         }
         .await);
@@ -1302,6 +1646,51 @@ mod tests {
         tokio::sync::mpsc::Receiver<u32>,
     ) {
         tokio::sync::mpsc::channel(GROUP_MAX * 4)
+    }
+
+    /// How the bundled SQLite runs `sql` on the store's table and indexes
+    /// (EXPLAIN QUERY PLAN's details), with no statistics, as in a new file.
+    async fn sqlite_plan(sql: &str) -> Vec<String> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        SQLITE_MIGRATIONS.run(&pool).await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        rows.into_iter().map(|(.., detail)| detail).collect()
+    }
+
+    #[tokio::test]
+    async fn a_groups_statements_probe_an_index_per_order_or_id_on_sqlite() {
+        for n in [1_usize, GROUP_MAX] {
+            let orders = sqlite_plan(&ORDERS_SQLITE[n.ilog2() as usize]).await;
+            assert!(
+                orders.iter().any(|d| d.contains("USING INDEX deliveries_order (msn=? AND payment_type=? AND order_id=? AND kind=? AND state=?)")),
+                "{orders:?}"
+            );
+            assert!(
+                !orders.iter().any(|d| d.contains("SCAN deliveries")),
+                "{orders:?}"
+            );
+            let finish = sqlite_plan(&FINISH_DELIVERED_SQLITE[n.ilog2() as usize]).await;
+            assert_eq!(
+                finish,
+                ["SEARCH deliveries USING INDEX sqlite_autoindex_deliveries_1 (id=?)"],
+                "each id probed, not every pending entry walked"
+            );
+        }
+        // Without the `+`, SQLite walks every pending entry: what the test
+        // above would catch.
+        let walk = sqlite_plan(&finish_delivered(4, "state")).await;
+        assert!(
+            walk.iter().any(|d| d.contains("deliveries_due")),
+            "{walk:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -105,6 +105,7 @@ on_both!(
     a_postponed_entry_keeps_its_attempts_and_error,
     a_claim_leaves_the_skipped_merchants_entries_alone,
     an_entry_keeps_its_origin_and_a_replaced_link_takes_the_new_one,
+    attempts_recorded_together_keep_each_claims_owner,
 );
 
 fn request(kind: Kind, order: &str, content: &str) -> NewDelivery {
@@ -302,6 +303,88 @@ async fn a_receipt_is_stored_once_per_order(store: Store) {
         None,
         "another merchant does not see it"
     );
+}
+
+async fn attempts_recorded_together_keep_each_claims_owner(store: Store) {
+    let mut ids = Vec::new();
+    for i in 0..70 {
+        ids.push(
+            created(&store, &receipt(&format!("o-{i}"), "a"), T0)
+                .await
+                .id,
+        );
+    }
+    // w1 holds the first three; the first's lease ends and w2 takes it.
+    let claimed = |claims: Vec<vipps_order_gateway::outbox::Claimed>| -> Vec<String> {
+        claims.into_iter().map(|c| c.delivery.id).collect()
+    };
+    let short = Duration::from_millis(10);
+    assert_eq!(
+        claimed(store.claim("w1", T0, short, 1, &[]).await.unwrap()),
+        ids[..1]
+    );
+    assert_eq!(
+        claimed(store.claim("w1", T0, LEASE, 2, &[]).await.unwrap()),
+        ids[1..3]
+    );
+    let later = T0 + 10;
+    let second = claim_ids(&store, "w2", later).await;
+    let mut expected = vec![ids[0].clone()];
+    expected.extend_from_slice(&ids[3..]);
+    assert_eq!(second, expected);
+    let retry = Outcome::Retry {
+        next_attempt_at: T0 + 60_000,
+        error: r#"{"status":503}"#.into(),
+    };
+    let outcomes = [
+        (ids[0].as_str(), &Outcome::Delivered),
+        (ids[1].as_str(), &retry),
+        (ids[2].as_str(), &Outcome::Delivered),
+    ];
+    assert_eq!(
+        store.finish_all("w1", &outcomes, later).await.unwrap(),
+        [false, true, true],
+        "only the claims still w1's are recorded"
+    );
+    let taken = get(&store, &ids[0]).await;
+    assert_eq!(
+        (taken.state, taken.attempts),
+        (State::Pending, 0),
+        "w2's, untouched"
+    );
+    let retried = get(&store, &ids[1]).await;
+    assert_eq!(
+        (
+            retried.state,
+            retried.attempts,
+            retried.next_attempt_at,
+            retried.last_error.as_deref()
+        ),
+        (
+            State::Pending,
+            1,
+            Some(T0 + 60_000),
+            Some(r#"{"status":503}"#)
+        )
+    );
+    let delivered = get(&store, &ids[2]).await;
+    assert_eq!(
+        (delivered.state, delivered.attempts, delivered.delivered_at),
+        (State::Delivered, 1, Some(later))
+    );
+    // All w2 claimed (more than one statement holds), delivered together.
+    let outcomes: Vec<(&str, &Outcome)> = second
+        .iter()
+        .map(|id| (id.as_str(), &Outcome::Delivered))
+        .collect();
+    assert_eq!(
+        store.finish_all("w2", &outcomes, later).await.unwrap(),
+        vec![true; 68]
+    );
+    for id in &second {
+        let d = get(&store, id).await;
+        assert_eq!((d.state, d.attempts), (State::Delivered, 1), "{id}");
+    }
 }
 
 async fn a_claim_is_one_claimers_until_its_lease_ends(store: Store) {
@@ -717,6 +800,8 @@ on_both_urls!(
     a_lone_enqueue_waits_for_the_bound_and_commits_alone,
     a_conflict_and_a_repost_in_a_group_are_answered_beside_its_new_entries,
     a_failing_statement_answers_its_own_request_and_not_its_groups,
+    a_large_group_answers_each_request_with_what_it_stored,
+    requests_for_one_order_in_a_group_see_each_others_writes,
 );
 
 async fn concurrent_enqueues_share_one_commit_and_each_is_answered(url: String) {
@@ -781,6 +866,96 @@ async fn a_conflict_and_a_repost_in_a_group_are_answered_beside_its_new_entries(
         other => panic!("the second is a repost, got {other:?}"),
     }
     assert_eq!(store.list(MSN, None, None, 100).await.unwrap().len(), 4);
+}
+
+async fn a_large_group_answers_each_request_with_what_it_stored(url: String) {
+    let (store, groups) = grouped(&url, Duration::ZERO).await;
+    let first = created(&store, &receipt("o-0", "a"), T0).await;
+    // 60 requests: 59 new entries (SQLite stores them 32, 16, 8, 2 and 1
+    // at a time) around a repost.
+    let mut requests: Vec<NewDelivery> = (1..60).map(|i| receipt(&format!("o-{i}"), "a")).collect();
+    requests.insert(30, receipt("o-0", "a"));
+    let answers = together(&store, &requests).await;
+    assert_eq!(sizes(&groups), [1, 60], "one group");
+    assert_eq!(
+        answers[30].as_ref().unwrap(),
+        &Enqueued::Repost(first.clone())
+    );
+    let mut ids = vec![first.id.clone()];
+    for (answer, request) in answers.iter().zip(&requests) {
+        let Ok(Enqueued::Created(d)) = answer else {
+            continue;
+        };
+        assert_eq!(d.order_id, request.order_id);
+        assert_eq!(
+            &get(&store, &d.id).await,
+            d,
+            "the answer is what is stored, seq included"
+        );
+        ids.push(d.id.clone());
+    }
+    assert_eq!(ids.len(), 60);
+    // Ids are UUIDs of version 7, ordered as the requests came, and so is
+    // the store's order of arrival.
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(uuid.get_version_num(), 7, "{id}");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "ids ordered by creation");
+    let listed: Vec<String> = store
+        .list(MSN, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, ids, "oldest first, as they came");
+}
+
+async fn requests_for_one_order_in_a_group_see_each_others_writes(url: String) {
+    let (store, groups) = grouped(&url, Duration::ZERO).await;
+    let link = created(&store, &category("o-1", "a"), T0).await;
+    let answers = together(
+        &store,
+        &[
+            // A new receipt, then a different one for the same order.
+            receipt("o-9", "a"),
+            receipt("o-9", "b"),
+            // The pending link replaced twice, the second time by what the
+            // first wrote.
+            category("o-1", "b"),
+            receipt("o-10", "a"),
+            category("o-1", "c"),
+            category("o-1", "c"),
+        ],
+    )
+    .await;
+    assert_eq!(sizes(&groups), [1, 6]);
+    let receipt_id = created_id(&answers[0]);
+    match &answers[1] {
+        Ok(Enqueued::Conflict(d)) => assert_eq!(d.id, receipt_id),
+        other => panic!("a different receipt conflicts with the group's new one, got {other:?}"),
+    }
+    for at in [2, 4] {
+        match &answers[at] {
+            Ok(Enqueued::Replaced(d)) => assert_eq!(d.id, link.id),
+            other => panic!("the pending link is replaced, got {other:?}"),
+        }
+    }
+    match &answers[5] {
+        Ok(Enqueued::Repost(d)) => assert_eq!(
+            (d.id.as_str(), d.fingerprint.as_str()),
+            (link.id.as_str(), category("o-1", "c").fingerprint.as_str())
+        ),
+        other => panic!("the same link again is a repost, got {other:?}"),
+    }
+    created_id(&answers[3]);
+    let stored = get(&store, &link.id).await;
+    assert_eq!(stored.payload, category("o-1", "c").payload);
+    assert_eq!(store.list(MSN, None, None, 100).await.unwrap().len(), 3);
 }
 
 async fn a_failing_statement_answers_its_own_request_and_not_its_groups(url: String) {

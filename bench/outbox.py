@@ -198,6 +198,14 @@ def commit_groups(port, store):
     return found.get("count", 0.0), found.get("sum", 0.0)
 
 
+def written(server):
+    """Bytes `server`'s process has caused to be written to storage so far
+    (`write_bytes` of /proc/PID/io: its database files, logs aside, since
+    the gateway logs to stdout)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{server.popen.pid}/io").read_text().splitlines())
+    return int(io["write_bytes"])
+
+
 def paths(workdir, sim, seconds, store, url):
     """wrk on the 202 path and the synchronous one, one gateway on `store`
     at `url`."""
@@ -212,9 +220,9 @@ def paths(workdir, sim, seconds, store, url):
                                       f"/v1/merchants/{bench.DEMO['msn']}/orders/{{id}}/receipt",
                                       {"Content-Type": "application/json", **headers}, body)
             bench.run_wrk(port, script, 2, 32, servers=[gw])
-            before = commit_groups(port, store)
+            before, bytes_before = commit_groups(port, store), written(gw)
             runs = [bench.run_wrk(port, script, seconds, 32, servers=[gw]) for _ in range(3)]
-            after = commit_groups(port, store)
+            after, bytes_after = commit_groups(port, store), written(gw)
             r = bench.best_of(runs)
             if r["errors"]:
                 raise bench.BenchError(f"{label}: {r['errors']} errors")
@@ -222,7 +230,8 @@ def paths(workdir, sim, seconds, store, url):
             out[label] = {"rps": round(r["rps"]), "p50_us": r["p50_us"], "p99_us": r["p99_us"],
                           "runs_rps": [round(x["rps"]) for x in runs],
                           "gateway_cpu_us_per_req": round(r["cpu_us_per_req"][gw.name]),
-                          "commits": round(commits), "mean_group": round(answered / commits, 1) if commits else None}
+                          "commits": round(commits), "mean_group": round(answered / commits, 1) if commits else None,
+                          "written_bytes_per_req": round((bytes_after - bytes_before) / sum(x["requests"] for x in runs))}
             bench.log(f"  {label}: {r['rps']:.0f} req/s p99 {r['p99_us']} µs")
     finally:
         gw.stop()
@@ -252,13 +261,13 @@ def main():
     lines += [f"| {d['store']} | {d['replicas']} | {d['seconds']} | {d['per_second']:,} |" for d in drains]
     lines += ["", "The 202 path beside the synchronous one (wrk, 32 connections, 10-line receipts, the median of 3 runs "
               "of 10 s; one gateway per store, its worker delivering meanwhile):", "",
-              "| store | path | req/s | p50 ms | p99 ms | gateway CPU µs/req | mean commit group | runs req/s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| store | path | req/s | p50 ms | p99 ms | gateway CPU µs/req | mean commit group | KB written/req | runs req/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for store, figures in path_figures.items():
         for label, r in (("synchronous 201", figures["synchronous"]), ("Prefer: respond-async, 202", figures["async-202"])):
             group = "—" if r["mean_group"] is None else r["mean_group"]
             lines.append(f"| {store} | {label} | {r['rps']:,} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
-                         f"| {r['gateway_cpu_us_per_req']} | {group} | {r['runs_rps']} |")
+                         f"| {r['gateway_cpu_us_per_req']} | {group} | {r['written_bytes_per_req'] / 1000:.1f} | {r['runs_rps']} |")
     lines.append("")
     for store, figures in path_figures.items():
         s, a = figures["synchronous"], figures["async-202"]

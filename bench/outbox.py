@@ -200,8 +200,8 @@ def commit_groups(port, store):
 
 def written(server):
     """Bytes `server`'s process has caused to be written to storage so far
-    (`write_bytes` of /proc/PID/io: its database files, logs aside, since
-    the gateway logs to stdout)."""
+    (`write_bytes` of /proc/PID/io): its database files and its log (stdout
+    is a file here; the synchronous path's figure is the log alone)."""
     io = dict(line.split(": ") for line in Path(f"/proc/{server.popen.pid}/io").read_text().splitlines())
     return int(io["write_bytes"])
 

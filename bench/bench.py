@@ -10,8 +10,11 @@ results.json (raw) and results.md (the tables BENCHMARKS.md quotes).
 
 Placement (2-core machine): the servers under test (simulator, and nginx or
 the gateway in front of it) share CPU 0; wrk runs alone on CPU 1. Every server
-runs one worker (simulator --workers 1, nginx worker_processes 1, gateway
-workers = 1) and every load uses the same wrk threads and connections.
+runs one worker (simulator --workers 1, nginx worker_processes 1, HAProxy
+nbthread 1, gateway workers = 1) and every load uses the same wrk threads and
+connections. With --spread, every server runs two workers instead and
+nothing is pinned: servers and wrk share both CPUs, as a front on a small
+machine of its own would run (the placement of issue 27's first table).
 """
 
 import argparse
@@ -43,6 +46,8 @@ HYPER = TARGET / "release" / "hyper-forwarder"
 LIB = ROOT / "bench" / "lib"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
+# Workers (processes, threads) of every server under test; --spread: 2.
+WORKERS = 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEMO = {
     "msn": "123456",
@@ -96,7 +101,8 @@ def wait_http(port, path="/healthz", timeout=20.0, proc=None, ok=False):
 class Proc:
     """A server pinned to a CPU, with its CPU time and memory readable."""
 
-    def __init__(self, name, argv, workdir, env=None, cpu=SERVER_CPU):
+    def __init__(self, name, argv, workdir, env=None, cpu=None):
+        cpu = cpu or SERVER_CPU
         self.name = name
         self.logfile = open(workdir / f"{name}.log", "ab")
         self.spawned = time.monotonic()
@@ -178,7 +184,8 @@ def http(method, port, path, body=None, headers=None, timeout=30):
 
 
 class Sim:
-    def __init__(self, workdir, workers=1, request_log=False):
+    def __init__(self, workdir, workers=None, request_log=False):
+        workers = workers or WORKERS
         self.port = free_port()
         self.proc = Proc("simulator", [str(BIN), "simulate", "--listen", f"127.0.0.1:{self.port}",
                                        "--workers", str(workers)], workdir,
@@ -235,7 +242,7 @@ def start_bare_forwarder(workdir, sim, token, binary=BARE):
 
 
 def run_nginx(workdir, name, http_body, connections=4096):
-    """An nginx (one worker, in the foreground) under workdir/name, serving
+    """An nginx (WORKERS workers, in the foreground) under workdir/name, serving
     `http_body` (the `http` block's contents; `{ndir}` in it names the
     directory), with its own temp paths; returns its Proc."""
     ndir = workdir / name
@@ -243,7 +250,7 @@ def run_nginx(workdir, name, http_body, connections=4096):
         (ndir / sub).mkdir(parents=True, exist_ok=True)
     conf = f"""
 daemon off;
-worker_processes 1;
+worker_processes {WORKERS};
 error_log {ndir}/logs/error.log warn;
 pid {ndir}/nginx.pid;
 events {{ worker_connections {connections}; }}
@@ -293,7 +300,7 @@ def gateway_config(workdir, sim_port, merchants, name="gateway", level="info"):
     port = free_port()
     lines = [
         f'listen = "127.0.0.1:{port}"',
-        "workers = 1",
+        f"workers = {WORKERS}",
         "[log]", 'format = "json"', f'level = "{level}"',
         "[upstream]", f'base_url = "http://127.0.0.1:{sim_port}"',
         "[resilience]",
@@ -321,7 +328,7 @@ def start_haproxy(workdir, sim, token):
                        for k, v in sim.vipps_headers(token).items())
     conf = f"""
 global
-    nbthread 1
+    nbthread {WORKERS}
     maxconn 8192
 defaults
     mode http
@@ -1025,6 +1032,13 @@ def ms(us):
     return f"{us / 1000:.2f}"
 
 
+def placement(res):
+    """(workers per server, the servers' CPUs, wrk's CPUs) of a run."""
+    if res["args"].get("spread"):
+        return 2, "0,1", "0,1"
+    return 1, "0", "1"
+
+
 def forwarding_table(res, rounds, fmt):
     """Issue 27's table: a 10-line receipt forwarded by nginx, HAProxy and the
     gateway (and the baseline build, when given) in the same rounds, with the
@@ -1034,8 +1048,11 @@ def forwarding_table(res, rounds, fmt):
         return []
     haproxy = re.search(r"version (\d+\.\d+)", res["machine"].get("haproxy", ""))
     baseline = res["args"].get("baseline")
-    sides = [("nginx_proxy_receipt", "nginx (1 worker, keep-alive pool)"),
-             ("haproxy_proxy_receipt", f"HAProxy {haproxy.group(1) if haproxy else ''} (1 thread, `http-reuse always`)"),
+    workers = placement(res)[0]
+    many = "s" if workers > 1 else ""
+    sides = [("nginx_proxy_receipt", f"nginx ({workers} worker{many}, keep-alive pool)"),
+             ("haproxy_proxy_receipt",
+              f"HAProxy {haproxy.group(1) if haproxy else ''} ({workers} thread{many}, `http-reuse always`)"),
              ("gateway_proxy_receipt", "the gateway (new build)" if baseline else "the gateway")]
     if baseline:
         sides.append(("gateway_proxy_receipt_baseline", "the gateway (before)"))
@@ -1043,7 +1060,7 @@ def forwarding_table(res, rounds, fmt):
     L.append(f"wrk -t1 -c{res['args']['connections']} POSTing the ready Vipps receipt of the 10-line façade receipt "
              "(a new order id per request) through each proxy to an nginx playing Vipps (a 201 for every "
              "receipt, nothing stored); every proxy sets the same static Vipps headers and keeps its "
-             "connections to it open. Each front has one worker on the servers' CPU, as in the cases above; "
+             "connections to it open. Each front has as many workers and CPUs as in the cases above; "
              f"the figures are the median-throughput run of {res['args']['runs']} rounds"
              + (f"; the gateway before is `{baseline}`, measured in the same rounds." if baseline else "."))
     L.append("")
@@ -1094,7 +1111,9 @@ def markdown(res):
              f"kernel {res['machine']['kernel']}; commit `{res['machine']['git']}`; "
              f"{res['args']['runs']} runs of {res['args']['seconds']} s per case, taken in rounds across the reads and "
              f"across the receipts (median-throughput run shown), "
-             f"wrk 1 thread × {res['args']['connections']} connections on CPU {LOAD_CPU}; servers on CPU {SERVER_CPU}.")
+             f"wrk 1 thread × {res['args']['connections']} connections on CPU {placement(res)[2]}; "
+             f"servers on CPU {placement(res)[1]}, {placement(res)[0]} worker{'s' if placement(res)[0] > 1 else ''} "
+             "(or threads) each.")
     L.append("")
     if not c:
         L.append("(side-by-side cases not run)")
@@ -1347,7 +1366,7 @@ def markdown(res):
 
 
 def main():
-    global BIN
+    global BIN, SERVER_CPU, LOAD_CPU, WORKERS
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=int, default=10, help="length of one measured run")
     p.add_argument("--runs", type=int, default=3, help="runs per side-by-side case")
@@ -1358,10 +1377,15 @@ def main():
     p.add_argument("--baseline", metavar="PATH",
                    help="another gateway build (the one before a change) measured in the same rounds "
                         "as the build under test: the gateway cases and the merchants part")
+    p.add_argument("--spread", action="store_true",
+                   help="every server with two workers and nothing pinned (servers and wrk share both CPUs)")
     p.add_argument("--gateway-bin", metavar="PATH",
                    help=f"the gateway build to measure (default {BIN}, which bench/run builds); "
                         "it also serves as the simulator")
     a = p.parse_args()
+    if a.spread:
+        SERVER_CPU = LOAD_CPU = "0,1"
+        WORKERS = 2
     if a.gateway_bin:
         BIN = Path(a.gateway_bin).resolve()
     if not BIN.exists():

@@ -1106,14 +1106,14 @@ def forwarding_table(res, rounds, fmt):
 
 def markdown(res):
     c = res.get("cases", {})
+    workers, server_cpu, load_cpu = placement(res)
     L = []
     L.append(f"Run {res['date']} on {res['machine']['nproc']} CPUs ({res['machine']['cpu']}), "
              f"kernel {res['machine']['kernel']}; commit `{res['machine']['git']}`; "
              f"{res['args']['runs']} runs of {res['args']['seconds']} s per case, taken in rounds across the reads and "
              f"across the receipts (median-throughput run shown), "
-             f"wrk 1 thread × {res['args']['connections']} connections on CPU {placement(res)[2]}; "
-             f"servers on CPU {placement(res)[1]}, {placement(res)[0]} worker{'s' if placement(res)[0] > 1 else ''} "
-             "(or threads) each.")
+             f"wrk 1 thread × {res['args']['connections']} connections on CPU {load_cpu}; "
+             f"servers on CPU {server_cpu}, {workers} worker{'s' if workers > 1 else ''} (or threads) each.")
     L.append("")
     if not c:
         L.append("(side-by-side cases not run)")
@@ -1383,9 +1383,7 @@ def main():
                    help=f"the gateway build to measure (default {BIN}, which bench/run builds); "
                         "it also serves as the simulator")
     a = p.parse_args()
-    if a.spread:
-        SERVER_CPU = LOAD_CPU = "0,1"
-        WORKERS = 2
+    WORKERS, SERVER_CPU, LOAD_CPU = placement({"args": vars(a)})
     if a.gateway_bin:
         BIN = Path(a.gateway_bin).resolve()
     if not BIN.exists():

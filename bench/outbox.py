@@ -10,6 +10,10 @@
    10-line receipts to one gateway (on SQLite, then on PostgreSQL), with and
    without `Prefer: respond-async`; throughput, p50 and p99 of each, and the
    ratio 202 / 201, the worker delivering meanwhile.
+3. The 202 path while Vipps is down, on SQLite: OUTAGE_BACKLOG receipts
+   pending already (the merchant's backlog after a while of an outage), the
+   gateway's Vipps a closed port; wrk posts 10-line receipts with
+   `Prefer: respond-async` (3 runs of 5 s), and the backlog grows.
 
 Run through `bench/run --outbox [OUT_DIR]` (it builds the binary and
 installs wrk); PostgreSQL comes from Debian's packages (installed when
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 BACKLOG = 10_000
+OUTAGE_BACKLOG = 20_000
 
 
 def pg_bin():
@@ -117,19 +122,19 @@ def sample_payload(workdir, sim):
     return payload, fingerprint
 
 
-def rows(prefix, payload, fingerprint, now):
-    """The backlog: one pending receipt for each of BACKLOG orders."""
+def rows(prefix, payload, fingerprint, now, n=BACKLOG):
+    """The backlog: one pending receipt for each of `n` orders."""
     return [(str(uuid.uuid4()), bench.DEMO["msn"], "receipt", "ecom", f"{prefix}-{i}", fingerprint, payload,
-             "pending", 0, now, now, now) for i in range(BACKLOG)]
+             "pending", 0, now, now, now) for i in range(n)]
 
 
 INSERT = ("INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, state, attempts, "
           "created_at, updated_at, next_attempt_at) VALUES ({})")
 
 
-def fill_sqlite(db, prefix, payload, fingerprint):
+def fill_sqlite(db, prefix, payload, fingerprint, n=BACKLOG):
     with sqlite3.connect(db) as c:
-        c.executemany(INSERT.format(", ".join("?" * 12)), rows(prefix, payload, fingerprint, int(time.time() * 1000)))
+        c.executemany(INSERT.format(", ".join("?" * 12)), rows(prefix, payload, fingerprint, int(time.time() * 1000), n))
 
 
 def fill_postgres(pg, db, prefix, payload, fingerprint, workdir):
@@ -238,6 +243,40 @@ def paths(workdir, sim, seconds, store, url):
     return out
 
 
+def outage(workdir, sim, seconds=5):
+    """wrk on the 202 path of a gateway on SQLite whose Vipps is down (a
+    closed port), OUTAGE_BACKLOG receipts pending already: the merchant's
+    backlog grows by every request."""
+    bench.log(f"outbox 202 while Vipps is down, {OUTAGE_BACKLOG} pending")
+    payload, fingerprint = sample_payload(workdir, sim)
+    db = workdir / f"outage-{uuid.uuid4().hex}.db"
+    down = bench.free_port()
+    # Names of their own: `start` looks for the store's opening in the log.
+    gw, _ = start(workdir, down, f"gateway-outage-migrate-{db.stem}", f"sqlite://{db}")
+    gw.stop()
+    fill_sqlite(db, "outage", payload, fingerprint, OUTAGE_BACKLOG)
+    gw, port = start(workdir, down, f"gateway-{db.stem}", f"sqlite://{db}")
+    try:
+        body = workdir / "receipt-10.json"
+        body.write_text(json.dumps(bench.facade_receipt(10)))
+        script = bench.wrk_script(workdir, "outbox-outage", "POST",
+                                  f"/v1/merchants/{bench.DEMO['msn']}/orders/{{id}}/receipt",
+                                  {"Content-Type": "application/json", "Prefer": "respond-async"}, body)
+        runs = [bench.run_wrk(port, script, seconds, 32, servers=[gw]) for _ in range(3)]
+    finally:
+        gw.stop()
+    r = bench.best_of(runs)
+    # Every answer a 202: the backlog stays below outbox.max_pending_per_merchant.
+    if any(x["errors"] for x in runs):
+        raise bench.BenchError(f"outage: errors in runs {[x['errors'] for x in runs]}")
+    with sqlite3.connect(db) as c:
+        pending = c.execute("SELECT count(*) FROM deliveries WHERE state = 'pending'").fetchone()[0]
+    bench.log(f"  outage: {r['rps']:.0f} req/s p99 {r['p99_us']} µs, {pending} pending after")
+    return {"rps": round(r["rps"]), "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+            "runs_rps": [round(x["rps"]) for x in runs], "gateway_cpu_us_per_req": round(r["cpu_us_per_req"][gw.name]),
+            "pending_before": OUTAGE_BACKLOG, "pending_after": pending}
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else bench.ROOT / "bench" / "results")
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +289,7 @@ def main():
         pg.psql("postgres", "CREATE DATABASE paths")
         path_figures = {"sqlite": paths(workdir, sim, 10, "sqlite", f"sqlite://{workdir / 'paths.db'}"),
                         "postgres": paths(workdir, sim, 10, "postgres", pg.url("paths"))}
+        down = outage(workdir, sim)
     finally:
         pg.stop()
         sim.stop()
@@ -273,9 +313,14 @@ def main():
         s, a = figures["synchronous"], figures["async-202"]
         figures["ratio_202_201"] = round(a["rps"] / s["rps"], 2)
         lines.append(f"- {store}: 202 / 201 throughput {a['rps'] / s['rps']:.2f}×, p99 {a['p99_us'] / s['p99_us']:.2f}×")
+    lines += ["", f"The 202 path while Vipps is down, on SQLite ({OUTAGE_BACKLOG:,} receipts pending at the start; "
+              "wrk, 32 connections, the median of 3 runs of 5 s):", "",
+              "| req/s | p50 ms | p99 ms | gateway CPU µs/req | pending after | runs req/s |", "|---|---|---|---|---|---|",
+              f"| {down['rps']:,} | {down['p50_us'] / 1000:.2f} | {down['p99_us'] / 1000:.2f} "
+              f"| {down['gateway_cpu_us_per_req']} | {down['pending_after']:,} | {down['runs_rps']} |"]
     text = "\n".join(lines) + "\n"
     (out / "outbox.md").write_text(text)
-    (out / "outbox.json").write_text(json.dumps({"drains": drains, "paths": path_figures}, indent=2))
+    (out / "outbox.json").write_text(json.dumps({"drains": drains, "paths": path_figures, "outage": down}, indent=2))
     print(text)
 
 

@@ -961,10 +961,16 @@ async fn insert_all_sqlite(
 /// runs alone ([`enqueue_in!`]), after the new entries so far are stored,
 /// so that it sees them. SQLite undoes a failed constraint alone and keeps
 /// the transaction; any other failure fails the group.
+///
+/// A merchant's backlog is counted only when its bound may be near:
+/// `carried` holds, for each merchant the writer has counted, at least its
+/// pending entries ([`Carried`]). Once the group commits, it holds the
+/// group's counts and creations.
 async fn run_group_sqlite(
     pool: &SqlitePool,
     group: &[Job],
     name: &str,
+    carried: &mut Carried,
 ) -> Result<Vec<Tried>, Stage> {
     let mut tx = pool.begin().await.map_err(Stage::Before)?;
     let keys: Vec<OrderKey> = group.iter().map(|job| order_key(&job.new)).collect();
@@ -976,11 +982,17 @@ async fn run_group_sqlite(
         .await
         .map_err(Stage::Before)?;
     let mut counted: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    // Far enough from the bound that the whole group cannot reach it: the
+    // carried figure serves, and nothing is counted.
+    let room = i64::try_from(group.len()).unwrap_or(i64::MAX);
     for job in group {
         if !counted.contains_key(&job.new.msn) {
-            let pending = count_pending!(&mut *tx, &job.new.msn, job.max_pending)
-                .await
-                .map_err(Stage::Before)?;
+            let pending = match carried.get(&job.new.msn) {
+                Some(&most) if most.saturating_add(room) < job.max_pending => most,
+                _ => count_pending!(&mut *tx, &job.new.msn, job.max_pending)
+                    .await
+                    .map_err(Stage::Before)?,
+            };
             counted.insert(job.new.msn.clone(), pending);
         }
     }
@@ -1033,11 +1045,27 @@ async fn run_group_sqlite(
     }
     insert_all_sqlite(&mut tx, group, &mut rows, &mut tried, &mut counted, name).await?;
     tx.commit().await.map_err(Stage::Commit)?;
+    carried.extend(counted);
     tried
         .into_iter()
         .map(|t| t.ok_or(Stage::Before(sqlx::Error::RowNotFound)))
         .collect()
 }
+
+/// A SQLite writer's upper bound of each merchant's pending entries, kept
+/// from group to group so that a group counts a merchant's backlog only
+/// near its bound (the count walks up to `outbox.max_pending_per_merchant`
+/// index entries: a cost that grew with the backlog, at every group).
+///
+/// It never falls below the truth: entries become pending only by an insert,
+/// and on SQLite every insert is this writer's (the store keeps one
+/// connection, and its file is one process's: [`FileLock`]). It starts
+/// from a count, grows with each committed creation, and is counted again
+/// once the next group could reach the bound; deliveries do not lower it
+/// in between. A group that fails forgets it all: its commit may or may
+/// not have stored its entries. PostgreSQL's writers and replicas insert
+/// side by side, so there a group counts every merchant it serves.
+type Carried = std::collections::HashMap<String, i64>;
 
 /// The enqueues waiting for the store's writers: one receiver, shared; the
 /// writer holding it gathers the next group (and waits there for its first
@@ -1055,6 +1083,7 @@ async fn writer(pool: Pool, name: String, jobs: Jobs, grouping: Grouping) {
         Pool::Postgres(_) => "postgres",
     };
     let mut group: Vec<Job> = Vec::with_capacity(GROUP_MAX);
+    let mut carried = Carried::new();
     loop {
         if group.is_empty() {
             let mut jobs = jobs.lock().await;
@@ -1068,12 +1097,13 @@ async fn writer(pool: Pool, name: String, jobs: Jobs, grouping: Grouping) {
             gather(&mut group, &mut jobs, grouping.wait, GROUP_MAX).await;
         }
         let committed = match &pool {
-            Pool::Sqlite(pool) => run_group_sqlite(pool, &group, &name).await,
+            Pool::Sqlite(pool) => run_group_sqlite(pool, &group, &name, &mut carried).await,
             Pool::Postgres(pool) => run_group_postgres(pool, &group, &name).await,
         };
         let tried = match committed {
             Ok(tried) => tried,
             Err(e) => {
+                carried.clear();
                 for job in group.drain(..) {
                     let _ = job.done.send(Err(e.error(&name)));
                 }

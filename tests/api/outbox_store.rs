@@ -102,6 +102,7 @@ on_both!(
     concurrent_claimers_take_each_entry_once,
     concurrent_identical_receipts_are_stored_once,
     a_merchants_pending_entries_are_bounded_and_reposts_still_found,
+    the_bound_holds_across_groups_and_deliveries_make_room,
     a_postponed_entry_keeps_its_attempts_and_error,
     a_claim_leaves_the_skipped_merchants_entries_alone,
     an_entry_keeps_its_origin_and_a_replaced_link_takes_the_new_one,
@@ -213,6 +214,64 @@ async fn a_merchants_pending_entries_are_bounded_and_reposts_still_found(store: 
         .await
         .unwrap());
     created(&store, &receipt("o-3", "c"), T0 + 2).await;
+}
+
+/// `n` receipts for new orders (`{prefix}-{i}`), enqueued at once, so
+/// that they meet in groups: how many were stored, and how many refused as
+/// over the bound.
+async fn enqueue_at_once(store: &Store, prefix: &str, n: usize, now: i64) -> (usize, usize) {
+    let requests: Vec<NewDelivery> = (0..n)
+        .map(|i| receipt(&format!("{prefix}-{i}"), &format!("{prefix}-{i}")))
+        .collect();
+    let answers =
+        futures_util::future::join_all(requests.iter().map(|r| store.enqueue(r, now))).await;
+    let mut stored = 0;
+    let mut full = 0;
+    for answer in answers {
+        match answer.unwrap() {
+            Enqueued::Created(_) => stored += 1,
+            Enqueued::Full => full += 1,
+            other => panic!("expected a new entry or the bound, got {other:?}"),
+        }
+    }
+    (stored, full)
+}
+
+/// The bound is exact however the requests fall into groups: a store that
+/// knows a merchant's backlog from an earlier group still refuses what
+/// would pass the bound, and still takes what the deliveries since made
+/// room for.
+async fn the_bound_holds_across_groups_and_deliveries_make_room(store: Store) {
+    let store = store.with_max_pending(100);
+    assert_eq!(enqueue_at_once(&store, "a", 40, T0).await, (40, 0));
+    assert_eq!(enqueue_at_once(&store, "b", 40, T0).await, (40, 0));
+    assert_eq!(
+        enqueue_at_once(&store, "c", 30, T0).await,
+        (20, 10),
+        "80 pending, a bound of 100"
+    );
+    let claimed = store.claim("w", T0, LEASE, 100, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 100);
+    let attempts: Vec<(&str, &Outcome)> = claimed[..50]
+        .iter()
+        .map(|c| (c.delivery.id.as_str(), &Outcome::Delivered))
+        .collect();
+    assert!(store
+        .finish_all("w", &attempts, T0 + 1)
+        .await
+        .unwrap()
+        .iter()
+        .all(|ours| *ours));
+    assert_eq!(
+        enqueue_at_once(&store, "d", 60, T0 + 2).await,
+        (50, 10),
+        "50 delivered of 100: room for 50"
+    );
+    assert_eq!(
+        enqueue_at_once(&store, "e", 1, T0 + 3).await,
+        (0, 1),
+        "full again"
+    );
 }
 
 async fn a_postponed_entry_keeps_its_attempts_and_error(store: Store) {

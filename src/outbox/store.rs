@@ -715,43 +715,265 @@ fn sqlite_statement_undone(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A group's orders, each once, in the order they came.
+fn distinct_keys(keys: &[OrderKey]) -> Vec<&OrderKey> {
+    let mut seen = std::collections::HashSet::new();
+    keys.iter().filter(|key| seen.insert(*key)).collect()
+}
+
+/// The pending entries of each merchant of `$group` (`&[Job]`), in the
+/// open transaction `$tx`: the figure `$carried` ([`Carried`]) holds when
+/// the whole group could not reach the bound from it, counted otherwise.
+macro_rules! count_group {
+    ($tx:expr, $group:expr, $carried:expr) => {
+        async {
+            let group: &[Job] = $group;
+            let carried: &Carried = $carried;
+            let room = i64::try_from(group.len()).unwrap_or(i64::MAX);
+            let mut counted: std::collections::HashMap<String, i64> =
+                std::collections::HashMap::new();
+            for job in group {
+                if !counted.contains_key(&job.new.msn) {
+                    let pending = match carried.get(&job.new.msn) {
+                        Some(&most) if most.saturating_add(room) < job.max_pending => most,
+                        _ => count_pending!(&mut *$tx, &job.new.msn, job.max_pending).await?,
+                    };
+                    counted.insert(job.new.msn.clone(), pending);
+                }
+            }
+            Ok::<_, sqlx::Error>(counted)
+        }
+    };
+}
+
+/// Where a request of a group goes ([`place`]).
+enum Placed {
+    /// Answered from the entries read; nothing to write.
+    Answer(Box<Result<Enqueued, StoreError>>),
+    /// A new entry, added to the group's insert.
+    Queued,
+    /// To run alone ([`enqueue_in!`]), once the new entries so far are
+    /// stored: it writes an order an earlier request of the group wrote, or
+    /// replaces a category link.
+    Alone,
+}
+
+/// Where request `at` of a group (`job`, of order `key`) goes, given the
+/// entries the group read (`orders`, taken as each order is first met;
+/// `read`, the orders met so far) and each merchant's pending entries
+/// (`counted`, which a new entry adds to). A new entry's row goes to
+/// `rows` as `(at, id)`.
+fn place<'k>(
+    at: usize,
+    job: &Job,
+    key: &'k OrderKey,
+    read: &mut std::collections::HashSet<&'k OrderKey>,
+    orders: &mut std::collections::HashMap<OrderKey, Vec<Row>>,
+    counted: &mut std::collections::HashMap<String, i64>,
+    rows: &mut Vec<(usize, String)>,
+) -> Placed {
+    if !read.insert(key) {
+        // An earlier request of the group read this order: what it wrote
+        // is not in the entries read.
+        return Placed::Alone;
+    }
+    match decide(&job.new, orders.remove(key).unwrap_or_default(), job.now) {
+        Decision::Answer(answer) => Placed::Answer(answer),
+        Decision::Replace(_) => Placed::Alone,
+        Decision::Insert => {
+            let pending = counted.entry(job.new.msn.clone()).or_default();
+            if *pending >= job.max_pending {
+                Placed::Answer(Box::new(Ok(Enqueued::Full)))
+            } else {
+                *pending += 1;
+                rows.push((at, new_id()));
+                Placed::Queued
+            }
+        }
+    }
+}
+
 /// Runs a group's enqueues in one PostgreSQL transaction and commits it:
 /// each enqueue's [`Tried`], or where the transaction failed ([`Stage`]).
 ///
-/// A statement that fails answers its own request only: PostgreSQL aborts
-/// the whole transaction at a failed statement, so each enqueue runs in a
-/// savepoint of its own, rolled back alone when it fails.
+/// In the shape of [`run_group_sqlite`]: one read of all its orders' entries
+/// ([`ORDERS_POSTGRES`]), one count of each merchant's backlog, and one
+/// insert of its new entries ([`insert_all_postgres`]), each a round trip
+/// to the server: a few per group, whatever its size. A request whose
+/// order an earlier request of the group has written, or that replaces a
+/// category link, runs alone after the new entries so far are stored.
+/// PostgreSQL aborts a transaction at its first failed statement, so what
+/// may fail runs in a savepoint (sqlx's nested `begin`), rolled back alone
+/// when it fails: one request's failure answers that request only.
 async fn run_group_postgres(pool: &PgPool, group: &[Job], name: &str) -> Result<Vec<Tried>, Stage> {
     let mut tx = pool.begin().await.map_err(Stage::Before)?;
-    let mut counted = std::collections::HashMap::new();
-    let mut tried = Vec::with_capacity(group.len());
-    for job in group {
-        let mut savepoint = sqlx::Connection::begin(&mut *tx)
-            .await
-            .map_err(Stage::Before)?;
-        let result = enqueue_in!(
-            &mut savepoint,
-            &job.new,
-            job.now,
-            job.max_pending,
+    let keys: Vec<OrderKey> = group.iter().map(|job| order_key(&job.new)).collect();
+    let mut orders = orders_postgres(&mut tx, &distinct_keys(&keys))
+        .await
+        .map_err(Stage::Before)?;
+    // Other writers and replicas insert too: nothing is carried.
+    let mut counted = count_group!(tx, group, &Carried::new())
+        .await
+        .map_err(Stage::Before)?;
+    let mut tried: Vec<Option<Tried>> = group.iter().map(|_| None).collect();
+    let mut rows: Vec<(usize, String)> = Vec::new();
+    let mut read = std::collections::HashSet::new();
+    for (at, (job, key)) in group.iter().zip(&keys).enumerate() {
+        let answer = match place(
+            at,
+            job,
+            key,
+            &mut read,
+            &mut orders,
             &mut counted,
-            insert_postgres
-        )
-        .await;
-        tried.push(match result {
-            Ok(answer) => {
-                savepoint.commit().await.map_err(Stage::Before)?;
-                Tried::Answer(Box::new(answer))
+            &mut rows,
+        ) {
+            Placed::Answer(answer) => *answer,
+            Placed::Queued => continue,
+            Placed::Alone => {
+                insert_all_postgres(&mut tx, group, &mut rows, &mut tried, &mut counted, name)
+                    .await?;
+                let mut savepoint = sqlx::Connection::begin(&mut *tx)
+                    .await
+                    .map_err(Stage::Before)?;
+                let alone = enqueue_in!(
+                    &mut savepoint,
+                    &job.new,
+                    job.now,
+                    job.max_pending,
+                    &mut counted,
+                    insert_postgres
+                )
+                .await;
+                match alone {
+                    Ok(answer) => {
+                        savepoint.commit().await.map_err(Stage::Before)?;
+                        answer
+                    }
+                    Err(e @ sqlx::Error::Database(_)) => {
+                        savepoint.rollback().await.map_err(Stage::Before)?;
+                        tried[at] = Some(failed_alone(name, e));
+                        continue;
+                    }
+                    Err(e) => return Err(Stage::Before(e)),
+                }
             }
-            Err(e @ sqlx::Error::Database(_)) => {
-                savepoint.rollback().await.map_err(Stage::Before)?;
-                failed_alone(name, e)
-            }
-            Err(e) => return Err(Stage::Before(e)),
-        });
+        };
+        tried[at] = Some(Tried::Answer(Box::new(answer)));
     }
+    insert_all_postgres(&mut tx, group, &mut rows, &mut tried, &mut counted, name).await?;
     tx.commit().await.map_err(Stage::Commit)?;
-    Ok(tried)
+    answered(tried)
+}
+
+/// Each request's [`Tried`], once every request of the group has one.
+fn answered(tried: Vec<Option<Tried>>) -> Result<Vec<Tried>, Stage> {
+    tried
+        .into_iter()
+        .map(|t| t.ok_or(Stage::Before(sqlx::Error::RowNotFound)))
+        .collect()
+}
+
+/// Stores the new entries `rows` (`(job, id)`) of `group` on PostgreSQL in
+/// one insert ([`INSERT_ROWS_POSTGRES`]), answering each in `tried`, in a
+/// savepoint; in the order the requests came, which their `seq` keeps. An
+/// entry the insert skipped met another writer's pending receipt for its
+/// order: it is tried again in the next group, which sees that receipt.
+/// If the insert fails (a deadlock with another group), the savepoint is
+/// rolled back and each entry is stored alone, in a savepoint of its own,
+/// so that a failure answers its own request only.
+async fn insert_all_postgres(
+    conn: &mut sqlx::PgConnection,
+    group: &[Job],
+    rows: &mut Vec<(usize, String)>,
+    tried: &mut [Option<Tried>],
+    counted: &mut std::collections::HashMap<String, i64>,
+    name: &str,
+) -> Result<(), Stage> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let column = |pick: fn(&NewDelivery) -> &str| {
+        rows.iter()
+            .map(|(job, _)| pick(&group[*job].new))
+            .collect::<Vec<_>>()
+    };
+    let optional = |pick: fn(&Origin) -> &Option<String>| {
+        rows.iter()
+            .map(|(job, _)| pick(&group[*job].new.origin).as_deref())
+            .collect::<Vec<_>>()
+    };
+    let query = sqlx::query_as::<_, (String, i64)>(INSERT_ROWS_POSTGRES)
+        .bind(rows.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>())
+        .bind(column(|n| &n.msn))
+        .bind(column(|n| n.kind.as_str()))
+        .bind(column(|n| &n.payment_type))
+        .bind(column(|n| &n.order_id))
+        .bind(column(|n| &n.fingerprint))
+        .bind(column(|n| &n.payload))
+        .bind(
+            rows.iter()
+                .map(|(job, _)| group[*job].now)
+                .collect::<Vec<_>>(),
+        )
+        .bind(optional(|o| &o.trace_parent))
+        .bind(optional(|o| &o.trace_state))
+        .bind(optional(|o| &o.created_by))
+        .bind(optional(|o| &o.created_by_client));
+    let mut savepoint = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(Stage::Before)?;
+    match query.fetch_all(&mut *savepoint).await {
+        Ok(stored) => {
+            savepoint.commit().await.map_err(Stage::Before)?;
+            let seqs: std::collections::HashMap<String, i64> = stored.into_iter().collect();
+            for (at, id) in rows.drain(..) {
+                let job = &group[at];
+                tried[at] = Some(match seqs.get(&id) {
+                    Some(&seq) => Tried::Answer(Box::new(Ok(Enqueued::Created(created(
+                        &job.new, id, seq, job.now,
+                    ))))),
+                    None => {
+                        if let Some(pending) = counted.get_mut(&job.new.msn) {
+                            *pending -= 1;
+                        }
+                        Tried::Again(sqlx::Error::Protocol(
+                            "another writer stored a pending receipt of the order first".into(),
+                        ))
+                    }
+                });
+            }
+        }
+        Err(sqlx::Error::Database(_)) => {
+            savepoint.rollback().await.map_err(Stage::Before)?;
+            for (at, id) in rows.drain(..) {
+                let job = &group[at];
+                let mut alone = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err(Stage::Before)?;
+                tried[at] = Some(
+                    match insert_postgres(&mut alone, &job.new, &id, job.now).await {
+                        Ok(seq) => {
+                            alone.commit().await.map_err(Stage::Before)?;
+                            Tried::Answer(Box::new(Ok(Enqueued::Created(created(
+                                &job.new, id, seq, job.now,
+                            )))))
+                        }
+                        Err(e @ sqlx::Error::Database(_)) => {
+                            alone.rollback().await.map_err(Stage::Before)?;
+                            if let Some(pending) = counted.get_mut(&job.new.msn) {
+                                *pending -= 1;
+                            }
+                            failed_alone(name, e)
+                        }
+                        Err(e) => return Err(Stage::Before(e)),
+                    },
+                );
+            }
+        }
+        Err(e) => return Err(Stage::Before(e)),
+    }
+    Ok(())
 }
 
 /// A statement that failed and was undone alone: tried again in the next
@@ -784,7 +1006,7 @@ async fn orders_sqlite(
     conn: &mut sqlx::SqliteConnection,
     keys: &[&OrderKey],
 ) -> Result<std::collections::HashMap<OrderKey, Vec<Row>>, sqlx::Error> {
-    let mut orders: std::collections::HashMap<OrderKey, Vec<Row>> =
+    let orders: std::collections::HashMap<OrderKey, Vec<Row>> =
         std::collections::HashMap::with_capacity(keys.len());
     let Some(last) = keys.last() else {
         return Ok(orders);
@@ -802,8 +1024,17 @@ async fn orders_sqlite(
             .bind(&key.2)
             .bind(key.3.as_str());
     }
+    by_order(query.fetch_all(conn).await?, orders)
+}
+
+/// `rows` (newest first) added to `orders`, each under its order, each
+/// once (a key repeated to pad a statement reads its rows again).
+fn by_order(
+    rows: Vec<Row>,
+    mut orders: std::collections::HashMap<OrderKey, Vec<Row>>,
+) -> Result<std::collections::HashMap<OrderKey, Vec<Row>>, sqlx::Error> {
     let mut seen = std::collections::HashSet::new();
-    for row in query.fetch_all(conn).await? {
+    for row in rows {
         if !seen.insert(row.seq) {
             continue;
         }
@@ -817,6 +1048,49 @@ async fn orders_sqlite(
     }
     Ok(orders)
 }
+
+/// The entries of `keys`' orders on PostgreSQL, as [`SELECT_ORDER`] reads
+/// each, in one statement whatever their number: the keys go as arrays.
+const ORDERS_POSTGRES: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+     AS k(k_msn, k_payment_type, k_order_id, k_kind) \
+     JOIN deliveries ON msn = k_msn AND payment_type = k_payment_type \
+     AND order_id = k_order_id AND kind = k_kind \
+     AND state IN ('pending', 'delivered') ORDER BY seq DESC"
+);
+
+async fn orders_postgres(
+    conn: &mut sqlx::PgConnection,
+    keys: &[&OrderKey],
+) -> Result<std::collections::HashMap<OrderKey, Vec<Row>>, sqlx::Error> {
+    let column = |pick: fn(&OrderKey) -> &str| keys.iter().map(|k| pick(k)).collect::<Vec<_>>();
+    let rows = sqlx::query_as::<_, Row>(ORDERS_POSTGRES)
+        .bind(column(|k| &k.0))
+        .bind(column(|k| &k.1))
+        .bind(column(|k| &k.2))
+        .bind(column(|k| k.3.as_str()))
+        .fetch_all(conn)
+        .await?;
+    by_order(rows, std::collections::HashMap::with_capacity(keys.len()))
+}
+
+/// New entries on PostgreSQL in one insert, the values as arrays ([`bind_insert!`]'s
+/// order, `now` once): the stored `id` and `seq` of each. An entry whose
+/// order's pending receipt another writer or replica stored since the
+/// group read it is skipped (`ON CONFLICT DO NOTHING`) rather than failing
+/// the statement.
+const INSERT_ROWS_POSTGRES: &str = concat!(
+    insert_columns!(),
+    " SELECT id, msn, kind, payment_type, order_id, fingerprint, payload, 'pending', 0, \
+     now, now, now, trace_parent, trace_state, created_by, created_by_client \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[]) \
+     AS r(id, msn, kind, payment_type, order_id, fingerprint, payload, now, \
+     trace_parent, trace_state, created_by, created_by_client) \
+     ON CONFLICT DO NOTHING RETURNING id, seq"
+);
 
 /// Statements for 1, 2, 4, … [`GROUP_MAX`] rows, at `[log2 of the
 /// size]`: a group's statements come in these sizes, so that a few
@@ -974,52 +1248,28 @@ async fn run_group_sqlite(
 ) -> Result<Vec<Tried>, Stage> {
     let mut tx = pool.begin().await.map_err(Stage::Before)?;
     let keys: Vec<OrderKey> = group.iter().map(|job| order_key(&job.new)).collect();
-    let distinct: Vec<&OrderKey> = {
-        let mut seen = std::collections::HashSet::new();
-        keys.iter().filter(|key| seen.insert(*key)).collect()
-    };
-    let mut orders = orders_sqlite(&mut tx, &distinct)
+    let mut orders = orders_sqlite(&mut tx, &distinct_keys(&keys))
         .await
         .map_err(Stage::Before)?;
-    let mut counted: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    // Far enough from the bound that the whole group cannot reach it: the
-    // carried figure serves, and nothing is counted.
-    let room = i64::try_from(group.len()).unwrap_or(i64::MAX);
-    for job in group {
-        if !counted.contains_key(&job.new.msn) {
-            let pending = match carried.get(&job.new.msn) {
-                Some(&most) if most.saturating_add(room) < job.max_pending => most,
-                _ => count_pending!(&mut *tx, &job.new.msn, job.max_pending)
-                    .await
-                    .map_err(Stage::Before)?,
-            };
-            counted.insert(job.new.msn.clone(), pending);
-        }
-    }
+    let mut counted = count_group!(tx, group, carried)
+        .await
+        .map_err(Stage::Before)?;
     let mut tried: Vec<Option<Tried>> = group.iter().map(|_| None).collect();
     let mut rows: Vec<(usize, String)> = Vec::new();
     let mut read = std::collections::HashSet::new();
     for (at, (job, key)) in group.iter().zip(&keys).enumerate() {
-        let decision = if read.insert(key) {
-            decide(&job.new, orders.remove(key).unwrap_or_default(), job.now)
-        } else {
-            // An earlier request of the group read this order: what it
-            // wrote is not in the entries read.
-            Decision::Replace(0)
-        };
-        let answer = match decision {
-            Decision::Answer(answer) => *answer,
-            Decision::Insert => {
-                let pending = counted.entry(job.new.msn.clone()).or_default();
-                if *pending >= job.max_pending {
-                    Ok(Enqueued::Full)
-                } else {
-                    *pending += 1;
-                    rows.push((at, new_id()));
-                    continue;
-                }
-            }
-            Decision::Replace(_) => {
+        let answer = match place(
+            at,
+            job,
+            key,
+            &mut read,
+            &mut orders,
+            &mut counted,
+            &mut rows,
+        ) {
+            Placed::Answer(answer) => *answer,
+            Placed::Queued => continue,
+            Placed::Alone => {
                 insert_all_sqlite(&mut tx, group, &mut rows, &mut tried, &mut counted, name)
                     .await?;
                 let alone = enqueue_in!(
@@ -1046,10 +1296,7 @@ async fn run_group_sqlite(
     insert_all_sqlite(&mut tx, group, &mut rows, &mut tried, &mut counted, name).await?;
     tx.commit().await.map_err(Stage::Commit)?;
     carried.extend(counted);
-    tried
-        .into_iter()
-        .map(|t| t.ok_or(Stage::Before(sqlx::Error::RowNotFound)))
-        .collect()
+    answered(tried)
 }
 
 /// A SQLite writer's upper bound of each merchant's pending entries, kept

@@ -1077,7 +1077,8 @@ async fn orders_postgres(
 }
 
 /// New entries on PostgreSQL in one insert, the values as arrays ([`bind_insert!`]'s
-/// order, `now` once): the stored `id` and `seq` of each. An entry whose
+/// order, `now` once), stored in the arrays' order (`WITH ORDINALITY`, so
+/// that their `seq` follows it): the stored `id` and `seq` of each. An entry whose
 /// order's pending receipt another writer or replica stored since the
 /// group read it is skipped (`ON CONFLICT DO NOTHING`) rather than failing
 /// the statement.
@@ -1087,9 +1088,9 @@ const INSERT_ROWS_POSTGRES: &str = concat!(
      now, now, now, trace_parent, trace_state, created_by, created_by_client \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[]) \
-     AS r(id, msn, kind, payment_type, order_id, fingerprint, payload, now, \
-     trace_parent, trace_state, created_by, created_by_client) \
-     ON CONFLICT DO NOTHING RETURNING id, seq"
+     WITH ORDINALITY AS r(id, msn, kind, payment_type, order_id, fingerprint, payload, now, \
+     trace_parent, trace_state, created_by, created_by_client, at) \
+     ORDER BY at ON CONFLICT DO NOTHING RETURNING id, seq"
 );
 
 /// Statements for 1, 2, 4, … [`GROUP_MAX`] rows, at `[log2 of the
@@ -1295,7 +1296,16 @@ async fn run_group_sqlite(
     }
     insert_all_sqlite(&mut tx, group, &mut rows, &mut tried, &mut counted, name).await?;
     tx.commit().await.map_err(Stage::Commit)?;
-    carried.extend(counted);
+    // A count stops at the bound of the request that took it: a figure
+    // there may be short of the truth, and is counted again next time.
+    let bound = group.iter().map(|job| job.max_pending).min().unwrap_or(0);
+    for (msn, pending) in counted {
+        if pending < bound {
+            carried.insert(msn, pending);
+        } else {
+            carried.remove(&msn);
+        }
+    }
     answered(tried)
 }
 
@@ -1307,10 +1317,11 @@ async fn run_group_sqlite(
 /// It never falls below the truth: entries become pending only by an insert,
 /// and on SQLite every insert is this writer's (the store keeps one
 /// connection, and its file is one process's: [`FileLock`]). It starts
-/// from a count, grows with each committed creation, and is counted again
-/// once the next group could reach the bound; deliveries do not lower it
-/// in between. A group that fails forgets it all: its commit may or may
-/// not have stored its entries. PostgreSQL's writers and replicas insert
+/// from a count below the bound (a count stops at the bound, so one that
+/// reached it is not kept), grows with each committed creation, and is
+/// counted again once the next group could reach the bound; deliveries do
+/// not lower it in between. A group that fails forgets it all: its commit
+/// may or may not have stored its entries. PostgreSQL's writers and replicas insert
 /// side by side, so there a group counts every merchant it serves.
 type Carried = std::collections::HashMap<String, i64>;
 

@@ -272,6 +272,18 @@ async fn the_bound_holds_across_groups_and_deliveries_make_room(store: Store) {
         (0, 1),
         "full again"
     );
+    // A count stops at its request's bound: a store with a lower bound
+    // counts 10 of the 100, and that 10 must not serve the higher bound.
+    assert_eq!(
+        enqueue_at_once(&store.clone().with_max_pending(10), "f", 1, T0 + 4).await,
+        (0, 1)
+    );
+    let store = store.with_max_pending(130);
+    assert_eq!(
+        enqueue_at_once(&store, "g", 40, T0 + 5).await,
+        (30, 10),
+        "100 pending, a bound of 130"
+    );
 }
 
 async fn a_postponed_entry_keeps_its_attempts_and_error(store: Store) {

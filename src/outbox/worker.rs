@@ -1,6 +1,7 @@
 //! The outbox's worker: one per replica. It claims due entries and
 //! delivers them through the gateway's Vipps client and the same use cases
-//! as the façade ([`crate::usecase`]), within the merchant's limits.
+//! as the façade ([`crate::usecase`]), within the merchant's limits, a
+//! batch at a time in each of its lanes.
 //!
 //! - Vipps took it: `delivered`. A `409` is settled by reading the stored
 //!   receipt back: identical means `delivered`, different means `failed`
@@ -51,6 +52,11 @@ const POLL: Duration = Duration::from_millis(250);
 /// Entries claimed at once; they belong to different orders, and are
 /// delivered side by side.
 const BATCH: i64 = 32;
+/// Batches in flight at once: each lane claims, delivers and records its
+/// own, so that one lane's calls to Vipps overlap the other's statements
+/// (docs/decisions.md, "Outbox"). Two batches of [`BATCH`] are the default
+/// `resilience.max_concurrent`.
+const LANES: usize = 2;
 /// How often finished entries past their retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// How often the backlog gauges are counted again.
@@ -124,20 +130,33 @@ impl Worker {
         *self.stop.borrow()
     }
 
-    /// Delivers due entries until the process ends.
+    /// Delivers due entries until the process ends, in [`LANES`] lanes.
     pub async fn run(self) {
+        let more = tokio::sync::Notify::new();
+        futures_util::future::join_all((0..LANES).map(|lane| self.lane(lane == 0, &more))).await;
+    }
+
+    /// One lane: claims a batch, delivers it, records it, and again. The
+    /// first lane also opens the store, purges and counts, and looks for
+    /// due entries every [`POLL`] while there are none; the others start
+    /// once a claim comes back full (`more`), work while claims do, and
+    /// wait otherwise.
+    async fn lane(&self, first: bool, more: &tokio::sync::Notify) {
         let mut purged_at: Option<tokio::time::Instant> = None;
         let mut counted_at: Option<tokio::time::Instant> = None;
+        if !first {
+            self.idle(first, more).await;
+        }
         while !self.stopping() {
             let Ok(store) = self.outbox.store().await else {
-                self.pause(POLL).await;
+                self.idle(first, more).await;
                 continue;
             };
-            if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+            if first && purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
                 self.purge(&store).await;
                 purged_at = Some(tokio::time::Instant::now());
             }
-            if counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+            if first && counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
                 self.count_backlog(&store).await;
                 counted_at = Some(tokio::time::Instant::now());
             }
@@ -156,6 +175,11 @@ impl Worker {
                 .await
             {
                 Ok(batch) if !batch.is_empty() => {
+                    let full = batch.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
+                    if full {
+                        // More may be due: the waiting lanes claim too.
+                        more.notify_waiters();
+                    }
                     let attempts = batch.iter().map(|c| self.outcome(&c.delivery));
                     let (outcomes, spans): (Vec<Outcome>, Vec<tracing::Span>) =
                         futures_util::future::join_all(attempts)
@@ -163,15 +187,35 @@ impl Worker {
                             .into_iter()
                             .unzip();
                     self.record(&store, &batch, &outcomes, &spans).await;
+                    if !full && !first {
+                        self.idle(first, more).await;
+                    }
                 }
-                Ok(_) => self.pause(POLL).await,
+                Ok(_) => self.idle(first, more).await,
                 Err(e) => {
                     self.outbox.metrics.outbox_store_error();
                     if let Some(suppressed) = self.warnings.claim.admit() {
                         tracing::warn!(error = %e, store = store.name(), suppressed, "outbox claim failed");
                     }
-                    self.pause(POLL).await;
+                    self.idle(first, more).await;
                 }
+            }
+        }
+    }
+
+    /// Nothing more to claim for now: the first lane looks again after
+    /// [`POLL`], the others once a claim comes back full. Both end at once
+    /// when the worker is told to stop.
+    async fn idle(&self, first: bool, more: &tokio::sync::Notify) {
+        if first {
+            self.pause(POLL).await;
+        } else {
+            let mut stop = self.stop.clone();
+            // A stop channel already closed never says stop: only `more`
+            // is waited for then, rather than returning at once.
+            tokio::select! {
+                () = more.notified() => {}
+                Ok(_) = stop.wait_for(|stop| *stop) => {}
             }
         }
     }

@@ -146,6 +146,40 @@ async fn a_burst_of_async_receipts_is_accepted_whole_while_vipps_is_down() {
     assert_eq!(order.status, 404, "Vipps has no such order: {}", order.body);
 }
 
+/// The worker keeps two batches in flight: while Vipps holds one batch's
+/// calls, the next batch is already on its way. One batch at a time would
+/// let at most 32 calls (a batch) arrive within the time Vipps holds each.
+#[actix_rt::test]
+async fn while_vipps_holds_a_batch_the_next_batch_is_on_its_way() {
+    const HELD_MS: u64 = 2_000;
+    // No rate and room for both batches: only the worker shapes the calls.
+    let app = spawn_app_with(Options {
+        extra_toml: "[resilience]\nrate_per_second = 0\nmax_concurrent = 1000\n\
+                     [outbox]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n"
+            .to_owned(),
+        ..Options::default()
+    })
+    .await;
+    app.add_fault(json!({"endpoint": "receipt", "delayMs": HELD_MS}))
+        .await;
+    let orders: Vec<String> = (0..96).map(|i| format!("lanes-{i}")).collect();
+    let statuses = burst(&app, &orders, 96).await;
+    assert_eq!(count(&statuses, 202), 96, "every one is stored");
+
+    let at = poll_until("every receipt at Vipps", || async {
+        let at = stored_receipts_at(&app).await;
+        (at.len() >= 96).then_some(at)
+    })
+    .await;
+    assert_eq!(at.len(), 96, "each receipt once");
+    let most = most_within(&at, HELD_MS);
+    println!("at most {most} receipts arrived within {HELD_MS} ms (a batch is 32)");
+    assert!(
+        most > 32,
+        "{most} receipts arrived within the {HELD_MS} ms Vipps held each: one batch at a time"
+    );
+}
+
 #[actix_rt::test]
 async fn past_its_bound_the_outbox_answers_503_outbox_full_and_a_repost_is_still_accepted() {
     let app = spawn_app_with(limits("", "max_pending_per_merchant = 3")).await;

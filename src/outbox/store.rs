@@ -155,6 +155,13 @@ macro_rules! claim {
 const CLAIM_SQLITE: &str = claim!("");
 /// Rows another replica is claiming are skipped, not waited for.
 const CLAIM_POSTGRES: &str = claim!("FOR UPDATE SKIP LOCKED");
+/// Run before [`CLAIM_POSTGRES`], in its transaction: the claim walks
+/// `deliveries_due` in order and stops at its limit, whatever the table's
+/// statistics say. Planned with statistics that count few pending entries
+/// (a table just filled, or not analyzed since the backlog grew), it read
+/// every due entry, checked each one's order and sorted them all to take
+/// 32: 67 ms a claim at 20,000 pending, against 2 ms in order.
+const NO_SORT_POSTGRES: &str = "SELECT set_config('enable_sort', 'off', true)";
 
 const GET: &str = concat!(
     "SELECT ",
@@ -1618,20 +1625,31 @@ impl Store {
         // same statement on both databases.
         let skip = format!(",{},", skip.join(","));
         let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        let claim = match self.pool {
-            Pool::Sqlite(_) => CLAIM_SQLITE,
-            Pool::Postgres(_) => CLAIM_POSTGRES,
-        };
-        let rows: Vec<Row> = with_pool!(self, pool => {
-            sqlx::query_as(claim)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .bind(limit)
-                .bind(&skip)
-                .fetch_all(pool)
+        macro_rules! claim {
+            ($statement:expr, $on:expr) => {
+                sqlx::query_as($statement)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .bind(&skip)
+                    .fetch_all($on)
+                    .await
+            };
+        }
+        let rows: Vec<Row> = match &self.pool {
+            Pool::Sqlite(pool) => claim!(CLAIM_SQLITE, pool),
+            Pool::Postgres(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(NO_SORT_POSTGRES).execute(&mut *tx).await?;
+                    let rows = claim!(CLAIM_POSTGRES, &mut *tx)?;
+                    tx.commit().await?;
+                    Ok(rows)
+                }
                 .await
-        })
+            }
+        }
         .map_err(|e| self.unavailable(&e))?;
         let mut claimed = deliveries(rows)?
             .into_iter()

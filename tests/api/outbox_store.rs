@@ -1154,3 +1154,76 @@ async fn the_bundled_sqlite_plans_without_looking_at_bound_values() {
         .unwrap();
     assert!(options.iter().any(|(o,)| o == "ENABLE_QPSG"), "{options:?}");
 }
+
+/// A PostgreSQL claim walks `deliveries_due` in order and stops at its
+/// limit, whatever the table's statistics say. Planned with none (a table
+/// of 20,000 pending entries just filled, never analyzed), it read every
+/// due entry and sorted them all to take 32.
+#[actix_rt::test]
+async fn a_postgres_claim_reads_a_batch_of_the_due_index_without_statistics() {
+    let url = postgres_database().await;
+    let store = Store::open(&url, None)
+        .await
+        .expect("a PostgreSQL store in a fresh database opens");
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    // No statistics for the planner, as right after a bulk load.
+    sqlx::query("ALTER TABLE deliveries SET (autovacuum_enabled = false)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (id, msn, kind, payment_type, order_id, fingerprint, payload, \
+         state, attempts, created_at, updated_at, next_attempt_at) \
+         SELECT 'bulk-' || i, $1, 'receipt', 'ecom', 'bulk-' || i, 'fp', '{}', 'pending', 0, \
+         $2, $2, $2 FROM generate_series(1, 20000) AS i",
+    )
+    .bind(MSN)
+    .bind(T0)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let analyzed: Option<i64> = sqlx::query_scalar(
+        "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables \
+         WHERE relname = 'deliveries'",
+    )
+    .fetch_optional(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        analyzed.unwrap_or(0) == 0,
+        "the table has no statistics yet"
+    );
+    // Index entries read through `deliveries_due`, as the server's
+    // statistics have them: each backend reports its own once idle, within
+    // about 10 s.
+    let stats = sqlx::PgPool::connect(&url).await.unwrap();
+    let read = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'deliveries_due'",
+        )
+        .fetch_one(&stats)
+        .await
+        .unwrap()
+    };
+    let before = read().await;
+
+    let claimed = store.claim("w", T0, LEASE, 32, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 32);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let now = read().await;
+        if now > before {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the claim's reads were not reported within 60 s"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        after - before < 1_000,
+        "the claim read {} entries of deliveries_due for 32",
+        after - before
+    );
+}

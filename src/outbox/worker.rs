@@ -87,7 +87,7 @@ pub struct Worker {
     client: VippsClient,
     merchants: Arc<MerchantRegistry>,
     guards: Arc<Guards>,
-    /// This replica's name on its claims.
+    /// This replica's name; each lane claims as `NAME/LANE`.
     owner: String,
     /// A failing store is logged once a minute per kind of failure.
     warnings: StoreWarnings,
@@ -123,7 +123,16 @@ impl Worker {
     /// Waits `pause`, or less when the worker is told to stop.
     async fn pause(&self, pause: Duration) {
         let mut stop = self.stop.clone();
-        let _ = tokio::time::timeout(pause, stop.wait_for(|stop| *stop)).await;
+        let until = tokio::time::Instant::now() + pause;
+        let closed = matches!(
+            tokio::time::timeout_at(until, stop.wait_for(|stop| *stop)).await,
+            Ok(Err(_))
+        );
+        if closed {
+            // Nothing can tell this worker to stop any more (the channel
+            // closed): the pause is slept out, not skipped.
+            tokio::time::sleep_until(until).await;
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -133,15 +142,20 @@ impl Worker {
     /// Delivers due entries until the process ends, in [`LANES`] lanes.
     pub async fn run(self) {
         let more = tokio::sync::Notify::new();
-        futures_util::future::join_all((0..LANES).map(|lane| self.lane(lane == 0, &more))).await;
+        futures_util::future::join_all((0..LANES).map(|lane| {
+            // Each lane claims in a name of its own: a lane's late record
+            // never counts for an entry another lane claimed since.
+            let owner = format!("{}/{lane}", self.owner);
+            self.lane(owner, lane == 0, &more)
+        }))
+        .await;
     }
 
     /// One lane: claims a batch, delivers it, records it, and again. The
-    /// first lane also opens the store, purges and counts, and looks for
-    /// due entries every [`POLL`] while there are none; the others start
-    /// once a claim comes back full (`more`), work while claims do, and
-    /// wait otherwise.
-    async fn lane(&self, first: bool, more: &tokio::sync::Notify) {
+    /// first lane also purges and counts, and looks for due entries every
+    /// [`POLL`] while there are none; the others start once a claim comes
+    /// back full (`more`), work while claims do, and wait otherwise.
+    async fn lane(&self, owner: String, first: bool, more: &tokio::sync::Notify) {
         let mut purged_at: Option<tokio::time::Instant> = None;
         let mut counted_at: Option<tokio::time::Instant> = None;
         if !first {
@@ -165,20 +179,15 @@ impl Worker {
             let open = self.guards.open_breakers();
             let skip: Vec<&str> = open.iter().map(|m| m.as_str()).collect();
             match store
-                .claim(
-                    &self.owner,
-                    now_ms(),
-                    self.outbox.settings.lease,
-                    BATCH,
-                    &skip,
-                )
+                .claim(&owner, now_ms(), self.outbox.settings.lease, BATCH, &skip)
                 .await
             {
                 Ok(batch) if !batch.is_empty() => {
                     let full = batch.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
                     if full {
-                        // More may be due: the waiting lanes claim too.
-                        more.notify_waiters();
+                        // More may be due: a waiting lane claims too, or
+                        // a busy one claims again before it waits.
+                        more.notify_one();
                     }
                     let attempts = batch.iter().map(|c| self.outcome(&c.delivery));
                     let (outcomes, spans): (Vec<Outcome>, Vec<tracing::Span>) =
@@ -186,7 +195,7 @@ impl Worker {
                             .await
                             .into_iter()
                             .unzip();
-                    self.record(&store, &batch, &outcomes, &spans).await;
+                    self.record(&store, &owner, &batch, &outcomes, &spans).await;
                     if !full && !first {
                         self.idle(first, more).await;
                     }
@@ -330,6 +339,7 @@ impl Worker {
     async fn record(
         &self,
         store: &Store,
+        owner: &str,
         batch: &[Claimed],
         outcomes: &[Outcome],
         spans: &[tracing::Span],
@@ -339,7 +349,7 @@ impl Worker {
             .zip(outcomes)
             .map(|(c, o)| (c.delivery.id.as_str(), o))
             .collect();
-        let recorded = match store.finish_all(&self.owner, &attempts, now_ms()).await {
+        let recorded = match store.finish_all(owner, &attempts, now_ms()).await {
             Ok(recorded) => recorded,
             Err(e) => {
                 self.outbox.metrics.outbox_store_error();
@@ -357,7 +367,7 @@ impl Worker {
             if !ours {
                 tracing::warn!(
                     delivery = d.id.as_str(),
-                    "outbox entry was taken over by another replica after its lease ended; its attempt is not recorded"
+                    "outbox entry was taken over by another claimer (a replica, or this worker's other lane) after its lease ended; its attempt is not recorded"
                 );
                 continue;
             }

@@ -261,6 +261,11 @@ impl CutProxy {
                         };
                         let chunk = &buf[..n];
                         let commit = chunk.windows(7).any(|w| w == b"COMMIT\0");
+                        // A transaction that rolled back took its marker
+                        // with it.
+                        if chunk.windows(9).any(|w| w == b"ROLLBACK\0") {
+                            marked = false;
+                        }
                         let action = {
                             let mut planned = planned.lock().unwrap();
                             marked |= planned.as_ref().is_some_and(|(_, marker)| {

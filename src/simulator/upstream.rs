@@ -284,6 +284,7 @@ pub async fn dispatch(
     body: Bytes,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
+    let arrived_ms = super::state::unix_ms();
     let msn = header(req.headers(), MSN).map(str::to_owned);
     let (fault, logging) = {
         let mut state = shared.lock();
@@ -321,7 +322,7 @@ pub async fn dispatch(
     // The entry is built outside the lock: it copies every header and parses
     // the body, which would otherwise serialize all workers.
     if logging {
-        let entry = log_entry(endpoint, &req, &body, reply.logged_status());
+        let entry = log_entry(endpoint, &req, &body, reply.logged_status(), arrived_ms);
         shared.lock().log_request(entry);
     }
     tracing::debug!(
@@ -332,7 +333,15 @@ pub async fn dispatch(
     reply.into_response()
 }
 
-fn log_entry(endpoint: Endpoint, req: &HttpRequest, body: &Bytes, status: u16) -> LoggedRequest {
+/// The log's entry for a request that arrived at `at_ms` (Unix ms), before
+/// any delay a fault adds.
+fn log_entry(
+    endpoint: Endpoint,
+    req: &HttpRequest,
+    body: &Bytes,
+    status: u16,
+    at_ms: u64,
+) -> LoggedRequest {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -362,7 +371,7 @@ fn log_entry(endpoint: Endpoint, req: &HttpRequest, body: &Bytes, status: u16) -
         headers,
         body,
         status,
-        at_ms: super::state::unix_ms(),
+        at_ms,
     }
 }
 

@@ -1039,6 +1039,23 @@ async fn a_delay_fault_delays_then_answers_normally() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Then the delayed one is answered, normally.
     assert_eq!(delayed.await.0, StatusCode::NOT_FOUND);
+    // The log says when each arrived, not when it was answered: the
+    // delayed call first, though it was answered last.
+    let log = sim.get_control("/requests").await;
+    let at: Vec<u64> = log
+        .as_array()
+        .expect("the log is a list")
+        .iter()
+        .filter(|r| r["endpoint"] == "order")
+        .map(|r| r["atMs"].as_u64().expect("the log says when"))
+        .collect();
+    assert_eq!(at.len(), 2, "{log}");
+    // Logged as answered: the undelayed call first.
+    let (second_at, delayed_at) = (at[0], at[1]);
+    assert!(
+        delayed_at <= second_at,
+        "the delayed call arrived at {delayed_at}, the second at {second_at}"
+    );
 }
 
 #[actix_web::test]

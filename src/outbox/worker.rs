@@ -20,12 +20,15 @@
 //! are not claimed: they wait in the store untouched. An attempt that sent
 //! nothing toward Vipps (the breaker opened meanwhile, no call slot, no
 //! token fetch allowed) is postponed without counting: `attempts` counts
-//! attempts that sent, or tried to send, a call to Vipps.
+//! attempts that sent, or tried to send, a call to Vipps. A merchant with
+//! an attempt postponed so is held: none of its entries is claimed until
+//! that attempt is due again.
 //!
 //! Delivered and failed entries are deleted `outbox.retention` after they
 //! ended.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::throttle::StoreWarnings;
@@ -91,6 +94,8 @@ pub struct Worker {
     owner: String,
     /// A failing store is logged once a minute per kind of failure.
     warnings: StoreWarnings,
+    /// Merchants held until a time ([`Worker::hold`]): left out of claims.
+    held: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Turns `true` when the gateway stops.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -109,6 +114,7 @@ impl Worker {
             guards,
             owner: uuid::Uuid::new_v4().to_string(),
             warnings: StoreWarnings::default(),
+            held: Mutex::default(),
             stop: tokio::sync::watch::channel(false).1,
         }
     }
@@ -174,10 +180,16 @@ impl Worker {
                 self.count_backlog(&store).await;
                 counted_at = Some(tokio::time::Instant::now());
             }
-            // A merchant whose breaker is open would refuse every call:
-            // its entries stay in the store, unclaimed and unchanged.
+            // A merchant whose breaker is open would refuse every call, and
+            // a held one would send none: their entries stay in the store,
+            // unclaimed and unchanged.
             let open = self.guards.open_breakers();
-            let skip: Vec<&str> = open.iter().map(|m| m.as_str()).collect();
+            let held = self.held();
+            let skip: Vec<&str> = open
+                .iter()
+                .map(|m| m.as_str())
+                .chain(held.iter().map(String::as_str))
+                .collect();
             match store
                 .claim(&owner, now_ms(), self.outbox.settings.lease, BATCH, &skip)
                 .await
@@ -195,6 +207,7 @@ impl Worker {
                             .await
                             .into_iter()
                             .unzip();
+                    self.hold(&batch, &outcomes);
                     self.record(&store, &owner, &batch, &outcomes, &spans).await;
                     if !full && !first {
                         self.idle(first, more).await;
@@ -227,6 +240,43 @@ impl Worker {
                 Ok(_) = stop.wait_for(|stop| *stop) => {}
             }
         }
+    }
+
+    /// Holds each merchant of `batch` with an attempt there that sent
+    /// nothing toward Vipps and was postponed (its token fetches backing
+    /// off, its breaker opened meanwhile, no call slot or turn of its pace
+    /// free, a merchant no longer configured), until the earliest of those
+    /// is due again. Each of these holds for the merchant, not for the
+    /// entry: claimed in the meantime, its other due entries would each be
+    /// taken, postponed and written back, batch after batch (during a
+    /// token outage, 20,000 pending entries were rewritten at 2,600 a
+    /// second; docs/decisions.md, "Outbox").
+    fn hold(&self, batch: &[Claimed], outcomes: &[Outcome]) {
+        let mut earliest: HashMap<&str, i64> = HashMap::new();
+        for (claimed, outcome) in batch.iter().zip(outcomes) {
+            if let Outcome::Postponed { next_attempt_at } = outcome {
+                let at = earliest
+                    .entry(claimed.delivery.msn.as_str())
+                    .or_insert(i64::MAX);
+                *at = (*at).min(*next_attempt_at);
+            }
+        }
+        let now = now_ms();
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for (msn, at) in earliest {
+            if at > now {
+                let wait = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+                held.insert(msn.to_owned(), tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+
+    /// The merchants held now; the holds that ended are dropped.
+    fn held(&self) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.retain(|_, until| *until > now);
+        held.keys().cloned().collect()
     }
 
     async fn purge(&self, store: &Store) {

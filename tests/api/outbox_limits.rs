@@ -1,7 +1,8 @@
 //! What limits the outbox, and what does not: a `202` takes nothing from
 //! the merchant's rate (it touches only the store), the store is bounded
 //! per merchant, deliveries reach Vipps at no more than the merchant's rate,
-//! and an open breaker holds them back without counting attempts.
+//! an open breaker holds them back without counting attempts, and a
+//! merchant whose token fetches back off is not claimed meanwhile.
 
 use std::time::Duration;
 
@@ -295,6 +296,75 @@ async fn while_the_breaker_is_open_deliveries_wait_untouched_and_attempts_equal_
     app.clear_faults().await;
     poll_until("every receipt delivered", || async {
         let all = deliveries(&app).await;
+        all.iter().all(|d| d["state"] == "delivered").then_some(())
+    })
+    .await;
+}
+
+/// Whether the worker has taken `d` at least once: its next attempt moved
+/// from the time it was stored.
+fn taken(d: &Value) -> bool {
+    d["nextAttemptAt"] != d["createdAt"]
+}
+
+/// Every entry of [`MSN`], a page of 100 at a time.
+async fn all_deliveries(app: &TestApp) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/merchants/{MSN}/deliveries?limit=100&cursor={c}"),
+            None => format!("/v1/merchants/{MSN}/deliveries?limit=100"),
+        };
+        let page = app.get(&path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        all.extend(page.body["deliveries"].as_array().unwrap().iter().cloned());
+        match page.body["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn while_token_fetches_back_off_a_merchants_other_entries_wait_untouched() {
+    // Token fetches back off 8 s after a failure; the window looked at
+    // below ends well before.
+    let app = spawn_app_with(limits(
+        "token_backoff = \"8s\"\ntoken_backoff_max = \"8s\"",
+        "",
+    ))
+    .await;
+    app.add_fault(json!({"endpoint": "token", "status": 503}))
+        .await;
+    let orders: Vec<String> = (0..160).map(|i| format!("token-down-{i}")).collect();
+    let statuses = burst(&app, &orders, 16).await;
+    assert_eq!(count(&statuses, 202), orders.len(), "{statuses:?}");
+    poll_until("the worker to take a first entry", || async {
+        all_deliveries(&app).await.iter().any(taken).then_some(())
+    })
+    .await;
+    // Every attempt now meets the failed fetch or its backoff and sends
+    // nothing: the merchant is held, and its other entries are neither
+    // claimed nor written back. Taken at most: the two lanes' first
+    // batches (32 each), and one more once the hold of the attempts that
+    // met the failure (1 s) ends and before the backoff's (7 s) begins.
+    // Claimed batch after batch, all 160 were within a second.
+    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    let during = all_deliveries(&app).await;
+    assert_eq!(during.len(), orders.len());
+    let taken_during = during.iter().filter(|d| taken(d)).count();
+    println!("token fetches backing off, 160 pending receipts: {taken_during} taken in 3 s");
+    assert!(
+        taken_during <= 96,
+        "{taken_during} of {} entries were taken while the merchant was held",
+        orders.len()
+    );
+    // The token endpoint back: once the backoff and the hold end, every
+    // receipt is delivered.
+    app.clear_faults().await;
+    poll_until("every receipt delivered", || async {
+        let all = all_deliveries(&app).await;
         all.iter().all(|d| d["state"] == "delivered").then_some(())
     })
     .await;

@@ -1,0 +1,7 @@
+-- A claim leaves out the merchants whose calls are held back (an open
+-- breaker, token fetches backing off) and walks past their due entries.
+-- With the merchant in this index, SQLite checks it on the index entry and
+-- reads no row of theirs: 8.5 ms a claim past 40,000 such entries instead
+-- of 65 ms.
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at, seq, msn);

@@ -1005,7 +1005,8 @@ def check_simulator(name: str, docs: list[dict[str, Any]], values: dict[str, Any
         n += 1
         check(ok, f"[{name}] simulator: {what}")
 
-    expect(container["args"] == ["simulate", "--listen", f"0.0.0.0:{port}"], f"runs simulate --listen 0.0.0.0:{port}: {container['args']}")
+    want_args = ["simulate", "--listen", f"0.0.0.0:{port}", "--max-orders", str(sim["maxOrders"])]
+    expect(container["args"] == want_args, f"runs {' '.join(want_args)}: {container['args']}")
     expect(container["image"] == gw_dep["spec"]["template"]["spec"]["containers"][0]["image"], "runs the gateway's image")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     expect(ports == {"http": port}, f"container port http is {port}")
@@ -1031,6 +1032,36 @@ def check_simulator(name: str, docs: list[dict[str, Any]], values: dict[str, Any
     else:
         expect(base_url == values["gateway"]["upstream"]["baseUrl"], f"not asUpstream: base_url stays gateway.upstream.baseUrl: {base_url}")
     print(f"  [{name}] {n} assertions on the simulator")
+
+
+def check_simulator_runs(name: str, docs: list[dict[str, Any]], gateway: Path) -> None:
+    """The binary runs the simulator's rendered args (on a free loopback
+    port instead of the pod's) and holds the orders they set at most."""
+    sim = [d for d in docs if is_simulator(d) and d["kind"] == "Deployment"]
+    if not sim or not check(gateway.is_file(), f"the gateway binary {gateway} exists (build it first)"):
+        return
+    args = list(sim[0]["spec"]["template"]["spec"]["containers"][0]["args"])
+    args[args.index("--listen") + 1] = "127.0.0.1:0"
+    want = int(args[args.index("--max-orders") + 1])
+    proc = subprocess.Popen([str(gateway), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"simulator listening.*port=(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        if not check(port is not None, f"[{name}] the simulator starts with its rendered args {args}"):
+            return
+        import urllib.request
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/_simulator/settings", method="PUT",
+                                     data=b'{"requestLog": true}', headers={"Content-Type": "application/json"})
+        held = json.loads(urllib.request.urlopen(req, timeout=30).read())["maxOrders"]
+        check(held == want, f"[{name}] the simulator holds at most {want} orders, as rendered: {held}")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def check_gateway_accepts(name: str, docs: list[dict[str, Any]], gateway: Path) -> None:
@@ -1247,6 +1278,7 @@ def main() -> int:
         values = chart.merge_values(given) if given else defaults
         check_semantics(name, docs, values)
         check_simulator(name, docs, values)
+        check_simulator_runs(name, docs, args.gateway)
         check_gateway_accepts(name, docs, args.gateway)
     # Every kind of caller-auth key, made by the chart from a value: the
     # rendered release fits together and the gateway loads the key.
@@ -1285,7 +1317,7 @@ def main() -> int:
     # another port.
     given = load_values("simulator")
     assert given is not None
-    given["simulator"].update(asUpstream=False, port=8081)
+    given["simulator"].update(asUpstream=False, port=8081, maxOrders=2500)
     variants.append(("simulator-beside", given, True))
     for name, given, run_gateway in variants:
         section(f"render {name}")
@@ -1294,6 +1326,7 @@ def main() -> int:
             totals[k] = totals.get(k, 0) + count
         check_semantics(name, docs, chart.merge_values(given))
         check_simulator(name, docs, chart.merge_values(given))
+        check_simulator_runs(name, docs, args.gateway)
         if run_gateway:
             check_gateway_accepts(name, docs, args.gateway)
     check_rolls()

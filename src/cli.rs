@@ -41,6 +41,11 @@ pub enum Command {
         /// HTTP worker threads (all share one state).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Orders held at most; past it, the order changed longest ago is
+        /// forgotten.
+        #[arg(long, default_value_t = crate::simulator::DEFAULT_MAX_ORDERS as u64,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_orders: u64,
     },
     /// Validate a config file and read every secret it names.
     CheckConfig {

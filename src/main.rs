@@ -40,12 +40,17 @@ async fn run(cli: Cli, stdout: NonBlocking) -> Result<(), String> {
             simulator,
             listen,
         } => serve(config, simulator, listen, stdout).await,
-        Command::Simulate { listen, workers } => {
+        Command::Simulate {
+            listen,
+            workers,
+            max_orders,
+        } => {
             init_logging(LogFormat::Text, "info", stdout, None);
             let listener = TcpListener::bind(&listen)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let settings = SimulatorSettings {
                 workers: workers.max(1),
+                max_orders: usize::try_from(max_orders).unwrap_or(usize::MAX),
                 ..SimulatorSettings::demo()
             };
             let sim = Simulator::build(listener, settings).map_err(|e| e.to_string())?;

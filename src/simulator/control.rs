@@ -36,7 +36,7 @@ struct OrderView<'a> {
     payment_type: &'a str,
     order_id: &'a str,
     category: &'a Option<OrderCategory>,
-    receipt: &'a Option<Value>,
+    receipt: &'a Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -176,6 +176,8 @@ struct SettingsBody {
     token_ttl_seconds: Option<u64>,
     #[serde(default)]
     request_log: Option<bool>,
+    #[serde(default)]
+    max_orders: Option<usize>,
 }
 
 /// `PUT /_simulator/settings`.
@@ -184,11 +186,17 @@ pub async fn settings(shared: web::Data<Shared>, body: Bytes) -> HttpResponse {
         Ok(s) => s,
         Err(response) => return *response,
     };
-    if settings.token_ttl_seconds.is_none() && settings.request_log.is_none() {
-        return bad_request("give tokenTtlSeconds, requestLog or both".to_owned());
+    if settings.token_ttl_seconds.is_none()
+        && settings.request_log.is_none()
+        && settings.max_orders.is_none()
+    {
+        return bad_request("give tokenTtlSeconds, requestLog, maxOrders or several".to_owned());
     }
     if settings.token_ttl_seconds == Some(0) {
         return bad_request("tokenTtlSeconds must be at least 1".to_owned());
+    }
+    if settings.max_orders == Some(0) {
+        return bad_request("maxOrders must be at least 1".to_owned());
     }
     let mut state = shared.lock();
     if let Some(ttl) = settings.token_ttl_seconds {
@@ -200,9 +208,14 @@ pub async fn settings(shared: web::Data<Shared>, body: Bytes) -> HttpResponse {
             state.log.clear();
         }
     }
+    if let Some(max) = settings.max_orders {
+        state.max_orders = max;
+        state.forget_past(max);
+    }
     HttpResponse::Ok().json(json!({
         "tokenTtlSeconds": state.token_ttl.as_secs(),
         "requestLog": state.request_log,
+        "maxOrders": state.max_orders,
     }))
 }
 

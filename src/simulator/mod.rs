@@ -28,6 +28,7 @@ use actix_web::dev::Server;
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpRequest, HttpServer};
 
+pub use state::DEFAULT_MAX_ORDERS;
 use state::{Endpoint, Shared, State};
 
 /// The demo merchant's serial number.
@@ -72,6 +73,9 @@ pub struct SimulatorSettings {
     /// Lifetime of the tokens it issues (the upstream: 1 hour in test).
     pub token_ttl: Duration,
     pub workers: usize,
+    /// How many orders it holds at most; past it, the order changed longest
+    /// ago is forgotten (at least 1).
+    pub max_orders: usize,
 }
 
 impl SimulatorSettings {
@@ -81,6 +85,7 @@ impl SimulatorSettings {
             merchants: vec![SimMerchant::demo()],
             token_ttl: Duration::from_secs(3600),
             workers: 1,
+            max_orders: state::DEFAULT_MAX_ORDERS,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! gateway's tests pass against its own mistake.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 pub mod v3;
 
@@ -244,7 +243,7 @@ pub struct OrderV2Response<'a> {
     #[serde(skip_serializing_if = "is_none")]
     pub category: &'a Option<OrderCategory>,
     #[serde(skip_serializing_if = "is_none")]
-    pub receipt: &'a Option<Value>,
+    pub receipt: &'a Option<Box<serde_json::value::RawValue>>,
 }
 
 /// `skip_serializing_if` for a borrowed `Option`.

@@ -234,7 +234,7 @@ pub async fn index(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
         (total, rows, receipts)
     };
     for (row, receipt) in rows.iter_mut().zip(receipts) {
-        if let Some(Ok(receipt)) = receipt.as_ref().map(read_receipt) {
+        if let Some(Ok(receipt)) = receipt.as_deref().map(read_receipt) {
             row.lines = Some(receipt.order_lines.len());
             row.paid = view::paid(&receipt).ok();
         }

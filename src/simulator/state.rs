@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::image::ImageFormat;
@@ -16,6 +17,12 @@ use super::{SimMerchant, SimulatorSettings};
 
 /// How many requests the log keeps (the oldest are dropped first).
 pub const REQUEST_LOG_CAPACITY: usize = 10_000;
+
+/// How many orders the simulator holds by default (`--max-orders`,
+/// `maxOrders`): past it, the order changed longest ago is forgotten, so a
+/// load test against a simulator that runs for days keeps its memory and its
+/// speed.
+pub const DEFAULT_MAX_ORDERS: usize = 10_000;
 
 /// The upstream endpoints, by the names the control API uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +93,9 @@ pub struct IssuedToken {
 #[derive(Default)]
 pub struct OrderRecord {
     pub category: Option<OrderCategory>,
-    /// Kept exactly as received.
-    pub receipt: Option<Value>,
+    /// Kept as received, as JSON text: a parsed tree took ten times the
+    /// memory.
+    pub receipt: Option<Box<RawValue>>,
 }
 
 pub struct ImageRecord {
@@ -177,7 +185,9 @@ pub struct LoggedRequest {
     pub path: String,
     pub query: String,
     pub headers: BTreeMap<String, String>,
-    pub body: Value,
+    /// As JSON text (a parsed tree took several times the memory), `null`
+    /// when the body was not JSON.
+    pub body: Box<RawValue>,
     pub status: u16,
     /// When it arrived, in Unix milliseconds: how fast a caller sent.
     pub at_ms: u64,
@@ -189,6 +199,8 @@ pub struct Counters {
     pub token_fetches: BTreeMap<String, u64>,
     pub token_rejections: BTreeMap<String, u64>,
     pub calls: BTreeMap<&'static str, u64>,
+    /// Orders forgotten to stay within `maxOrders`.
+    pub orders_forgotten: u64,
 }
 
 pub struct State {
@@ -203,11 +215,21 @@ pub struct State {
     pub images_held: VecDeque<(String, String)>,
     pub image_bytes_held: usize,
     /// Keyed by (msn, paymentType, orderId): when the order last changed.
+    /// Every order the simulator holds (a receipt, a category or a 2.1
+    /// link stored for it) is here.
     pub activity: HashMap<(String, String, String), Activity>,
+    /// The same orders by their last change's `seq`, oldest first: the
+    /// next to forget past `max_orders`.
+    pub by_activity: BTreeMap<u64, (String, String, String)>,
     pub next_activity_seq: u64,
+    /// How many orders are held at most.
+    pub max_orders: usize,
     /// 2.1's category links, keyed by (msn, categoryId): an id is only
     /// found by the merchant that created it.
     pub categories: BTreeMap<(String, uuid::Uuid), StoredCategory>,
+    /// The ids of each order's 2.1 links, keyed by (msn, paymentType,
+    /// orderId), so that an order is forgotten with its links.
+    pub order_links: HashMap<(String, String, String), Vec<uuid::Uuid>>,
     /// Creation order of the links, so lists come out oldest first.
     pub next_category_seq: u64,
     pub faults: Vec<FaultRule>,
@@ -232,8 +254,11 @@ impl State {
             images_held: VecDeque::new(),
             image_bytes_held: 0,
             activity: HashMap::new(),
+            by_activity: BTreeMap::new(),
             next_activity_seq: 0,
+            max_orders: settings.max_orders.max(1),
             categories: BTreeMap::new(),
+            order_links: HashMap::new(),
             next_category_seq: 0,
             faults: Vec::new(),
             next_fault_id: 1,
@@ -336,17 +361,66 @@ impl State {
         self.log.push_back(entry);
     }
 
-    /// Notes that something was stored for the order under `key`.
+    /// Notes that something was stored for the order under `key`, then
+    /// forgets the orders changed longest ago while more than `max_orders`
+    /// are held.
     pub fn touch(&mut self, key: (String, String, String)) {
         let seq = self.next_activity_seq;
         self.next_activity_seq += 1;
-        self.activity.insert(
-            key,
-            Activity {
-                seq,
-                at_ms: unix_ms(),
-            },
+        let now = Activity {
+            seq,
+            at_ms: unix_ms(),
+        };
+        if let Some(before) = self.activity.insert(key.clone(), now) {
+            self.by_activity.remove(&before.seq);
+        }
+        self.by_activity.insert(seq, key);
+        self.forget_past(self.max_orders);
+    }
+
+    /// Forgets the orders changed longest ago, with their receipts,
+    /// categories and 2.1 links, until at most `max` are held.
+    pub fn forget_past(&mut self, max: usize) {
+        while self.activity.len() > max {
+            let Some((_, key)) = self.by_activity.pop_first() else {
+                break;
+            };
+            self.activity.remove(&key);
+            self.orders.remove(&key);
+            for id in self.order_links.remove(&key).unwrap_or_default() {
+                self.categories.remove(&(key.0.clone(), id));
+            }
+            self.counters.orders_forgotten += 1;
+        }
+    }
+
+    /// Adds a 2.1 link to an order, which counts as a change of it.
+    pub fn add_link(
+        &mut self,
+        order: (String, String, String),
+        id: uuid::Uuid,
+        link: StoredCategory,
+    ) {
+        self.categories.insert((order.0.clone(), id), link);
+        self.order_links.entry(order.clone()).or_default().push(id);
+        self.touch(order);
+    }
+
+    /// Removes a merchant's 2.1 link; `None` when it has none by that id.
+    pub fn remove_link(&mut self, key: &(String, uuid::Uuid)) -> Option<StoredCategory> {
+        let link = self.categories.remove(key)?;
+        let order = (
+            key.0.clone(),
+            link.request.payment_type.lower().to_owned(),
+            link.request.order_id.clone(),
         );
+        if let Some(ids) = self.order_links.get_mut(&order) {
+            ids.retain(|id| *id != key.1);
+            if ids.is_empty() {
+                self.order_links.remove(&order);
+            }
+        }
+        Some(link)
     }
 
     /// Stores an uploaded image with its bytes, letting go of the oldest
@@ -393,8 +467,10 @@ impl State {
         self.images_held.clear();
         self.image_bytes_held = 0;
         self.activity.clear();
+        self.by_activity.clear();
         self.next_activity_seq = 0;
         self.categories.clear();
+        self.order_links.clear();
         self.next_category_seq = 0;
         self.faults.clear();
         self.log.clear();

@@ -363,6 +363,8 @@ fn log_entry(
             *src = format!("<{} characters, sha256 {digest}>", src.len());
         }
     }
+    let body = serde_json::value::to_raw_value(&body)
+        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
     LoggedRequest {
         endpoint: endpoint.name(),
         method: req.method().to_string(),
@@ -633,7 +635,9 @@ fn store_receipt(
     }
     let body = call.json()?;
     validate::receipt(&body).map_err(Problem::invalid)?;
-    state.orders.entry(key.clone()).or_default().receipt = Some(body);
+    let text = serde_json::value::to_raw_value(&body)
+        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "receipt serialization"))?;
+    state.orders.entry(key.clone()).or_default().receipt = Some(text);
     state.touch(key);
     Ok(())
 }
@@ -704,9 +708,15 @@ fn v1_get_receipt(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     let receipt = state
         .orders
         .get(&key)
-        .and_then(|o| o.receipt.clone())
+        .and_then(|o| o.receipt.as_ref())
+        .map(|text| text.get().to_owned())
         .ok_or_else(|| not_found("Receipt"))?;
-    Ok(Reply::json(StatusCode::OK, receipt))
+    Ok(Reply {
+        status: StatusCode::OK,
+        body: ReplyBody::Text(receipt, "application/json"),
+        retry_after: None,
+        drop: false,
+    })
 }
 
 /// `POST /order-management/v1/receipts/{transactionId}` (deprecated).

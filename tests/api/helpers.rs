@@ -202,6 +202,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             ],
             token_ttl: opts.token_ttl,
             workers: 2,
+            max_orders: vipps_order_gateway::simulator::DEFAULT_MAX_ORDERS,
         },
     )
     .expect("build simulator");

@@ -1193,7 +1193,10 @@ async fn the_request_log_can_be_turned_off_while_counters_keep_counting() {
         .control(Method::PUT, "/settings", Some(json!({"requestLog": false})))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"tokenTtlSeconds": 3600, "requestLog": false}));
+    assert_eq!(
+        body,
+        json!({"tokenTtlSeconds": 3600, "requestLog": false, "maxOrders": 10_000})
+    );
     assert_eq!(sim.get_control("/requests").await, json!([]));
     sim.post_receipt(&token, "order-1", &receipt()).await;
     assert_eq!(sim.get_control("/requests").await, json!([]));
@@ -1485,4 +1488,96 @@ async fn v3_categories_are_kept_per_merchant() {
     let counters = sim.get_control("/counters").await;
     assert_eq!(counters["calls"]["v3-category-post"], 1);
     assert_eq!(counters["calls"]["v3-category-delete"], 3);
+}
+
+#[actix_web::test]
+async fn past_max_orders_the_order_changed_longest_ago_is_forgotten_with_its_links() {
+    let sim = spawn();
+    let demo = SimMerchant::demo();
+    let token = sim.token().await;
+    let (status, body) = sim
+        .control(Method::PUT, "/settings", Some(json!({"maxOrders": 2})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["maxOrders"], 2);
+    let order = |id: &str| sim.om(Method::GET, &format!("/v2/ecom/{id}"), &token);
+
+    assert_eq!(
+        sim.post_receipt(&token, "order-1", &receipt()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        sim.post_receipt(&token, "order-2", &receipt()).await.0,
+        StatusCode::CREATED
+    );
+    // A category is a change: order-1 is now the newer of the two.
+    let category = json!({"category": "RECEIPT", "orderDetailsUrl": "https://shop.example/o/1"});
+    let req = sim.om(Method::PUT, "/v2/ecom/categories/order-1", &token);
+    assert_eq!(sim.send(req, Some(&category)).await.0, StatusCode::OK);
+    // A 2.1 link to a third order: order-2 goes.
+    let link = json!({"orderId": "order-3", "paymentType": "ECOM", "type": "TICKET",
+                      "url": "https://shop.example/t"});
+    let (status, added) = sim
+        .send(v3(&sim, Method::POST, "", &token, &demo), Some(&link))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let link_id = added["categoryId"].as_str().expect("categoryId").to_owned();
+    assert_eq!(
+        sim.send(order("order-2"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, kept) = sim.send(order("order-1"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kept["receipt"], receipt());
+    assert_eq!(kept["category"]["category"], "RECEIPT");
+
+    // A fourth order: order-1 goes, and may be stored again as new.
+    assert_eq!(
+        sim.post_receipt(&token, "order-4", &receipt()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        sim.send(order("order-1"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let req = v3(&sim, Method::GET, "?orderId=order-3", &token, &demo);
+    assert_eq!(
+        sim.send(req, None).await.1["categories"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // A lower bound forgets at once: order-3 and its link go.
+    let (status, _) = sim
+        .control(Method::PUT, "/settings", Some(json!({"maxOrders": 1})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let req = v3(&sim, Method::GET, &format!("/{link_id}"), &token, &demo);
+    assert_eq!(sim.send(req, None).await.0, StatusCode::NOT_FOUND);
+    let req = v3(&sim, Method::GET, "?orderId=order-3", &token, &demo);
+    assert_eq!(sim.send(req, None).await.1, json!({"categories": []}));
+    let state = sim.get_control("/state").await;
+    let held: Vec<&Value> = state["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| &o["orderId"])
+        .collect();
+    assert_eq!(held, [&json!("order-4")]);
+    assert_eq!(state["categories"], json!([]));
+    assert_eq!(sim.get_control("/counters").await["ordersForgotten"], 3);
+
+    assert_eq!(
+        sim.post_receipt(&token, "order-1", &receipt()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        sim.send(order("order-4"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body) = sim
+        .control(Method::PUT, "/settings", Some(json!({"maxOrders": 0})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

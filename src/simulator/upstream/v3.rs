@@ -39,14 +39,11 @@ pub(super) fn post_category(state: &mut State, call: &Call) -> Result<Reply, Pro
     let seq = state.next_category_seq;
     state.next_category_seq += 1;
     let order = (
-        msn.clone(),
+        msn,
         request.payment_type.lower().to_owned(),
         request.order_id.clone(),
     );
-    state
-        .categories
-        .insert((msn, id), StoredCategory { request, seq });
-    state.touch(order);
+    state.add_link(order, id, StoredCategory { request, seq });
     let body = AddCategoryResponse {
         category_id: id.hyphenated().to_string(),
     };
@@ -95,8 +92,7 @@ pub(super) fn get_category(state: &mut State, call: &Call) -> Result<Reply, Prob
 pub(super) fn delete_category(state: &mut State, call: &Call) -> Result<Reply, Problem> {
     let key = category_key(state, call)?;
     state
-        .categories
-        .remove(&key)
+        .remove_link(&key)
         .ok_or_else(|| not_found("Category"))?;
     Ok(Reply::empty(StatusCode::OK))
 }

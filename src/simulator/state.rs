@@ -549,4 +549,101 @@ mod tests {
         assert_eq!(state.image_bytes_held, 0);
         assert!(state.images_held.is_empty());
     }
+
+    /// Every order held is in both activity maps, every link belongs to an
+    /// order held, and no more than `max_orders` are held.
+    fn check_held(state: &State) {
+        assert!(state.activity.len() <= state.max_orders);
+        assert_eq!(state.by_activity.len(), state.activity.len());
+        for (seq, key) in &state.by_activity {
+            assert_eq!(state.activity.get(key).map(|a| a.seq), Some(*seq));
+        }
+        for key in state.orders.keys() {
+            assert!(state.activity.contains_key(key), "{key:?} held untracked");
+        }
+        let mut links = 0;
+        for (order, ids) in &state.order_links {
+            assert!(
+                state.activity.contains_key(order),
+                "links of {order:?} kept"
+            );
+            assert!(!ids.is_empty());
+            for id in ids {
+                let link = &state.categories[&(order.0.clone(), *id)];
+                assert_eq!(link.request.order_id, order.2);
+                assert_eq!(link.request.payment_type.lower(), order.1);
+            }
+            links += ids.len();
+        }
+        assert_eq!(links, state.categories.len());
+    }
+
+    #[test]
+    fn past_max_orders_the_least_recently_changed_go_with_their_links() {
+        use crate::simulator::model::v3::{AddCategoryRequest, PaymentType};
+        use crate::simulator::model::Category;
+        let mut state = State::new(&SimulatorSettings {
+            max_orders: 8,
+            ..SimulatorSettings::demo()
+        });
+        let mut rng = DEFAULT_SEED;
+        let mut ids = Vec::new();
+        let mut last = HashMap::new();
+        let mut forgotten = 0;
+        for step in 0..5_000u64 {
+            let order = format!("o-{}", next_random(&mut rng) % 20);
+            let key = ("1".to_owned(), "ecom".to_owned(), order.clone());
+            let (held, full) = (state.activity.contains_key(&key), state.activity.len() == 8);
+            match next_random(&mut rng) % 4 {
+                0 => {
+                    let id = uuid::Uuid::from_u64_pair(step, 0);
+                    let request = AddCategoryRequest {
+                        order_id: order,
+                        payment_type: PaymentType::Ecom,
+                        kind: Category::Ticket,
+                        url: "https://shop.example/t".into(),
+                        image_id: None,
+                    };
+                    state.add_link(key.clone(), id, StoredCategory { request, seq: step });
+                    ids.push(id);
+                }
+                1 if !ids.is_empty() => {
+                    let id = ids.swap_remove(
+                        usize::try_from(next_random(&mut rng)).unwrap_or(0) % ids.len(),
+                    );
+                    state.remove_link(&("1".to_owned(), id));
+                    check_held(&state);
+                    continue;
+                }
+                _ => {
+                    state.orders.entry(key.clone()).or_default();
+                    state.touch(key.clone());
+                }
+            }
+            last.insert(key, step);
+            forgotten += u64::from(!held && full);
+            check_held(&state);
+            // The orders held are the last changed.
+            let mut newest: Vec<_> = last.iter().collect();
+            newest.sort_by_key(|(_, step)| std::cmp::Reverse(**step));
+            let want: std::collections::BTreeSet<_> = newest
+                .iter()
+                .take(8)
+                .map(|(key, _)| (*key).clone())
+                .collect();
+            let held: std::collections::BTreeSet<_> = state.activity.keys().cloned().collect();
+            assert_eq!(held, want, "at step {step}");
+        }
+        assert!(
+            forgotten > 1_000,
+            "the bound was reached often: {forgotten}"
+        );
+        assert_eq!(
+            state.counters.orders_forgotten, forgotten,
+            "a change of an order not held, at the bound, forgets one"
+        );
+        state.reset();
+        check_held(&state);
+        assert!(state.by_activity.is_empty() && state.order_links.is_empty());
+    }
 }

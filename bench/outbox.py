@@ -9,7 +9,9 @@
 2. The 202 path beside the synchronous one, on each store: wrk posts
    10-line receipts to one gateway (on SQLite, then on PostgreSQL), with and
    without `Prefer: respond-async`; throughput, p50 and p99 of each, and the
-   ratio 202 / 201, the worker delivering meanwhile.
+   ratio 202 / 201, the worker delivering meanwhile; and the simulator's CPU
+   per request and resident size, which must stay level for the ratio to
+   hold.
 3. The 202 path while Vipps is down, on SQLite: OUTAGE_BACKLOG receipts
    pending already (the merchant's backlog after a while of an outage), the
    gateway's Vipps a closed port; wrk posts 10-line receipts with
@@ -227,7 +229,10 @@ def paths(workdir, sim, seconds, store, url):
                                       {"Content-Type": "application/json", **headers}, body)
             bench.run_wrk(port, script, 2, 32, servers=[gw])
             before, bytes_before = commit_groups(port, store), written(gw)
-            runs = [bench.run_wrk(port, script, seconds, 32, servers=[gw]) for _ in range(3)]
+            # The simulator's cost too: every 201 and every delivery waits
+            # for it, so a simulator that slowed during the sitting would
+            # move the ratio (as one that kept every receipt once did).
+            runs = [bench.run_wrk(port, script, seconds, 32, servers=[gw, sim.proc]) for _ in range(3)]
             after, bytes_after = commit_groups(port, store), written(gw)
             r = bench.best_of(runs)
             if r["errors"]:
@@ -236,6 +241,8 @@ def paths(workdir, sim, seconds, store, url):
             out[label] = {"rps": round(r["rps"]), "p50_us": r["p50_us"], "p99_us": r["p99_us"],
                           "runs_rps": [round(x["rps"]) for x in runs],
                           "gateway_cpu_us_per_req": round(r["cpu_us_per_req"][gw.name]),
+                          "simulator_cpu_us_per_req": [round(x["cpu_us_per_req"][sim.proc.name]) for x in runs],
+                          "simulator_rss_mb": round((sim.proc.status_kb("VmRSS") or 0) / 1024),
                           "commits": round(commits), "mean_group": round(answered / commits, 1) if commits else None,
                           "written_bytes_per_req": round((bytes_after - bytes_before) / sum(x["requests"] for x in runs))}
             bench.log(f"  {label}: {r['rps']:.0f} req/s p99 {r['p99_us']} µs")
@@ -305,13 +312,15 @@ def main():
     lines += [f"| {d['store']} | {d['replicas']} | {d['seconds']} | {d['per_second']:,} |" for d in drains]
     lines += ["", "The 202 path beside the synchronous one (wrk, 32 connections, 10-line receipts, the median of 3 runs "
               "of 10 s; one gateway per store, its worker delivering meanwhile):", "",
-              "| store | path | req/s | p50 ms | p99 ms | gateway CPU µs/req | mean commit group | KB written/req | runs req/s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| store | path | req/s | p50 ms | p99 ms | gateway CPU µs/req | mean commit group | KB written/req | runs req/s "
+              "| simulator CPU µs/req (runs) | simulator MB resident after |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for store, figures in path_figures.items():
         for label, r in (("synchronous 201", figures["synchronous"]), ("Prefer: respond-async, 202", figures["async-202"])):
             group = "—" if r["mean_group"] is None else r["mean_group"]
             lines.append(f"| {store} | {label} | {r['rps']:,} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
-                         f"| {r['gateway_cpu_us_per_req']} | {group} | {r['written_bytes_per_req'] / 1000:.1f} | {r['runs_rps']} |")
+                         f"| {r['gateway_cpu_us_per_req']} | {group} | {r['written_bytes_per_req'] / 1000:.1f} | {r['runs_rps']} "
+                         f"| {r['simulator_cpu_us_per_req']} | {r['simulator_rss_mb']} |")
     lines.append("")
     for store, figures in path_figures.items():
         s, a = figures["synchronous"], figures["async-202"]

@@ -25,9 +25,11 @@ use actix_web::http::header::HeaderMap;
 use secrecy::SecretString;
 use serde::Serialize;
 
+#[doc(hidden)]
+pub use store::{claim_statement_postgres, CLAIM_SETTINGS_POSTGRES, DUE_MERCHANTS_POSTGRES};
 pub use store::{
-    Claimed, Delivery, Enqueued, GroupObserver, Grouping, Kind, NewDelivery, Origin, Outcome,
-    PendingStats, State, Store, StoreError,
+    Claimed, Claims, Delivery, Enqueued, GroupObserver, Grouping, Kind, NewDelivery, Origin,
+    Outcome, PendingStats, State, Store, StoreError,
 };
 
 use crate::config::OutboxSettings;

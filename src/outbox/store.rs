@@ -26,7 +26,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret as _, SecretString};
@@ -131,37 +131,176 @@ macro_rules! insert_columns {
 const INSERT_SQLITE: &str = insert!("");
 const INSERT_POSTGRES: &str = insert!(" RETURNING seq");
 
-/// The claim, but for the row locks (see [`Store::claim`]).
-macro_rules! claim {
-    ($lock:literal) => {
+/// The merchants with due entries at `$1` that no claimer holds, at most
+/// `$3`, taken in turn: in MSN order from the first after `$4` (where the
+/// last claim stopped), then from the first MSN on up to `$4`; but for
+/// those left out (`$2`: MSNs are digits, a comma-delimited list matched
+/// with LIKE). A walk from merchant to merchant on
+/// `deliveries_pending_merchant` (two recursive queries, one for each
+/// part of the turn), which stops once it has found `$3`: for each
+/// merchant it passes, however long its backlog, an index probe and the
+/// rows of its first due entries up to the first one no claimer holds
+/// (the held ones are at most the claimers' batches in flight). Ordered
+/// by the MSN and then the time an entry is due, so that only this index
+/// serves it without a sort (`enable_sort` is off in a PostgreSQL claim):
+/// `deliveries_listing` also holds the finished entries, and a probe for
+/// a merchant's first pending entry on it walks past them. SQLite is told
+/// the index, having no statistics.
+macro_rules! due_merchants {
+    ($indexed:literal) => {
         concat!(
-            "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE seq IN (\
-               SELECT d.seq FROM deliveries d \
-               WHERE d.state = 'pending' AND d.next_attempt_at <= $3 \
-               AND $5 NOT LIKE '%,' || d.msn || ',%' \
-               AND (d.lease_owner IS NULL OR d.lease_until <= $3) \
-               AND NOT EXISTS (SELECT 1 FROM deliveries e \
-                 WHERE e.msn = d.msn AND e.payment_type = d.payment_type \
-                 AND e.order_id = d.order_id AND e.state = 'pending' AND e.seq < d.seq) \
-               ORDER BY d.next_attempt_at, d.seq LIMIT $4 ",
-            $lock,
-            ") RETURNING ",
-            columns!()
+            "WITH RECURSIVE after(msn) AS (\
+               SELECT * FROM (SELECT msn FROM deliveries ",
+            $indexed,
+            " WHERE state = 'pending' AND msn > $4 ORDER BY msn, next_attempt_at LIMIT 1) AS first \
+               UNION ALL \
+               SELECT (SELECT d.msn FROM deliveries d ",
+            $indexed,
+            " WHERE d.state = 'pending' AND d.msn > after.msn ORDER BY d.msn, d.next_attempt_at \
+               LIMIT 1) FROM after WHERE after.msn IS NOT NULL), \
+             from_start(msn) AS (\
+               SELECT * FROM (SELECT msn FROM deliveries ",
+            $indexed,
+            " WHERE state = 'pending' AND msn <= $4 ORDER BY msn, next_attempt_at LIMIT 1) AS first \
+               UNION ALL \
+               SELECT (SELECT d.msn FROM deliveries d ",
+            $indexed,
+            " WHERE d.state = 'pending' AND d.msn > from_start.msn AND d.msn <= $4 \
+               ORDER BY d.msn, d.next_attempt_at LIMIT 1) \
+               FROM from_start WHERE from_start.msn IS NOT NULL) \
+             SELECT msn FROM (SELECT msn FROM after UNION ALL SELECT msn FROM from_start) AS w \
+             WHERE msn IS NOT NULL AND $2 NOT LIKE '%,' || msn || ',%' \
+             AND (SELECT d.next_attempt_at FROM deliveries d ",
+            $indexed,
+            " WHERE d.state = 'pending' AND d.msn = w.msn \
+               AND (d.lease_owner IS NULL OR d.lease_until <= $1) \
+               ORDER BY d.next_attempt_at LIMIT 1) <= $1 \
+             LIMIT $3"
         )
     };
 }
 
+const DUE_MERCHANTS_SQLITE: &str = due_merchants!("INDEXED BY deliveries_pending_merchant");
+/// Public for a test of the plan a server makes of it.
+#[doc(hidden)]
+pub const DUE_MERCHANTS_POSTGRES: &str = due_merchants!("");
+
+/// Merchants in one claim at most: each takes a slot of the claim's
+/// statement ([`claim_shares`]).
+const CLAIM_MERCHANTS_MAX: usize = GROUP_MAX;
+
+/// The claim of the due entries of `n` merchants, each up to its share:
+/// for each, its first due entries in order that no claimer holds and that
+/// are the first pending entry of their order. `param(i)` names parameter
+/// `i`: the claim's owner (1), its lease's end (2) and now (3), then each
+/// merchant's MSN and share (4 and 5 for the first). `lock` is the row
+/// locks, `rows(slots)` how the update finds the rows the slots take
+/// (PostgreSQL's and SQLite's differ, below).
+///
+/// Both forms plan the same with statistics or without (a table just
+/// filled, never analyzed, whose indexes a planner takes for empty and
+/// all alike):
+/// - The first of an order is found by a probe of
+///   `deliveries_pending_order` (led by the order) for the order's lowest
+///   `seq`, a subquery a planner cannot turn into a join. Its merchant is
+///   compared as `msn || ''` and the lowest `seq` taken as `MIN(seq + 0)`,
+///   so that no index led by the merchant, and not the key's order, can
+///   serve it: without statistics, a `NOT EXISTS` of an earlier entry was
+///   planned as a scan of every pending entry of the merchant for each
+///   entry taken (a drain of 790 receipts/s instead of 6,400).
+/// - On PostgreSQL the rows taken are an array of `seq`s that the update
+///   looks up by its key: `seq IN (…)` was planned as a scan of the whole
+///   table.
+fn claim_shares(
+    n: usize,
+    lock: &str,
+    param: fn(usize) -> String,
+    rows: fn(&str) -> String,
+) -> String {
+    let now = param(3);
+    let slots = (0..n)
+        .map(|i| {
+            format!(
+                "SELECT seq FROM (SELECT d.seq FROM deliveries d \
+                 WHERE d.state = 'pending' AND d.msn = {msn} AND d.next_attempt_at <= {now} \
+                 AND (d.lease_owner IS NULL OR d.lease_until <= {now}) \
+                 AND d.seq = (SELECT MIN(e.seq + 0) FROM deliveries e \
+                   WHERE e.state = 'pending' AND e.order_id = d.order_id \
+                   AND e.payment_type = d.payment_type AND e.msn || '' = d.msn) \
+                 ORDER BY d.next_attempt_at, d.seq LIMIT {share} {lock}) AS s{i}",
+                msn = param(4 + 2 * i),
+                share = param(5 + 2 * i),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!(
+        "UPDATE deliveries SET lease_owner = {}, lease_until = {} WHERE {} RETURNING {}",
+        param(1),
+        param(2),
+        rows(&slots),
+        columns!()
+    )
+}
+
+/// [`claim_shares`] for 1, 2, 4, … [`CLAIM_MERCHANTS_MAX`] merchants, at
+/// `[log2 of the number]`; the slots a claim does not fill take no MSN.
+/// SQLite's parameters are numbered (`?NNN`): found by number, not by name.
 /// SQLite has one writer: a claim never meets another's.
-const CLAIM_SQLITE: &str = claim!("");
+static CLAIM_SQLITE: BySize = BySize::new(|| {
+    (0..=CLAIM_MERCHANTS_MAX.ilog2())
+        .map(|k| {
+            claim_shares(
+                1 << k,
+                "",
+                |i| format!("?{i}"),
+                |slots| format!("seq IN ({slots})"),
+            )
+        })
+        .collect()
+});
+/// The PostgreSQL claim of `merchants` merchants' shares (at most
+/// [`CLAIM_MERCHANTS_MAX`]): public for a test of the plan a server makes
+/// of it. Its parameters are described at [`claim_shares`].
+#[doc(hidden)]
+pub fn claim_statement_postgres(merchants: usize) -> &'static str {
+    let at = merchants
+        .clamp(1, CLAIM_MERCHANTS_MAX)
+        .next_power_of_two()
+        .ilog2();
+    &CLAIM_POSTGRES[at as usize]
+}
+
 /// Rows another replica is claiming are skipped, not waited for.
-const CLAIM_POSTGRES: &str = claim!("FOR UPDATE SKIP LOCKED");
-/// Run before [`CLAIM_POSTGRES`], in its transaction: the claim walks
-/// `deliveries_due` in order and stops at its limit, whatever the table's
-/// statistics say. Planned with statistics that count few pending entries
-/// (a table just filled, or not analyzed since the backlog grew), it read
-/// every due entry, checked each one's order and sorted them all to take
-/// 32: 67 ms a claim at 20,000 pending, against 2 ms in order.
-const NO_SORT_POSTGRES: &str = "SELECT set_config('enable_sort', 'off', true)";
+static CLAIM_POSTGRES: BySize = BySize::new(|| {
+    (0..=CLAIM_MERCHANTS_MAX.ilog2())
+        .map(|k| {
+            claim_shares(
+                1 << k,
+                "FOR UPDATE SKIP LOCKED",
+                |i| format!("${i}"),
+                |slots| format!("seq = ANY (ARRAY({slots}))"),
+            )
+        })
+        .collect()
+});
+
+/// Run first in a claim's transaction, for its statements alone
+/// ([`DUE_MERCHANTS_POSTGRES`], [`CLAIM_POSTGRES`]):
+/// - No sort: each merchant's due entries are read in the order of
+///   `deliveries_pending_merchant` up to its share, whatever the table's
+///   statistics say. Planned with statistics that count few pending
+///   entries (a table just filled, or not analyzed since the backlog
+///   grew), the claim in due order read every due entry, checked each
+///   one's order and sorted them all to take 32: 67 ms a claim at 20,000
+///   pending, against 2 ms in order.
+/// - No JIT compilation: the planner cannot tell how far the walk from
+///   merchant to merchant recurses, estimates it past `jit_above_cost`, and
+///   a server with JIT compiles the statement at every claim: 235 ms for a
+///   statement that runs in 0.2 ms.
+#[doc(hidden)]
+pub const CLAIM_SETTINGS_POSTGRES: &str =
+    "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)";
 
 const GET: &str = concat!(
     "SELECT ",
@@ -178,16 +317,28 @@ const LIST: &str = concat!(
 
 /// The pending entries per merchant and kind, and when the oldest (the
 /// first stored: the lowest `seq`) was created. On SQLite the counts read
-/// `deliveries_due` alone, one row is read per merchant and kind: reading
-/// every pending row (`MIN(created_at)`) took 157–199 ms during a Vipps
-/// outage (20,000 to 100,000 pending), while the store's one connection
-/// waited. On PostgreSQL, with
-/// replicas whose clocks differ, the entry with the lowest `seq` may be a
-/// little younger than the oldest; the gauge is an age in seconds.
-const PENDING_STATS: &str = "SELECT g.msn, g.kind, g.n, d.created_at FROM (\
-       SELECT msn, kind, COUNT(*) AS n, MIN(seq) AS oldest FROM deliveries \
-       WHERE state = 'pending' GROUP BY msn, kind) g \
-     JOIN deliveries d ON d.seq = g.oldest ORDER BY g.msn, g.kind";
+/// `deliveries_pending_merchant` alone (told so: with no statistics SQLite
+/// may take an index on the state and read every pending row), one row is
+/// read per merchant and kind: reading every pending row
+/// (`MIN(created_at)`) took 157–199 ms during a Vipps outage (20,000 to
+/// 100,000 pending), while the store's one connection waited. On
+/// PostgreSQL, with replicas whose clocks differ, the entry with the lowest
+/// `seq` may be a little younger than the oldest; the gauge is an age in
+/// seconds.
+macro_rules! pending_stats {
+    ($indexed:literal) => {
+        concat!(
+            "SELECT g.msn, g.kind, g.n, d.created_at FROM (\
+               SELECT msn, kind, COUNT(*) AS n, MIN(seq) AS oldest FROM deliveries ",
+            $indexed,
+            " WHERE state = 'pending' GROUP BY msn, kind) g \
+             JOIN deliveries d ON d.seq = g.oldest ORDER BY g.msn, g.kind"
+        )
+    };
+}
+
+const PENDING_STATS_SQLITE: &str = pending_stats!("INDEXED BY deliveries_pending_merchant");
+const PENDING_STATS_POSTGRES: &str = pending_stats!("");
 
 /// What an entry asks of Vipps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -323,6 +474,15 @@ pub struct Claimed {
     pub lease_until: i64,
 }
 
+/// What a claim took ([`Store::claim_shares`]).
+#[derive(Debug)]
+pub struct Claims {
+    /// In `seq` order.
+    pub claimed: Vec<Claimed>,
+    /// Some merchant took its whole share: more of its entries may be due.
+    pub more: bool,
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -399,6 +559,9 @@ pub struct Store {
     max_pending: i64,
     /// A SQLite store's hold on its file, until it is closed.
     lock: Option<Arc<FileLock>>,
+    /// The last merchant of the last claim: the next takes merchants in
+    /// turn from the one after it ([`Store::claim_shares`]).
+    turn: Arc<std::sync::Mutex<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -1144,7 +1307,7 @@ static ORDERS_SQLITE: BySize = BySize::new(|| {
 /// ([`Store::finish_all`]): the ids of those recorded. The ids come from
 /// `$3` on, the last repeated up to `n`. `state` is tested with `$state`:
 /// SQLite, with no statistics, would otherwise walk every pending entry
-/// through `deliveries_due` rather than probe each id (`+state` there).
+/// through an index on the state rather than probe each id (`+state` there).
 fn finish_delivered(n: usize, state: &str) -> String {
     let ids = (0..n)
         .map(|i| format!("${}", i + 3))
@@ -1537,6 +1700,7 @@ impl Store {
                 writer,
                 max_pending: i64::MAX,
                 lock,
+                turn: Arc::default(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url)?;
@@ -1578,6 +1742,7 @@ impl Store {
                 writer,
                 max_pending: i64::MAX,
                 lock: None,
+                turn: Arc::default(),
             })
         } else {
             Err(StoreError::Url)
@@ -1625,7 +1790,7 @@ impl Store {
     /// `now + lease`: pending, not held by another claimer's unexpired
     /// lease, the oldest pending entry of their order, and of none of the
     /// merchants in `skip` (whose breaker is open: their entries wait
-    /// untouched).
+    /// untouched). In `seq` order.
     pub async fn claim(
         &self,
         owner: &str,
@@ -1634,36 +1799,110 @@ impl Store {
         limit: i64,
         skip: &[&str],
     ) -> Result<Vec<Claimed>, StoreError> {
-        // MSNs are digits: a comma-delimited list matched with LIKE, the
-        // same statement on both databases.
+        Ok(self
+            .claim_shares(owner, now, lease, limit, skip)
+            .await?
+            .claimed)
+    }
+
+    /// [`Store::claim`], the batch shared between merchants: the merchants
+    /// with due entries (at most `limit`, and [`CLAIM_MERCHANTS_MAX`]),
+    /// taken in turn by MSN from where the last claim stopped, each take
+    /// an equal share of `limit` (the first ones one more when it does not
+    /// divide), filled with their entries in the order they fell due. One
+    /// merchant's backlog takes its share, and the entries of the others
+    /// are claimed beside it rather than after it.
+    pub async fn claim_shares(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+        limit: i64,
+        skip: &[&str],
+    ) -> Result<Claims, StoreError> {
         let skip = format!(",{},", skip.join(","));
         let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        macro_rules! claim {
-            ($statement:expr, $on:expr) => {
-                sqlx::query_as($statement)
-                    .bind(owner)
-                    .bind(lease_until)
+        let most = limit.clamp(0, i64::try_from(CLAIM_MERCHANTS_MAX).unwrap_or(i64::MAX));
+        let after = self
+            .turn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        macro_rules! merchants {
+            ($sql:expr, $on:expr) => {
+                sqlx::query_scalar::<_, String>($sql)
                     .bind(now)
-                    .bind(limit)
                     .bind(&skip)
+                    .bind(most)
+                    .bind(&after)
                     .fetch_all($on)
                     .await
             };
         }
-        let rows: Vec<Row> = match &self.pool {
-            Pool::Sqlite(pool) => claim!(CLAIM_SQLITE, pool),
+        // Each merchant's share, and the statement with a slot for each.
+        let shares = |merchants: &[String]| -> (Vec<i64>, usize) {
+            let n = i64::try_from(merchants.len()).unwrap_or(i64::MAX).max(1);
+            let shares = (0..n)
+                .map(|i| limit / n + i64::from(i < limit % n))
+                .collect();
+            let size = merchants.len().next_power_of_two();
+            (shares, size.ilog2() as usize)
+        };
+        macro_rules! claim {
+            ($statements:expr, $merchants:expr, $shares:expr, $at:expr, $on:expr) => {{
+                let sql: &'static str = &$statements[$at];
+                let mut query = sqlx::query_as::<_, Row>(sql)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(now);
+                for slot in 0..(1_usize << $at) {
+                    // The slots past the merchants match nothing.
+                    query = query
+                        .bind($merchants.get(slot).map(String::as_str))
+                        .bind($shares.get(slot).copied().unwrap_or(0));
+                }
+                query.fetch_all($on).await
+            }};
+        }
+        let (merchants, shares, rows): (Vec<String>, Vec<i64>, Vec<Row>) = match &self.pool {
+            Pool::Sqlite(pool) => {
+                async {
+                    let found = merchants!(DUE_MERCHANTS_SQLITE, pool)?;
+                    if found.is_empty() {
+                        return Ok((found, Vec::new(), Vec::new()));
+                    }
+                    let (shares, at) = shares(&found);
+                    let rows = claim!(CLAIM_SQLITE, found, shares, at, pool)?;
+                    Ok((found, shares, rows))
+                }
+                .await
+            }
             Pool::Postgres(pool) => {
                 async {
                     let mut tx = pool.begin().await?;
-                    sqlx::query(NO_SORT_POSTGRES).execute(&mut *tx).await?;
-                    let rows = claim!(CLAIM_POSTGRES, &mut *tx)?;
+                    sqlx::query(CLAIM_SETTINGS_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
+                    let found = merchants!(DUE_MERCHANTS_POSTGRES, &mut *tx)?;
+                    if found.is_empty() {
+                        tx.commit().await?;
+                        return Ok((found, Vec::new(), Vec::new()));
+                    }
+                    let (shares, at) = shares(&found);
+                    let rows = claim!(CLAIM_POSTGRES, found, shares, at, &mut *tx)?;
                     tx.commit().await?;
-                    Ok(rows)
+                    Ok((found, shares, rows))
                 }
                 .await
             }
         }
-        .map_err(|e| self.unavailable(&e))?;
+        .map_err(|e: sqlx::Error| self.unavailable(&e))?;
+        // The last merchant taken, in the order of the turn: the next claim
+        // starts after it.
+        let wrapped = merchants.iter().filter(|m| **m <= after).max();
+        if let Some(last) = wrapped.or_else(|| merchants.iter().max()) {
+            last.clone_into(&mut self.turn.lock().unwrap_or_else(PoisonError::into_inner));
+        }
         let mut claimed = deliveries(rows)?
             .into_iter()
             .map(|delivery| Claimed {
@@ -1672,7 +1911,12 @@ impl Store {
             })
             .collect::<Vec<_>>();
         claimed.sort_by_key(|c| c.delivery.seq);
-        Ok(claimed)
+        // A merchant that took its whole share may have more due.
+        let more = merchants.iter().zip(&shares).any(|(msn, share)| {
+            let took = claimed.iter().filter(|c| &c.delivery.msn == msn).count();
+            *share > 0 && i64::try_from(took).unwrap_or(i64::MAX) >= *share
+        });
+        Ok(Claims { claimed, more })
     }
 
     /// Records one attempt on a claimed entry at `now`. `false`: the claim
@@ -1820,9 +2064,10 @@ impl Store {
 
     /// The pending entries per merchant and kind, with the oldest's age.
     pub async fn pending_stats(&self) -> Result<Vec<PendingStats>, StoreError> {
-        let rows: Vec<(String, String, i64, i64)> = with_pool!(self, pool => {
-            sqlx::query_as(PENDING_STATS).fetch_all(pool).await
-        })
+        let rows: Vec<(String, String, i64, i64)> = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query_as(PENDING_STATS_SQLITE).fetch_all(pool).await,
+            Pool::Postgres(pool) => sqlx::query_as(PENDING_STATS_POSTGRES).fetch_all(pool).await,
+        }
         .map_err(|e| self.unavailable(&e))?;
         rows.into_iter()
             .map(|(msn, kind, count, oldest_created_at)| {
@@ -1983,11 +2228,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_claim_probes_each_merchant_and_reads_its_share_in_order_on_sqlite() {
+        // From merchant to merchant: index probes, never a walk of the rows
+        // or of the finished entries.
+        let merchants = sqlite_plan(DUE_MERCHANTS_SQLITE).await;
+        let reads: Vec<&String> = merchants
+            .iter()
+            .filter(|d| d.starts_with("SEARCH") || d.starts_with("SCAN deliveries"))
+            .collect();
+        assert!(
+            reads.iter().any(|d| d.contains("(msn>?)"))
+                && reads.iter().any(|d| d.contains("(msn=?)")),
+            "{merchants:?}"
+        );
+        assert!(
+            reads
+                .iter()
+                .all(|d| d.contains(" INDEX deliveries_pending_merchant")),
+            "{merchants:?}"
+        );
+        for n in [1_usize, CLAIM_MERCHANTS_MAX] {
+            let claim = sqlite_plan(&CLAIM_SQLITE[n.ilog2() as usize]).await;
+            let shares = claim
+                .iter()
+                .filter(|d| {
+                    *d == "SEARCH d USING INDEX deliveries_pending_merchant (msn=? AND next_attempt_at<?)"
+                })
+                .count();
+            assert_eq!(
+                shares, n,
+                "each merchant's due entries on the index: {claim:?}"
+            );
+            let firsts = claim
+                .iter()
+                .filter(|d| {
+                    *d == "SEARCH e USING COVERING INDEX deliveries_pending_order \
+                           (order_id=? AND payment_type=?)"
+                })
+                .count();
+            assert_eq!(firsts, n, "the first of each order probed: {claim:?}");
+            assert!(
+                !claim
+                    .iter()
+                    .any(|d| d.contains("TEMP B-TREE") || d.starts_with("SCAN d ")),
+                "read in order, not sorted: {claim:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn the_backlog_is_counted_on_an_index_on_sqlite() {
-        let plan = sqlite_plan(PENDING_STATS).await;
+        let plan = sqlite_plan(PENDING_STATS_SQLITE).await;
         assert!(
             plan.iter()
-                .any(|d| d.contains("USING COVERING INDEX deliveries_due (state=?)")),
+                .any(|d| d == "SCAN deliveries USING COVERING INDEX deliveries_pending_merchant"),
             "{plan:?}"
         );
         assert!(

@@ -1,7 +1,8 @@
 //! The outbox's worker: one per replica. It claims due entries and
 //! delivers them through the gateway's Vipps client and the same use cases
 //! as the façade ([`crate::usecase`]), within the merchant's limits, a
-//! batch at a time in each of its lanes.
+//! batch at a time in each of its lanes. The merchants with due entries
+//! share each batch, and take turns ([`Store::claim_shares`]).
 //!
 //! - Vipps took it: `delivered`. A `409` is settled by reading the stored
 //!   receipt back: identical means `delivered`, different means `failed`
@@ -33,8 +34,8 @@ use std::time::Duration;
 
 use super::throttle::StoreWarnings;
 use super::{
-    location, now_ms, CategoryPayload, Claimed, Delivery, Kind, Outbox, Outcome, ReceiptPayload,
-    Store,
+    location, now_ms, CategoryPayload, Claimed, Claims, Delivery, Kind, Outbox, Outcome,
+    ReceiptPayload, Store,
 };
 use tracing::field::Empty;
 use tracing::Instrument as _;
@@ -191,11 +192,13 @@ impl Worker {
                 .chain(held.iter().map(String::as_str))
                 .collect();
             match store
-                .claim(&owner, now_ms(), self.outbox.settings.lease, BATCH, &skip)
+                .claim_shares(&owner, now_ms(), self.outbox.settings.lease, BATCH, &skip)
                 .await
             {
-                Ok(batch) if !batch.is_empty() => {
-                    let full = batch.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
+                Ok(Claims {
+                    claimed: batch,
+                    more: full,
+                }) if !batch.is_empty() => {
                     if full {
                         // More may be due: a waiting lane claims too, or
                         // a busy one claims again before it waits.

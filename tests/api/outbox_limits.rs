@@ -1,8 +1,9 @@
 //! What limits the outbox, and what does not: a `202` takes nothing from
 //! the merchant's rate (it touches only the store), the store is bounded
 //! per merchant, deliveries reach Vipps at no more than the merchant's rate,
-//! an open breaker holds them back without counting attempts, and a
-//! merchant whose token fetches back off is not claimed meanwhile.
+//! an open breaker holds them back without counting attempts, a merchant
+//! whose token fetches back off is not claimed meanwhile, and one
+//! merchant's backlog does not hold back the deliveries of another.
 
 use std::time::Duration;
 
@@ -178,6 +179,51 @@ async fn while_vipps_holds_a_batch_the_next_batch_is_on_its_way() {
     assert!(
         most > 32,
         "{most} receipts arrived within the {HELD_MS} ms Vipps held each: one batch at a time"
+    );
+}
+
+/// A merchant's backlog takes its share of each claim, and another
+/// merchant's receipt that came after it is delivered beside it rather
+/// than after it. Claimed in the order they fell due, across merchants,
+/// the second merchant's receipt waited for all 600 (about 5 s, two
+/// batches of 32 each half a second).
+#[actix_rt::test]
+async fn a_merchants_backlog_does_not_hold_back_another_merchants_receipt() {
+    const HELD_MS: u64 = 500;
+    // No rate: the merchant is never held. Vipps holds each call, so that
+    // the backlog takes a while.
+    let app = spawn_app_with(Options {
+        extra_toml: "[resilience]\nrate_per_second = 0\n".to_owned(),
+        ..Options::default()
+    })
+    .await;
+    app.add_fault(json!({"endpoint": "receipt", "delayMs": HELD_MS}))
+        .await;
+    let orders: Vec<String> = (0..600).map(|i| format!("backlog-{i}")).collect();
+    let statuses = burst(&app, &orders, 50).await;
+    assert_eq!(count(&statuses, 202), orders.len(), "{statuses:?}");
+    let (status, body, _) = post_async(&app, MSN2, "after-the-backlog").await;
+    assert_eq!(status, 202, "{body}");
+
+    let delivered = poll_until("the second merchant's receipt delivered", || async {
+        let page = app.get(&format!("/v1/merchants/{MSN2}/deliveries")).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        (page.body["deliveries"][0]["state"] == "delivered").then_some(page.body)
+    })
+    .await;
+    // By then the first merchant has delivered little of its backlog: the
+    // batches in flight when the receipt came, and the one beside it.
+    let pending = app
+        .get(&format!(
+            "/v1/merchants/{MSN}/deliveries?state=pending&limit=100"
+        ))
+        .await;
+    assert_eq!(pending.status, 200, "{}", pending.body);
+    let left = pending.body["deliveries"].as_array().unwrap().len();
+    println!("the second merchant's receipt delivered with {left}+ of the first's 600 pending");
+    assert_eq!(
+        left, 100,
+        "the second merchant's receipt ({delivered}) waited for the first merchant's backlog"
     );
 }
 

@@ -16,6 +16,11 @@
    pending already (the merchant's backlog after a while of an outage), the
    gateway's Vipps a closed port; wrk posts 10-line receipts with
    `Prefer: respond-async` (3 runs of 5 s), and the backlog grows.
+4. Merchants sharing the worker, on SQLite: one merchant's backlog of
+   FAIR_BACKLOG receipts, delivered at its rate (`resilience.rate_per_second`
+   200, the default), and another merchant's one receipt that fell due
+   after all of them; the seconds from the gateway's start until that
+   receipt is delivered, and how many of the backlog were delivered by then.
 
 Run through `bench/run --outbox [OUT_DIR]` (it builds the binary and
 installs wrk); PostgreSQL comes from Debian's packages (installed when
@@ -40,6 +45,10 @@ import bench  # noqa: E402
 BACKLOG = 10_000
 OUTAGE_MAX_PENDING = 1_000_000
 OUTAGE_BACKLOG = 20_000
+FAIR_BACKLOG = 2_000
+FAIR_RATE = 200
+SECOND = {"msn": "654321", "client_id": "second-client-id",
+          "client_secret": bench.DEMO["client_secret"], "subscription_key": bench.DEMO["subscription_key"]}
 
 
 def pg_bin():
@@ -251,6 +260,45 @@ def paths(workdir, sim, seconds, store, url):
     return out
 
 
+def fairness(workdir, sim):
+    """Seconds until a second merchant's receipt, due after a first
+    merchant's backlog of FAIR_BACKLOG delivered at FAIR_RATE a second, is
+    delivered; and the backlog's receipts delivered by then."""
+    bench.log(f"outbox fairness: {FAIR_BACKLOG} pending of one merchant at {FAIR_RATE}/s, one of another after them")
+    sim.add_merchants([SECOND])
+    payload, fingerprint = sample_payload(workdir, sim)
+    db = workdir / f"fair-{uuid.uuid4().hex}.db"
+    gw, _ = start(workdir, sim.port, f"gateway-fair-migrate-{db.stem}", f"sqlite://{db}")
+    gw.stop()
+    fill_sqlite(db, "fair", payload, fingerprint, FAIR_BACKLOG)
+    second = rows("fair-second", payload, fingerprint, int(time.time() * 1000) + 1, 1)
+    second[0] = (second[0][0], SECOND["msn"]) + second[0][2:]
+    with sqlite3.connect(db) as c:
+        c.executemany(INSERT.format(", ".join("?" * 12)), second)
+    # Both merchants, the first's deliveries paced at its rate.
+    path, port = bench.gateway_config(workdir, sim.port, (bench.DEMO, SECOND), f"gateway-fair-{db.stem}")
+    text = path.read_text().replace("rate_per_second = 0", f"rate_per_second = {FAIR_RATE}")
+    path.write_text(text + f'[outbox]\nurl = "sqlite://{db}"\n')
+    env = {"BENCH_CLIENT_SECRET": bench.DEMO["client_secret"], "BENCH_SUBSCRIPTION_KEY": bench.DEMO["subscription_key"]}
+    t0 = time.monotonic()
+    gw = bench.Proc(f"gateway-fair-{db.stem}", [str(bench.BIN), "serve", "--config", str(path)], workdir, env=env, cpu="0,1")
+    try:
+        while True:
+            with sqlite3.connect(db, timeout=30) as c:
+                done = dict(c.execute("SELECT msn, count(*) FROM deliveries WHERE state = 'delivered' GROUP BY msn"))
+            if done.get(SECOND["msn"]):
+                break
+            if time.monotonic() - t0 > 300:
+                raise bench.BenchError("fairness: the second merchant's receipt not delivered within 5 minutes")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+    finally:
+        gw.stop()
+    first = done.get(bench.DEMO["msn"], 0)
+    bench.log(f"  fairness: delivered after {elapsed:.2f} s, {first} of the backlog delivered by then")
+    return {"backlog": FAIR_BACKLOG, "rate": FAIR_RATE, "seconds": round(elapsed, 2), "backlog_delivered": first}
+
+
 def outage(workdir, sim, seconds=5):
     """wrk on the 202 path of a gateway on SQLite whose Vipps is down (a
     closed port), OUTAGE_BACKLOG receipts pending already: the merchant's
@@ -301,6 +349,7 @@ def main():
         path_figures = {"sqlite": paths(workdir, sim, 10, "sqlite", f"sqlite://{workdir / 'paths.db'}"),
                         "postgres": paths(workdir, sim, 10, "postgres", pg.url("paths"))}
         down = outage(workdir, sim)
+        fair = fairness(workdir, sim)
     finally:
         pg.stop()
         sim.stop()
@@ -331,9 +380,14 @@ def main():
               "| req/s | p50 ms | p99 ms | gateway CPU µs/req | pending after | runs req/s |", "|---|---|---|---|---|---|",
               f"| {down['rps']:,} | {down['p50_us'] / 1000:.2f} | {down['p99_us'] / 1000:.2f} "
               f"| {down['gateway_cpu_us_per_req']} | {down['pending_after']:,} | {down['runs_rps']} |"]
+    lines += ["", f"Merchants sharing the worker, on SQLite: {FAIR_BACKLOG:,} receipts of one merchant pending, "
+              f"delivered at its rate ({FAIR_RATE}/s), and one of another merchant due after them:", "",
+              "| seconds until the other merchant's receipt is delivered | of the backlog delivered by then |",
+              "|---|---|", f"| {fair['seconds']} | {fair['backlog_delivered']:,} |"]
     text = "\n".join(lines) + "\n"
     (out / "outbox.md").write_text(text)
-    (out / "outbox.json").write_text(json.dumps({"drains": drains, "paths": path_figures, "outage": down}, indent=2))
+    (out / "outbox.json").write_text(json.dumps({"drains": drains, "paths": path_figures, "outage": down,
+                                                 "fairness": fair}, indent=2))
     print(text)
 
 

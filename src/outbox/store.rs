@@ -186,7 +186,8 @@ const DUE_MERCHANTS_SQLITE: &str = due_merchants!("INDEXED BY deliveries_pending
 pub const DUE_MERCHANTS_POSTGRES: &str = due_merchants!("");
 
 /// Merchants in one claim at most: each takes a slot of the claim's
-/// statement ([`claim_shares`]).
+/// statement ([`claim_shares`]), which comes in the sizes of a group's
+/// statements ([`by_size`]).
 const CLAIM_MERCHANTS_MAX: usize = GROUP_MAX;
 
 /// The claim of the due entries of `n` merchants, each up to its share:
@@ -248,16 +249,14 @@ fn claim_shares(
 /// SQLite's parameters are numbered (`?NNN`): found by number, not by name.
 /// SQLite has one writer: a claim never meets another's.
 static CLAIM_SQLITE: BySize = BySize::new(|| {
-    (0..=CLAIM_MERCHANTS_MAX.ilog2())
-        .map(|k| {
-            claim_shares(
-                1 << k,
-                "",
-                |i| format!("?{i}"),
-                |slots| format!("seq IN ({slots})"),
-            )
-        })
-        .collect()
+    by_size(|n| {
+        claim_shares(
+            n,
+            "",
+            |i| format!("?{i}"),
+            |slots| format!("seq IN ({slots})"),
+        )
+    })
 });
 /// The PostgreSQL claim of `merchants` merchants' shares (at most
 /// [`CLAIM_MERCHANTS_MAX`]): public for a test of the plan a server makes
@@ -273,16 +272,14 @@ pub fn claim_statement_postgres(merchants: usize) -> &'static str {
 
 /// Rows another replica is claiming are skipped, not waited for.
 static CLAIM_POSTGRES: BySize = BySize::new(|| {
-    (0..=CLAIM_MERCHANTS_MAX.ilog2())
-        .map(|k| {
-            claim_shares(
-                1 << k,
-                "FOR UPDATE SKIP LOCKED",
-                |i| format!("${i}"),
-                |slots| format!("seq = ANY (ARRAY({slots}))"),
-            )
-        })
-        .collect()
+    by_size(|n| {
+        claim_shares(
+            n,
+            "FOR UPDATE SKIP LOCKED",
+            |i| format!("${i}"),
+            |slots| format!("seq = ANY (ARRAY({slots}))"),
+        )
+    })
 });
 
 /// Run first in a claim's transaction, for its statements alone

@@ -263,11 +263,16 @@ static CLAIM_SQLITE: BySize = BySize::new(|| {
 /// of it. Its parameters are described at [`claim_shares`].
 #[doc(hidden)]
 pub fn claim_statement_postgres(merchants: usize) -> &'static str {
-    let at = merchants
+    &CLAIM_POSTGRES[claim_size(merchants)]
+}
+
+/// Where the statement with a slot for each of `merchants` merchants is in
+/// [`CLAIM_SQLITE`] and [`CLAIM_POSTGRES`].
+fn claim_size(merchants: usize) -> usize {
+    merchants
         .clamp(1, CLAIM_MERCHANTS_MAX)
         .next_power_of_two()
-        .ilog2();
-    &CLAIM_POSTGRES[at as usize]
+        .ilog2() as usize
 }
 
 /// Rows another replica is claiming are skipped, not waited for.
@@ -1842,8 +1847,7 @@ impl Store {
             let shares = (0..n)
                 .map(|i| limit / n + i64::from(i < limit % n))
                 .collect();
-            let size = merchants.len().next_power_of_two();
-            (shares, size.ilog2() as usize)
+            (shares, claim_size(merchants.len()))
         };
         macro_rules! claim {
             ($statements:expr, $merchants:expr, $shares:expr, $at:expr, $on:expr) => {{

@@ -112,6 +112,19 @@ pub struct ImageRecord {
 /// the oldest images' bytes are let go (their facts stay).
 pub const IMAGE_BYTES_HELD: usize = 64 * 1024 * 1024;
 
+/// How many uploaded images the simulator knows of at most (their format,
+/// size and height, a few hundred bytes each); past it, the oldest image is
+/// forgotten, as if it had never been uploaded.
+pub const IMAGES_KNOWN: usize = 100_000;
+
+/// How long an expired token is still told apart from one never issued
+/// (`Expired access token` rather than `Unknown access token`), before a
+/// later issue lets go of it.
+pub const EXPIRED_TOKENS_KEPT: Duration = Duration::from_secs(3600);
+
+/// The fewest tokens held before an issue looks for expired ones to let go.
+const TOKENS_PRUNED_FROM: usize = 1024;
+
 /// When something was last stored for an order (a receipt, a category or a
 /// 2.1 link), for the index's newest-first order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,16 +214,25 @@ pub struct Counters {
     pub calls: BTreeMap<&'static str, u64>,
     /// Orders forgotten to stay within `maxOrders`.
     pub orders_forgotten: u64,
+    /// Images forgotten to stay within [`IMAGES_KNOWN`].
+    pub images_forgotten: u64,
 }
 
 pub struct State {
     pub merchants: Vec<SimMerchant>,
     pub token_ttl: Duration,
     pub tokens: HashMap<String, IssuedToken>,
+    /// How many tokens are held when the next issue lets go of those
+    /// expired longer than [`EXPIRED_TOKENS_KEPT`]: twice as many as were
+    /// left the last time, so an issue costs the same on average.
+    pub prune_tokens_at: usize,
     /// Keyed by (msn, paymentType, orderId).
     pub orders: BTreeMap<(String, String, String), OrderRecord>,
     /// Keyed by (msn, imageId).
     pub images: BTreeMap<(String, String), ImageRecord>,
+    /// Every image known, oldest first: the next to forget past
+    /// [`IMAGES_KNOWN`].
+    pub images_known: VecDeque<(String, String)>,
     /// Images whose bytes are held, oldest first, and their total size.
     pub images_held: VecDeque<(String, String)>,
     pub image_bytes_held: usize,
@@ -249,8 +271,10 @@ impl State {
             merchants: Vec::new(),
             token_ttl: settings.token_ttl,
             tokens: HashMap::new(),
+            prune_tokens_at: TOKENS_PRUNED_FROM,
             orders: BTreeMap::new(),
             images: BTreeMap::new(),
+            images_known: VecDeque::new(),
             images_held: VecDeque::new(),
             image_bytes_held: 0,
             activity: HashMap::new(),
@@ -424,12 +448,19 @@ impl State {
     }
 
     /// Stores an uploaded image with its bytes, letting go of the oldest
-    /// images' bytes while more than [`IMAGE_BYTES_HELD`] are held.
+    /// images' bytes while more than [`IMAGE_BYTES_HELD`] are held, and of
+    /// the oldest images while more than [`IMAGES_KNOWN`] are known.
     pub fn add_image(&mut self, key: (String, String), record: ImageRecord) {
-        self.add_image_within(key, record, IMAGE_BYTES_HELD);
+        self.add_image_within(key, record, IMAGE_BYTES_HELD, IMAGES_KNOWN);
     }
 
-    fn add_image_within(&mut self, key: (String, String), mut record: ImageRecord, held: usize) {
+    fn add_image_within(
+        &mut self,
+        key: (String, String),
+        mut record: ImageRecord,
+        held: usize,
+        known: usize,
+    ) {
         if let Some(data) = &record.data {
             if data.len() > held {
                 record.data = None;
@@ -438,7 +469,23 @@ impl State {
                 self.images_held.push_back(key.clone());
             }
         }
+        self.images_known.push_back(key.clone());
         self.images.insert(key, record);
+        while self.images.len() > known.max(1) {
+            let Some(oldest) = self.images_known.pop_front() else {
+                break;
+            };
+            let Some(forgotten) = self.images.remove(&oldest) else {
+                continue;
+            };
+            if let Some(data) = forgotten.data {
+                self.image_bytes_held -= data.len();
+                if let Some(at) = self.images_held.iter().position(|k| *k == oldest) {
+                    self.images_held.remove(at);
+                }
+            }
+            self.counters.images_forgotten += 1;
+        }
         while self.image_bytes_held > held {
             let Some(oldest) = self.images_held.pop_front() else {
                 break;
@@ -447,6 +494,28 @@ impl State {
                 self.image_bytes_held -= data.len();
             }
         }
+    }
+
+    /// Holds a newly issued token. When [`State::prune_tokens_at`] are
+    /// held, first lets go of those that expired more than
+    /// [`EXPIRED_TOKENS_KEPT`] ago: one of them is then `Unknown access
+    /// token`, still a `401`. Tokens that are live stay, however many.
+    pub fn issue_token(&mut self, token: String, issued: IssuedToken) {
+        self.issue_token_within(token, issued, EXPIRED_TOKENS_KEPT, Instant::now());
+    }
+
+    fn issue_token_within(
+        &mut self,
+        token: String,
+        issued: IssuedToken,
+        kept: Duration,
+        now: Instant,
+    ) {
+        if self.tokens.len() >= self.prune_tokens_at {
+            self.tokens.retain(|_, t| t.expires_at + kept > now);
+            self.prune_tokens_at = (2 * self.tokens.len()).max(TOKENS_PRUNED_FROM);
+        }
+        self.tokens.insert(token, issued);
     }
 
     /// Expires every token issued so far; returns how many there were.
@@ -462,8 +531,10 @@ impl State {
     pub fn reset(&mut self) {
         self.rng = DEFAULT_SEED;
         self.tokens.clear();
+        self.prune_tokens_at = TOKENS_PRUNED_FROM;
         self.orders.clear();
         self.images.clear();
+        self.images_known.clear();
         self.images_held.clear();
         self.image_bytes_held = 0;
         self.activity.clear();
@@ -533,13 +604,13 @@ mod tests {
     fn the_oldest_images_bytes_go_first_and_their_facts_stay() {
         let mut state = State::new(&SimulatorSettings::demo());
         for id in ["a", "b", "c"] {
-            state.add_image_within(("1".into(), id.into()), image(4), 10);
+            state.add_image_within(("1".into(), id.into()), image(4), 10, 100);
         }
         assert!(!held(&state, "a"));
         assert!(held(&state, "b") && held(&state, "c"));
         assert_eq!(state.image_bytes_held, 8);
         assert_eq!(state.images.len(), 3, "facts of every image stay");
-        state.add_image_within(("1".into(), "huge".into()), image(11), 10);
+        state.add_image_within(("1".into(), "huge".into()), image(11), 10, 100);
         assert!(
             !held(&state, "huge"),
             "an image over the bound is never held"
@@ -548,6 +619,60 @@ mod tests {
         state.reset();
         assert_eq!(state.image_bytes_held, 0);
         assert!(state.images_held.is_empty());
+    }
+
+    #[test]
+    fn past_the_images_known_the_oldest_is_forgotten_with_its_bytes() {
+        let mut state = State::new(&SimulatorSettings::demo());
+        for id in ["a", "b", "c", "d"] {
+            state.add_image_within(("1".into(), id.into()), image(4), 10, 3);
+        }
+        let known: Vec<&str> = state.images.keys().map(|k| k.1.as_str()).collect();
+        assert_eq!(known, ["b", "c", "d"], "the oldest, a, is forgotten");
+        assert_eq!(state.counters.images_forgotten, 1);
+        // b's bytes went for the byte bound before b itself is forgotten.
+        assert!(!held(&state, "b") && held(&state, "c") && held(&state, "d"));
+        // Forgetting c, which is held, takes its bytes with it.
+        state.add_image_within(("1".into(), "e".into()), image(1), 10, 3);
+        state.add_image_within(("1".into(), "f".into()), image(1), 10, 3);
+        let known: Vec<&str> = state.images.keys().map(|k| k.1.as_str()).collect();
+        assert_eq!(known, ["d", "e", "f"]);
+        assert_eq!(state.image_bytes_held, 6, "d's 4 and 1 each for e and f");
+        assert_eq!(state.images_held.len(), 3);
+        assert_eq!(state.images_known.len(), 3);
+        assert_eq!(state.counters.images_forgotten, 3);
+        state.reset();
+        assert!(state.images_known.is_empty());
+    }
+
+    #[test]
+    fn an_issue_lets_go_of_tokens_expired_long_ago_and_keeps_the_live() {
+        let mut state = State::new(&SimulatorSettings::demo());
+        let now = Instant::now();
+        let token = |expires_at| IssuedToken {
+            msn: "1".into(),
+            expires_at,
+        };
+        let kept = Duration::from_secs(60);
+        for n in 0..TOKENS_PRUNED_FROM {
+            // Half expired at `now` (not yet past `kept`), half live.
+            let expires_at = if n % 2 == 0 { now } else { now + kept };
+            state.issue_token_within(format!("t{n}"), token(expires_at), kept, now);
+        }
+        assert_eq!(state.tokens.len(), TOKENS_PRUNED_FROM, "none let go yet");
+        // Later than `kept` past `now`: the expired half goes at the next issue.
+        let later = now + kept + Duration::from_secs(1);
+        state.issue_token_within("new".into(), token(later + kept), kept, later);
+        assert_eq!(state.tokens.len(), TOKENS_PRUNED_FROM / 2 + 1);
+        assert!(state.tokens.contains_key("t1") && !state.tokens.contains_key("t0"));
+        assert_eq!(state.prune_tokens_at, TOKENS_PRUNED_FROM);
+        // Within `kept`, an expired token is still held (and told apart).
+        let mut fresh = State::new(&SimulatorSettings::demo());
+        for n in 0..=TOKENS_PRUNED_FROM {
+            fresh.issue_token_within(format!("t{n}"), token(now), kept, now + kept / 2);
+        }
+        assert_eq!(fresh.tokens.len(), TOKENS_PRUNED_FROM + 1);
+        assert_eq!(fresh.prune_tokens_at, 2 * TOKENS_PRUNED_FROM);
     }
 
     /// Every order held is in both activity maps, every link belongs to an

@@ -428,7 +428,7 @@ fn token(state: &mut State, call: &Call) -> Result<Reply, Problem> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    state.tokens.insert(
+    state.issue_token(
         access_token.clone(),
         IssuedToken {
             msn: msn.clone(),

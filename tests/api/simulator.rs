@@ -877,6 +877,8 @@ async fn images_must_be_png_or_jpeg_high_enough_and_new() {
             {"msn": DEMO_MSN, "imageId": "logo.png", "format": "png", "bytes": png(167).len(), "height": 167},
         ])
     );
+    // Three images are far within the images the simulator knows.
+    assert_eq!(sim.get_control("/counters").await["imagesForgotten"], 0);
 }
 
 #[actix_web::test]

@@ -518,7 +518,7 @@ impl State {
         self.tokens.insert(token, issued);
     }
 
-    /// Expires every token issued so far; returns how many there were.
+    /// Expires every token held; returns how many there are.
     pub fn expire_tokens(&mut self) -> usize {
         let now = Instant::now();
         for token in self.tokens.values_mut() {

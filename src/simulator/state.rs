@@ -514,6 +514,8 @@ impl State {
         if self.tokens.len() >= self.prune_tokens_at {
             self.tokens.retain(|_, t| t.expires_at + kept > now);
             self.prune_tokens_at = (2 * self.tokens.len()).max(TOKENS_PRUNED_FROM);
+            // After a burst, the table's room goes with its tokens.
+            self.tokens.shrink_to(self.prune_tokens_at);
         }
         self.tokens.insert(token, issued);
     }
@@ -641,8 +643,14 @@ mod tests {
         assert_eq!(state.images_held.len(), 3);
         assert_eq!(state.images_known.len(), 3);
         assert_eq!(state.counters.images_forgotten, 3);
+        // A forgotten image is as if never uploaded: its id is new again.
+        state.add_image_within(("1".into(), "a".into()), image(1), 10, 3);
+        let known: Vec<&str> = state.images.keys().map(|k| k.1.as_str()).collect();
+        assert_eq!(known, ["a", "e", "f"]);
+        assert_eq!(state.image_bytes_held, 3);
         state.reset();
         assert!(state.images_known.is_empty());
+        assert_eq!(state.counters.images_forgotten, 0);
     }
 
     #[test]

@@ -1714,9 +1714,14 @@ impl Store {
             };
             let unavailable = |e: &sqlx::Error| unavailable(&name, e);
             // One connection: SQLite has one writer, and a single connection
-            // never waits on another's lock.
+            // never waits on another's lock. It is not pinged when taken:
+            // sqlx pings it as it comes back to the pool, and a connection
+            // in this process has no peer to lose in between; each ping is
+            // a round trip to its thread, before every group, claim and
+            // record.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await
